@@ -1,0 +1,1 @@
+//! device-sim: simulates fleets of sleepy MQTT devices against a Roost gateway.

@@ -1,0 +1,5 @@
+//! The `device-sim` binary.
+
+fn main() {
+    println!("device-sim: not yet implemented");
+}

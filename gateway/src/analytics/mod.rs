@@ -1,0 +1,1 @@
+//! Analytics: the ops as pure functions over slices ([`ops`]), and the machinery that runs them.

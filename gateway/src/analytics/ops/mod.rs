@@ -1,0 +1,323 @@
+//! The analytics ops. Each op is one file exposing `prepare(&Args) -> Result<Box<dyn Prepared>,
+//! OpError>`, which validates its arguments at intake (so bad ones get `400` before anything is
+//! stored), and a [`Prepared`] whose `run` is a pure function of the series. Adding an op is one
+//! file plus one line in [`OPS`].
+//!
+//! A series comes inline (`values`, optional `ts`) or from stored telemetry (`metric`,
+//! `window_s`); the worker resolves a [`Source`] into a [`Series`] before calling `run`.
+
+use std::fmt::Debug;
+
+use ciborium::Value;
+
+use crate::wire::envelope::map_get;
+
+pub mod stats;
+
+/// Why an op refused its input or failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OpError {
+    /// Wrong or missing arguments, an empty series, NaN or infinite values: `400`.
+    #[error("{0}")]
+    BadArgs(String),
+    /// A series longer than `limits.max_series_len`: `413`.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The op could not compute a result from valid input: `500`.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// An op ready to run: its arguments validated and parsed.
+pub trait Prepared: Send + Sync + Debug {
+    /// Computes the result map. Pure: the same series always gives the same result.
+    fn run(&self, series: &Series) -> Result<Value, OpError>;
+}
+
+/// How an op validates and parses its arguments.
+pub type PrepareFn = fn(&Args<'_>) -> Result<Box<dyn Prepared>, OpError>;
+
+/// Every analytics op by name.
+pub const OPS: &[(&str, PrepareFn)] = &[("stats", stats::prepare)];
+
+/// A time series: values, with timestamps (ms since epoch) when known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    /// The readings, in time order.
+    pub values: Vec<f64>,
+    /// Their timestamps, same length, when given.
+    pub ts: Option<Vec<u64>>,
+}
+
+/// Where an op's series comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Sent in the request.
+    Inline(Series),
+    /// This device's stored readings of `metric` over the `window_s` seconds before the request.
+    Telemetry {
+        /// The metric name.
+        metric: String,
+        /// The window, in seconds.
+        window_s: u64,
+    },
+}
+
+/// A validated analytics request: which op, its series source, and the prepared op.
+#[derive(Debug)]
+pub struct Call {
+    /// The op's name.
+    pub op: &'static str,
+    /// Where the series comes from.
+    pub source: Source,
+    /// The op, ready to run.
+    pub prepared: Box<dyn Prepared>,
+}
+
+impl Call {
+    /// Number of points known at intake (0 for telemetry), for cost estimates.
+    pub fn inline_len(&self) -> usize {
+        match &self.source {
+            Source::Inline(series) => series.values.len(),
+            Source::Telemetry { .. } => 0,
+        }
+    }
+}
+
+/// Why a request could not be prepared.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrepareError {
+    /// No op of that name: `404`.
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    /// The op refused its arguments.
+    #[error(transparent)]
+    Op(#[from] OpError),
+}
+
+/// Whether `name` is an analytics op.
+pub fn is_op(name: &str) -> bool {
+    OPS.iter().any(|(n, _)| *n == name)
+}
+
+/// Validates a request's arguments (a CBOR map) for the named op.
+pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, PrepareError> {
+    let (name, prepare) = OPS
+        .iter()
+        .find(|(n, _)| *n == op)
+        .ok_or_else(|| PrepareError::UnknownOp(op.to_owned()))?;
+    let Value::Map(entries) = args else {
+        return Err(OpError::BadArgs("arguments must be a CBOR map".into()).into());
+    };
+    let args = Args {
+        entries,
+        max_series_len,
+    };
+    let source = args.source()?;
+    let prepared = prepare(&args)?;
+    Ok(Call {
+        op: name,
+        source,
+        prepared,
+    })
+}
+
+/// A request's arguments, with typed accessors that produce `400`-worthy errors.
+#[derive(Debug, Clone, Copy)]
+pub struct Args<'a> {
+    entries: &'a [(Value, Value)],
+    max_series_len: usize,
+}
+
+impl<'a> Args<'a> {
+    /// The raw value of a key.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        map_get(self.entries, key)
+    }
+
+    /// Whether the series comes inline.
+    pub fn is_inline(&self) -> bool {
+        self.get("values").is_some()
+    }
+
+    /// An unsigned integer argument, or `default` when absent.
+    pub fn uint(&self, key: &str, default: u64) -> Result<u64, OpError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_integer()
+                .and_then(|i| u64::try_from(i).ok())
+                .ok_or_else(|| OpError::BadArgs(format!("{key} must be an unsigned integer"))),
+        }
+    }
+
+    /// A finite number argument (integer or float), or `default` when absent.
+    pub fn number(&self, key: &str, default: Option<f64>) -> Result<Option<f64>, OpError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => as_finite(v)
+                .map(Some)
+                .ok_or_else(|| OpError::BadArgs(format!("{key} must be a finite number"))),
+        }
+    }
+
+    /// A text argument, or `default` when absent.
+    pub fn text(&self, key: &str, default: &'a str) -> Result<&'a str, OpError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_text()
+                .ok_or_else(|| OpError::BadArgs(format!("{key} must be text"))),
+        }
+    }
+
+    /// Reads the series source: inline `values` (+ `ts`) or `metric` + `window_s`.
+    pub fn source(&self) -> Result<Source, OpError> {
+        match (self.get("values"), self.get("metric")) {
+            (Some(values), None) => self.inline(values).map(Source::Inline),
+            (None, Some(metric)) => {
+                let metric = metric
+                    .as_text()
+                    .filter(|m| !m.is_empty())
+                    .ok_or_else(|| OpError::BadArgs("metric must be non-empty text".into()))?;
+                let window_s = self.uint("window_s", 0)?;
+                if window_s == 0 {
+                    return Err(OpError::BadArgs(
+                        "window_s must be given and greater than 0 with metric".into(),
+                    ));
+                }
+                Ok(Source::Telemetry {
+                    metric: metric.to_owned(),
+                    window_s,
+                })
+            }
+            (Some(_), Some(_)) => Err(OpError::BadArgs(
+                "give either values or metric, not both".into(),
+            )),
+            (None, None) => Err(OpError::BadArgs(
+                "a series is required: values, or metric and window_s".into(),
+            )),
+        }
+    }
+
+    fn inline(&self, values: &Value) -> Result<Series, OpError> {
+        let values = values
+            .as_array()
+            .ok_or_else(|| OpError::BadArgs("values must be an array of numbers".into()))?;
+        self.check_len(values.len())?;
+        if values.is_empty() {
+            return Err(OpError::BadArgs("values must not be empty".into()));
+        }
+        let values = values
+            .iter()
+            .map(as_finite)
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| OpError::BadArgs("values must all be finite numbers".into()))?;
+        let ts = match self.get("ts") {
+            None => None,
+            Some(ts) => {
+                let ts = ts
+                    .as_array()
+                    .ok_or_else(|| OpError::BadArgs("ts must be an array of uints".into()))?
+                    .iter()
+                    .map(|t| t.as_integer().and_then(|i| u64::try_from(i).ok()))
+                    .collect::<Option<Vec<u64>>>()
+                    .ok_or_else(|| OpError::BadArgs("ts must be an array of uints".into()))?;
+                if ts.len() != values.len() {
+                    return Err(OpError::BadArgs(format!(
+                        "ts has {} entries but values has {}",
+                        ts.len(),
+                        values.len()
+                    )));
+                }
+                Some(ts)
+            }
+        };
+        Ok(Series { values, ts })
+    }
+
+    /// Refuses series over `limits.max_series_len` with `413`.
+    pub fn check_len(&self, len: usize) -> Result<(), OpError> {
+        if len > self.max_series_len {
+            Err(OpError::TooLarge(format!(
+                "series of {len} points is longer than limits.max_series_len = {}",
+                self.max_series_len
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A CBOR number as a finite f64.
+pub fn as_finite(value: &Value) -> Option<f64> {
+    let x = match value {
+        Value::Integer(i) => i128::from(*i) as f64,
+        Value::Float(f) => *f,
+        _ => return None,
+    };
+    x.is_finite().then_some(x)
+}
+
+/// Builds a result map from (key, value) pairs.
+pub fn result_map(entries: Vec<(&str, Value)>) -> Value {
+    Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.to_owned()), v))
+            .collect(),
+    )
+}
+
+/// A CBOR uint.
+pub fn uint(n: usize) -> Value {
+    Value::Integer((n as u64).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(entries: Vec<(&str, Value)>) -> Value {
+        result_map(entries)
+    }
+
+    fn floats(xs: &[f64]) -> Value {
+        Value::Array(xs.iter().map(|x| Value::Float(*x)).collect())
+    }
+
+    #[test]
+    fn unknown_op_is_404_worthy() {
+        assert!(matches!(prepare("nope", &args(vec![]), 10), Err(PrepareError::UnknownOp(_))));
+    }
+
+    #[test]
+    fn series_validation() {
+        let bad = |a: Value| prepare("stats", &a, 4).expect_err("must be refused");
+        assert!(matches!(bad(args(vec![])), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(bad(args(vec![("values", floats(&[]))])), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(bad(args(vec![("values", floats(&[f64::NAN]))])), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(bad(args(vec![("values", floats(&[f64::INFINITY]))])), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(bad(args(vec![("values", floats(&[1.0; 5]))])), PrepareError::Op(OpError::TooLarge(_))));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[1.0])), ("ts", Value::Array(vec![]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(bad(args(vec![("metric", Value::Text("t".into()))])), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(bad(Value::Integer(1.into())), PrepareError::Op(OpError::BadArgs(_))));
+    }
+
+    #[test]
+    fn integers_and_telemetry_sources_are_accepted() {
+        let call = prepare("stats", &args(vec![("values", Value::Array(vec![Value::Integer(2.into())]))]), 4)
+            .expect("valid");
+        assert_eq!(call.source, Source::Inline(Series { values: vec![2.0], ts: None }));
+        let call = prepare(
+            "stats",
+            &args(vec![("metric", Value::Text("temp".into())), ("window_s", Value::Integer(60.into()))]),
+            4,
+        )
+        .expect("valid");
+        assert_eq!(call.source, Source::Telemetry { metric: "temp".into(), window_s: 60 });
+    }
+}

@@ -1,0 +1,133 @@
+//! The embedded MQTT broker: rumqttd, listening on loopback only, behind the front door.
+//!
+//! Fed by [`crate::config::Limits`]; feeds the front door and the service the loopback addresses
+//! of its v4 (MQTT 3.1.1) and v5 listeners. rumqttd's `Broker::start` blocks forever and has no
+//! readiness signal, so it runs on its own thread, readiness is probed by connecting, and if that
+//! thread ever returns the broker is gone: [`EmbeddedBroker::stopped`] fires and the gateway exits
+//! non-zero (crash-only; the store makes a restart lose nothing).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use tokio::sync::watch;
+
+use crate::config::Limits;
+use crate::wire::topics;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// No free loopback port could be reserved.
+    #[error("cannot reserve a loopback port for the embedded broker: {0}")]
+    Port(std::io::Error),
+    /// The broker thread could not be spawned.
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(std::io::Error),
+    /// The listeners did not accept connections in time.
+    #[error("the embedded broker did not start listening on {0} within 10 s")]
+    NotReady(SocketAddr),
+}
+
+/// A running embedded rumqttd.
+#[derive(Debug, Clone)]
+pub struct EmbeddedBroker {
+    /// Loopback address of its MQTT 3.1.1 listener.
+    pub v4: SocketAddr,
+    /// Loopback address of its MQTT 5 listener.
+    pub v5: SocketAddr,
+    stopped_rx: watch::Receiver<bool>,
+}
+
+impl EmbeddedBroker {
+    /// Starts rumqttd on two free loopback ports and waits until both accept connections.
+    pub fn start(limits: &Limits) -> Result<EmbeddedBroker, BrokerError> {
+        let v4 = free_loopback_port()?;
+        let v5 = free_loopback_port()?;
+        let config = rumqttd_config(limits, v4, v5);
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+        std::thread::Builder::new()
+            .name("rumqttd".into())
+            .spawn(move || {
+                let mut broker = rumqttd::Broker::new(config);
+                let outcome = broker.start();
+                tracing::error!(?outcome, "embedded broker stopped");
+                let _ = stopped_tx.send(true);
+            })
+            .map_err(BrokerError::Thread)?;
+        for addr in [v4, v5] {
+            wait_listening(addr)?;
+        }
+        tracing::info!(%v4, %v5, "broker started");
+        Ok(EmbeddedBroker { v4, v5, stopped_rx })
+    }
+
+    /// Resolves if the broker's thread ever returns.
+    pub async fn stopped(&self) {
+        let mut rx = self.stopped_rx.clone();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Reserves a free loopback port. rumqttd binds its own listeners and cannot report the port it
+/// got, so we ask the OS for one and hand it over; the window between is tiny and local.
+fn free_loopback_port() -> Result<SocketAddr, BrokerError> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(BrokerError::Port)?;
+    listener.local_addr().map_err(BrokerError::Port)
+}
+
+fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Err(BrokerError::NotReady(addr))
+}
+
+fn rumqttd_config(limits: &Limits, v4: SocketAddr, v5: SocketAddr) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: u16::try_from(limits.connect_timeout.as_millis())
+            .unwrap_or(u16::MAX),
+        // Room for the MQTT header and properties around the largest payload we accept.
+        max_payload_size: limits.max_payload_bytes + 64 * 1024,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = |name: &str, listen| ServerSettings {
+        name: name.into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: connections.clone(),
+    };
+    // Small segments per filter (each device's reply filter gets its own log), a larger log for
+    // the one filter every request flows through, so a busy moment does not wrap it.
+    let custom_segment = HashMap::from([(
+        topics::REQUEST_FILTER.to_owned(),
+        SegmentConfig {
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 4,
+        },
+    )]);
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: limits.max_connections + 64,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 2,
+            custom_segment: Some(custom_segment),
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_owned(), server("v4", v4))])),
+        v5: Some(HashMap::from([("v5".to_owned(), server("v5", v5))])),
+        ..Config::default()
+    }
+}
