@@ -1,5 +1,5 @@
-//! The `device-sim` binary.
+//! The `device-sim` binary: everything lives in the library, see [`device_sim::cli`].
 
-fn main() {
-    println!("device-sim: not yet implemented");
+fn main() -> std::process::ExitCode {
+    device_sim::cli::main()
 }

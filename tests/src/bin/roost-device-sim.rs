@@ -1,5 +1,5 @@
 //! device-sim's own entry point, built inside the test package.
 
-fn main() {
-    println!("device-sim: not yet implemented");
+fn main() -> std::process::ExitCode {
+    device_sim::cli::main()
 }

@@ -1,0 +1,231 @@
+//! Counting: live atomic counters for the progress bar, and each device's own [`DeviceStats`]
+//! (counts and HDR latency histograms) merged once at the end, so devices never share a lock.
+//!
+//! Fed by the device loops with [`Outcome`]s; feeds [`crate::report`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::tracker::Outcome;
+
+/// Counters shared by all devices, read by the progress bar while the run goes on.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Requests published.
+    pub sent: AtomicU64,
+    /// Correct final `200` replies.
+    pub ok: AtomicU64,
+    /// Final error replies, mismatches and connection errors.
+    pub errors: AtomicU64,
+    /// Devices connected and subscribed right now.
+    pub connected: AtomicU64,
+}
+
+impl Live {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Relaxed)
+    }
+}
+
+/// Plain counts, one set per device, summed at the end.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests published.
+    pub requests: u64,
+    /// First `202`s received.
+    pub accepted: u64,
+    /// Correct final `200` replies.
+    pub replies_ok: u64,
+    /// Final replies with an error status (4xx/5xx), including intake rejections.
+    pub replies_error: u64,
+    /// Requests with no final reply by the end of the grace period.
+    pub lost: u64,
+    /// Replies received again after their request was answered (dropped, as devices must).
+    pub duplicates: u64,
+    /// Replies carrying another run's correlation data (same device ids reused).
+    pub foreign: u64,
+    /// Replies that broke the protocol or carried a wrong result.
+    pub mismatched: u64,
+    /// Final replies that arrived without a `202` first (normal for sleepy devices).
+    pub finals_without_202: u64,
+    /// Acks published.
+    pub acks: u64,
+    /// Connections that failed or dropped.
+    pub connect_errors: u64,
+    /// Devices that never managed to connect and subscribe.
+    pub devices_failed: u64,
+    /// Sleepy wake cycles completed.
+    pub wakes: u64,
+    /// Telemetry uploads published.
+    pub telemetry: u64,
+    /// Open loop: sends delayed past their schedule by the in-flight cap.
+    pub late_sends: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        let pairs = [
+            (&mut self.requests, o.requests),
+            (&mut self.accepted, o.accepted),
+            (&mut self.replies_ok, o.replies_ok),
+            (&mut self.replies_error, o.replies_error),
+            (&mut self.lost, o.lost),
+            (&mut self.duplicates, o.duplicates),
+            (&mut self.foreign, o.foreign),
+            (&mut self.mismatched, o.mismatched),
+            (&mut self.finals_without_202, o.finals_without_202),
+            (&mut self.acks, o.acks),
+            (&mut self.connect_errors, o.connect_errors),
+            (&mut self.devices_failed, o.devices_failed),
+            (&mut self.wakes, o.wakes),
+            (&mut self.telemetry, o.telemetry),
+            (&mut self.late_sends, o.late_sends),
+        ];
+        for (mine, theirs) in pairs {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Microsecond histogram from 1 µs to 1 hour, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+/// One device's results (or, after [`DeviceStats::merge`], the fleet's).
+#[derive(Debug, Clone)]
+pub struct DeviceStats {
+    /// The counts.
+    pub counts: Counts,
+    /// Request published → final reply, µs.
+    pub latency: Histogram<u64>,
+    /// Request published → `202`, µs.
+    pub accept_latency: Histogram<u64>,
+    /// Final error replies by status code.
+    pub errors_by_status: BTreeMap<u16, u64>,
+    /// Mismatches by reason.
+    pub mismatch_reasons: BTreeMap<&'static str, u64>,
+    /// When the last final reply arrived.
+    pub last_final: Option<Instant>,
+}
+
+impl Default for DeviceStats {
+    fn default() -> Self {
+        DeviceStats {
+            counts: Counts::default(),
+            latency: histogram(),
+            accept_latency: histogram(),
+            errors_by_status: BTreeMap::new(),
+            mismatch_reasons: BTreeMap::new(),
+            last_final: None,
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl DeviceStats {
+    /// Counts one reply's outcome; `live` mirrors it for the progress bar.
+    pub fn record(&mut self, outcome: &Outcome, now: Instant, live: &Live) {
+        match outcome {
+            Outcome::Accepted { latency } => {
+                self.counts.accepted += 1;
+                self.accept_latency.saturating_record(micros(*latency));
+            }
+            Outcome::Final {
+                status,
+                latency,
+                had_202,
+            } => {
+                self.last_final = Some(now);
+                self.latency.saturating_record(micros(*latency));
+                if !had_202 {
+                    self.counts.finals_without_202 += 1;
+                }
+                if *status == 200 {
+                    self.counts.replies_ok += 1;
+                    Live::bump(&live.ok);
+                } else {
+                    self.counts.replies_error += 1;
+                    *self.errors_by_status.entry(*status).or_default() += 1;
+                    Live::bump(&live.errors);
+                }
+            }
+            Outcome::Duplicate => self.counts.duplicates += 1,
+            Outcome::Foreign => self.counts.foreign += 1,
+            Outcome::Mismatch {
+                reason, finished, ..
+            } => {
+                if *finished {
+                    self.last_final = Some(now);
+                }
+                self.counts.mismatched += 1;
+                *self.mismatch_reasons.entry(reason).or_default() += 1;
+                Live::bump(&live.errors);
+            }
+        }
+    }
+
+    /// Adds another device's results into these.
+    pub fn merge(&mut self, other: &DeviceStats) {
+        self.counts.add(&other.counts);
+        // Same bounds on both sides, so adding cannot fail; saturate rather than panic anyway.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.accept_latency.add(&other.accept_latency);
+        for (status, n) in &other.errors_by_status {
+            *self.errors_by_status.entry(*status).or_default() += n;
+        }
+        for (reason, n) in &other.mismatch_reasons {
+            *self.mismatch_reasons.entry(reason).or_default() += n;
+        }
+        self.last_final = self.last_final.max(other.last_final);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_counted_and_merged() {
+        let live = Live::default();
+        let now = Instant::now();
+        let mut a = DeviceStats::default();
+        let ms = Duration::from_millis;
+        a.record(&Outcome::Accepted { latency: ms(1) }, now, &live);
+        let done = |status| Outcome::Final {
+            status,
+            latency: ms(4),
+            had_202: true,
+        };
+        a.record(&done(200), now, &live);
+        let mut b = DeviceStats::default();
+        b.record(&done(503), now, &live);
+        b.record(&Outcome::Duplicate, now, &live);
+        let wrong = Outcome::Mismatch {
+            reason: "result_value",
+            detail: String::new(),
+            finished: true,
+        };
+        b.record(&wrong, now, &live);
+        a.merge(&b);
+        let c = &a.counts;
+        assert_eq!((c.accepted, c.replies_ok, c.replies_error), (1, 1, 1));
+        assert_eq!((c.duplicates, c.mismatched), (1, 1));
+        assert_eq!(a.errors_by_status.get(&503), Some(&1));
+        assert_eq!(a.mismatch_reasons.get("result_value"), Some(&1));
+        assert_eq!(a.latency.len(), 2);
+        assert_eq!((Live::get(&live.ok), Live::get(&live.errors)), (1, 2));
+    }
+}

@@ -1,0 +1,279 @@
+//! One device's table of requests in flight, and the classification of every reply it receives.
+//!
+//! Fed by the device loops (a request sent, a reply received); feeds [`crate::metrics`] with one
+//! [`Outcome`] per reply. No I/O and no clock of its own, so it is tested directly.
+//!
+//! **Invariant:** every request sent ends in exactly one of `replies_ok`, `replies_error`,
+//! `mismatched` (a final reply that was wrong) or, via [`Tracker::give_up`], `lost`.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gateway::wire::{Reply, RequestId, State, Status};
+
+use crate::verify;
+use crate::workload::{correlation, parse_correlation, Expect};
+
+/// The parts of a received PUBLISH that the checks look at.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The topic it arrived on.
+    pub topic: &'a str,
+    /// MQTT 5 Correlation Data.
+    pub corr: Option<&'a [u8]>,
+    /// MQTT 5 Content Type.
+    pub content_type: Option<&'a str>,
+    /// The `status` user property.
+    pub status_property: Option<&'a str>,
+    /// The CBOR payload.
+    pub payload: &'a [u8],
+}
+
+/// What one reply meant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The first `202` for a pending request.
+    Accepted {
+        /// Request published → `202` received.
+        latency: Duration,
+    },
+    /// The first final reply for a request, correct.
+    Final {
+        /// Its status code (200, or an error the gateway chose to send).
+        status: u16,
+        /// Request published → final reply received.
+        latency: Duration,
+        /// Whether a `202` came before it.
+        had_202: bool,
+    },
+    /// A reply for a request already answered (at-least-once delivery); dropped.
+    Duplicate,
+    /// A reply whose correlation names another run of device-sim (same device id).
+    Foreign,
+    /// A reply that broke the protocol. `finished` when it was the request's final reply.
+    Mismatch {
+        /// Stable reason, a JSON key in the report.
+        reason: &'static str,
+        /// Detail for the log.
+        detail: String,
+        /// Whether the request it names is now finished.
+        finished: bool,
+    },
+}
+
+/// A request sent and not yet finally answered.
+#[derive(Debug)]
+struct Pending {
+    expect: Expect,
+    sent_at: Instant,
+    request_id: Option<RequestId>,
+}
+
+/// One device's requests.
+#[derive(Debug)]
+pub struct Tracker {
+    nonce: u64,
+    next_seq: u64,
+    strict_202: bool,
+    reply_topic: String,
+    pending: HashMap<u64, Pending>,
+    finished: HashSet<u64>,
+}
+
+impl Tracker {
+    /// A tracker for a device whose replies arrive on `reply_topic`. With `strict_202`, a final
+    /// reply must follow a `202` carrying the same request id.
+    pub fn new(nonce: u64, reply_topic: String, strict_202: bool) -> Tracker {
+        Tracker {
+            nonce,
+            next_seq: 0,
+            strict_202,
+            reply_topic,
+            pending: HashMap::new(),
+            finished: HashSet::new(),
+        }
+    }
+
+    /// Registers a request about to be published and returns its fresh correlation data.
+    /// `sent_at` is when it was (or, open loop, was scheduled to be) sent.
+    pub fn start(&mut self, expect: Expect, sent_at: Instant) -> Bytes {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending.insert(
+            seq,
+            Pending {
+                expect,
+                sent_at,
+                request_id: None,
+            },
+        );
+        correlation(self.nonce, seq)
+    }
+
+    /// Requests sent and not finally answered.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Requests started so far.
+    pub fn started(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Ends the run: every request still pending is lost. Returns how many.
+    pub fn give_up(&mut self) -> u64 {
+        let lost = self.pending.len() as u64;
+        self.pending.clear();
+        lost
+    }
+
+    /// Classifies a received reply.
+    pub fn on_reply(&mut self, msg: Incoming<'_>, now: Instant) -> Outcome {
+        let mismatch = |reason, detail: String| Outcome::Mismatch {
+            reason,
+            detail,
+            finished: false,
+        };
+        let Some(corr) = msg.corr else {
+            return mismatch(
+                "no_correlation",
+                format!("reply on {} without one", msg.topic),
+            );
+        };
+        let Some((nonce, seq)) = parse_correlation(corr) else {
+            return mismatch("unknown_correlation", format!("{} bytes", corr.len()));
+        };
+        if nonce != self.nonce {
+            return Outcome::Foreign;
+        }
+        if self.finished.contains(&seq) {
+            return Outcome::Duplicate;
+        }
+        if !self.pending.contains_key(&seq) {
+            return mismatch("unknown_correlation", format!("sequence {seq} never sent"));
+        }
+        match self.check_envelope(msg) {
+            Ok(reply) if reply.status == Status::Accepted => self.accepted(seq, &reply, now),
+            Ok(reply) => self.finish(seq, &reply, now),
+            // A broken final reply ends its request; a broken 202 leaves it pending.
+            Err((reason, detail, is_final)) => {
+                if is_final {
+                    self.pending.remove(&seq);
+                    self.finished.insert(seq);
+                }
+                Outcome::Mismatch {
+                    reason,
+                    detail,
+                    finished: is_final,
+                }
+            }
+        }
+    }
+
+    /// Checks topic, properties and payload shape common to every reply.
+    fn check_envelope(&self, msg: Incoming<'_>) -> Result<Reply, (&'static str, String, bool)> {
+        let reply = Reply::decode(msg.payload).map_err(|e| ("bad_payload", e.to_string(), true))?;
+        let is_final = reply.status != Status::Accepted;
+        let fail = |reason, detail: String| Err((reason, detail, is_final));
+        if msg.topic != self.reply_topic {
+            return fail("wrong_topic", msg.topic.to_owned());
+        }
+        if msg.content_type != Some("application/cbor") {
+            return fail("content_type", format!("{:?}", msg.content_type));
+        }
+        let code = reply.status.code().to_string();
+        if msg.status_property != Some(code.as_str()) {
+            return fail(
+                "status_property",
+                format!("{:?} vs {code}", msg.status_property),
+            );
+        }
+        if reply.status.is_error() && reply.error.is_none() {
+            return fail("no_error_member", code);
+        }
+        Ok(reply)
+    }
+
+    fn accepted(&mut self, seq: u64, reply: &Reply, now: Instant) -> Outcome {
+        let Some(pending) = self.pending.get_mut(&seq) else {
+            return Outcome::Duplicate;
+        };
+        let shape_ok = matches!(
+            reply.state,
+            State::Accepted | State::Queued | State::Running
+        ) && reply.retry_after_ms.is_some();
+        let Some(id) = reply.request_id.filter(|_| shape_ok) else {
+            let detail = format!("state {:?}, request_id {:?}", reply.state, reply.request_id);
+            return Outcome::Mismatch {
+                reason: "bad_202",
+                detail,
+                finished: false,
+            };
+        };
+        match pending.request_id {
+            Some(known) if known == id => Outcome::Duplicate,
+            Some(known) => Outcome::Mismatch {
+                reason: "request_id_changed",
+                detail: format!("202 said {id}, earlier {known}"),
+                finished: false,
+            },
+            None => {
+                pending.request_id = Some(id);
+                Outcome::Accepted {
+                    latency: now.saturating_duration_since(pending.sent_at),
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, seq: u64, reply: &Reply, now: Instant) -> Outcome {
+        let Some(pending) = self.pending.remove(&seq) else {
+            return Outcome::Duplicate;
+        };
+        self.finished.insert(seq);
+        let latency = now.saturating_duration_since(pending.sent_at);
+        let had_202 = pending.request_id.is_some();
+        let bad = |reason, detail: String| Outcome::Mismatch {
+            reason,
+            detail,
+            finished: true,
+        };
+        // Errors found at intake come without a 202 (and without a stored request id).
+        let rejected = reply.state == State::Rejected;
+        if self.strict_202 && !rejected && !had_202 {
+            return bad(
+                "final_without_202",
+                format!("status {}", reply.status.code()),
+            );
+        }
+        if let (Some(known), Some(got)) = (pending.request_id, reply.request_id) {
+            if known != got {
+                return bad(
+                    "request_id_changed",
+                    format!("final {got}, 202 said {known}"),
+                );
+            }
+        }
+        if reply.status == Status::Ok {
+            if reply.state != State::Done {
+                return bad("bad_final", format!("200 with state {:?}", reply.state));
+            }
+            if reply.request_id.is_none() && self.strict_202 {
+                return bad("bad_final", "200 without request_id".into());
+            }
+            if let Err(wrong) = verify::check(&pending.expect, reply.result.as_ref()) {
+                return bad(wrong.reason, wrong.detail);
+            }
+        }
+        Outcome::Final {
+            status: reply.status.code(),
+            latency,
+            had_202,
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;
