@@ -208,8 +208,15 @@ impl Device<'_> {
         };
         let outcome = self.tracker.on_reply(msg, now);
         self.stats.record(&outcome, now, self.live);
-        if let Outcome::Mismatch { reason, detail, .. } = &outcome {
-            tracing::warn!(device = %self.id, reason, detail, "reply mismatched");
+        match &outcome {
+            Outcome::Mismatch { reason, detail, .. } => {
+                tracing::warn!(device = %self.id, reason, detail, "reply mismatched");
+            }
+            Outcome::Duplicate => {
+                let (dup, pkid) = (publish.dup, publish.pkid);
+                tracing::debug!(device = %self.id, topic, dup, pkid, "duplicate dropped");
+            }
+            _ => {}
         }
         if let (Some(corr), false) = (corr, status_property == Some("202")) {
             self.ack(client, corr).await;
