@@ -172,6 +172,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let outbox = Outbox {
         publisher: publisher.clone(),
         store: store.clone(),
+        presence: Default::default(),
+        max_held_per_wake: limits.max_held_replies_per_device,
     };
     let outbox_task = tokio::spawn(outbox.run(done_rx, events_rx, outbox_stop.clone()));
     status::publish_gateway(&publisher, &gateway_id, "online", started_at).await;

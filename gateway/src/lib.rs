@@ -16,6 +16,7 @@
 //! admits requests into the [`store`]; [`analytics`] runs them; [`outbox`] delivers replies;
 //! [`status`] reports to operators. [`wire`] is the protocol, shared with `device-sim`.
 
+pub mod admin;
 pub mod analytics;
 pub mod app;
 pub mod broker;

@@ -1,11 +1,17 @@
 //! The outbox: final replies → broker → device, held until acknowledged.
 //!
 //! Fed by the worker pool (final replies, after their commit), by recovery (replies a crash kept
-//! from being published) and by intake (device events: seen awake, asleep, acks). Publishes
-//! through the service link and records each publish in the store.
+//! from being published), by intake (a cancel's `410`; device events: seen awake, asleep, acks)
+//! and by the front door (connections). A final reply is published when it is ready, and again
+//! each time its device is next seen awake (the moment it goes from asleep to awake), oldest
+//! first and at most `limits.max_held_replies_per_device` per wake, until the device acks it or
+//! its TTL passes ([`expiry`]).
 //!
 //! **Invariant:** a held reply leaves the store only by the device's ack or the reply TTL (then
 //! it becomes a dead letter), never silently.
+
+pub mod expiry;
+mod presence;
 
 use std::time::Duration;
 
@@ -17,11 +23,17 @@ use crate::store::requests::{self, FinalReply};
 use crate::store::{now_ms, Store};
 use crate::wire::{DeviceId, RequestId, Status};
 
-/// What intake tells the outbox about devices.
+pub use presence::Presence;
+
+/// What the rest of the gateway tells the outbox about devices.
 #[derive(Debug, Clone)]
 pub enum DeviceEvent {
     /// The device published something: awake for this long.
     Seen(DeviceId, Duration),
+    /// The device is connected through the front door and subscribed: awake until it leaves.
+    Connected(DeviceId),
+    /// The device's connection ended.
+    Disconnected(DeviceId),
     /// The device said it is going to sleep.
     Asleep(DeviceId),
     /// The device acknowledged a reply.
@@ -32,14 +44,18 @@ pub enum DeviceEvent {
 pub struct Outbox {
     /// Publishes replies.
     pub publisher: Publisher,
-    /// Records publishes.
+    /// Records publishes; reads held replies.
     pub store: Store,
+    /// Who is awake.
+    pub presence: Presence,
+    /// Held replies redelivered per wake.
+    pub max_held_per_wake: usize,
 }
 
 impl Outbox {
-    /// Publishes final replies as they come, until shutdown and the channel is drained.
+    /// Publishes final replies as they come and redelivers held ones on wake, until shutdown.
     pub async fn run(
-        self,
+        mut self,
         mut done_rx: mpsc::UnboundedReceiver<FinalReply>,
         mut events_rx: mpsc::UnboundedReceiver<DeviceEvent>,
         shutdown: CancellationToken,
@@ -52,7 +68,7 @@ impl Outbox {
                     None => break,
                 },
                 event = events_rx.recv() => match event {
-                    Some(event) => tracing::trace!(?event, "device event"),
+                    Some(event) => self.on_event(event).await,
                     None => break,
                 },
                 _ = shutdown.cancelled() => {
@@ -63,6 +79,34 @@ impl Outbox {
                     break;
                 }
             }
+        }
+    }
+
+    async fn on_event(&mut self, event: DeviceEvent) {
+        let woke = self.presence.apply(&event);
+        if let Some(device) = woke {
+            self.redeliver(&device).await;
+        }
+    }
+
+    /// The device just woke: publish its held replies again, oldest first.
+    async fn redeliver(&self, device: &DeviceId) {
+        let limit = self.max_held_per_wake;
+        let lookup = device.clone();
+        let held = match self
+            .store
+            .call(move |txn| requests::held_for(txn, &lookup, limit))
+            .await
+        {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::error!(%error, device_id = %device, "cannot read held replies");
+                return;
+            }
+        };
+        let now = now_ms();
+        for reply in held.into_iter().filter(|r| r.expires_ms > now) {
+            self.publish(reply).await;
         }
     }
 
