@@ -288,36 +288,85 @@ mod tests {
 
     #[test]
     fn unknown_op_is_404_worthy() {
-        assert!(matches!(prepare("nope", &args(vec![]), 10), Err(PrepareError::UnknownOp(_))));
+        assert!(matches!(
+            prepare("nope", &args(vec![]), 10),
+            Err(PrepareError::UnknownOp(_))
+        ));
     }
 
     #[test]
     fn series_validation() {
         let bad = |a: Value| prepare("stats", &a, 4).expect_err("must be refused");
-        assert!(matches!(bad(args(vec![])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[f64::NAN]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[f64::INFINITY]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[1.0; 5]))])), PrepareError::Op(OpError::TooLarge(_))));
         assert!(matches!(
-            bad(args(vec![("values", floats(&[1.0])), ("ts", Value::Array(vec![]))])),
+            bad(args(vec![])),
             PrepareError::Op(OpError::BadArgs(_))
         ));
-        assert!(matches!(bad(args(vec![("metric", Value::Text("t".into()))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(Value::Integer(1.into())), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[f64::NAN]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[f64::INFINITY]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[1.0; 5]))])),
+            PrepareError::Op(OpError::TooLarge(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![
+                ("values", floats(&[1.0])),
+                ("ts", Value::Array(vec![]))
+            ])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("metric", Value::Text("t".into()))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(Value::Integer(1.into())),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
     }
 
     #[test]
     fn integers_and_telemetry_sources_are_accepted() {
-        let call = prepare("stats", &args(vec![("values", Value::Array(vec![Value::Integer(2.into())]))]), 4)
-            .expect("valid");
-        assert_eq!(call.source, Source::Inline(Series { values: vec![2.0], ts: None }));
         let call = prepare(
             "stats",
-            &args(vec![("metric", Value::Text("temp".into())), ("window_s", Value::Integer(60.into()))]),
+            &args(vec![(
+                "values",
+                Value::Array(vec![Value::Integer(2.into())]),
+            )]),
             4,
         )
         .expect("valid");
-        assert_eq!(call.source, Source::Telemetry { metric: "temp".into(), window_s: 60 });
+        assert_eq!(
+            call.source,
+            Source::Inline(Series {
+                values: vec![2.0],
+                ts: None
+            })
+        );
+        let call = prepare(
+            "stats",
+            &args(vec![
+                ("metric", Value::Text("temp".into())),
+                ("window_s", Value::Integer(60.into())),
+            ]),
+            4,
+        )
+        .expect("valid");
+        assert_eq!(
+            call.source,
+            Source::Telemetry {
+                metric: "temp".into(),
+                window_s: 60
+            }
+        );
     }
 }

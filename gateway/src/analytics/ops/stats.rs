@@ -31,7 +31,11 @@ impl Prepared for Stats {
             min = min.min(x);
             max = max.max(x);
         }
-        let stddev = if n > 1 { (m2 / (n - 1) as f64).sqrt() } else { 0.0 };
+        let stddev = if n > 1 {
+            (m2 / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
         let mut sorted = xs.clone();
         sorted.sort_by(f64::total_cmp);
         Ok(result_map(vec![
@@ -61,14 +65,19 @@ mod tests {
     use crate::wire::envelope::map_get;
 
     fn field(result: &Value, key: &str) -> f64 {
-        let Value::Map(m) = result else { panic!("not a map") };
+        let Value::Map(m) = result else {
+            panic!("not a map")
+        };
         super::super::as_finite(map_get(m, key).expect(key)).expect("number")
     }
 
     #[test]
     fn small_series_matches_numpy() {
         // numpy: mean 2.5, std(ddof=1) 1.2909944487358056, percentile 50 -> 2.5, 90 -> 3.7, 99 -> 3.97
-        let series = Series { values: vec![4.0, 1.0, 3.0, 2.0], ts: None };
+        let series = Series {
+            values: vec![4.0, 1.0, 3.0, 2.0],
+            ts: None,
+        };
         let result = Stats.run(&series).expect("runs");
         assert_eq!(field(&result, "count"), 4.0);
         assert_eq!(field(&result, "mean"), 2.5);
