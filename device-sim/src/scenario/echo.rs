@@ -4,6 +4,10 @@
 //! gateway's final reply does — but with no store, no `202` and no worker pool. `stats` gets its
 //! real result (16 values cost microseconds); other ops get `404`. So `load --expect-202 false`
 //! against it measures the broker's own round-trip ceiling.
+//!
+//! Against a running gateway the gateway would answer too, so for the yardstick use `--serve
+//! ADDR`: the echo then hosts the gateway's front door and rumqttd itself ([`super::bare_broker`])
+//! and answers on them.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,6 +29,23 @@ pub async fn run(args: EchoArgs) -> ExitCode {
     let (host, port) = match super::parse_broker(&args.broker) {
         Ok(ok) => ok,
         Err(message) => return super::usage(message),
+    };
+    let bare = match args.serve {
+        Some(listen) => match super::bare_broker::start(listen).await {
+            Ok(bare) => {
+                println!("device-sim echo listening mqtt={}", bare.addr);
+                Some(bare)
+            }
+            Err(message) => {
+                eprintln!("device-sim echo: {message}");
+                return ExitCode::from(super::EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    let (host, port) = match &bare {
+        Some(bare) => (bare.addr.ip().to_string(), bare.addr.port()),
+        None => (host, port),
     };
     let mut options = LinkOptions::new(&host, port, args.client_id.clone());
     options.inflight = 512;
@@ -69,6 +90,9 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         }
     }
     link.close(Duration::from_secs(2)).await;
+    if let Some(bare) = bare {
+        bare.stop.cancel();
+    }
     println!("device-sim echo: answered {answered} requests");
     ExitCode::SUCCESS
 }

@@ -2,6 +2,7 @@
 //! ([`DeviceConfig`] + [`Plan`]) and share [`execute`] for the report and the exit code;
 //! [`echo`] is the trivial responder.
 
+pub mod bare_broker;
 pub mod echo;
 pub mod load;
 pub mod run;

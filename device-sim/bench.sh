@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Request-reply benchmark: device-sim `load` against the echo yardstick (the gateway's front door +
+# rumqttd with no service behind it) and against the real gateway, on loopback.
+#
+# Usage, from the workspace root:
+#   cargo build --release -p gateway -p device-sim
+#   device-sim/bench.sh [DURATION] [SHAPES...]       e.g. device-sim/bench.sh 10s 10x4 100x4
+#
+# Prints one line per run and leaves the JSON reports in $OUT (default: a temp dir).
+# Every process it starts is stopped by its own PID.
+set -euo pipefail
+
+duration=${1:-10s}
+shift || true
+shapes=("$@")
+[ ${#shapes[@]} -eq 0 ] && shapes=(10x4 100x4)
+bin=${BIN:-target/release}
+out=${OUT:-$(mktemp -d)}
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+# Waits (at most 30 s) for a line matching $2 in file $1 and prints its mqtt= address.
+wait_addr() {
+    for _ in $(seq 300); do
+        if grep -q "$2" "$1" 2>/dev/null; then
+            grep -o 'mqtt=[0-9.:]*' "$1" | head -1 | cut -d= -f2
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "timed out waiting for '$2' in $1" >&2
+    return 1
+}
+
+summary() {
+    python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s, l = r["settings"], r["latency_ms"]
+rss = r.get("gateway_peak_rss_kib")
+rss = f"  gateway peak RSS {rss/1024:.0f} MiB" if rss else ""
+print(f'{s["devices"]}x{s["inflight"]}: {r["throughput_rps"]:.0f} req/s  p50 {l["p50"]:.2f} ms  '
+      f'p99 {l["p99"]:.2f} ms  max {l["max"]:.1f} ms  ok {r["replies_ok"]}  err {r["replies_error"]}  '
+      f'lost {r["lost"]}  dup {r["duplicates"]}  mismatched {r["mismatched"]}{rss}')
+PY
+}
+
+load() { # $1 = label, $2 = broker, $3 = shape, rest = extra flags
+    local label=$1 broker=$2 shape=$3
+    shift 3
+    local devices=${shape%x*} inflight=${shape#*x}
+    local json="$out/$label-$shape.json"
+    "$bin/device-sim" load --broker "$broker" --devices "$devices" --inflight "$inflight" --closed \
+        --duration "$duration" --quiet --json "$json" "$@" > /dev/null || true
+    printf '%-8s ' "$label"
+    summary "$json"
+}
+
+# 1. The yardstick: echo on the gateway's own front door + rumqttd, nothing behind it.
+"$bin/device-sim" echo --serve 127.0.0.1:0 > "$out/echo.log" 2>&1 &
+pids+=($!)
+echo_addr=$(wait_addr "$out/echo.log" "echo ready")
+for shape in "${shapes[@]}"; do load echo "$echo_addr" "$shape" --expect-202 false; done
+kill "${pids[0]}"
+
+# 2. The real gateway: intake, SQLite (synchronous = full), workers, outbox.
+mkdir -p "$out/gw"
+cat > "$out/gw/gateway.toml" <<TOML
+[gateway]
+data_dir = "$out/gw/data"
+[broker]
+listen = "127.0.0.1:0"
+[http]
+listen = ""
+TOML
+"$bin/gateway" run --config "$out/gw/gateway.toml" > "$out/gw/out.log" 2> "$out/gw/err.log" &
+gw_pid=$!
+pids+=("$gw_pid")
+gw_addr=$(wait_addr "$out/gw/out.log" "listening")
+for shape in "${shapes[@]}"; do load gateway "$gw_addr" "$shape" --gateway-pid "$gw_pid"; done
+echo "reports in $out"
