@@ -6,7 +6,8 @@
 #   cargo build --release -p gateway -p device-sim
 #   device-sim/bench.sh [DURATION] [SHAPES...]       e.g. device-sim/bench.sh 10s 10x4 100x4
 #
-# Prints one line per run and leaves the JSON reports in $OUT (default: a temp dir).
+# Prints one line per run and leaves the JSON reports in $OUT (default: a temp dir). The "server"
+# figures are the echo process (front door + rumqttd + responder) or the gateway process.
 # Every process it starts is stopped by its own PID.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ shapes=("$@")
 [ ${#shapes[@]} -eq 0 ] && shapes=(10x4 100x4)
 bin=${BIN:-target/release}
 out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT
@@ -38,11 +40,12 @@ summary() {
 import json, sys
 r = json.load(open(sys.argv[1]))
 s, l = r["settings"], r["latency_ms"]
-rss = r.get("gateway_peak_rss_kib")
-rss = f"  gateway peak RSS {rss/1024:.0f} MiB" if rss else ""
+rss, cpu, sim = r.get("gateway_peak_rss_kib"), r.get("gateway_cpu_us_per_request"), r.get("sim_cpu_s")
+extra = f"  server: peak RSS {rss/1024:.0f} MiB, {cpu:.0f} us CPU/req" if rss else ""
+extra += f"  device-sim CPU {sim:.1f} s" if sim is not None else ""
 print(f'{s["devices"]}x{s["inflight"]}: {r["throughput_rps"]:.0f} req/s  p50 {l["p50"]:.2f} ms  '
       f'p99 {l["p99"]:.2f} ms  max {l["max"]:.1f} ms  ok {r["replies_ok"]}  err {r["replies_error"]}  '
-      f'lost {r["lost"]}  dup {r["duplicates"]}  mismatched {r["mismatched"]}{rss}')
+      f'lost {r["lost"]}  dup {r["duplicates"]}  mismatched {r["mismatched"]}{extra}')
 PY
 }
 
@@ -52,7 +55,7 @@ load() { # $1 = label, $2 = broker, $3 = shape, rest = extra flags
     local devices=${shape%x*} inflight=${shape#*x}
     local json="$out/$label-$shape.json"
     "$bin/device-sim" load --broker "$broker" --devices "$devices" --inflight "$inflight" --closed \
-        --duration "$duration" --quiet --json "$json" "$@" > /dev/null || true
+        --duration "$duration" --quiet --json "$json" "$@" > "${json%.json}.log" 2>&1 || true
     printf '%-8s ' "$label"
     summary "$json"
 }
@@ -60,8 +63,11 @@ load() { # $1 = label, $2 = broker, $3 = shape, rest = extra flags
 # 1. The yardstick: echo on the gateway's own front door + rumqttd, nothing behind it.
 "$bin/device-sim" echo --serve 127.0.0.1:0 > "$out/echo.log" 2>&1 &
 pids+=($!)
+echo_pid=${pids[0]}
 echo_addr=$(wait_addr "$out/echo.log" "echo ready")
-for shape in "${shapes[@]}"; do load echo "$echo_addr" "$shape" --expect-202 false; done
+for shape in "${shapes[@]}"; do
+    load echo "$echo_addr" "$shape" --expect-202 false --gateway-pid "$echo_pid"
+done
 kill "${pids[0]}"
 
 # 2. The real gateway: intake, SQLite (synchronous = full), workers, outbox.

@@ -20,6 +20,7 @@ pub mod connection;
 pub mod device;
 pub mod fleet;
 pub mod metrics;
+pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -57,6 +57,8 @@ pub struct Counts {
     pub mismatched: u64,
     /// Final replies that arrived without a `202` first (normal for sleepy devices).
     pub finals_without_202: u64,
+    /// Strict mode: `202`s that arrived after their final reply (still matching it).
+    pub late_202: u64,
     /// Acks published.
     pub acks: u64,
     /// Connections that failed or dropped.
@@ -83,6 +85,7 @@ impl Counts {
             (&mut self.foreign, o.foreign),
             (&mut self.mismatched, o.mismatched),
             (&mut self.finals_without_202, o.finals_without_202),
+            (&mut self.late_202, o.late_202),
             (&mut self.acks, o.acks),
             (&mut self.connect_errors, o.connect_errors),
             (&mut self.devices_failed, o.devices_failed),
@@ -161,6 +164,11 @@ impl DeviceStats {
                     *self.errors_by_status.entry(*status).or_default() += 1;
                     Live::bump(&live.errors);
                 }
+            }
+            Outcome::Late202 { latency } => {
+                self.counts.accepted += 1;
+                self.counts.late_202 += 1;
+                self.accept_latency.saturating_record(micros(*latency));
             }
             Outcome::Duplicate => self.counts.duplicates += 1,
             Outcome::Foreign => self.counts.foreign += 1,

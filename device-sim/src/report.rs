@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::fleet::FleetResult;
 use crate::metrics::Counts;
+use crate::probe::Resources;
 
 /// Latency quantiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -100,12 +101,9 @@ pub struct Report {
     pub errors_by_status: BTreeMap<String, u64>,
     /// Mismatches by reason.
     pub mismatch_reasons: BTreeMap<&'static str, u64>,
-    /// The gateway's resident memory at the end, KiB (`--gateway-pid`).
-    pub gateway_rss_kib: Option<u64>,
-    /// The gateway's peak resident memory (VmHWM), KiB.
-    pub gateway_peak_rss_kib: Option<u64>,
-    /// device-sim's own peak resident memory, KiB.
-    pub sim_peak_rss_kib: Option<u64>,
+    /// Memory and CPU of device-sim and (with `--gateway-pid`) the gateway.
+    #[serde(flatten)]
+    pub resources: Resources,
     /// The verdict: nothing lost, nothing mismatched, something answered, every device connected.
     pub passed: bool,
     /// Why it failed, if it did.
@@ -117,6 +115,7 @@ fn extra_counts(c: &Counts) -> BTreeMap<&'static str, u64> {
         ("accepted", c.accepted),
         ("foreign", c.foreign),
         ("finals_without_202", c.finals_without_202),
+        ("late_202", c.late_202),
         ("acks", c.acks),
         ("connect_errors", c.connect_errors),
         ("devices_failed", c.devices_failed),
@@ -144,22 +143,9 @@ pub fn failures(c: &Counts) -> Vec<String> {
     why
 }
 
-/// Reads `VmRSS` and `VmHWM` (KiB) of a process from `/proc/{pid}/status`.
-pub fn rss_kib(pid: &str) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kib| kib.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 impl Report {
     /// Builds the report from a finished fleet.
-    pub fn new(settings: Settings, fleet: &FleetResult, gateway_pid: Option<u32>) -> Report {
+    pub fn new(settings: Settings, fleet: &FleetResult, resources: Resources) -> Report {
         let stats = &fleet.stats;
         let c = &stats.counts;
         let end = stats.last_final.unwrap_or(fleet.ended);
@@ -173,7 +159,6 @@ impl Report {
         } else {
             0.0
         };
-        let gateway = gateway_pid.and_then(|pid| rss_kib(&pid.to_string()));
         let failures = failures(c);
         Report {
             settings,
@@ -195,9 +180,7 @@ impl Report {
                 .map(|(code, n)| (code.to_string(), *n))
                 .collect(),
             mismatch_reasons: stats.mismatch_reasons.clone(),
-            gateway_rss_kib: gateway.map(|(rss, _)| rss),
-            gateway_peak_rss_kib: gateway.map(|(_, peak)| peak),
-            sim_peak_rss_kib: rss_kib("self").map(|(_, peak)| peak),
+            resources,
             passed: failures.is_empty(),
             failures,
         }
@@ -249,12 +232,23 @@ impl Report {
             "  throughput   {:.1} replies/s over {:.1} s",
             self.throughput_rps, self.elapsed_s
         );
-        if let (Some(rss), Some(peak)) = (self.gateway_rss_kib, self.gateway_peak_rss_kib) {
-            let mib = |kib: u64| kib as f64 / 1024.0;
+        let r = &self.resources;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        if let (Some(rss), Some(peak)) = (r.gateway_rss_kib, r.gateway_peak_rss_kib) {
             let _ = writeln!(
                 out,
                 "  gateway RSS  {:.1} MiB (peak {:.1} MiB)",
                 mib(rss),
+                mib(peak)
+            );
+        }
+        if let (Some(cpu), Some(per)) = (r.gateway_cpu_s, r.gateway_cpu_us_per_request) {
+            let _ = writeln!(out, "  gateway CPU  {cpu:.2} s ({per:.0} us per request)");
+        }
+        if let (Some(cpu), Some(peak)) = (r.sim_cpu_s, r.sim_peak_rss_kib) {
+            let _ = writeln!(
+                out,
+                "  device-sim   {cpu:.2} s CPU, peak RSS {:.1} MiB",
                 mib(peak)
             );
         }
@@ -317,11 +311,5 @@ mod tests {
             failures(&Counts::default()),
             vec!["no request was answered".to_owned()]
         );
-    }
-
-    #[test]
-    fn own_rss_is_readable() {
-        let (rss, peak) = rss_kib("self").expect("linux /proc");
-        assert!(rss > 0 && peak >= rss);
     }
 }

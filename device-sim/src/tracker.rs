@@ -5,6 +5,10 @@
 //!
 //! **Invariant:** every request sent ends in exactly one of `replies_ok`, `replies_error`,
 //! `mismatched` (a final reply that was wrong) or, via [`Tracker::give_up`], `lost`.
+//!
+//! With `strict_202`, a final reply that overtakes its `202` is accepted provisionally: the `202`
+//! must still arrive, with the same request id, before the run ends ([`Outcome::Late202`]); if it
+//! never does, [`Tracker::give_up`] reports it as `final_without_202`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -47,6 +51,11 @@ pub enum Outcome {
         /// Whether a `202` came before it.
         had_202: bool,
     },
+    /// The `202` of a request whose final reply came first (strict mode); it matched.
+    Late202 {
+        /// Request published → `202` received.
+        latency: Duration,
+    },
     /// A reply for a request already answered (at-least-once delivery); dropped.
     Duplicate,
     /// A reply whose correlation names another run of device-sim (same device id).
@@ -79,6 +88,9 @@ pub struct Tracker {
     reply_topic: String,
     pending: HashMap<u64, Pending>,
     finished: HashSet<u64>,
+    /// Strict mode: answered requests whose `202` has not come yet, with the final's request id
+    /// and send time.
+    awaiting_202: HashMap<u64, (Option<RequestId>, Instant)>,
 }
 
 impl Tracker {
@@ -92,6 +104,7 @@ impl Tracker {
             reply_topic,
             pending: HashMap::new(),
             finished: HashSet::new(),
+            awaiting_202: HashMap::new(),
         }
     }
 
@@ -121,11 +134,14 @@ impl Tracker {
         self.next_seq
     }
 
-    /// Ends the run: every request still pending is lost. Returns how many.
-    pub fn give_up(&mut self) -> u64 {
+    /// Ends the run: every request still pending is lost. Returns how many were lost, and how
+    /// many were answered but never got their `202` (strict mode).
+    pub fn give_up(&mut self) -> (u64, u64) {
         let lost = self.pending.len() as u64;
+        let missing_202 = self.awaiting_202.len() as u64;
         self.pending.clear();
-        lost
+        self.awaiting_202.clear();
+        (lost, missing_202)
     }
 
     /// Classifies a received reply.
@@ -146,6 +162,9 @@ impl Tracker {
         };
         if nonce != self.nonce {
             return Outcome::Foreign;
+        }
+        if self.awaiting_202.contains_key(&seq) {
+            return self.late_202(seq, msg, now);
         }
         if self.finished.contains(&seq) {
             return Outcome::Duplicate;
@@ -195,6 +214,40 @@ impl Tracker {
         Ok(reply)
     }
 
+    /// A reply for a request answered before its `202`: the `202` (checked like any other) ends
+    /// the wait; a repeated final is a duplicate.
+    fn late_202(&mut self, seq: u64, msg: Incoming<'_>, now: Instant) -> Outcome {
+        let reply = match self.check_envelope(msg) {
+            Ok(reply) if reply.status == Status::Accepted => reply,
+            Ok(_) => return Outcome::Duplicate,
+            Err((reason, detail, _)) => {
+                return Outcome::Mismatch {
+                    reason,
+                    detail,
+                    finished: false,
+                }
+            }
+        };
+        let Some((final_id, sent_at)) = self.awaiting_202.remove(&seq) else {
+            return Outcome::Duplicate;
+        };
+        match (final_id, reply.request_id) {
+            (Some(known), Some(got)) if known != got => Outcome::Mismatch {
+                reason: "request_id_changed",
+                detail: format!("late 202 said {got}, final {known}"),
+                finished: false,
+            },
+            (_, None) => Outcome::Mismatch {
+                reason: "bad_202",
+                detail: "202 without request_id".into(),
+                finished: false,
+            },
+            _ => Outcome::Late202 {
+                latency: now.saturating_duration_since(sent_at),
+            },
+        }
+    }
+
     fn accepted(&mut self, seq: u64, reply: &Reply, now: Instant) -> Outcome {
         let Some(pending) = self.pending.get_mut(&seq) else {
             return Outcome::Duplicate;
@@ -241,12 +294,6 @@ impl Tracker {
         };
         // Errors found at intake come without a 202 (and without a stored request id).
         let rejected = reply.state == State::Rejected;
-        if self.strict_202 && !rejected && !had_202 {
-            return bad(
-                "final_without_202",
-                format!("status {}", reply.status.code()),
-            );
-        }
         if let (Some(known), Some(got)) = (pending.request_id, reply.request_id) {
             if known != got {
                 return bad(
@@ -265,6 +312,10 @@ impl Tracker {
             if let Err(wrong) = verify::check(&pending.expect, reply.result.as_ref()) {
                 return bad(wrong.reason, wrong.detail);
             }
+        }
+        if self.strict_202 && !rejected && !had_202 {
+            self.awaiting_202
+                .insert(seq, (reply.request_id, pending.sent_at));
         }
         Outcome::Final {
             status: reply.status.code(),

@@ -66,7 +66,7 @@ fn accepted_then_done_then_duplicates() {
         Outcome::Duplicate
     );
     assert_eq!(deliver(&mut t, &corr, &accepted(id)), Outcome::Duplicate);
-    assert_eq!(t.give_up(), 0);
+    assert_eq!(t.give_up(), (0, 0));
 }
 
 fn reason(outcome: Outcome) -> &'static str {
@@ -92,12 +92,38 @@ fn a_wrong_result_finishes_the_request_as_mismatched() {
 #[test]
 fn strictness_about_the_202() {
     let id = RequestId::new();
+    // A final that overtakes its 202 is fine once the 202 (same id) turns up...
     let mut strict = tracker(true);
     let corr = strict.start(Expect::Stats(VALUES.to_vec()), Instant::now());
-    assert_eq!(
-        reason(deliver(&mut strict, &corr, &done(id, &VALUES))),
-        "final_without_202"
+    let outcome = deliver(&mut strict, &corr, &done(id, &VALUES));
+    assert!(
+        matches!(outcome, Outcome::Final { had_202: false, .. }),
+        "{outcome:?}"
     );
+    assert_eq!(
+        deliver(&mut strict, &corr, &done(id, &VALUES)),
+        Outcome::Duplicate
+    );
+    assert!(matches!(
+        deliver(&mut strict, &corr, &accepted(id)),
+        Outcome::Late202 { .. }
+    ));
+    assert_eq!(
+        deliver(&mut strict, &corr, &accepted(id)),
+        Outcome::Duplicate
+    );
+    assert_eq!(strict.give_up(), (0, 0));
+    // ...a 202 with another id is a mismatch, and one that never comes is counted at the end.
+    let corr = strict.start(Expect::Stats(VALUES.to_vec()), Instant::now());
+    deliver(&mut strict, &corr, &done(id, &VALUES));
+    let other = accepted(RequestId::new());
+    assert_eq!(
+        reason(deliver(&mut strict, &corr, &other)),
+        "request_id_changed"
+    );
+    let corr = strict.start(Expect::Stats(VALUES.to_vec()), Instant::now());
+    deliver(&mut strict, &corr, &done(id, &VALUES));
+    assert_eq!(strict.give_up(), (0, 1));
 
     let mut relaxed = tracker(false);
     let corr = relaxed.start(Expect::Stats(VALUES.to_vec()), Instant::now());
@@ -143,7 +169,7 @@ fn foreign_unknown_and_lost() {
         reason(deliver(&mut t, b"xy", &accepted(id))),
         "unknown_correlation"
     );
-    assert_eq!(t.give_up(), 1);
+    assert_eq!(t.give_up(), (1, 0));
     assert_eq!(t.started(), 1);
 }
 

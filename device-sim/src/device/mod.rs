@@ -270,7 +270,16 @@ impl Device<'_> {
 
     /// Ends the device: whatever is still pending is lost.
     pub fn finish(mut self) -> DeviceStats {
-        self.stats.counts.lost += self.tracker.give_up();
+        let (lost, missing_202) = self.tracker.give_up();
+        self.stats.counts.lost += lost;
+        if missing_202 > 0 {
+            self.stats.counts.mismatched += missing_202;
+            *self
+                .stats
+                .mismatch_reasons
+                .entry("final_without_202")
+                .or_default() += missing_202;
+        }
         self.stats.counts.requests = self.tracker.started();
         self.stats
     }

@@ -18,6 +18,7 @@ use rand::Rng;
 use crate::cli::{Command, FleetArgs};
 use crate::device::{DeviceConfig, Pacing, Sleepy};
 use crate::fleet::{self, Plan};
+use crate::probe::Meter;
 use crate::report::{Report, Settings};
 
 /// Exit code for a usage mistake the parser could not catch.
@@ -130,8 +131,10 @@ pub async fn execute(
     settings: Settings,
     args: &FleetArgs,
 ) -> ExitCode {
+    let meter = Meter::start(args.gateway_pid);
     let result = fleet::run(config, plan).await;
-    let report = Report::new(settings, &result, args.gateway_pid);
+    let finals = result.stats.counts.replies_ok + result.stats.counts.replies_error;
+    let report = Report::new(settings, &result, meter.finish(finals));
     let to_stdout = args.json.as_deref() == Some(Path::new("-"));
     if to_stdout {
         eprintln!("{}", report.summary());
