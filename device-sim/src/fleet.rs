@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -35,6 +36,10 @@ pub struct Plan {
 pub struct FleetResult {
     /// Every device's results, merged.
     pub stats: DeviceStats,
+    /// Request published → final reply, µs.
+    pub latency: Histogram<u64>,
+    /// Request published → `202`, µs.
+    pub accept_latency: Histogram<u64>,
     /// When sending started (None when no device connected).
     pub schedule: Option<Schedule>,
     /// When the last device finished.
@@ -106,8 +111,11 @@ pub async fn run(config: DeviceConfig, plan: Plan) -> FleetResult {
     if let Some(progress) = progress {
         progress.finish();
     }
+    let (latency, accept_latency) = live.latencies();
     FleetResult {
         stats,
+        latency,
+        accept_latency,
         schedule,
         ended: Instant::now(),
         devices_ready,

@@ -1,18 +1,22 @@
-//! Counting: live atomic counters for the progress bar, and each device's own [`DeviceStats`]
-//! (counts and HDR latency histograms) merged once at the end, so devices never share a lock.
+//! Counting: each device's own [`DeviceStats`] (plain counts, merged once at the end) and the
+//! fleet's [`Live`] state shared by all devices: atomic counters for the progress bar and the two
+//! HDR latency histograms. One histogram at 3 significant digits over 1 µs..1 h is ~190 KB, so
+//! devices share them (a lock held only to record one value) rather than own a copy each.
 //!
 //! Fed by the device loops with [`Outcome`]s; feeds [`crate::report`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use crate::tracker::Outcome;
 
-/// Counters shared by all devices, read by the progress bar while the run goes on.
-#[derive(Debug, Default)]
+/// State shared by all devices: counters the progress bar reads while the run goes on, and the
+/// latency histograms.
+#[derive(Debug)]
 pub struct Live {
     /// Requests published.
     pub sent: AtomicU64,
@@ -22,6 +26,30 @@ pub struct Live {
     pub errors: AtomicU64,
     /// Devices connected and subscribed right now.
     pub connected: AtomicU64,
+    /// Request published → final reply, µs.
+    latency: Mutex<Histogram<u64>>,
+    /// Request published → `202`, µs.
+    accept_latency: Mutex<Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            sent: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            latency: Mutex::new(histogram()),
+            accept_latency: Mutex::new(histogram()),
+        }
+    }
+}
+
+/// Locks a histogram; a panic elsewhere cannot leave one half-updated, so poison is ignored.
+fn lock(histogram: &Mutex<Histogram<u64>>) -> MutexGuard<'_, Histogram<u64>> {
+    histogram
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Live {
@@ -33,6 +61,22 @@ impl Live {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Relaxed)
+    }
+
+    fn record_final(&self, latency: Duration) {
+        lock(&self.latency).saturating_record(micros(latency));
+    }
+
+    fn record_accept(&self, latency: Duration) {
+        lock(&self.accept_latency).saturating_record(micros(latency));
+    }
+
+    /// Copies of the (final, `202`) latency histograms, µs.
+    pub fn latencies(&self) -> (Histogram<u64>, Histogram<u64>) {
+        (
+            lock(&self.latency).clone(),
+            lock(&self.accept_latency).clone(),
+        )
     }
 }
 
@@ -104,34 +148,17 @@ pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
 }
 
-/// One device's results (or, after [`DeviceStats::merge`], the fleet's).
-#[derive(Debug, Clone)]
+/// One device's counts (or, after [`DeviceStats::merge`], the fleet's).
+#[derive(Debug, Clone, Default)]
 pub struct DeviceStats {
     /// The counts.
     pub counts: Counts,
-    /// Request published → final reply, µs.
-    pub latency: Histogram<u64>,
-    /// Request published → `202`, µs.
-    pub accept_latency: Histogram<u64>,
     /// Final error replies by status code.
     pub errors_by_status: BTreeMap<u16, u64>,
     /// Mismatches by reason.
     pub mismatch_reasons: BTreeMap<&'static str, u64>,
     /// When the last final reply arrived.
     pub last_final: Option<Instant>,
-}
-
-impl Default for DeviceStats {
-    fn default() -> Self {
-        DeviceStats {
-            counts: Counts::default(),
-            latency: histogram(),
-            accept_latency: histogram(),
-            errors_by_status: BTreeMap::new(),
-            mismatch_reasons: BTreeMap::new(),
-            last_final: None,
-        }
-    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -144,7 +171,7 @@ impl DeviceStats {
         match outcome {
             Outcome::Accepted { latency } => {
                 self.counts.accepted += 1;
-                self.accept_latency.saturating_record(micros(*latency));
+                live.record_accept(*latency);
             }
             Outcome::Final {
                 status,
@@ -152,7 +179,7 @@ impl DeviceStats {
                 had_202,
             } => {
                 self.last_final = Some(now);
-                self.latency.saturating_record(micros(*latency));
+                live.record_final(*latency);
                 if !had_202 {
                     self.counts.finals_without_202 += 1;
                 }
@@ -168,7 +195,7 @@ impl DeviceStats {
             Outcome::Late202 { latency } => {
                 self.counts.accepted += 1;
                 self.counts.late_202 += 1;
-                self.accept_latency.saturating_record(micros(*latency));
+                live.record_accept(*latency);
             }
             Outcome::Duplicate => self.counts.duplicates += 1,
             Outcome::Foreign => self.counts.foreign += 1,
@@ -188,9 +215,6 @@ impl DeviceStats {
     /// Adds another device's results into these.
     pub fn merge(&mut self, other: &DeviceStats) {
         self.counts.add(&other.counts);
-        // Same bounds on both sides, so adding cannot fail; saturate rather than panic anyway.
-        let _ = self.latency.add(&other.latency);
-        let _ = self.accept_latency.add(&other.accept_latency);
         for (status, n) in &other.errors_by_status {
             *self.errors_by_status.entry(*status).or_default() += n;
         }
@@ -233,7 +257,8 @@ mod tests {
         assert_eq!((c.duplicates, c.mismatched), (1, 1));
         assert_eq!(a.errors_by_status.get(&503), Some(&1));
         assert_eq!(a.mismatch_reasons.get("result_value"), Some(&1));
-        assert_eq!(a.latency.len(), 2);
+        let (latency, accept) = live.latencies();
+        assert_eq!((latency.len(), accept.len()), (2, 1));
         assert_eq!((Live::get(&live.ok), Live::get(&live.errors)), (1, 2));
     }
 }
