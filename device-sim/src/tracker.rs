@@ -79,6 +79,28 @@ struct Pending {
     request_id: Option<RequestId>,
 }
 
+/// A request answered before its `202` (strict mode).
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    /// The final reply's request id, which the `202` must repeat.
+    request_id: Option<RequestId>,
+    /// When the request was sent.
+    sent_at: Instant,
+    /// The final reply's status, so it can be reclassified if the `202` never comes.
+    status: u16,
+}
+
+/// What a device leaves unsettled when its run ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Requests with no final reply: lost.
+    pub lost: u64,
+    /// Answered with `200` but the `202` never came: to move from `replies_ok` to `mismatched`.
+    pub ok_without_202: u64,
+    /// Answered with an error but the `202` never came: from `replies_error` to `mismatched`.
+    pub error_without_202: u64,
+}
+
 /// One device's requests.
 #[derive(Debug)]
 pub struct Tracker {
@@ -88,9 +110,8 @@ pub struct Tracker {
     reply_topic: String,
     pending: HashMap<u64, Pending>,
     finished: HashSet<u64>,
-    /// Strict mode: answered requests whose `202` has not come yet, with the final's request id
-    /// and send time.
-    awaiting_202: HashMap<u64, (Option<RequestId>, Instant)>,
+    /// Strict mode: answered requests whose `202` has not come yet.
+    awaiting_202: HashMap<u64, Awaiting>,
 }
 
 impl Tracker {
@@ -134,14 +155,27 @@ impl Tracker {
         self.next_seq
     }
 
-    /// Ends the run: every request still pending is lost. Returns how many were lost, and how
-    /// many were answered but never got their `202` (strict mode).
-    pub fn give_up(&mut self) -> (u64, u64) {
-        let lost = self.pending.len() as u64;
-        let missing_202 = self.awaiting_202.len() as u64;
+    /// Requests still waiting for anything: a final reply, or (strict mode) a late `202`.
+    pub fn unsettled(&self) -> usize {
+        self.pending.len() + self.awaiting_202.len()
+    }
+
+    /// Ends the run: every request still pending is lost, and (strict mode) every final reply
+    /// whose `202` never came is reclassified as mismatched.
+    pub fn give_up(&mut self) -> Leftovers {
+        let ok = self
+            .awaiting_202
+            .values()
+            .filter(|a| a.status == 200)
+            .count() as u64;
+        let leftovers = Leftovers {
+            lost: self.pending.len() as u64,
+            ok_without_202: ok,
+            error_without_202: self.awaiting_202.len() as u64 - ok,
+        };
         self.pending.clear();
         self.awaiting_202.clear();
-        (lost, missing_202)
+        leftovers
     }
 
     /// Classifies a received reply.
@@ -228,7 +262,12 @@ impl Tracker {
                 }
             }
         };
-        let Some((final_id, sent_at)) = self.awaiting_202.remove(&seq) else {
+        let Some(Awaiting {
+            request_id: final_id,
+            sent_at,
+            ..
+        }) = self.awaiting_202.remove(&seq)
+        else {
             return Outcome::Duplicate;
         };
         match (final_id, reply.request_id) {
@@ -314,8 +353,12 @@ impl Tracker {
             }
         }
         if self.strict_202 && !rejected && !had_202 {
-            self.awaiting_202
-                .insert(seq, (reply.request_id, pending.sent_at));
+            let awaiting = Awaiting {
+                request_id: reply.request_id,
+                sent_at: pending.sent_at,
+                status: reply.status.code(),
+            };
+            self.awaiting_202.insert(seq, awaiting);
         }
         Outcome::Final {
             status: reply.status.code(),

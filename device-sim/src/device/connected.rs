@@ -111,7 +111,7 @@ async fn drive(device: &mut Device<'_>, link: &mut Link, schedule: Schedule) {
     loop {
         let now = Instant::now();
         let sending = device.may_send(&schedule, now);
-        if now >= schedule.give_up || (!sending && device.tracker.in_flight() == 0) {
+        if now >= schedule.give_up || (!sending && device.tracker.unsettled() == 0) {
             return;
         }
         // Send everything that is due and fits under the cap.

@@ -270,15 +270,16 @@ impl Device<'_> {
 
     /// Ends the device: whatever is still pending is lost.
     pub fn finish(mut self) -> DeviceStats {
-        let (lost, missing_202) = self.tracker.give_up();
-        self.stats.counts.lost += lost;
+        let left = self.tracker.give_up();
+        let counts = &mut self.stats.counts;
+        counts.lost += left.lost;
+        let missing_202 = left.ok_without_202 + left.error_without_202;
         if missing_202 > 0 {
-            self.stats.counts.mismatched += missing_202;
-            *self
-                .stats
-                .mismatch_reasons
-                .entry("final_without_202")
-                .or_default() += missing_202;
+            counts.replies_ok -= left.ok_without_202;
+            counts.replies_error -= left.error_without_202;
+            counts.mismatched += missing_202;
+            let reasons = &mut self.stats.mismatch_reasons;
+            *reasons.entry("final_without_202").or_default() += missing_202;
         }
         self.stats.counts.requests = self.tracker.started();
         self.stats

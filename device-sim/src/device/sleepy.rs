@@ -63,7 +63,7 @@ pub async fn run(
         }
         sleep_until(wake.into()).await;
         let sending = device.may_send(&schedule, Instant::now());
-        if !sending && device.tracker.in_flight() == 0 {
+        if !sending && device.tracker.unsettled() == 0 {
             break;
         }
         if cycle(&mut device, &options, sleepy, schedule, sending).await {
@@ -116,13 +116,13 @@ async fn cycle(
     let listen_until = Instant::now() + sleepy.listen;
     loop {
         let now = Instant::now();
-        let draining = !sending && device.tracker.in_flight() > 0;
+        let draining = !sending && device.tracker.unsettled() > 0;
         let until = if draining {
             schedule.give_up
         } else {
             listen_until
         };
-        if now >= until || (!sending && device.tracker.in_flight() == 0) {
+        if now >= until || (!sending && device.tracker.unsettled() == 0) {
             break;
         }
         tokio::select! {
