@@ -29,12 +29,22 @@ use crate::workload::Mix;
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
 #[derive(Debug, Parser)]
-#[command(name = "device-sim", version, verbatim_doc_comment)]
+#[command(name = "device-sim", version, verbatim_doc_comment, after_help = EXAMPLES)]
 pub struct Cli {
     /// The scenario.
     #[command(subcommand)]
     pub command: Command,
 }
+
+const EXAMPLES: &str = "\
+Examples:
+  device-sim run --broker 127.0.0.1:1883 --devices 300 --duration 20s --json report.json
+  device-sim run --devices 200 --wake-every 30s --listen 2s --mix stats=8,histogram=1,anomaly=1 \\
+      --telemetry-every 5 --duration 5m
+  device-sim load --devices 100 --inflight 4 --closed --duration 10s --gateway-pid $(pidof gateway)
+  device-sim load --devices 100 --rate 5000 --duration 30s
+  device-sim echo --serve 127.0.0.1:0      # then: load --broker <printed addr> --expect-202 false
+  device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds";
 
 /// The scenarios.
 #[derive(Debug, Subcommand)]
@@ -82,8 +92,10 @@ pub struct FleetArgs {
     /// the others are checked for shape.
     #[arg(long, default_value = "stats=1")]
     pub mix: Mix,
-    /// Require a 202 (with the request id the final reply repeats) before each final reply.
-    /// Use false against `device-sim echo`, which only sends final replies.
+    /// Require a 202 carrying the request id that the final reply repeats (a final that overtakes
+    /// its 202 passes if the 202 follows before the run ends). Use false against `device-sim
+    /// echo`, which only sends final replies. Sleepy devices never require it: a 202 is not held
+    /// for a device that went back to sleep.
     #[arg(long = "expect-202", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub expect_202: bool,
     /// New connections per second while the fleet connects.
