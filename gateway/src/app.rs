@@ -211,9 +211,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
-    if outcome.is_err() {
-        return outcome;
-    }
+    outcome?;
 
     // Drain, in flow order.
     tracing::info!("draining");
