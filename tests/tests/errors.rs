@@ -74,7 +74,14 @@ impl TestDeadLetters {
 }
 
 /// (topic, payload, properties, expected status, expected error code, expected reply topic)
-type Case = (&'static str, Vec<u8>, PublishProperties, Status, &'static str, &'static str);
+type Case = (
+    &'static str,
+    Vec<u8>,
+    PublishProperties,
+    Status,
+    &'static str,
+    &'static str,
+);
 
 #[tokio::test]
 async fn every_intake_error_gets_its_code_and_a_dead_letter() {

@@ -27,6 +27,8 @@ pub struct Pool {
     pub done_tx: mpsc::UnboundedSender<FinalReply>,
     /// Fatal faults (the store failed).
     pub fatal_tx: mpsc::UnboundedSender<String>,
+    /// Counters.
+    pub metrics: Arc<crate::status::Metrics>,
 }
 
 impl Pool {
@@ -120,7 +122,8 @@ impl Pool {
 
     fn record(&self, job: Job, state: State, mut reply: Reply, executed: bool) {
         reply.request_id = Some(job.id);
-        if job.envelope {
+        let envelope = job.envelope;
+        if envelope {
             reply.corr = Some(job.corr.clone());
         }
         let now = now_ms();
@@ -132,6 +135,7 @@ impl Pool {
             status: reply.status.code(),
             payload: reply.encode(),
             expires_ms: now + self.reply_ttl.as_millis() as i64,
+            envelope,
         };
         let completion = Completion {
             id: job.id,
@@ -144,10 +148,17 @@ impl Pool {
         };
         let done_tx = self.done_tx.clone();
         let fatal_tx = self.fatal_tx.clone();
+        let metrics = self.metrics.clone();
         self.store.submit(
             move |txn| requests::complete(txn, &completion),
             move |result| match result {
                 Ok(true) => {
+                    let counter = if state == State::Done {
+                        &metrics.done_total
+                    } else {
+                        &metrics.failed_total
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let _ = done_tx.send(final_reply);
                 }
                 // Cancelled while running: the cancel already recorded the final reply.

@@ -204,6 +204,11 @@ impl Scheduler {
         ((us * 1.2) / 1000.0).ceil().max(1.0) as u64
     }
 
+    /// Requests of `device` reserved, queued or running.
+    pub fn pending_of(&self, device: &DeviceId) -> usize {
+        self.lock().pending.get(device).copied().unwrap_or(0)
+    }
+
     /// Current counts.
     pub fn counts(&self) -> Counts {
         let inner = self.lock();

@@ -75,7 +75,8 @@ impl Db {
     }
 }
 
-/// What to do after the commit.
+/// What to do after the commit. Every device event is sent from here, so the outbox sees them
+/// in receive order.
 pub(super) enum Plan {
     Admit {
         address: Address,
@@ -98,6 +99,7 @@ pub(super) enum Plan {
     },
     Ack(DeviceId),
     Seen(DeviceId, Option<u64>),
+    Asleep(DeviceId),
     Ignored,
 }
 
@@ -189,10 +191,7 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
             Some(Db::Telemetry(device, readings)),
         ),
         Incoming::Presence(device, Some(listen_ms)) => (Plan::Seen(device, Some(listen_ms)), None),
-        Incoming::Presence(device, None) => {
-            let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
-            (Plan::Ignored, None)
-        }
+        Incoming::Presence(device, None) => (Plan::Asleep(device), None),
         Incoming::Ignored => (Plan::Ignored, None),
     }
 }
@@ -301,6 +300,10 @@ impl Plan {
                 }
             }
             (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            // Sent here, in receive order, after the events of earlier publishes.
+            (Plan::Asleep(device), _) => {
+                let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
+            }
             (Plan::Ignored, _) => {}
             (_, _) => tracing::error!("intake plan and store outcome disagree"),
         }
@@ -324,6 +327,7 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
                     address.corr.as_ref(),
                     status,
                     std::time::Duration::from_millis(left_ms),
+                    address.envelope,
                 )
                 .await;
         }
