@@ -161,14 +161,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         stats: Arc::new(IntakeStats::default()),
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
-    let worker_threads = Pool {
-        scheduler: scheduler.clone(),
-        store: store.clone(),
-        reply_ttl: limits.reply_ttl,
-        done_tx: done_tx.clone(),
-        fatal_tx: fatal_tx.clone(),
-        metrics: metrics.clone(),
-    }
+    let worker_threads = Pool::new(
+        scheduler.clone(),
+        store.clone(),
+        limits.reply_ttl,
+        done_tx.clone(),
+        fatal_tx.clone(),
+        metrics.clone(),
+    )
     .start(workers);
     drop(done_tx);
     let outbox_stop = CancellationToken::new();

@@ -218,6 +218,11 @@ impl Scheduler {
         }
     }
 
+    /// Whether [`Scheduler::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Stops handing out work; workers finish what they hold and exit.
     pub fn close(&self) {
         self.lock().closed = true;
