@@ -272,3 +272,23 @@ impl TestDevice {
         serde_json::from_slice(&publish.payload).expect("JSON payload")
     }
 }
+
+/// Waits until `devices/{device}/status` shows nothing pending and nothing held: every request
+/// of the device has finished and every final reply has been acked (or dead-lettered).
+pub async fn wait_settled(addr: SocketAddr, device: &str) {
+    let watcher_id = format!("settle-{device}");
+    let mut watcher =
+        TestDevice::connect_with(options(&watcher_id, addr), &watcher_id, false).await;
+    watcher
+        .client
+        .subscribe(format!("devices/{device}/status"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        let status = watcher.next_json().await;
+        if status["held"] == 0 && status["pending"] == 0 {
+            break;
+        }
+    }
+    watcher.disconnect().await;
+}

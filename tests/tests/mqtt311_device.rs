@@ -8,7 +8,7 @@ use std::process::Command;
 use ciborium::Value;
 use gateway::wire::envelope::encode_value;
 use gateway::wire::{Reply, Status};
-use roost_tests::device::{field, options, TestDevice};
+use roost_tests::device::field;
 use roost_tests::store_view::requests_of;
 use roost_tests::Gateway;
 
@@ -74,25 +74,7 @@ fn paho_311_device_gets_envelope_replies_and_its_ack_stops_redelivery() {
     // The device's retained status settles at nothing pending and nothing held once the ack
     // is in the store (before the ack it holds the final reply).
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let mut watcher =
-            TestDevice::connect_with(options("status-watch", gateway.mqtt), "status-watch", false)
-                .await;
-        watcher
-            .client
-            .subscribe(
-                "devices/old-1/status",
-                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            )
-            .await
-            .expect("subscribe");
-        loop {
-            let status = watcher.next_json().await;
-            if status["held"] == 0 && status["pending"] == 0 {
-                break;
-            }
-        }
-    });
+    runtime.block_on(roost_tests::device::wait_settled(gateway.mqtt, "old-1"));
     let rows = requests_of(&gateway, "old-1");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].delivery.as_deref(), Some("acked"), "{rows:?}");

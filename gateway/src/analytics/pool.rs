@@ -146,8 +146,7 @@ impl Pool {
                 return;
             }
             let elapsed = executed.then(|| started.elapsed());
-            self.scheduler.finished(&ticket.device, ticket.op, elapsed);
-            self.record(&ticket, state, reply, executed);
+            self.record(&ticket, state, reply, elapsed);
         }
     }
 
@@ -168,8 +167,7 @@ impl Pool {
                 .collect();
             for ticket in overdue {
                 tracing::warn!(request_id = %ticket.id, device_id = %ticket.device, "op overran its deadline; abandoned");
-                self.scheduler.finished(&ticket.device, ticket.op, None);
-                self.record(&ticket, State::Expired, expired_reply(), false);
+                self.record(&ticket, State::Expired, expired_reply(), None);
                 drop(self.spawn_worker());
             }
         }
@@ -234,7 +232,11 @@ impl Pool {
         }
     }
 
-    fn record(&self, job: &Ticket, state: State, mut reply: Reply, executed: bool) {
+    /// Records the final reply; once committed, frees the job's slot (so a device's status never
+    /// shows it neither pending nor held) and hands the reply to the outbox. `elapsed` is the
+    /// op's run time when it ran to the end.
+    fn record(&self, job: &Ticket, state: State, mut reply: Reply, elapsed: Option<Duration>) {
+        let executed = elapsed.is_some();
         reply.request_id = Some(job.id);
         let envelope = job.envelope;
         if envelope {
@@ -263,22 +265,27 @@ impl Pool {
         let done_tx = self.done_tx.clone();
         let fatal_tx = self.fatal_tx.clone();
         let metrics = self.metrics.clone();
+        let scheduler = self.scheduler.clone();
+        let ticket = job.clone();
         self.store.submit(
             move |txn| requests::complete(txn, &completion),
-            move |result| match result {
-                Ok(true) => {
-                    let counter = if state == State::Done {
-                        &metrics.done_total
-                    } else {
-                        &metrics.failed_total
-                    };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = done_tx.send(final_reply);
-                }
-                // Cancelled while running: the cancel already recorded the final reply.
-                Ok(false) => {}
-                Err(error) => {
-                    let _ = fatal_tx.send(error.to_string());
+            move |result| {
+                scheduler.finished(ticket.id, &ticket.device, ticket.op, elapsed);
+                match result {
+                    Ok(true) => {
+                        let counter = if state == State::Done {
+                            &metrics.done_total
+                        } else {
+                            &metrics.failed_total
+                        };
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = done_tx.send(final_reply);
+                    }
+                    // Cancelled while running: the cancel already recorded the final reply.
+                    Ok(false) => {}
+                    Err(error) => {
+                        let _ = fatal_tx.send(error.to_string());
+                    }
                 }
             },
         );
@@ -346,7 +353,7 @@ mod tests {
         let admitted = new.clone();
         let admission = rig
             .store
-            .call_blocking(move |txn| requests::admit(txn, &admitted))
+            .call_blocking(move |txn| requests::admit(txn, &admitted, 0))
             .expect("stored");
         assert!(matches!(admission, Admission::New));
         rig.scheduler.reserve(&device).expect("slot");

@@ -38,6 +38,8 @@ struct Inner {
     total_pending: usize,
     queued: usize,
     running: usize,
+    /// Ids of the jobs on workers now.
+    running_ids: std::collections::HashSet<crate::wire::RequestId>,
     closed: bool,
     /// Recent run time per op (exponentially weighted), in microseconds.
     cost_us: HashMap<&'static str, f64>,
@@ -147,16 +149,25 @@ impl Scheduler {
                 }
                 inner.queued -= 1;
                 inner.running += 1;
+                inner.running_ids.insert(job.id);
                 return Some(job);
             }
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// A worker finished a job: frees its slot and learns the op's cost.
-    pub fn finished(&self, device: &DeviceId, op: &'static str, elapsed: Option<Duration>) {
+    /// A worker finished (or the reaper abandoned) job `id`: frees its slot and learns the op's
+    /// cost.
+    pub fn finished(
+        &self,
+        id: crate::wire::RequestId,
+        device: &DeviceId,
+        op: &'static str,
+        elapsed: Option<Duration>,
+    ) {
         let mut inner = self.lock();
         inner.running -= 1;
+        inner.running_ids.remove(&id);
         release_locked(&mut inner, device);
         if let Some(elapsed) = elapsed {
             let sample = elapsed.as_secs_f64() * 1e6;
@@ -202,6 +213,11 @@ impl Scheduler {
         let us = ahead * mean_cost + own;
         // A little headroom for the reply's trip; at least 1 ms.
         ((us * 1.2) / 1000.0).ceil().max(1.0) as u64
+    }
+
+    /// Whether request `id` is on a worker now.
+    pub fn is_running(&self, id: crate::wire::RequestId) -> bool {
+        self.lock().running_ids.contains(&id)
     }
 
     /// Requests of `device` reserved, queued or running.

@@ -12,7 +12,7 @@ use crate::wire::topics;
 /// Held replies expired per tick at most (the rest wait for the next tick).
 const EXPIRE_PER_TICK: usize = 1000;
 /// Prune every this many ticks.
-const PRUNE_EVERY: u64 = 60;
+const PRUNE_EVERY: u64 = 10;
 
 impl Outbox {
     pub(super) async fn housekeeping(&mut self, tick: u64) {

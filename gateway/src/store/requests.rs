@@ -167,10 +167,16 @@ fn correlation(row: &Row<'_>, idx: usize) -> rusqlite::Result<Correlation> {
     Ok(Correlation(Bytes::from(bytes)))
 }
 
-/// Stores a request unless its (device, correlation) exists; reports which.
-pub fn admit(conn: &Connection, request: &NewRequest) -> rusqlite::Result<Admission> {
-    let inserted = conn
-        .prepare_cached(
+/// Stores a request unless its (device, correlation) was seen within the dedupe window (received
+/// after `dedupe_after_ms`); reports which. An older request whose reply was acked or
+/// dead-lettered is forgotten first, so the window is exact whenever pruning last ran.
+pub fn admit(
+    conn: &Connection,
+    request: &NewRequest,
+    dedupe_after_ms: i64,
+) -> rusqlite::Result<Admission> {
+    let insert = |conn: &Connection| {
+        conn.prepare_cached(
             "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope, received_ms,
                  deadline_ms, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')
@@ -186,8 +192,22 @@ pub fn admit(conn: &Connection, request: &NewRequest) -> rusqlite::Result<Admiss
             request.envelope,
             request.received_ms,
             request.deadline_ms,
+        ])
+    };
+    if insert(conn)? == 1 {
+        return Ok(Admission::New);
+    }
+    let forgotten = conn
+        .prepare_cached(
+            "DELETE FROM requests WHERE device = ?1 AND corr = ?2 AND received_ms < ?3
+                 AND delivery IN ('acked', 'dead')",
+        )?
+        .execute(params![
+            request.device.as_str(),
+            request.corr.as_bytes(),
+            dedupe_after_ms
         ])?;
-    if inserted == 1 {
+    if forgotten == 1 && insert(conn)? == 1 {
         return Ok(Admission::New);
     }
     find(conn, &request.device, &request.corr)?
