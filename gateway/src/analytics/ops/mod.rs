@@ -5,6 +5,9 @@
 //!
 //! A series comes inline (`values`, optional `ts`) or from stored telemetry (`metric`,
 //! `window_s`); the worker resolves a [`Source`] into a [`Series`] before calling `run`.
+//!
+//! **Invariant:** no op's result holds NaN or infinity: inputs are checked finite (at intake for
+//! inline series, again in [`values`] for telemetry) and every float goes out through [`float`].
 
 use std::fmt::Debug;
 
@@ -12,7 +15,13 @@ use ciborium::Value;
 
 use crate::wire::envelope::map_get;
 
+pub mod anomaly;
+pub mod histogram;
+pub mod spectrum;
 pub mod stats;
+#[cfg(test)]
+mod testing;
+pub mod trend;
 
 /// Why an op refused its input or failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,7 +47,13 @@ pub trait Prepared: Send + Sync + Debug {
 pub type PrepareFn = fn(&Args<'_>) -> Result<Box<dyn Prepared>, OpError>;
 
 /// Every analytics op by name.
-pub const OPS: &[(&str, PrepareFn)] = &[("stats", stats::prepare)];
+pub const OPS: &[(&str, PrepareFn)] = &[
+    ("stats", stats::prepare),
+    ("histogram", histogram::prepare),
+    ("anomaly", anomaly::prepare),
+    ("trend", trend::prepare),
+    ("spectrum", spectrum::prepare),
+];
 
 /// A time series: values, with timestamps (ms since epoch) when known.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -274,6 +289,30 @@ pub fn uint(n: usize) -> Value {
     Value::Integer((n as u64).into())
 }
 
+/// The series' values: `400` when empty or not all finite. Inline series were checked at intake;
+/// this guards telemetry windows, which can be empty.
+pub fn values(series: &Series) -> Result<&[f64], OpError> {
+    if series.values.is_empty() {
+        return Err(OpError::BadArgs("the series is empty".into()));
+    }
+    if !series.values.iter().all(|x| x.is_finite()) {
+        return Err(OpError::BadArgs("values must all be finite numbers".into()));
+    }
+    Ok(&series.values)
+}
+
+/// A result float. Finite inputs can still overflow f64 arithmetic (values near 1e308): that is
+/// `500`, never a NaN or infinity in a reply.
+pub fn float(name: &str, x: f64) -> Result<Value, OpError> {
+    if x.is_finite() {
+        Ok(Value::Float(x))
+    } else {
+        Err(OpError::Failed(format!(
+            "{name} overflowed float64: the values are too large"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,36 +327,85 @@ mod tests {
 
     #[test]
     fn unknown_op_is_404_worthy() {
-        assert!(matches!(prepare("nope", &args(vec![]), 10), Err(PrepareError::UnknownOp(_))));
+        assert!(matches!(
+            prepare("nope", &args(vec![]), 10),
+            Err(PrepareError::UnknownOp(_))
+        ));
     }
 
     #[test]
     fn series_validation() {
         let bad = |a: Value| prepare("stats", &a, 4).expect_err("must be refused");
-        assert!(matches!(bad(args(vec![])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[f64::NAN]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[f64::INFINITY]))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(args(vec![("values", floats(&[1.0; 5]))])), PrepareError::Op(OpError::TooLarge(_))));
         assert!(matches!(
-            bad(args(vec![("values", floats(&[1.0])), ("ts", Value::Array(vec![]))])),
+            bad(args(vec![])),
             PrepareError::Op(OpError::BadArgs(_))
         ));
-        assert!(matches!(bad(args(vec![("metric", Value::Text("t".into()))])), PrepareError::Op(OpError::BadArgs(_))));
-        assert!(matches!(bad(Value::Integer(1.into())), PrepareError::Op(OpError::BadArgs(_))));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[f64::NAN]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[f64::INFINITY]))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("values", floats(&[1.0; 5]))])),
+            PrepareError::Op(OpError::TooLarge(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![
+                ("values", floats(&[1.0])),
+                ("ts", Value::Array(vec![]))
+            ])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(args(vec![("metric", Value::Text("t".into()))])),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
+        assert!(matches!(
+            bad(Value::Integer(1.into())),
+            PrepareError::Op(OpError::BadArgs(_))
+        ));
     }
 
     #[test]
     fn integers_and_telemetry_sources_are_accepted() {
-        let call = prepare("stats", &args(vec![("values", Value::Array(vec![Value::Integer(2.into())]))]), 4)
-            .expect("valid");
-        assert_eq!(call.source, Source::Inline(Series { values: vec![2.0], ts: None }));
         let call = prepare(
             "stats",
-            &args(vec![("metric", Value::Text("temp".into())), ("window_s", Value::Integer(60.into()))]),
+            &args(vec![(
+                "values",
+                Value::Array(vec![Value::Integer(2.into())]),
+            )]),
             4,
         )
         .expect("valid");
-        assert_eq!(call.source, Source::Telemetry { metric: "temp".into(), window_s: 60 });
+        assert_eq!(
+            call.source,
+            Source::Inline(Series {
+                values: vec![2.0],
+                ts: None
+            })
+        );
+        let call = prepare(
+            "stats",
+            &args(vec![
+                ("metric", Value::Text("temp".into())),
+                ("window_s", Value::Integer(60.into())),
+            ]),
+            4,
+        )
+        .expect("valid");
+        assert_eq!(
+            call.source,
+            Source::Telemetry {
+                metric: "temp".into(),
+                window_s: 60
+            }
+        );
     }
 }
