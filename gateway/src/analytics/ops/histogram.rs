@@ -101,11 +101,20 @@ fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
 fn count(xs: &[f64], edges: &[f64]) -> Vec<usize> {
     let bins = edges.len() - 1;
     let (first, last) = (edges[0], edges[bins]);
-    let denom = last - first;
+    // numpy divides by the range, then multiplies by bins; one multiplication by their ratio can
+    // land one bin off near an edge, and the comparisons below settle that exactly as numpy's do,
+    // so each value ends in the bin whose edges hold it.
+    let scale = bins as f64 / (last - first);
     let mut counts = vec![0usize; bins];
     for &x in xs {
         // Saturating float → int cast; the corrections below settle values near an edge.
-        let mut index = (((x - first) / denom) * bins as f64) as usize;
+        let position = if scale.is_finite() {
+            (x - first) * scale
+        } else {
+            // A subnormal range: numpy's order of operations avoids the overflow.
+            (x - first) / (last - first) * bins as f64
+        };
+        let mut index = position as usize;
         index = index.min(bins - 1);
         if x < edges[index] {
             index = index.saturating_sub(1);
@@ -181,6 +190,35 @@ mod tests {
                 .map(|c| u64::try_from(c.as_integer().expect("uint")).expect("u64"))
                 .sum();
             prop_assert_eq!(total, xs.len() as u64);
+        }
+
+        #[test]
+        fn each_value_lands_between_its_edges(
+            base in -1e12f64..1e12,
+            offsets in prop::collection::vec(0.0f64..1.0, 1..300),
+            width in prop::sample::select(vec![1e-6, 1e-3, 1.0, 1e6]),
+            bins in 1usize..200,
+        ) {
+            let xs: Vec<f64> = offsets.iter().map(|o| base + o * width).collect();
+            let Ok(result) = (Histogram { bins }).run(&Series { values: xs.clone(), ts: None }) else {
+                return Ok(()); // too many bins for a range narrow relative to base
+            };
+            let edges: Vec<f64> = match field(&result, "edges") {
+                Value::Array(edges) => edges.iter().map(|e| e.as_float().expect("float")).collect(),
+                _ => panic!("edges"),
+            };
+            let mut expected = vec![0u64; bins];
+            for &x in &xs {
+                // The bin whose edges hold x, the last one closed.
+                let index = edges[1..bins].partition_point(|&edge| edge <= x);
+                expected[index] += 1;
+            }
+            let Value::Array(counts) = field(&result, "counts") else { panic!("counts") };
+            let counts: Vec<u64> = counts
+                .iter()
+                .map(|c| u64::try_from(c.as_integer().expect("uint")).expect("u64"))
+                .collect();
+            prop_assert_eq!(counts, expected);
         }
     }
 }

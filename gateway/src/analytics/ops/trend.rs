@@ -74,37 +74,39 @@ struct Fit {
 
 impl Fit {
     fn of(ts: &[u64], ys: &[f64]) -> Result<Fit, OpError> {
-        let (Some(&first), Some(&last)) = (ts.iter().min(), ts.iter().max()) else {
-            return Err(OpError::BadArgs("the series is empty".into()));
-        };
-        if first == last || ts.len() != ys.len() {
+        let (first, last) = ts
+            .iter()
+            .fold((u64::MAX, u64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        if first >= last || ts.len() != ys.len() {
             return Err(OpError::BadArgs(
                 "trend needs at least two distinct timestamps".into(),
             ));
         }
-        // Integer subtraction first: epoch milliseconds lose no precision.
-        let seconds = |t: u64| (t - first) as f64 / 1000.0;
+        // Work in milliseconds since the earliest timestamp (integers, so their sum is exact and
+        // no division per point), and convert the slope to seconds once at the end.
+        let ms = |t: u64| (t - first) as f64;
         let n = ys.len() as f64;
-        let mean_t = ts.iter().map(|&t| seconds(t)).sum::<f64>() / n;
+        let sum_ms: u128 = ts.iter().map(|&t| u128::from(t - first)).sum();
+        let mean_ms = sum_ms as f64 / n;
         let mean_y = ys.iter().sum::<f64>() / n;
         let (mut stt, mut sty, mut syy) = (0.0, 0.0, 0.0);
         for (&t, &y) in ts.iter().zip(ys) {
-            let (dt, dy) = (seconds(t) - mean_t, y - mean_y);
+            let (dt, dy) = (ms(t) - mean_ms, y - mean_y);
             stt += dt * dt;
             sty += dt * dy;
             syy += dy * dy;
         }
-        let slope = sty / stt;
+        let slope_per_ms = sty / stt;
         let r2 = if syy > 0.0 {
             (sty * sty / (stt * syy)).clamp(0.0, 1.0)
         } else {
             1.0
         };
         Ok(Fit {
-            slope,
-            intercept: mean_y - slope * mean_t,
+            slope: slope_per_ms * 1000.0,
+            intercept: mean_y - slope_per_ms * mean_ms,
             r2,
-            span_s: seconds(last),
+            span_s: ms(last) / 1000.0,
         })
     }
 }
