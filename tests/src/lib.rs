@@ -1,2 +1,223 @@
-//! The end-to-end harness: starts the real gateway process on free loopback ports with a temp
-//! data dir, and talks to it with real MQTT 5 clients.
+//! The end-to-end harness: starts the real gateway process (the product's own CLI, built in this
+//! package as `roost-gateway`) on free loopback ports with a temp data dir, and talks to it with
+//! real MQTT 5 clients ([`device::TestDevice`]). Everything waits on events with timeouts, never
+//! on sleeps.
+
+pub mod device;
+pub mod store_view;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a gateway may take to start listening.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A gateway process under test.
+pub struct Gateway {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra_config: String,
+    /// The device-facing MQTT address.
+    pub mqtt: SocketAddr,
+    /// The operator HTTP address, when enabled.
+    pub http: Option<SocketAddr>,
+    restarts: usize,
+}
+
+impl Gateway {
+    /// Starts a gateway with the test defaults.
+    pub fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    /// Starts a gateway with extra TOML merged over the test config (a key given here wins).
+    pub fn start_with(extra_config: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut gateway = Gateway {
+            child: None,
+            dir,
+            extra_config: extra_config.to_owned(),
+            mqtt: "127.0.0.1:0".parse().expect("addr"),
+            http: None,
+            restarts: 0,
+        };
+        gateway.spawn().expect("gateway starts");
+        gateway
+    }
+
+    /// The binary under test: `roost-gateway`, built by cargo next to the test executables
+    /// (`target/<profile>/`, one level above `deps/`).
+    pub fn binary() -> PathBuf {
+        sibling_binary("roost-gateway")
+    }
+
+    /// The temp directory holding config, data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file the gateway runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data").join("roost.db")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("gateway-{}.log", self.restarts))
+    }
+
+    /// Writes the config for the current port and starts the process; waits until it listens.
+    fn spawn(&mut self) -> Result<(), String> {
+        let data = self.dir.path().join("data");
+        let base = format!(
+            "[gateway]\nid = \"gw-test\"\ndata_dir = {data:?}\nworkers = 2\n\
+             [broker]\nlisten = \"{mqtt}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\nsynchronous = \"normal\"\n",
+            mqtt = self.mqtt,
+        );
+        let mut config: toml::Table = base.parse().expect("base config");
+        let extra: toml::Table = self.extra_config.parse().expect("extra config is TOML");
+        merge(&mut config, extra);
+        std::fs::write(self.config_path(), config.to_string()).expect("write config");
+        let log = std::fs::File::create(self.log_path()).expect("log file");
+        let mut child = Command::new(Gateway::binary())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .env("RUST_LOG", "info,rumqttd=warn,rumqttc=warn")
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        loop {
+            let line = line_rx
+                .recv_timeout(START_TIMEOUT)
+                .map_err(|_| format!("gateway did not start listening:\n{}", self.log()))?;
+            if let Some(rest) = line.strip_prefix("roost gateway listening ") {
+                for part in rest.split_whitespace() {
+                    match part.split_once('=') {
+                        Some(("mqtt", addr)) => self.mqtt = addr.parse().expect("mqtt addr"),
+                        Some(("http", addr)) => self.http = Some(addr.parse().expect("http addr")),
+                        _ => {}
+                    }
+                }
+                // Keep draining stdout so the gateway never blocks on a full pipe.
+                std::thread::spawn(move || while line_rx.recv().is_ok() {});
+                return Ok(());
+            }
+        }
+    }
+
+    /// The gateway's log (stderr) of its current run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (bounded).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the gateway again on the same data dir and the same MQTT port.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop the gateway before restarting it"
+        );
+        self.restarts += 1;
+        self.spawn().expect("gateway restarts");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A binary of this package, found next to the running test executable.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.exists(), "{} is not built", path.display());
+    path
+}
+
+/// Runs the gateway binary with arguments (operator subcommands) and returns its output.
+pub fn gateway_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(Gateway::binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gateway")
+}

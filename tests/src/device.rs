@@ -1,0 +1,238 @@
+//! A test device: a real rumqttc MQTT 5 client with helpers to send requests and wait for
+//! replies. Every wait has a timeout.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ciborium::Value;
+use gateway::wire::envelope::encode_value;
+use gateway::wire::{topics, DeviceId, Reply};
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::mpsc;
+
+/// How long a test waits for any one message.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A reply as received: payload decoded, plus the properties that matter.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// The topic it arrived on.
+    pub topic: String,
+    /// The decoded payload.
+    pub reply: Reply,
+    /// The raw payload bytes.
+    pub payload: Bytes,
+    /// Correlation Data property.
+    pub corr: Option<Bytes>,
+    /// All publish properties.
+    pub properties: Option<PublishProperties>,
+}
+
+impl Received {
+    /// The `status` user property, if present.
+    pub fn status_property(&self) -> Option<&str> {
+        self.properties.as_ref().and_then(|p| {
+            p.user_properties
+                .iter()
+                .find(|(k, _)| k == "status")
+                .map(|(_, v)| v.as_str())
+        })
+    }
+}
+
+/// A connected MQTT 5 device.
+pub struct TestDevice {
+    /// Its id.
+    pub id: DeviceId,
+    /// The client.
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Client options every test client uses (see RUMQTT-NOTES: nodelay, packet size, inflight).
+pub fn options(client_id: &str, addr: SocketAddr) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(Some(1024 * 1024));
+    options.set_outgoing_inflight_upper_limit(64);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    options.set_network_options(net);
+    options
+}
+
+impl TestDevice {
+    /// Connects as `id` and subscribes to its replies (`devices/{id}/reply/#`).
+    pub async fn connect(addr: SocketAddr, id: &str) -> TestDevice {
+        TestDevice::connect_with(options(id, addr), id, true).await
+    }
+
+    /// Connects with custom options; subscribes to the reply topics when `subscribe`.
+    pub async fn connect_with(options: MqttOptions, id: &str, subscribe: bool) -> TestDevice {
+        let id = DeviceId::parse(id).expect("valid device id");
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // `devices/{id}/reply/#` also matches `devices/{id}/reply` itself; subscribing to both
+        // makes the broker deliver every reply twice (once per matching subscription).
+        let expect_subacks = if subscribe { 1 } else { 0 };
+        if subscribe {
+            client
+                .subscribe(topics::reply_filter(&id), QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+        }
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut subacks = 0;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) if expect_subacks == 0 => {
+                        if let Some(ready) = ready_tx.take() {
+                            let _ = ready.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        subacks += 1;
+                        if subacks == expect_subacks {
+                            if let Some(ready) = ready_tx.take() {
+                                let _ = ready.send(Ok(()));
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        if tx.send(publish).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        if let Some(ready) = ready_tx.take() {
+                            let _ = ready.send(Err(error.to_string()));
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("connected in time")
+            .expect("event loop alive")
+            .expect("connect succeeded");
+        TestDevice {
+            id,
+            client,
+            rx,
+            task,
+        }
+    }
+
+    /// Publishes a request with Correlation Data `corr` (and optional Response Topic).
+    pub async fn request(&self, op: &str, args: &Value, corr: &[u8], response_topic: Option<&str>) {
+        let properties = PublishProperties {
+            correlation_data: Some(Bytes::copy_from_slice(corr)),
+            response_topic: response_topic.map(str::to_owned),
+            ..Default::default()
+        };
+        self.publish_raw(
+            &topics::request(&self.id, op),
+            encode_value(args),
+            Some(properties),
+        )
+        .await;
+    }
+
+    /// Publishes any payload to any topic at QoS 1.
+    pub async fn publish_raw(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        properties: Option<PublishProperties>,
+    ) {
+        match properties {
+            Some(p) => self
+                .client
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, p)
+                .await
+                .expect("publish"),
+            None => self
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish"),
+        }
+    }
+
+    /// Acknowledges the reply with correlation `corr`.
+    pub async fn ack(&self, corr: &[u8]) {
+        let properties = PublishProperties {
+            correlation_data: Some(Bytes::copy_from_slice(corr)),
+            ..Default::default()
+        };
+        self.publish_raw(&topics::ack(&self.id), Vec::new(), Some(properties))
+            .await;
+    }
+
+    /// Waits for the next message on any subscribed topic.
+    pub async fn next(&mut self) -> Received {
+        self.next_within(WAIT)
+            .await
+            .expect("a reply arrived in time")
+    }
+
+    /// Waits up to `wait` for the next message.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
+        let publish = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let reply = Reply::decode(&publish.payload).expect("reply is valid CBOR");
+        Some(Received {
+            topic,
+            corr: publish
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_data.clone()),
+            reply,
+            payload: publish.payload,
+            properties: publish.properties,
+        })
+    }
+
+    /// Waits for the next reply whose correlation is `corr`, skipping others.
+    pub async fn reply_for(&mut self, corr: &[u8]) -> Received {
+        loop {
+            let received = self.next().await;
+            if received.corr.as_deref() == Some(corr) {
+                return received;
+            }
+        }
+    }
+
+    /// Disconnects cleanly and stops the event loop.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// `{"values": [...]}` for `stats`.
+pub fn values(xs: &[f64]) -> Value {
+    Value::Map(vec![(
+        Value::Text("values".into()),
+        Value::Array(xs.iter().map(|x| Value::Float(*x)).collect()),
+    )])
+}
+
+/// Reads a float field of a result map.
+pub fn field(result: &Value, key: &str) -> f64 {
+    let Value::Map(entries) = result else {
+        panic!("result is not a map: {result:?}")
+    };
+    let value =
+        gateway::wire::envelope::map_get(entries, key).unwrap_or_else(|| panic!("no {key}"));
+    gateway::analytics::ops::as_finite(value).unwrap_or_else(|| panic!("{key} not a number"))
+}
