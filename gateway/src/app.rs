@@ -23,6 +23,7 @@ use crate::frontdoor::{relay, FrontDoor};
 use crate::intake::{Intake, IntakeStats};
 use crate::mqtt::{self, LinkConfig, LinkError};
 use crate::outbox::Outbox;
+use crate::status::{GatewayStatus, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wire::topics;
 use crate::{recovery, status};
@@ -135,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .map(String::from),
     );
     let started_at = crate::store::now_ms();
+    let metrics = Arc::new(Metrics::default());
     let (link, inbox_rx) = mqtt::connect(LinkConfig {
         host: link_host,
         port: link_port,
@@ -159,24 +161,39 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         stats: Arc::new(IntakeStats::default()),
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
-    let worker_threads = Pool {
-        scheduler: scheduler.clone(),
-        store: store.clone(),
-        reply_ttl: limits.reply_ttl,
-        done_tx: done_tx.clone(),
-        fatal_tx: fatal_tx.clone(),
-    }
+    let worker_threads = Pool::new(
+        scheduler.clone(),
+        store.clone(),
+        limits.reply_ttl,
+        done_tx.clone(),
+        fatal_tx.clone(),
+        metrics.clone(),
+    )
     .start(workers);
     drop(done_tx);
     let outbox_stop = CancellationToken::new();
     let outbox = Outbox {
         publisher: publisher.clone(),
         store: store.clone(),
+        scheduler: scheduler.clone(),
+        metrics: metrics.clone(),
+        gateway_id: gateway_id.clone(),
+        limits: limits.clone(),
         presence: Default::default(),
-        max_held_per_wake: limits.max_held_replies_per_device,
+        board: Default::default(),
     };
     let outbox_task = tokio::spawn(outbox.run(done_rx, events_rx, outbox_stop.clone()));
-    status::publish_gateway(&publisher, &gateway_id, "online", started_at).await;
+    let gateway_status = GatewayStatus {
+        publisher: publisher.clone(),
+        store: store.clone(),
+        scheduler: scheduler.clone(),
+        metrics: metrics.clone(),
+        gateway_id: gateway_id.clone(),
+        started_at_ms: started_at,
+    };
+    gateway_status.publish("online").await;
+    let status_stop = CancellationToken::new();
+    tokio::spawn(gateway_status.clone().run(status_stop.clone()));
 
     let front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
@@ -211,14 +228,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
-    if outcome.is_err() {
-        return outcome;
-    }
+    outcome?;
 
     // Drain, in flow order.
     tracing::info!("draining");
     draining.store(true, Ordering::Relaxed);
-    status::publish_gateway(&publisher, &gateway_id, "draining", started_at).await;
+    status_stop.cancel();
+    gateway_status.publish("draining").await;
     shutdown.cancel();
     if let Some(front_task) = front_task {
         let _ = front_task.await;
@@ -232,7 +248,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let _ = tokio::time::timeout(limits.op_timeout + Duration::from_secs(1), joined).await;
     outbox_stop.cancel();
     let _ = outbox_task.await;
-    status::publish_gateway(&publisher, &gateway_id, "offline", started_at).await;
+    gateway_status.publish("offline").await;
     link.disconnect().await;
     tracing::info!("stopped");
     Ok(())

@@ -41,12 +41,12 @@ pub async fn recover(
         recovered.republished += 1;
     }
     for stored in queued {
-        match job(stored, limits) {
+        match job(&stored, limits) {
             Ok(job) => {
                 scheduler.push_recovered(job);
                 recovered.requeued += 1;
             }
-            Err((stored, message)) => {
+            Err(message) => {
                 // The stored arguments no longer make a valid call (e.g. an op was removed):
                 // the request still ends in exactly one final reply.
                 let mut reply =
@@ -64,6 +64,7 @@ pub async fn recover(
                     status: 500,
                     payload: reply.encode(),
                     expires_ms: now + limits.reply_ttl.as_millis() as i64,
+                    envelope: stored.envelope,
                 };
                 let completion = Completion {
                     id: final_reply.id,
@@ -86,25 +87,18 @@ pub async fn recover(
     Ok(recovered)
 }
 
-fn job(stored: StoredRequest, limits: &Limits) -> Result<Job, (StoredRequest, String)> {
-    let args = match decode_value(&stored.args) {
-        Ok(args) => args,
-        Err(error) => return Err((stored, error.to_string())),
-    };
-    match ops::prepare(&stored.op, &args, limits.max_series_len) {
-        Ok(call) => Ok(Job {
-            id: stored.id,
-            device: stored.device,
-            corr: stored.corr,
-            call,
-            reply_topic: stored.reply_topic,
-            envelope: stored.envelope,
-            received_ms: stored.received_ms,
-            deadline_ms: stored.deadline_ms,
-        }),
-        Err(error @ (PrepareError::UnknownOp(_) | PrepareError::Op(_))) => {
-            let message = error.to_string();
-            Err((stored, message))
-        }
-    }
+fn job(stored: &StoredRequest, limits: &Limits) -> Result<Job, String> {
+    let args = decode_value(&stored.args).map_err(|e| e.to_string())?;
+    let call = ops::prepare(&stored.op, &args, limits.max_series_len)
+        .map_err(|error: PrepareError| error.to_string())?;
+    Ok(Job {
+        id: stored.id,
+        device: stored.device.clone(),
+        corr: stored.corr.clone(),
+        call,
+        reply_topic: stored.reply_topic.clone(),
+        envelope: stored.envelope,
+        received_ms: stored.received_ms,
+        deadline_ms: stored.deadline_ms,
+    })
 }

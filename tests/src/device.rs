@@ -236,3 +236,59 @@ pub fn field(result: &Value, key: &str) -> f64 {
         gateway::wire::envelope::map_get(entries, key).unwrap_or_else(|| panic!("no {key}"));
     gateway::analytics::ops::as_finite(value).unwrap_or_else(|| panic!("{key} not a number"))
 }
+
+/// A CBOR presence payload: `{"state": "awake"}` or `{"state": "asleep"}`.
+pub fn presence(awake: bool) -> Vec<u8> {
+    gateway::wire::envelope::encode_value(&Value::Map(vec![(
+        Value::Text("state".into()),
+        Value::Text(if awake { "awake" } else { "asleep" }.into()),
+    )]))
+}
+
+impl TestDevice {
+    /// Wakes: connects, subscribes to its replies and announces presence.
+    pub async fn wake(addr: SocketAddr, id: &str) -> TestDevice {
+        let device = TestDevice::connect(addr, id).await;
+        let topic = topics::presence(&device.id);
+        device.publish_raw(&topic, presence(true), None).await;
+        device
+    }
+
+    /// Announces sleep and disconnects.
+    pub async fn sleep(self) {
+        let topic = topics::presence(&self.id);
+        self.publish_raw(&topic, presence(false), None).await;
+        self.disconnect().await;
+    }
+}
+
+impl TestDevice {
+    /// Waits for the next message and parses it as JSON (status and dead-letter topics).
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let publish = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("event loop alive");
+        serde_json::from_slice(&publish.payload).expect("JSON payload")
+    }
+}
+
+/// Waits until `devices/{device}/status` shows nothing pending and nothing held: every request
+/// of the device has finished and every final reply has been acked (or dead-lettered).
+pub async fn wait_settled(addr: SocketAddr, device: &str) {
+    let watcher_id = format!("settle-{device}");
+    let mut watcher =
+        TestDevice::connect_with(options(&watcher_id, addr), &watcher_id, false).await;
+    watcher
+        .client
+        .subscribe(format!("devices/{device}/status"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        let status = watcher.next_json().await;
+        if status["held"] == 0 && status["pending"] == 0 {
+            break;
+        }
+    }
+    watcher.disconnect().await;
+}

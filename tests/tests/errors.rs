@@ -73,6 +73,16 @@ impl TestDeadLetters {
     }
 }
 
+/// (topic, payload, properties, expected status, expected error code, expected reply topic)
+type Case = (
+    &'static str,
+    Vec<u8>,
+    PublishProperties,
+    Status,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_intake_error_gets_its_code_and_a_dead_letter() {
     let gateway = Gateway::start_with("[limits]\nmax_payload_bytes = 4096\nmax_series_len = 100\n");
@@ -85,7 +95,7 @@ async fn every_intake_error_gets_its_code_and_a_dead_letter() {
     let long_series = values(&vec![1.0; 101]);
     let nan = values(&[1.0, f64::NAN]);
     let not_map = encode_value(&Value::Array(vec![]));
-    let cases: Vec<(&str, Vec<u8>, PublishProperties, Status, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             req,
             b"\xff\x00garbage".to_vec(),

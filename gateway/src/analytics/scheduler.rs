@@ -38,6 +38,8 @@ struct Inner {
     total_pending: usize,
     queued: usize,
     running: usize,
+    /// Ids of the jobs on workers now.
+    running_ids: std::collections::HashSet<crate::wire::RequestId>,
     closed: bool,
     /// Recent run time per op (exponentially weighted), in microseconds.
     cost_us: HashMap<&'static str, f64>,
@@ -147,16 +149,25 @@ impl Scheduler {
                 }
                 inner.queued -= 1;
                 inner.running += 1;
+                inner.running_ids.insert(job.id);
                 return Some(job);
             }
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
         }
     }
 
-    /// A worker finished a job: frees its slot and learns the op's cost.
-    pub fn finished(&self, device: &DeviceId, op: &'static str, elapsed: Option<Duration>) {
+    /// A worker finished (or the reaper abandoned) job `id`: frees its slot and learns the op's
+    /// cost.
+    pub fn finished(
+        &self,
+        id: crate::wire::RequestId,
+        device: &DeviceId,
+        op: &'static str,
+        elapsed: Option<Duration>,
+    ) {
         let mut inner = self.lock();
         inner.running -= 1;
+        inner.running_ids.remove(&id);
         release_locked(&mut inner, device);
         if let Some(elapsed) = elapsed {
             let sample = elapsed.as_secs_f64() * 1e6;
@@ -204,6 +215,16 @@ impl Scheduler {
         ((us * 1.2) / 1000.0).ceil().max(1.0) as u64
     }
 
+    /// Whether request `id` is on a worker now.
+    pub fn is_running(&self, id: crate::wire::RequestId) -> bool {
+        self.lock().running_ids.contains(&id)
+    }
+
+    /// Requests of `device` reserved, queued or running.
+    pub fn pending_of(&self, device: &DeviceId) -> usize {
+        self.lock().pending.get(device).copied().unwrap_or(0)
+    }
+
     /// Current counts.
     pub fn counts(&self) -> Counts {
         let inner = self.lock();
@@ -211,6 +232,11 @@ impl Scheduler {
             queued: inner.queued,
             running: inner.running,
         }
+    }
+
+    /// Whether [`Scheduler::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// Stops handing out work; workers finish what they hold and exit.

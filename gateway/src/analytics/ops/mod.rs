@@ -5,6 +5,9 @@
 //!
 //! A series comes inline (`values`, optional `ts`) or from stored telemetry (`metric`,
 //! `window_s`); the worker resolves a [`Source`] into a [`Series`] before calling `run`.
+//!
+//! **Invariant:** no op's result holds NaN or infinity: inputs are checked finite (at intake for
+//! inline series, again in [`values`] for telemetry) and every float goes out through [`float`].
 
 use std::fmt::Debug;
 
@@ -12,7 +15,13 @@ use ciborium::Value;
 
 use crate::wire::envelope::map_get;
 
+pub mod anomaly;
+pub mod histogram;
+pub mod spectrum;
 pub mod stats;
+#[cfg(test)]
+mod testing;
+pub mod trend;
 
 /// Why an op refused its input or failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,7 +47,13 @@ pub trait Prepared: Send + Sync + Debug {
 pub type PrepareFn = fn(&Args<'_>) -> Result<Box<dyn Prepared>, OpError>;
 
 /// Every analytics op by name.
-pub const OPS: &[(&str, PrepareFn)] = &[("stats", stats::prepare)];
+pub const OPS: &[(&str, PrepareFn)] = &[
+    ("stats", stats::prepare),
+    ("histogram", histogram::prepare),
+    ("anomaly", anomaly::prepare),
+    ("trend", trend::prepare),
+    ("spectrum", spectrum::prepare),
+];
 
 /// A time series: values, with timestamps (ms since epoch) when known.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -272,6 +287,30 @@ pub fn result_map(entries: Vec<(&str, Value)>) -> Value {
 /// A CBOR uint.
 pub fn uint(n: usize) -> Value {
     Value::Integer((n as u64).into())
+}
+
+/// The series' values: `400` when empty or not all finite. Inline series were checked at intake;
+/// this guards telemetry windows, which can be empty.
+pub fn values(series: &Series) -> Result<&[f64], OpError> {
+    if series.values.is_empty() {
+        return Err(OpError::BadArgs("the series is empty".into()));
+    }
+    if !series.values.iter().all(|x| x.is_finite()) {
+        return Err(OpError::BadArgs("values must all be finite numbers".into()));
+    }
+    Ok(&series.values)
+}
+
+/// A result float. Finite inputs can still overflow f64 arithmetic (values near 1e308): that is
+/// `500`, never a NaN or infinity in a reply.
+pub fn float(name: &str, x: f64) -> Result<Value, OpError> {
+    if x.is_finite() {
+        Ok(Value::Float(x))
+    } else {
+        Err(OpError::Failed(format!(
+            "{name} overflowed float64: the values are too large"
+        )))
+    }
 }
 
 #[cfg(test)]
