@@ -24,6 +24,7 @@ pub mod probe;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod summary;
 pub mod tracker;
 pub mod verify;
 pub mod workload;

@@ -115,6 +115,10 @@ pub struct Counts {
     pub telemetry: u64,
     /// Open loop: sends delayed past their schedule by the in-flight cap.
     pub late_sends: u64,
+    /// Bytes of request and ack PUBLISH packets sent (PUBACKs and pings not included).
+    pub bytes_up: u64,
+    /// Bytes of reply PUBLISH packets received, duplicates included.
+    pub bytes_down: u64,
 }
 
 impl Counts {
@@ -136,6 +140,8 @@ impl Counts {
             (&mut self.wakes, o.wakes),
             (&mut self.telemetry, o.telemetry),
             (&mut self.late_sends, o.late_sends),
+            (&mut self.bytes_up, o.bytes_up),
+            (&mut self.bytes_down, o.bytes_down),
         ];
         for (mine, theirs) in pairs {
             *mine += theirs;

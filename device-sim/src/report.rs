@@ -5,7 +5,6 @@
 //! Fed by [`crate::fleet::FleetResult`]; feeds the scenario's exit code and `--json FILE`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -95,6 +94,8 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Devices that connected (or, sleepy, were started).
     pub devices_ready: usize,
+    /// MQTT PUBLISH bytes per request: `up` (request + ack), `down` (202 + final + duplicates).
+    pub wire_bytes_per_request: BTreeMap<&'static str, f64>,
     /// Every other count (accepted, acks, foreign, connect errors, wakes, telemetry...).
     pub counts: BTreeMap<&'static str, u64>,
     /// Final error replies by status code.
@@ -173,6 +174,10 @@ impl Report {
             throughput_rps: (throughput * 10.0).round() / 10.0,
             elapsed_s: (elapsed * 1000.0).round() / 1000.0,
             devices_ready: fleet.devices_ready,
+            wire_bytes_per_request: {
+                let per = |bytes: u64| (bytes as f64 / c.requests.max(1) as f64).round();
+                BTreeMap::from([("up", per(c.bytes_up)), ("down", per(c.bytes_down))])
+            },
             counts: extra_counts(c),
             errors_by_status: stats
                 .errors_by_status
@@ -184,81 +189,6 @@ impl Report {
             passed: failures.is_empty(),
             failures,
         }
-    }
-
-    /// The human summary.
-    pub fn summary(&self) -> String {
-        let s = &self.settings;
-        let q = |q: &Quantiles| {
-            format!(
-                "p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-                q.p50, q.p90, q.p99, q.max
-            )
-        };
-        let mut out = String::new();
-        let rate = s
-            .rate_rps
-            .map(|r| format!(" at {r} req/s"))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "device-sim {} ({}{rate}): {} devices ({} ready) x {} in flight, {} s + {} s grace, broker {}",
-            s.scenario, s.mode, s.devices, self.devices_ready, s.inflight, s.duration_s, s.grace_s, s.broker
-        );
-        let accepted = self.counts.get("accepted").copied().unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "  requests     {:>9}   accepted (202) {accepted}",
-            self.requests
-        );
-        let _ = writeln!(
-            out,
-            "  replies ok   {:>9}   error {} {:?}",
-            self.replies_ok, self.replies_error, self.errors_by_status
-        );
-        let _ = writeln!(
-            out,
-            "  lost {}   duplicates {}   mismatched {} {:?}",
-            self.lost, self.duplicates, self.mismatched, self.mismatch_reasons
-        );
-        let _ = writeln!(
-            out,
-            "  latency ms   {}   (request -> final reply)",
-            q(&self.latency_ms)
-        );
-        let _ = writeln!(out, "  202 ms       {}", q(&self.accept_latency_ms));
-        let _ = writeln!(
-            out,
-            "  throughput   {:.1} replies/s over {:.1} s",
-            self.throughput_rps, self.elapsed_s
-        );
-        let r = &self.resources;
-        let mib = |kib: u64| kib as f64 / 1024.0;
-        if let (Some(rss), Some(peak)) = (r.gateway_rss_kib, r.gateway_peak_rss_kib) {
-            let _ = writeln!(
-                out,
-                "  gateway RSS  {:.1} MiB (peak {:.1} MiB)",
-                mib(rss),
-                mib(peak)
-            );
-        }
-        if let (Some(cpu), Some(per)) = (r.gateway_cpu_s, r.gateway_cpu_us_per_request) {
-            let _ = writeln!(out, "  gateway CPU  {cpu:.2} s ({per:.0} us per request)");
-        }
-        if let (Some(cpu), Some(peak)) = (r.sim_cpu_s, r.sim_peak_rss_kib) {
-            let _ = writeln!(
-                out,
-                "  device-sim   {cpu:.2} s CPU, peak RSS {:.1} MiB",
-                mib(peak)
-            );
-        }
-        let verdict = if self.passed {
-            "PASS".to_owned()
-        } else {
-            format!("FAIL: {}", self.failures.join(", "))
-        };
-        let _ = write!(out, "  {verdict}");
-        out
     }
 }
 

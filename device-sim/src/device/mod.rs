@@ -6,8 +6,11 @@
 //! [`sleepy`] (wakes, listens, sleeps, with a persistent session). All topics come from
 //! [`gateway::wire::topics`].
 
+mod config;
 pub mod connected;
 pub mod sleepy;
+
+pub use config::{DeviceConfig, Pacing, Schedule, Sleepy};
 
 use std::time::{Duration, Instant};
 
@@ -21,99 +24,10 @@ use rumqttc::v5::AsyncClient;
 use crate::connection::{Link, LinkEvent};
 use crate::metrics::{DeviceStats, Live};
 use crate::tracker::{Incoming, Outcome, Tracker};
-use crate::workload::{self, Mix};
+use crate::workload;
 
 /// How long a single publish may wait for room in the client's queue.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How a device paces its requests.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pacing {
-    /// Keep up to `inflight` requests outstanding; after each final reply wait `think`.
-    Closed {
-        /// Requests outstanding at once.
-        inflight: usize,
-        /// Pause after a final reply before the next request.
-        think: Duration,
-    },
-    /// Send one request every `interval` on a fixed schedule, whatever the replies do; latency
-    /// counts from the scheduled time, so a stall is not hidden (no coordinated omission).
-    Open {
-        /// Time between this device's requests.
-        interval: Duration,
-        /// Safety cap on requests outstanding; a send past it waits and counts as late.
-        inflight: usize,
-    },
-}
-
-impl Pacing {
-    /// The in-flight cap.
-    pub fn inflight(&self) -> usize {
-        match *self {
-            Pacing::Closed { inflight, .. } | Pacing::Open { inflight, .. } => inflight.max(1),
-        }
-    }
-}
-
-/// A sleepy device's rhythm.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sleepy {
-    /// Time from one wake to the next.
-    pub wake_every: Duration,
-    /// How long it stays connected on each wake.
-    pub listen: Duration,
-    /// Each sleep varies by ± this fraction.
-    pub jitter: f64,
-    /// Upload telemetry every this many wakes (0 = never).
-    pub telemetry_every: u32,
-}
-
-/// Settings shared by every device of a fleet.
-#[derive(Debug, Clone)]
-pub struct DeviceConfig {
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
-    /// Device ids are `{prefix}-{index}`.
-    pub id_prefix: String,
-    /// This run's nonce, the first half of every correlation.
-    pub nonce: u64,
-    /// RNG seed; device `i` uses `seed ^ i`.
-    pub seed: u64,
-    /// The ops to send, weighted.
-    pub mix: Mix,
-    /// Values per request.
-    pub values: usize,
-    /// Require a `202` before each final reply.
-    pub strict_202: bool,
-    /// Request pacing (connected devices).
-    pub pacing: Pacing,
-    /// Sleepy rhythm; `None` keeps devices connected.
-    pub sleepy: Option<Sleepy>,
-    /// Requests per device at most.
-    pub max_requests: Option<u64>,
-    /// Connect + subscribe must finish within this.
-    pub connect_timeout: Duration,
-}
-
-impl DeviceConfig {
-    /// Device `index`'s id. The fleet checked the prefix, so every index gives a valid id.
-    pub fn device_id(&self, index: usize) -> Option<DeviceId> {
-        DeviceId::parse(&format!("{}-{index}", self.id_prefix))
-    }
-}
-
-/// When the run starts, stops sending, and gives up waiting for replies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
-    /// Sending starts.
-    pub start: Instant,
-    /// No new requests from here on.
-    pub stop_sending: Instant,
-    /// Replies still missing now are lost.
-    pub give_up: Instant,
-}
 
 /// One device's moving parts, shared by both rhythms.
 #[derive(Debug)]
@@ -164,14 +78,10 @@ impl Device<'_> {
             ..PublishProperties::default()
         };
         let topic = topics::request(&self.id, op.name());
-        let sent = bounded(client.publish_with_properties(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            request.payload,
-            properties,
-        ))
-        .await;
+        let payload = Bytes::from(request.payload);
+        let sent = self
+            .publish_counted(client, topic, payload, properties)
+            .await;
         Live::bump(&self.live.sent);
         if let Err(error) = &sent {
             tracing::warn!(device = %self.id, %error, "request not queued");
@@ -208,6 +118,7 @@ impl Device<'_> {
         };
         let outcome = self.tracker.on_reply(msg, now);
         self.stats.record(&outcome, now, self.live);
+        self.stats.counts.bytes_down += publish.size() as u64;
         match &outcome {
             Outcome::Mismatch { reason, detail, .. } => {
                 tracing::warn!(device = %self.id, reason, detail, "reply mismatched");
@@ -230,16 +141,36 @@ impl Device<'_> {
             ..PublishProperties::default()
         };
         let topic = topics::ack(&self.id);
-        let ack = client.publish_with_properties(
-            topic,
-            QoS::AtLeastOnce,
-            false,
-            Bytes::new(),
-            properties,
-        );
-        if bounded(ack).await.is_ok() {
+        let acked = self.publish_counted(client, topic, Bytes::new(), properties);
+        if acked.await.is_ok() {
             self.stats.counts.acks += 1;
         }
+    }
+
+    /// Publishes at QoS 1 and counts the PUBLISH packet's size on the wire.
+    async fn publish_counted(
+        &mut self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Bytes,
+        properties: PublishProperties,
+    ) -> Result<(), String> {
+        // The packet as rumqttc frames it, plus the 2-byte packet id it assigns when sending.
+        let packet = Publish::new(&topic, QoS::AtLeastOnce, payload, Some(properties));
+        let size = packet.size() as u64 + 2;
+        let Publish {
+            payload,
+            properties,
+            ..
+        } = packet;
+        let properties = properties.unwrap_or_default();
+        let publish =
+            client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties);
+        let sent = bounded(publish).await;
+        if sent.is_ok() {
+            self.stats.counts.bytes_up += size;
+        }
+        sent
     }
 
     /// Handles one link event; returns false when the link has ended for good.
