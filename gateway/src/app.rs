@@ -168,6 +168,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         done_tx.clone(),
         fatal_tx.clone(),
         metrics.clone(),
+        limits.max_series_len,
     )
     .start(workers);
     drop(done_tx);
