@@ -23,6 +23,7 @@ use crate::frontdoor::{relay, FrontDoor};
 use crate::intake::{Intake, IntakeStats};
 use crate::mqtt::{self, LinkConfig, LinkError};
 use crate::outbox::Outbox;
+use crate::status::http::{self, Health, HttpState};
 use crate::status::{GatewayStatus, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wire::topics;
@@ -89,6 +90,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         BrokerConfig::External { .. } => None,
     };
 
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(bind_error("http.listen", addr))?,
+        ),
+        None => None,
+    };
+
     let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
@@ -149,6 +159,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let publisher = link.publisher.clone();
 
     let draining = Arc::new(AtomicBool::new(false));
+    let intake_stats = Arc::new(IntakeStats::default());
     let intake = Intake {
         store: store.clone(),
         publisher: publisher.clone(),
@@ -158,7 +169,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         replies_tx: done_tx.clone(),
         events_tx,
         draining: draining.clone(),
-        stats: Arc::new(IntakeStats::default()),
+        stats: intake_stats.clone(),
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
     let worker_threads = Pool::new(
@@ -195,6 +206,25 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     gateway_status.publish("online").await;
     let status_stop = CancellationToken::new();
     tokio::spawn(gateway_status.clone().run(status_stop.clone()));
+    let health = Arc::new(Health::default());
+    // The HTTP API serves through the drain (so `/healthz` and `/api/status` show it) until exit.
+    let http_stop = CancellationToken::new();
+    let _http_stop_on_exit = http_stop.clone().drop_guard();
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let state = HttpState::new(
+                gateway_status.clone(),
+                intake_stats.clone(),
+                health.clone(),
+                store.path().to_owned(),
+            );
+            tokio::spawn(http::serve(listener, state, http_stop.clone()));
+            addr
+        }
+        None => None,
+    };
+    let http_part = http_addr.map(|a| format!(" http={a}")).unwrap_or_default();
 
     let front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
@@ -202,13 +232,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 "broker.listen",
                 "0.0.0.0:0".parse().expect("addr"),
             ))?;
-            println!("roost gateway listening mqtt={local}");
+            println!("roost gateway listening mqtt={local}{http_part}");
             Some(tokio::spawn(
                 front.run(broker.clone(), shutdown.child_token()),
             ))
         }
         _ => {
-            println!("roost gateway listening");
+            println!("roost gateway listening{http_part}");
             None
         }
     };
@@ -229,11 +259,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
+    if outcome.is_err() {
+        health.broker.store(false, Ordering::Relaxed);
+    }
     outcome?;
 
     // Drain, in flow order.
     tracing::info!("draining");
     draining.store(true, Ordering::Relaxed);
+    health.workers.store(false, Ordering::Relaxed);
     status_stop.cancel();
     gateway_status.publish("draining").await;
     shutdown.cancel();

@@ -34,6 +34,7 @@ struct Ticket {
     reply_topic: String,
     envelope: bool,
     op: &'static str,
+    received_ms: i64,
     deadline_ms: i64,
 }
 
@@ -46,6 +47,7 @@ impl From<&Job> for Ticket {
             reply_topic: job.reply_topic.clone(),
             envelope: job.envelope,
             op: job.call.op,
+            received_ms: job.received_ms,
             deadline_ms: job.deadline_ms,
         }
     }
@@ -290,6 +292,11 @@ impl Pool {
                             &metrics.failed_total
                         };
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics.finished(ticket.op, final_reply.status);
+                        let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
+                        metrics
+                            .request_latency
+                            .observe(Duration::from_millis(latency_ms));
                         let _ = done_tx.send(final_reply);
                     }
                     // Cancelled while running: the cancel already recorded the final reply.
