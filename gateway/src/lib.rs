@@ -22,4 +22,5 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod frontdoor;
+pub mod store;
 pub mod wire;

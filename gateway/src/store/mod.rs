@@ -1,0 +1,3 @@
+//! The store: SQLite, and the only place SQL exists.
+
+pub mod credentials;
