@@ -11,6 +11,7 @@
 //! one device's bad input closes only that device's connection.
 
 pub mod acl;
+pub mod admin;
 pub mod codec;
 pub mod connect;
 pub mod identity;
