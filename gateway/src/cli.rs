@@ -46,6 +46,58 @@ pub enum Command {
         #[arg(long, default_value = "config/gateway.toml", global = true)]
         config: PathBuf,
     },
+    /// List stored requests (newest first).
+    Requests {
+        /// What to do.
+        #[command(subcommand)]
+        action: RequestsAction,
+    },
+    /// List dead letters (requests and replies the gateway gave up on).
+    Deadletters {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeadlettersAction,
+    },
+}
+
+/// `gateway requests ...`
+#[derive(Debug, Subcommand)]
+pub enum RequestsAction {
+    /// List requests, newest first.
+    List {
+        /// The configuration file (for `data_dir`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<String>,
+        /// Only in this state (queued, done, failed, expired, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `gateway deadletters ...`
+#[derive(Debug, Subcommand)]
+pub enum DeadlettersAction {
+    /// List dead letters, newest first.
+    List {
+        /// The configuration file (for `data_dir`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `gateway device ...`
@@ -98,6 +150,50 @@ pub fn main() -> ExitCode {
             Ok(config) => crate::frontdoor::admin::operator(&config, action),
             Err(code) => code,
         },
+        Command::Requests { action } => match action {
+            RequestsAction::List {
+                config,
+                device,
+                state,
+                limit,
+                json,
+            } => with_config(&config, |config| {
+                crate::admin::list_requests(
+                    config,
+                    device.as_deref(),
+                    state.as_deref(),
+                    limit,
+                    json,
+                )
+            }),
+        },
+        Command::Deadletters { action } => match action {
+            DeadlettersAction::List {
+                config,
+                limit,
+                json,
+            } => with_config(&config, |config| {
+                crate::admin::list_dead_letters(config, limit, json)
+            }),
+        },
+    }
+}
+
+/// Loads the config and runs an operator command; its error is printed and exits 1.
+fn with_config(
+    path: &std::path::Path,
+    command: impl FnOnce(&Config) -> Result<(), String>,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match command(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("gateway: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -16,11 +16,17 @@
 //! admits requests into the [`store`]; [`analytics`] runs them; [`outbox`] delivers replies;
 //! [`status`] reports to operators. [`wire`] is the protocol, shared with `device-sim`.
 
+pub mod admin;
 pub mod analytics;
 pub mod app;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod frontdoor;
+pub mod intake;
+pub mod mqtt;
+pub mod outbox;
+pub mod recovery;
+pub mod status;
 pub mod store;
 pub mod wire;

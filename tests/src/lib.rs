@@ -4,6 +4,7 @@
 //! on sleeps.
 
 pub mod device;
+pub mod store_view;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -33,9 +34,7 @@ impl Gateway {
         Gateway::start_with("")
     }
 
-    /// Starts a gateway with extra TOML appended to the test config. Sections already in the
-    /// test config (`[gateway]`, `[broker]`, `[http]`) must not be repeated: use
-    /// [`Gateway::start_with_sections`] to override their keys.
+    /// Starts a gateway with extra TOML merged over the test config (a key given here wins).
     pub fn start_with(extra_config: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut gateway = Gateway {
@@ -80,14 +79,16 @@ impl Gateway {
     /// Writes the config for the current port and starts the process; waits until it listens.
     fn spawn(&mut self) -> Result<(), String> {
         let data = self.dir.path().join("data");
-        let config = format!(
+        let base = format!(
             "[gateway]\nid = \"gw-test\"\ndata_dir = {data:?}\nworkers = 2\n\
              [broker]\nlisten = \"{mqtt}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nsynchronous = \"normal\"\n{extra}\n",
+             [store]\nsynchronous = \"normal\"\n",
             mqtt = self.mqtt,
-            extra = self.extra_config,
         );
-        std::fs::write(self.config_path(), config).expect("write config");
+        let mut config: toml::Table = base.parse().expect("base config");
+        let extra: toml::Table = self.extra_config.parse().expect("extra config is TOML");
+        merge(&mut config, extra);
+        std::fs::write(self.config_path(), config.to_string()).expect("write config");
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let mut child = Command::new(Gateway::binary())
             .args(["run", "--config"])
@@ -185,6 +186,17 @@ impl Drop for Gateway {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
         }
     }
 }

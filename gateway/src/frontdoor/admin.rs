@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use super::secrets;
 use crate::cli::{DeviceAction, OperatorAction};
 use crate::config::Config;
-use crate::store::credentials::{self, Kind, DB_FILE};
+use crate::store::credentials::{self, Kind};
+use crate::store::DB_FILE;
 use crate::wire::ids::is_valid_id;
 
 /// Runs a `gateway device` subcommand.

@@ -63,6 +63,32 @@ pub async fn connect_upstream(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(upstream)
 }
 
+/// Relays bytes both ways, unchecked, first sending `already_read` upstream: only for the
+/// gateway's own service connection (the internal relay in `app`), never for devices.
+pub async fn relay(device: TcpStream, upstream: TcpStream, already_read: &[u8]) -> io::Result<()> {
+    let (mut device_rx, mut device_tx) = device.into_split();
+    let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
+    upstream_tx.write_all(already_read).await?;
+    let up = tokio::io::copy(&mut device_rx, &mut upstream_tx);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = upstream_rx.read(&mut buf).await?;
+            if n == 0 {
+                device_tx.shutdown().await.ok();
+                return Ok::<(), io::Error>(());
+            }
+            rearm_quickack(&upstream_rx);
+            device_tx.write_all(&buf[..n]).await?;
+        }
+    };
+    // Whichever direction ends first ends the connection.
+    tokio::select! {
+        r = up => r.map(|_| ()),
+        r = down => r,
+    }
+}
+
 /// Linux clears `TCP_QUICKACK` after it fires; set it again so the next segment is ACKed at once.
 #[cfg(target_os = "linux")]
 pub fn rearm_quickack(stream: &OwnedReadHalf) {

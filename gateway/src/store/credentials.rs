@@ -11,9 +11,6 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-/// The database file name inside `data_dir` (the store's own file).
-pub const DB_FILE: &str = "roost.db";
-
 /// The table, created on first use by whichever side opens the database for writing first.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS credentials (
     name        TEXT PRIMARY KEY,       -- device id or operator name

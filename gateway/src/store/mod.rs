@@ -1,3 +1,208 @@
 //! The store: SQLite, and the only place SQL exists.
+//!
+//! One thread owns the write connection. Callers hand it closures over a transaction; the thread
+//! drains whatever is waiting, runs it all in one transaction, commits once (group commit, so
+//! throughput does not hinge on one fsync per request), and only then delivers each result. So
+//! a caller that sees a result knows it is durable: **a request row is committed before any
+//! reply about it is published.** The async runtime never waits on SQLite: it awaits a oneshot.
+//!
+//! Fed by intake (admissions, acks, telemetry, dead letters), the workers (completions) and the
+//! outbox (delivery state); feeds them rows. The schema is in [`schema`]; each table's queries
+//! live in their own file.
 
 pub mod credentials;
+pub mod deadletters;
+pub mod requests;
+pub mod schema;
+pub mod telemetry;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, Transaction};
+use tokio::sync::oneshot;
+
+/// The database file name inside `data_dir`.
+pub const DB_FILE: &str = "roost.db";
+
+/// Most closures run in one transaction.
+const MAX_BATCH: usize = 2048;
+
+/// A store failure. Both variants are fatal for the gateway: it exits and its supervisor
+/// restarts it, and the committed state makes the restart lose nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused (disk full, file unwritable, corrupt).
+    #[error("store: {0}")]
+    Sql(String),
+    /// The store thread is gone.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Sql(error.to_string())
+    }
+}
+
+/// Runs after the batch's commit with its outcome.
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// Runs inside the batch's transaction.
+type Job = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
+
+/// A handle to the store thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    jobs_tx: std_mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Opens a connection with the pragmas every connection uses.
+pub fn connect(path: &Path, sync_full: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(
+        None,
+        "synchronous",
+        if sync_full { "FULL" } else { "NORMAL" },
+    )?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Opens a read-only connection (for workers reading telemetry, the HTTP API, the CLI).
+pub fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if missing) `data_dir/roost.db`, migrates it, and starts the store thread.
+    pub fn open(data_dir: &Path, sync_full: bool) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Sql(format!(
+                "cannot create data_dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = connect(&path, sync_full)?;
+        schema::migrate(&mut conn)?;
+        let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || run_thread(conn, jobs_rx))
+            .map_err(|e| StoreError::Sql(format!("cannot start the store thread: {e}")))?;
+        Ok(Store { jobs_tx, path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` in the next batch; `then` gets its result once the batch has committed.
+    /// For synchronous callers (worker threads) that must not block on the commit.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
+        then: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+    ) {
+        let job: Job = Box::new(move |txn| {
+            let result = work(txn);
+            Box::new(move |commit| {
+                then(match (commit, result) {
+                    (Ok(()), Ok(value)) => Ok(value),
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(e)) => Err(e.into()),
+                })
+            })
+        });
+        if let Err(std_mpsc::SendError(job)) = self.jobs_tx.send(job) {
+            // The thread is gone: tell the caller through the same path.
+            drop(job);
+        }
+    }
+
+    /// Runs `work` in the next batch and returns its result once committed.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.submit(work, move |result| {
+            let _ = done_tx.send(result);
+        });
+        done_rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Blocking form of [`Store::call`], for threads outside the async runtime.
+    pub fn call_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done_tx, done_rx) = std_mpsc::channel();
+        self.submit(work, move |result| {
+            let _ = done_tx.send(result);
+        });
+        done_rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+}
+
+fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = jobs_rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs_rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let finishes: Vec<Finish>;
+        let commit = match conn.transaction() {
+            Ok(txn) => {
+                finishes = batch.drain(..).map(|job| job(&txn)).collect();
+                txn.commit().map_err(StoreError::from)
+            }
+            Err(e) => {
+                finishes = Vec::new();
+                batch.clear();
+                Err(StoreError::from(e))
+            }
+        };
+        if let Err(error) = &commit {
+            tracing::error!(%error, "store commit failed");
+        }
+        for finish in finishes {
+            finish(commit.clone());
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the store's time unit.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -200,35 +200,57 @@ pub async fn connected5(addr: SocketAddr, client_id: &str) -> Raw {
     raw
 }
 
+/// A v5 QoS 1 request with Correlation Data: `stats` of three values.
+pub fn request5(device: &str, pkid: u16, corr: &[u8]) -> Bytes {
+    let properties = mq5::PublishProperties {
+        correlation_data: Some(Bytes::copy_from_slice(corr)),
+        ..Default::default()
+    };
+    let args = roost_tests::device::values(&[1.0, 2.0, 3.0]);
+    let payload = gateway::wire::envelope::encode_value(&args);
+    let topic = format!("devices/{device}/req/stats");
+    let mut publish = mq5::Publish::new(topic, QoS5::AtLeastOnce, payload, Some(properties));
+    publish.pkid = pkid;
+    let mut out = BytesMut::new();
+    publish.write(&mut out).expect("encode");
+    out.freeze()
+}
+
+/// The topic of a PUBLISH packet.
+pub fn publish_topic(packet: &[u8]) -> String {
+    assert_eq!(packet[0] >> 4, 3, "not a PUBLISH: {packet:02x?}");
+    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0).expect("length") + 1;
+    let len = usize::from(u16::from_be_bytes([packet[header], packet[header + 1]]));
+    String::from_utf8(packet[header + 2..header + 2 + len].to_vec()).expect("utf-8")
+}
+
 static FRESH: AtomicU32 = AtomicU32::new(0);
 
-/// A fresh device connects, subscribes to its replies and status (granted), publishes a
-/// request (PUBACK success: the broker took it) and pings. Panics otherwise.
+/// A fresh device connects, subscribes to its replies (granted), sends a request (PUBACK
+/// success) and gets a reply from the gateway on its reply topic. Panics otherwise.
 pub async fn assert_served(addr: SocketAddr) {
-    let id = format!(
-        "fresh-{}-{}",
-        std::process::id(),
-        FRESH.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = format!("fresh-{}-{}", std::process::id(), FRESH.fetch_add(1, Ordering::Relaxed));
     let mut raw = connected5(addr, &id).await;
     let reply = format!("devices/{id}/reply/#");
-    raw.send(&subscribe5(7, &[&reply])).await;
-    assert_eq!(suback_codes(&raw.packet().await, true), vec![1]);
-    raw.send(&publish5(&format!("devices/{id}/req/stats"), 9, b"\xa0"))
-        .await;
-    let puback = raw.packet().await;
-    assert_eq!(&puback[..1], &[0x40], "PUBACK: {puback:02x?}");
-    assert_eq!(
-        &puback[2..4],
-        &[0, 9],
-        "PUBACK for our packet: {puback:02x?}"
-    );
-    assert!(
-        puback.get(4).is_none_or(|code| *code == 0),
-        "success: {puback:02x?}"
-    );
-    raw.send(&[0xC0, 0]).await;
-    assert_eq!(&raw.packet().await[..], &[0xD0, 0]);
+    raw.send(&subscribe5(7, &[&reply, &format!("devices/{id}/reply")])).await;
+    assert_eq!(suback_codes(&raw.packet().await, true), vec![1, 1]);
+    raw.send(&request5(&id, 9, b"served")).await;
+    let (mut acked, mut replied) = (false, false);
+    while !(acked && replied) {
+        let packet = raw.packet().await;
+        match packet[0] >> 4 {
+            4 => {
+                assert_eq!(&packet[2..4], &[0, 9], "PUBACK for our request: {packet:02x?}");
+                assert!(packet.get(4).is_none_or(|code| *code == 0), "{packet:02x?}");
+                acked = true;
+            }
+            3 => {
+                assert!(publish_topic(&packet).starts_with(&format!("devices/{id}/reply")));
+                replied = true;
+            }
+            _ => panic!("unexpected packet {packet:02x?}"),
+        }
+    }
     raw.send(&[0xE0, 0]).await;
-    assert!(raw.closed().await.is_empty());
+    raw.closed().await;
 }

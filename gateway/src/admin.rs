@@ -1,0 +1,80 @@
+//! Operator subcommands over the same config and database as a running gateway (SQLite in WAL
+//! mode lets them read while it serves). Human tables by default, `--json` for scripts.
+
+use crate::config::Config;
+use crate::status::rfc3339_ms;
+use crate::store::{self, deadletters, requests};
+
+fn open_read_only(config: &Config) -> Result<rusqlite::Connection, String> {
+    let path = config.gateway.data_dir.join(store::DB_FILE);
+    if !path.exists() {
+        return Err(format!(
+            "no database at {} (has the gateway run with this config?)",
+            path.display()
+        ));
+    }
+    store::connect_read_only(&path).map_err(|e| e.to_string())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `gateway requests list`
+pub fn list_requests(
+    config: &Config,
+    device: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> Result<(), String> {
+    let conn = open_read_only(config)?;
+    let rows = requests::list(&conn, device, state, limit).map_err(|e| e.to_string())?;
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<36}  {:<16}  {:<10}  {:<9}  {:>6}  {:<8}  {:>4}  received",
+        "request_id", "device", "op", "state", "status", "delivery", "runs"
+    );
+    for row in rows {
+        println!(
+            "{:<36}  {:<16}  {:<10}  {:<9}  {:>6}  {:<8}  {:>4}  {}",
+            row.id,
+            row.device,
+            row.op,
+            row.state,
+            row.status.map(|s| s.to_string()).unwrap_or_default(),
+            row.delivery.unwrap_or_default(),
+            row.executions,
+            rfc3339_ms(row.received_ms),
+        );
+    }
+    Ok(())
+}
+
+/// `gateway deadletters list`
+pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<(), String> {
+    let conn = open_read_only(config)?;
+    let rows = deadletters::list(&conn, limit).map_err(|e| e.to_string())?;
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:>6}  {:<24}  {:<16}  {:>6}  reason",
+        "id", "at", "device", "status"
+    );
+    for row in rows {
+        println!(
+            "{:>6}  {:<24}  {:<16}  {:>6}  {}",
+            row.id,
+            rfc3339_ms(row.letter.at_ms),
+            row.letter.device.unwrap_or_default(),
+            row.letter.status,
+            row.letter.reason,
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Intake: broker → store. Takes every publish the service receives, in order, in batches:
+//! classifies each ([`classify`]), does all their store work in one transaction, and only after
+//! the commit acks them (in receive order), answers (`202`, errors, duplicates, control ops) and
+//! hands accepted jobs to the scheduler.
+//!
+//! **Invariant:** a request row is committed before any reply about it is published.
+
+pub mod classify;
+mod plan;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::mpsc;
+
+use crate::analytics::scheduler::Scheduler;
+use crate::config::Limits;
+use crate::mqtt::Publisher;
+use crate::outbox::DeviceEvent;
+use crate::store::deadletters::DeadLetter;
+use crate::store::{Store, StoreError};
+use crate::wire::{topics, Reply, Status};
+
+use classify::Address;
+
+/// Most publishes handled in one batch.
+const MAX_BATCH: usize = 1024;
+
+/// Counters intake keeps for status and metrics.
+#[derive(Debug, Default)]
+pub struct IntakeStats {
+    /// Requests accepted (new, stored).
+    pub accepted: AtomicU64,
+    /// Duplicates answered from the store.
+    pub duplicates: AtomicU64,
+    /// Requests refused at intake with 4xx (dead-lettered).
+    pub rejected: AtomicU64,
+    /// Requests refused with 429.
+    pub over_quota: AtomicU64,
+    /// Requests refused with 503.
+    pub unavailable: AtomicU64,
+}
+
+/// The intake stage.
+pub struct Intake {
+    /// The store.
+    pub store: Store,
+    /// Replies and acks.
+    pub publisher: Publisher,
+    /// Admission and queueing.
+    pub scheduler: Arc<Scheduler>,
+    /// Limits.
+    pub limits: Limits,
+    /// For `gateway/{gw}/deadletter`.
+    pub gateway_id: String,
+    /// Final replies intake itself produces (a cancel's `410`), for the outbox.
+    pub replies_tx: mpsc::UnboundedSender<crate::store::requests::FinalReply>,
+    /// Device events for the outbox.
+    pub events_tx: mpsc::UnboundedSender<DeviceEvent>,
+    /// Set while draining: new requests get `503`.
+    pub draining: Arc<AtomicBool>,
+    /// Counters.
+    pub stats: Arc<IntakeStats>,
+}
+
+impl Intake {
+    /// Handles publishes until the inbox closes. A store failure is returned: it is fatal.
+    pub async fn run(self, mut inbox_rx: mpsc::Receiver<Publish>) -> Result<(), StoreError> {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while inbox_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            self.process(std::mem::take(&mut batch)).await?;
+        }
+        Ok(())
+    }
+
+    async fn process(&self, publishes: Vec<Publish>) -> Result<(), StoreError> {
+        let draining = self.draining.load(Ordering::Relaxed);
+        let mut plans = Vec::with_capacity(publishes.len());
+        let mut work = Vec::with_capacity(publishes.len());
+        for publish in publishes {
+            let (plan, db) = plan::plan(&publish, self, draining);
+            plans.push((publish, plan));
+            work.push(db);
+        }
+        let outcomes: Vec<Option<plan::Outcome>> = if work.iter().all(Option::is_none) {
+            work.into_iter().map(|_| None).collect()
+        } else {
+            self.store
+                .call(move |txn| {
+                    work.into_iter()
+                        .map(|w| w.map(|w| w.run(txn)).transpose())
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .await?
+        };
+        for ((publish, plan), outcome) in plans.into_iter().zip(outcomes) {
+            self.publisher.ack(&publish).await;
+            plan.finish(self, outcome).await;
+        }
+        Ok(())
+    }
+
+    /// Publishes a reply that is not held (202, intake errors, duplicates' 202, control ops).
+    async fn answer(&self, address: &Address, mut reply: Reply) {
+        if address.envelope {
+            reply.corr = address.corr.clone();
+        }
+        self.publisher
+            .reply(
+                &address.topic,
+                reply.encode(),
+                address.corr.as_ref(),
+                reply.status,
+                self.limits.reply_ttl,
+            )
+            .await;
+    }
+
+    /// Publishes a dead letter for operators.
+    async fn announce_dead(&self, letter: &DeadLetter) {
+        let json = serde_json::json!({
+            "at": crate::status::rfc3339_ms(letter.at_ms),
+            "device": letter.device,
+            "request_id": letter.request_id,
+            "corr": letter.corr,
+            "op": letter.op,
+            "status": letter.status,
+            "reason": letter.reason,
+        });
+        let payload = serde_json::to_vec(&json).expect("a JSON value always serialises");
+        self.publisher
+            .json(&topics::deadletter(&self.gateway_id), payload, false)
+            .await;
+    }
+
+    fn refusal_reply(
+        &self,
+        status: Status,
+        code: &str,
+        message: &str,
+        retry_after_ms: u64,
+    ) -> Reply {
+        let mut reply = Reply::rejected(status, code, message);
+        reply.retry_after_ms = Some(retry_after_ms);
+        reply
+    }
+
+    fn deadline_ms(&self, received_ms: i64, expiry_s: Option<u32>) -> i64 {
+        let timeout = self.limits.op_timeout;
+        let own = expiry_s.map_or(timeout, |s| Duration::from_secs(u64::from(s)).min(timeout));
+        received_ms + own.as_millis() as i64
+    }
+}

@@ -1,0 +1,349 @@
+//! One publish's path through a batch: what to do before the commit ([`plan`] reserves a slot
+//! and picks the store work), the store work itself ([`Db::run`], inside the batch's
+//! transaction), and what to publish after the commit ([`Plan::finish`]).
+
+use ciborium::Value;
+use rumqttc::v5::mqttbytes::v5::Publish;
+
+use super::classify::{classify, Address, Incoming, RequestKind};
+use super::Intake;
+use crate::analytics::scheduler::Refusal;
+use crate::analytics::Job;
+use crate::outbox::DeviceEvent;
+use crate::store::deadletters::{self, DeadLetter};
+use crate::store::now_ms;
+use crate::store::requests::{self, Admission, CancelOutcome, Existing, NewRequest};
+use crate::store::telemetry::{self, Reading};
+use crate::wire::envelope::decode_value;
+use crate::wire::{Correlation, DeviceId, Reply, RequestId, State, Status};
+
+/// Store work for one publish.
+pub(super) enum Db {
+    Admit(NewRequest),
+    Find(DeviceId, Correlation),
+    Cancel {
+        device: DeviceId,
+        of: Correlation,
+        expires_ms: i64,
+    },
+    Dead(DeadLetter),
+    Ack(DeviceId, Correlation),
+    Telemetry(DeviceId, Vec<Reading>),
+}
+
+/// What the store work found.
+pub(super) enum Outcome {
+    Admitted(Admission),
+    Found(Option<Existing>),
+    Cancel(CancelOutcome),
+    Acked(Option<RequestId>),
+    Done,
+}
+
+impl Db {
+    pub(super) fn run(self, txn: &rusqlite::Transaction<'_>) -> rusqlite::Result<Outcome> {
+        Ok(match self {
+            Db::Admit(new) => Outcome::Admitted(requests::admit(txn, &new)?),
+            Db::Find(device, corr) => Outcome::Found(requests::find(txn, &device, &corr)?),
+            Db::Cancel {
+                device,
+                of,
+                expires_ms,
+            } => {
+                let outcome =
+                    requests::cancel(txn, &device, &of, now_ms(), expires_ms, |id, envelope| {
+                        let mut reply = Reply::new(Status::Gone, State::Cancelled)
+                            .with_error("cancelled", "the device cancelled this request");
+                        reply.request_id = Some(id);
+                        if envelope {
+                            reply.corr = Some(of.clone());
+                        }
+                        reply.encode()
+                    })?;
+                Outcome::Cancel(outcome)
+            }
+            Db::Dead(letter) => {
+                deadletters::insert(txn, &letter)?;
+                Outcome::Done
+            }
+            Db::Ack(device, corr) => Outcome::Acked(requests::ack(txn, &device, &corr)?),
+            Db::Telemetry(device, readings) => {
+                telemetry::insert(txn, &device, &readings)?;
+                Outcome::Done
+            }
+        })
+    }
+}
+
+/// What to do after the commit.
+pub(super) enum Plan {
+    Admit {
+        address: Address,
+        job: Job,
+    },
+    Status {
+        address: Address,
+    },
+    Cancel {
+        address: Address,
+    },
+    Reject {
+        address: Address,
+        reply: Reply,
+        dead: Option<DeadLetter>,
+    },
+    Refuse {
+        address: Address,
+        reply: Reply,
+    },
+    Ack(DeviceId),
+    Seen(DeviceId, Option<u64>),
+    Ignored,
+}
+
+/// Plans one publish: classifies it, reserves a scheduler slot for a new request, and picks
+/// the store work.
+pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan, Option<Db>) {
+    match classify(publish, &intake.limits) {
+        Incoming::Request(valid) => {
+            let address = valid.address;
+            let device = address.device.clone();
+            match valid.kind {
+                RequestKind::Analytics(call) => {
+                    if draining {
+                        let reply = intake.refusal_reply(
+                            Status::Unavailable,
+                            "draining",
+                            "the gateway is shutting down",
+                            1000,
+                        );
+                        return (Plan::Refuse { address, reply }, None);
+                    }
+                    if let Err(refusal) = intake.scheduler.reserve(&device) {
+                        let reply = match refusal {
+                            Refusal::DeviceQuota { retry_after_ms } => intake.refusal_reply(
+                                Status::TooMany,
+                                "too_many_pending",
+                                &format!("the device has limits.max_pending_per_device = {} requests pending", intake.limits.max_pending_per_device),
+                                retry_after_ms,
+                            ),
+                            Refusal::QueueFull { retry_after_ms } => intake.refusal_reply(
+                                Status::Unavailable,
+                                "queue_full",
+                                "the gateway's queue is full",
+                                retry_after_ms,
+                            ),
+                        };
+                        return (Plan::Refuse { address, reply }, None);
+                    }
+                    let received_ms = now_ms();
+                    let new = NewRequest {
+                        id: RequestId::new(),
+                        device: device.clone(),
+                        corr: valid.corr.clone(),
+                        op: valid.op,
+                        args: valid.args,
+                        reply_topic: address.topic.clone(),
+                        envelope: address.envelope,
+                        received_ms,
+                        deadline_ms: intake.deadline_ms(received_ms, valid.expiry_s),
+                    };
+                    let job = Job {
+                        id: new.id,
+                        device,
+                        corr: valid.corr,
+                        call,
+                        reply_topic: new.reply_topic.clone(),
+                        envelope: new.envelope,
+                        received_ms,
+                        deadline_ms: new.deadline_ms,
+                    };
+                    (Plan::Admit { address, job }, Some(Db::Admit(new)))
+                }
+                RequestKind::Status(of) => (Plan::Status { address }, Some(Db::Find(device, of))),
+                RequestKind::Cancel(of) => {
+                    let expires_ms = now_ms() + intake.limits.reply_ttl.as_millis() as i64;
+                    (
+                        Plan::Cancel { address },
+                        Some(Db::Cancel {
+                            device,
+                            of,
+                            expires_ms,
+                        }),
+                    )
+                }
+            }
+        }
+        Incoming::Rejected(rejection) => {
+            let db = rejection.dead.clone().map(Db::Dead);
+            let plan = Plan::Reject {
+                address: rejection.address,
+                reply: rejection.reply,
+                dead: rejection.dead,
+            };
+            (plan, db)
+        }
+        Incoming::Ack(device, corr) => (Plan::Ack(device.clone()), Some(Db::Ack(device, corr))),
+        Incoming::Telemetry(device, readings) => (
+            Plan::Seen(device.clone(), None),
+            Some(Db::Telemetry(device, readings)),
+        ),
+        Incoming::Presence(device, Some(listen_ms)) => (Plan::Seen(device, Some(listen_ms)), None),
+        Incoming::Presence(device, None) => {
+            let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
+            (Plan::Ignored, None)
+        }
+        Incoming::Ignored => (Plan::Ignored, None),
+    }
+}
+
+impl Plan {
+    /// Publishes what this publish's outcome calls for.
+    pub(super) async fn finish(self, intake: &Intake, outcome: Option<Outcome>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let seen = |device: &DeviceId, listen_ms: Option<u64>| {
+            let window = listen_ms.map_or(
+                intake.limits.listen_window,
+                std::time::Duration::from_millis,
+            );
+            let _ = intake
+                .events_tx
+                .send(DeviceEvent::Seen(device.clone(), window));
+        };
+        match (self, outcome) {
+            (Plan::Admit { address, job }, Some(Outcome::Admitted(Admission::New))) => {
+                intake.stats.accepted.fetch_add(1, Relaxed);
+                let mut reply = Reply::new(Status::Accepted, State::Accepted);
+                reply.request_id = Some(job.id);
+                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op));
+                tracing::debug!(request_id = %job.id, device_id = %job.device, "accepted");
+                seen(&job.device, None);
+                intake.scheduler.push(job);
+                intake.answer(&address, reply).await;
+            }
+            (
+                Plan::Admit { address, job },
+                Some(Outcome::Admitted(Admission::Existing(existing))),
+            ) => {
+                intake.stats.duplicates.fetch_add(1, Relaxed);
+                intake.scheduler.release(&job.device);
+                seen(&job.device, None);
+                duplicate(intake, &address, existing).await;
+            }
+            (Plan::Status { address }, Some(Outcome::Found(found))) => {
+                seen(&address.device, None);
+                let reply = match found {
+                    Some(existing) => {
+                        let mut entries = vec![(text("state"), text(existing.state.as_str()))];
+                        if let Some(payload) =
+                            existing.reply.as_deref().and_then(|p| decode_value(p).ok())
+                        {
+                            entries.push((text("reply"), payload));
+                        }
+                        let mut reply = Reply::new(Status::Ok, State::Done);
+                        reply.request_id = Some(existing.id);
+                        reply.result = Some(Value::Map(entries));
+                        reply
+                    }
+                    None => unknown_request(),
+                };
+                intake.answer(&address, reply).await;
+            }
+            (Plan::Cancel { address }, Some(Outcome::Cancel(outcome))) => {
+                seen(&address.device, None);
+                let reply = match outcome {
+                    CancelOutcome::Cancelled(final_reply) => {
+                        intake.scheduler.remove(&final_reply.device, final_reply.id);
+                        let mut reply = Reply::new(Status::Ok, State::Done);
+                        reply.request_id = Some(final_reply.id);
+                        reply.result = Some(Value::Map(vec![(text("state"), text("cancelled"))]));
+                        let _ = intake.replies_tx.send(final_reply);
+                        reply
+                    }
+                    CancelOutcome::AlreadyFinished(state) => Reply::rejected(
+                        Status::Conflict,
+                        "already_finished",
+                        format!("the request has already finished ({})", state.as_str()),
+                    ),
+                    CancelOutcome::NotFound => unknown_request(),
+                };
+                intake.answer(&address, reply).await;
+            }
+            (
+                Plan::Reject {
+                    address,
+                    reply,
+                    dead,
+                },
+                _,
+            ) => {
+                intake.stats.rejected.fetch_add(1, Relaxed);
+                tracing::info!(device_id = %address.device, status = reply.status.code(), "rejected");
+                intake.answer(&address, reply).await;
+                if let Some(dead) = dead {
+                    intake.announce_dead(&dead).await;
+                }
+            }
+            (Plan::Refuse { address, reply }, _) => {
+                let counter = if reply.status == Status::TooMany {
+                    &intake.stats.over_quota
+                } else {
+                    &intake.stats.unavailable
+                };
+                counter.fetch_add(1, Relaxed);
+                intake.answer(&address, reply).await;
+            }
+            (Plan::Ack(device), Some(Outcome::Acked(acked))) => {
+                seen(&device, None);
+                if let Some(id) = acked {
+                    tracing::debug!(request_id = %id, device_id = %device, "acked");
+                    let _ = intake.events_tx.send(DeviceEvent::Acked(device, id));
+                }
+            }
+            (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            (Plan::Ignored, _) => {}
+            (_, _) => tracing::error!("intake plan and store outcome disagree"),
+        }
+    }
+}
+
+/// Answers a duplicate with the request's current state: `202` while pending, the stored
+/// final reply (byte for byte) once finished.
+async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
+    match (existing.reply, existing.status) {
+        (Some(payload), Some(status)) => {
+            let left_ms = existing
+                .expires_ms
+                .map_or(1000, |e| (e - now_ms()).max(1000)) as u64;
+            let status = Status::from_code(u64::from(status)).unwrap_or(Status::Failed);
+            intake
+                .publisher
+                .reply(
+                    &existing.reply_topic,
+                    payload,
+                    address.corr.as_ref(),
+                    status,
+                    std::time::Duration::from_millis(left_ms),
+                )
+                .await;
+        }
+        _ => {
+            let mut reply = Reply::new(Status::Accepted, State::Queued);
+            reply.request_id = Some(existing.id);
+            reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op));
+            intake.answer(address, reply).await;
+        }
+    }
+}
+
+fn unknown_request() -> Reply {
+    Reply::rejected(
+        Status::NotFound,
+        "unknown_request",
+        "no request of this device has that correlation",
+    )
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}

@@ -1,0 +1,1 @@
+//! Reply TTL: held replies whose TTL passed unacknowledged become dead letters.

@@ -1,0 +1,83 @@
+//! The `dead_letters` table: one row per request or reply the gateway gave up on, with why.
+
+use rusqlite::{params, Connection};
+
+/// A dead letter to record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    /// When (ms since epoch).
+    pub at_ms: i64,
+    /// The device, when known.
+    pub device: Option<String>,
+    /// The request id (text), when the request was stored.
+    pub request_id: Option<String>,
+    /// The correlation, hex, when known.
+    pub corr: Option<String>,
+    /// The op, when known.
+    pub op: Option<String>,
+    /// The status code of the reply that went (or would have gone) out.
+    pub status: u16,
+    /// Why, for a human.
+    pub reason: String,
+}
+
+/// A stored dead letter, as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterRow {
+    /// Row id.
+    pub id: i64,
+    /// The letter.
+    #[serde(flatten)]
+    pub letter: DeadLetter,
+    /// Whether an operator requeued it.
+    pub requeued: bool,
+}
+
+/// Records a dead letter.
+pub fn insert(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
+    let request_id = letter
+        .request_id
+        .as_deref()
+        .and_then(|t| uuid::Uuid::parse_str(t).ok());
+    conn.prepare_cached(
+        "INSERT INTO dead_letters (at_ms, device, request_id, corr, op, status, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        letter.at_ms,
+        letter.device,
+        request_id.as_ref().map(|u| u.as_bytes().to_vec()),
+        letter.corr,
+        letter.op,
+        letter.status,
+        letter.reason,
+    ])?;
+    Ok(())
+}
+
+/// Dead letters, newest first.
+pub fn list(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetterRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at_ms, device, request_id, corr, op, status, reason, requeued
+         FROM dead_letters ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |row| {
+        let request_id: Option<Vec<u8>> = row.get(3)?;
+        Ok(DeadLetterRow {
+            id: row.get(0)?,
+            letter: DeadLetter {
+                at_ms: row.get(1)?,
+                device: row.get(2)?,
+                request_id: request_id
+                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
+                    .map(|u| u.to_string()),
+                corr: row.get(4)?,
+                op: row.get(5)?,
+                status: row.get(6)?,
+                reason: row.get(7)?,
+            },
+            requeued: row.get(8)?,
+        })
+    })?;
+    rows.collect()
+}

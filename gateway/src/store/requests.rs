@@ -1,0 +1,432 @@
+//! The `requests` table: admission with dedupe, completion, delivery state of final replies.
+//!
+//! **Invariant:** `complete` only moves a `queued` row, so a request's op result is recorded at
+//! most once (`executions` ≤ 1) whatever the races between workers, cancels and restarts.
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::wire::{Correlation, DeviceId, RequestId, State};
+
+/// A request to admit.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    /// Its fresh id.
+    pub id: RequestId,
+    /// The device that sent it.
+    pub device: DeviceId,
+    /// Its correlation.
+    pub corr: Correlation,
+    /// The op name.
+    pub op: String,
+    /// The op's arguments, CBOR.
+    pub args: Vec<u8>,
+    /// Where replies go.
+    pub reply_topic: String,
+    /// 3.1.1 envelope form.
+    pub envelope: bool,
+    /// When it was received.
+    pub received_ms: i64,
+    /// When it must be finished by.
+    pub deadline_ms: i64,
+}
+
+/// What admission found.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// Stored as new.
+    New,
+    /// A request with the same (device, correlation) exists.
+    Existing(Existing),
+}
+
+/// The state of an existing request, for answering duplicates and `status`.
+#[derive(Debug, Clone)]
+pub struct Existing {
+    /// Its id.
+    pub id: RequestId,
+    /// Its op.
+    pub op: String,
+    /// Its state in the store (`queued` or a final state).
+    pub state: State,
+    /// The final reply's payload, once there is one.
+    pub reply: Option<Vec<u8>>,
+    /// The final reply's status code.
+    pub status: Option<u16>,
+    /// The end of the final reply's TTL.
+    pub expires_ms: Option<i64>,
+    /// Where its replies go.
+    pub reply_topic: String,
+}
+
+/// A stored, unfinished request (for recovery after a restart).
+#[derive(Debug, Clone)]
+pub struct StoredRequest {
+    /// Id.
+    pub id: RequestId,
+    /// Device.
+    pub device: DeviceId,
+    /// Correlation.
+    pub corr: Correlation,
+    /// Op name.
+    pub op: String,
+    /// Arguments, CBOR.
+    pub args: Vec<u8>,
+    /// Reply topic.
+    pub reply_topic: String,
+    /// 3.1.1 envelope form.
+    pub envelope: bool,
+    /// Received at.
+    pub received_ms: i64,
+    /// Deadline.
+    pub deadline_ms: i64,
+}
+
+/// A final reply that is held for its device until acknowledged.
+#[derive(Debug, Clone)]
+pub struct FinalReply {
+    /// The request's id.
+    pub id: RequestId,
+    /// The device.
+    pub device: DeviceId,
+    /// The correlation.
+    pub corr: Correlation,
+    /// Where it goes.
+    pub reply_topic: String,
+    /// Its status code.
+    pub status: u16,
+    /// Its payload, byte for byte.
+    pub payload: Vec<u8>,
+    /// The end of its TTL.
+    pub expires_ms: i64,
+}
+
+/// One line of `gateway requests list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestSummary {
+    /// Id (text).
+    pub id: String,
+    /// Device.
+    pub device: String,
+    /// Correlation, hex.
+    pub corr: String,
+    /// Op.
+    pub op: String,
+    /// State.
+    pub state: String,
+    /// Final status code.
+    pub status: Option<u16>,
+    /// Delivery of the final reply.
+    pub delivery: Option<String>,
+    /// Completed runs of the op.
+    pub executions: u32,
+    /// Times the final reply was published.
+    pub published: u32,
+    /// Received at (ms since epoch).
+    pub received_ms: i64,
+}
+
+fn request_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<RequestId> {
+    let bytes: Vec<u8> = row.get(idx)?;
+    RequestId::from_slice(&bytes).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Blob,
+            "bad request id".into(),
+        )
+    })
+}
+
+fn device_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<DeviceId> {
+    let text: String = row.get(idx)?;
+    DeviceId::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            "bad device id".into(),
+        )
+    })
+}
+
+fn state(row: &Row<'_>, idx: usize) -> rusqlite::Result<State> {
+    let text: String = row.get(idx)?;
+    State::parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            "bad state".into(),
+        )
+    })
+}
+
+fn correlation(row: &Row<'_>, idx: usize) -> rusqlite::Result<Correlation> {
+    let bytes: Vec<u8> = row.get(idx)?;
+    Ok(Correlation(Bytes::from(bytes)))
+}
+
+/// Stores a request unless its (device, correlation) exists; reports which.
+pub fn admit(conn: &Connection, request: &NewRequest) -> rusqlite::Result<Admission> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope, received_ms,
+                 deadline_ms, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')
+             ON CONFLICT (device, corr) DO NOTHING",
+        )?
+        .execute(params![
+            request.id.as_bytes(),
+            request.device.as_str(),
+            request.corr.as_bytes(),
+            request.op,
+            request.args,
+            request.reply_topic,
+            request.envelope,
+            request.received_ms,
+            request.deadline_ms,
+        ])?;
+    if inserted == 1 {
+        return Ok(Admission::New);
+    }
+    find(conn, &request.device, &request.corr)?
+        .map(Admission::Existing)
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)
+}
+
+/// Looks a request up by its dedupe key.
+pub fn find(
+    conn: &Connection,
+    device: &DeviceId,
+    corr: &Correlation,
+) -> rusqlite::Result<Option<Existing>> {
+    conn.prepare_cached(
+        "SELECT id, op, state, reply, status, expires_ms, reply_topic
+         FROM requests WHERE device = ?1 AND corr = ?2",
+    )?
+    .query_row(params![device.as_str(), corr.as_bytes()], |row| {
+        Ok(Existing {
+            id: request_id(row, 0)?,
+            op: row.get(1)?,
+            state: state(row, 2)?,
+            reply: row.get(3)?,
+            status: row.get(4)?,
+            expires_ms: row.get(5)?,
+            reply_topic: row.get(6)?,
+        })
+    })
+    .optional()
+}
+
+/// A finished request's final reply, to record.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The request.
+    pub id: RequestId,
+    /// Its final state.
+    pub state: State,
+    /// The final reply's status code.
+    pub status: u16,
+    /// The final reply's payload.
+    pub payload: Vec<u8>,
+    /// When it finished.
+    pub finished_ms: i64,
+    /// The end of the reply TTL.
+    pub expires_ms: i64,
+    /// Whether the op actually ran (false for a deadline passed in the queue).
+    pub executed: bool,
+}
+
+/// Records a queued request's final reply and starts holding it. Returns false (and changes
+/// nothing) when the request is no longer queued: cancelled, or already finished.
+pub fn complete(conn: &Connection, done: &Completion) -> rusqlite::Result<bool> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE requests SET state = ?2, status = ?3, reply = ?4, finished_ms = ?5,
+                 expires_ms = ?6, delivery = 'held', executions = executions + ?7
+             WHERE id = ?1 AND state = 'queued'",
+        )?
+        .execute(params![
+            done.id.as_bytes(),
+            done.state.as_str(),
+            done.status,
+            done.payload,
+            done.finished_ms,
+            done.expires_ms,
+            i64::from(done.executed),
+        ])?;
+    Ok(changed == 1)
+}
+
+/// Every request still queued, oldest first: what a restart must run.
+pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<StoredRequest>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms
+         FROM requests WHERE state = 'queued' ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok(StoredRequest {
+            id: request_id(row, 0)?,
+            device: device_id(row, 1)?,
+            corr: correlation(row, 2)?,
+            op: row.get(3)?,
+            args: row.get(4)?,
+            reply_topic: row.get(5)?,
+            envelope: row.get(6)?,
+            received_ms: row.get(7)?,
+            deadline_ms: row.get(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+const FINAL_REPLY_COLUMNS: &str = "id, device, corr, reply_topic, status, reply, expires_ms";
+
+fn final_reply(row: &Row<'_>) -> rusqlite::Result<FinalReply> {
+    Ok(FinalReply {
+        id: request_id(row, 0)?,
+        device: device_id(row, 1)?,
+        corr: correlation(row, 2)?,
+        reply_topic: row.get(3)?,
+        status: row.get(4)?,
+        payload: row.get(5)?,
+        expires_ms: row.get(6)?,
+    })
+}
+
+/// Held final replies that were never handed to the broker (a crash came between).
+pub fn unpublished(conn: &Connection) -> rusqlite::Result<Vec<FinalReply>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {FINAL_REPLY_COLUMNS} FROM requests
+         WHERE delivery = 'held' AND published = 0 ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], final_reply)?;
+    rows.collect()
+}
+
+/// Held final replies of one device, oldest first, at most `limit`.
+pub fn held_for(
+    conn: &Connection,
+    device: &DeviceId,
+    limit: usize,
+) -> rusqlite::Result<Vec<FinalReply>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FINAL_REPLY_COLUMNS} FROM requests
+         WHERE device = ?1 AND delivery = 'held' ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![device.as_str(), limit as i64], final_reply)?;
+    rows.collect()
+}
+
+/// Counts that a final reply was handed to the broker.
+pub fn mark_published(conn: &Connection, id: RequestId) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE requests SET published = published + 1 WHERE id = ?1")?
+        .execute(params![id.as_bytes()])?;
+    Ok(())
+}
+
+/// The device acknowledged its final reply: stop holding it. Returns the request's id if a held
+/// reply was acknowledged.
+pub fn ack(
+    conn: &Connection,
+    device: &DeviceId,
+    corr: &Correlation,
+) -> rusqlite::Result<Option<RequestId>> {
+    conn.prepare_cached(
+        "UPDATE requests SET delivery = 'acked'
+         WHERE device = ?1 AND corr = ?2 AND delivery = 'held' RETURNING id",
+    )?
+    .query_row(params![device.as_str(), corr.as_bytes()], |row| {
+        request_id(row, 0)
+    })
+    .optional()
+}
+
+/// Requests for the operator CLI, newest first.
+pub fn list(
+    conn: &Connection,
+    device: Option<&str>,
+    state: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<RequestSummary>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, device, corr, op, state, status, delivery, executions, published, received_ms
+         FROM requests
+         WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR state = ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![device, state, limit as i64], |row| {
+        Ok(RequestSummary {
+            id: request_id(row, 0)?.to_string(),
+            device: row.get(1)?,
+            corr: correlation(row, 2)?.to_string(),
+            op: row.get(3)?,
+            state: row.get(4)?,
+            status: row.get(5)?,
+            delivery: row.get(6)?,
+            executions: row.get(7)?,
+            published: row.get(8)?,
+            received_ms: row.get(9)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// What a `cancel` found.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    /// The request was queued and is now cancelled; its final `410` reply is held.
+    Cancelled(FinalReply),
+    /// The request had already finished, in this state.
+    AlreadyFinished(State),
+    /// No request with that correlation.
+    NotFound,
+}
+
+/// Cancels a queued request, recording the final reply `make_reply(id, envelope)` builds.
+pub fn cancel(
+    conn: &Connection,
+    device: &DeviceId,
+    corr: &Correlation,
+    now_ms: i64,
+    expires_ms: i64,
+    make_reply: impl FnOnce(RequestId, bool) -> Vec<u8>,
+) -> rusqlite::Result<CancelOutcome> {
+    let row = conn
+        .prepare_cached(
+            "SELECT id, state, envelope, reply_topic FROM requests WHERE device = ?1 AND corr = ?2",
+        )?
+        .query_row(params![device.as_str(), corr.as_bytes()], |row| {
+            Ok((
+                request_id(row, 0)?,
+                state(row, 1)?,
+                row.get::<_, bool>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, current, envelope, reply_topic)) = row else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    if current != State::Queued {
+        return Ok(CancelOutcome::AlreadyFinished(current));
+    }
+    let payload = make_reply(id, envelope);
+    let done = Completion {
+        id,
+        state: State::Cancelled,
+        status: 410,
+        payload: payload.clone(),
+        finished_ms: now_ms,
+        expires_ms,
+        executed: false,
+    };
+    complete(conn, &done)?;
+    Ok(CancelOutcome::Cancelled(FinalReply {
+        id,
+        device: device.clone(),
+        corr: corr.clone(),
+        reply_topic,
+        status: 410,
+        payload,
+        expires_ms,
+    }))
+}

@@ -1,0 +1,72 @@
+//! The schema, applied in order on open; `PRAGMA user_version` records how far a database got.
+//! Append new steps; never edit a shipped one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration steps; step i brings the database to `user_version = i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: requests (with their final reply and delivery state) and dead letters.
+    "CREATE TABLE requests (
+        id          BLOB PRIMARY KEY,       -- RequestId, UUID v7 (time-ordered)
+        device      TEXT NOT NULL,
+        corr        BLOB NOT NULL,          -- Correlation Data: (device, corr) is the dedupe key
+        op          TEXT NOT NULL,
+        args        BLOB NOT NULL,          -- the op's arguments, CBOR
+        reply_topic TEXT NOT NULL,
+        envelope    INTEGER NOT NULL,       -- 1: MQTT 3.1.1 envelope form
+        received_ms INTEGER NOT NULL,
+        deadline_ms INTEGER NOT NULL,
+        state       TEXT NOT NULL,          -- queued | done | failed | expired | cancelled
+        status      INTEGER,                -- the final reply's status code
+        reply       BLOB,                   -- the final reply's payload, byte for byte
+        finished_ms INTEGER,
+        expires_ms  INTEGER,                -- end of the reply TTL
+        delivery    TEXT,                   -- NULL until final; held | acked | dead
+        published   INTEGER NOT NULL DEFAULT 0,  -- times the final reply was handed to the broker
+        executions  INTEGER NOT NULL DEFAULT 0,  -- completed runs of the op: at most 1
+        UNIQUE (device, corr)
+    ) WITHOUT ROWID;
+    CREATE INDEX requests_queued ON requests (state) WHERE state = 'queued';
+    CREATE INDEX requests_held ON requests (device, delivery) WHERE delivery = 'held';
+    CREATE INDEX requests_received ON requests (received_ms);
+    CREATE TABLE dead_letters (
+        id          INTEGER PRIMARY KEY,
+        at_ms       INTEGER NOT NULL,
+        device      TEXT,
+        request_id  BLOB,
+        corr        BLOB,
+        op          TEXT,
+        status      INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        requeued    INTEGER NOT NULL DEFAULT 0
+    );",
+    // 2: telemetry readings for windowed ops.
+    "CREATE TABLE telemetry (
+        device TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        ts     INTEGER NOT NULL,        -- ms since epoch
+        value  REAL NOT NULL
+    );
+    CREATE INDEX telemetry_series ON telemetry (device, metric, ts);",
+];
+
+/// Brings the database up to the newest schema.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Sql(format!(
+            "the database has schema version {version}, newer than this gateway knows ({}); \
+             run a newer gateway",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        let txn = conn.transaction()?;
+        txn.execute_batch(step)?;
+        txn.pragma_update(None, "user_version", i + 1)?;
+        txn.commit()?;
+    }
+    Ok(())
+}

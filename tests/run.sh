@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs what the interop tests drive, if missing: Debian's
+# mosquitto-clients (mosquitto_rr, mosquitto_pub, mosquitto_sub) and Python's paho-mqtt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  echo "tests/run.sh: need root (or sudo) to install: $*" >&2; exit 1; fi; }
+
+if ! command -v mosquitto_rr >/dev/null 2>&1; then
+  echo "tests/run.sh: installing mosquitto-clients" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
+fi
+if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
+  echo "tests/run.sh: installing paho-mqtt" >&2
+  python3 -m pip install -q 'paho-mqtt>=2,<3' >/dev/null
+fi
+
+exec cargo test --workspace "$@"

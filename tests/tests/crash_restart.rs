@@ -1,0 +1,100 @@
+//! Guarantees 1 and 2 across a crash: a burst of requests, SIGKILL of the gateway while many are
+//! still queued, a restart on the same data dir: every request that got a `202` gets its final
+//! reply with the `request_id` of its `202`, and no op ran twice.
+
+use std::collections::HashMap;
+
+use gateway::wire::{RequestId, Status};
+use roost_tests::device::{options, values, TestDevice};
+use roost_tests::store_view::{hex, requests_of};
+use roost_tests::Gateway;
+
+const REQUESTS: usize = 80;
+const POINTS: usize = 40_000;
+
+fn corr(i: usize) -> Vec<u8> {
+    format!("burst-{i}").into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_requests_survive_kill_9_and_run_once() {
+    let mut gateway = Gateway::start_with(
+        "[gateway]\nworkers = 1\n[limits]\nmax_payload_bytes = 1048576\nmax_pending_per_device = 1000\n",
+    );
+    let mut device = TestDevice::connect(gateway.mqtt, "crash-1").await;
+    let series: Vec<f64> = (0..POINTS).map(|i| ((i * 7919) % 10007) as f64).collect();
+    let args = values(&series);
+    for i in 0..REQUESTS {
+        device.request("stats", &args, &corr(i), None).await;
+    }
+
+    // Collect every 202 (finals may interleave), then kill -9 at once.
+    let mut accepted: HashMap<Vec<u8>, RequestId> = HashMap::new();
+    let mut finals: HashMap<Vec<u8>, RequestId> = HashMap::new();
+    while accepted.len() < REQUESTS {
+        let got = device.next().await;
+        let key = got.corr.expect("correlated").to_vec();
+        let id = got.reply.request_id.expect("request_id");
+        match got.reply.status {
+            Status::Accepted => assert!(accepted.insert(key, id).is_none(), "one 202 per request"),
+            Status::Ok => {
+                finals.insert(key, id);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    gateway.kill();
+    let finished_before_kill = finals.len();
+    assert!(
+        finished_before_kill < REQUESTS,
+        "all requests finished before the kill; the test needs more work per request"
+    );
+    drop(device);
+
+    gateway.restart();
+    // The device wakes: connects, subscribes, and says so; held replies come, then the rest as
+    // the requeued requests finish.
+    let mut device =
+        TestDevice::connect_with(options("crash-1", gateway.mqtt), "crash-1", true).await;
+    device
+        .publish_raw(
+            "devices/crash-1/presence",
+            gateway::wire::envelope::encode_value(&ciborium::Value::Map(vec![(
+                ciborium::Value::Text("state".into()),
+                ciborium::Value::Text("awake".into()),
+            )])),
+            None,
+        )
+        .await;
+    let mut after_restart = 0;
+    while finals.len() < REQUESTS {
+        let got = device.next().await;
+        assert_eq!(got.reply.status, Status::Ok, "{:?}", got.reply);
+        let key = got.corr.expect("correlated").to_vec();
+        let id = got.reply.request_id.expect("request_id");
+        assert_eq!(
+            accepted.get(&key),
+            Some(&id),
+            "final reply carries the request_id of its 202"
+        );
+        if finals.insert(key, id).is_none() {
+            after_restart += 1;
+        }
+    }
+    assert!(
+        after_restart > 0,
+        "some replies came from the restarted gateway"
+    );
+
+    let rows = requests_of(&gateway, "crash-1");
+    assert_eq!(rows.len(), REQUESTS);
+    for row in rows {
+        assert_eq!(row.state, "done", "{row:?}");
+        assert_eq!(row.executions, 1, "op ran exactly once: {row:?}");
+        let key = accepted
+            .iter()
+            .find(|(k, _)| hex(k) == row.corr)
+            .map(|(_, id)| id.to_string());
+        assert_eq!(key.as_deref(), Some(row.id.as_str()));
+    }
+}

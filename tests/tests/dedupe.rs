@@ -1,0 +1,60 @@
+//! Guarantee 2: one execution per (device, Correlation Data). Duplicates get the current state:
+//! `202` with the same request_id while pending, the same final reply byte for byte once done.
+
+use gateway::wire::Status;
+use roost_tests::device::{values, TestDevice};
+use roost_tests::store_view::{hex, requests_of};
+use roost_tests::Gateway;
+
+#[tokio::test]
+async fn duplicates_never_run_the_op_again() {
+    let gateway = Gateway::start();
+    let mut device = TestDevice::connect(gateway.mqtt, "dd-1").await;
+    let args = values(&[1.0, 2.0, 3.0, 4.0]);
+    // Back to back: the second lands while the first is pending (or just done).
+    device.request("stats", &args, b"same", None).await;
+    device.request("stats", &args, b"same", None).await;
+
+    let mut request_ids = Vec::new();
+    let mut finals = Vec::new();
+    while finals.is_empty() || request_ids.len() < 3 {
+        let got = device.reply_for(b"same").await;
+        request_ids.push(
+            got.reply
+                .request_id
+                .expect("stored requests carry request_id"),
+        );
+        match got.reply.status {
+            Status::Accepted => {}
+            Status::Ok => finals.push(got.payload),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        request_ids.iter().all(|id| *id == request_ids[0]),
+        "{request_ids:?}"
+    );
+
+    // Once done, a duplicate (a device retrying after waking) gets the stored reply verbatim.
+    device.request("stats", &args, b"same", None).await;
+    let again = device.reply_for(b"same").await;
+    assert_eq!(again.reply.status, Status::Ok);
+    assert_eq!(again.reply.request_id, Some(request_ids[0]));
+    finals.push(again.payload);
+    assert!(
+        finals.iter().all(|p| *p == finals[0]),
+        "final replies differ"
+    );
+
+    let rows = requests_of(&gateway, "dd-1");
+    assert_eq!(rows.len(), 1, "one stored request: {rows:?}");
+    assert_eq!(rows[0].corr, hex(b"same"));
+    assert_eq!(rows[0].executions, 1);
+    assert_eq!(rows[0].state, "done");
+
+    // The same correlation from another device is another request.
+    let mut other = TestDevice::connect(gateway.mqtt, "dd-2").await;
+    other.request("stats", &args, b"same", None).await;
+    let accepted = other.reply_for(b"same").await;
+    assert_ne!(accepted.reply.request_id, Some(request_ids[0]));
+}
