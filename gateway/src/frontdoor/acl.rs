@@ -8,6 +8,7 @@
 //! | device X (password or certificate) | `devices/X/{req/op,ack,presence,telemetry}` | `devices/X/presence` | `devices/X/reply`, below it, `devices/X/status` |
 //! | operator | nothing | none | `gateway/#` (or below), `devices/+/status` (or one id's) |
 //! | anonymous X on a loopback listener | as device X | as device X | device X's, plus the operator view |
+//! | anonymous, empty client id, loopback listener | nothing | none | the operator view |
 //! | anonymous X on another listener (`allow_anonymous_remote`) | as device X | as device X | device X's only |
 
 use crate::wire::topics;
@@ -20,6 +21,9 @@ pub enum Principal {
     Device(DeviceId),
     /// An operator account: read-only.
     Operator(String),
+    /// An anonymous client with an empty client id (the broker assigns one, as
+    /// `mosquitto_sub` asks by default) on a loopback listener: the operator view only.
+    Viewer,
     /// A device without credentials, whose client id is its device id.
     Anonymous {
         /// The device id (= client id).
@@ -34,7 +38,7 @@ impl Principal {
     pub fn device(&self) -> Option<&DeviceId> {
         match self {
             Principal::Device(device) | Principal::Anonymous { device, .. } => Some(device),
-            Principal::Operator(_) => None,
+            Principal::Operator(_) | Principal::Viewer => None,
         }
     }
 
@@ -58,6 +62,7 @@ impl Principal {
         let operator_view = matches!(
             self,
             Principal::Operator(_)
+                | Principal::Viewer
                 | Principal::Anonymous {
                     operator_view: true,
                     ..
@@ -88,7 +93,9 @@ mod tests {
             operator_view: false,
         };
         // (principal, publish req, will presence, sub own reply, sub gateway/#, sub other reply, sub #)
+        let viewer = Principal::Viewer;
         let table = [
+            (&viewer, false, false, false, true, false, false),
             (&device, true, true, true, false, false, false),
             (&operator, false, false, false, true, false, false),
             (&local, true, true, true, true, false, false),

@@ -5,7 +5,8 @@
 //! front door's own read-only SQLite connection (WAL: the CLI's writes are visible to the very
 //! next CONNECT). Order of checks:
 //!
-//! 1. the client id must follow the id rule → else 0x85 (3.1.1: rc 2);
+//! 1. the client id must follow the id rule → else 0x85 (3.1.1: rc 2); an empty client id
+//!    (the broker assigns one) is allowed for operators and anonymous loopback viewers only;
 //! 2. MQTT 5 enhanced authentication is not supported → 0x8C (3.1.1: rc 5);
 //! 3. a client certificate's CN is the device id; the client id must equal it → else 0x87;
 //! 4. a user name must name a credential whose hash matches the password → else 0x86 (rc 4);
@@ -54,6 +55,9 @@ impl Identity {
         connect: &ConnectInfo,
         cert_cn: Option<&str>,
     ) -> Result<Principal, u8> {
+        if connect.client_id.is_empty() {
+            return self.without_client_id(connect).await;
+        }
         if !is_valid_id(&connect.client_id) {
             return Err(reason::BAD_CLIENT_ID);
         }
@@ -81,6 +85,24 @@ impl Identity {
             }
             (Some(_), None) | (None, Some(_)) => Err(reason::BAD_CREDENTIALS),
             (None, None) => self.anonymous(&connect.client_id),
+        }
+    }
+
+    /// An empty client id: an operator, or an anonymous viewer on a loopback listener.
+    async fn without_client_id(&self, connect: &ConnectInfo) -> Result<Principal, u8> {
+        if connect.username.is_none() && connect.password.is_none() {
+            let allowed = self.auth.allow_anonymous && self.listener_loopback;
+            return if allowed {
+                Ok(Principal::Viewer)
+            } else {
+                Err(reason::BAD_CLIENT_ID)
+            };
+        }
+        let mut named = connect.clone();
+        named.client_id = connect.username.clone().unwrap_or_default();
+        match Box::pin(self.authenticate(&named, None)).await? {
+            operator @ Principal::Operator(_) => Ok(operator),
+            _ => Err(reason::BAD_CLIENT_ID),
         }
     }
 

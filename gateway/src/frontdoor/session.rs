@@ -142,7 +142,11 @@ where
         Version::V4 => shared.broker.v4,
         Version::V5 => shared.broker.v5,
     };
-    let gate = shared.gates.lock(&connect.client_id).await;
+    // An empty client id gets a fresh one from the broker: no takeover, no gate needed.
+    let gate = match connect.client_id.as_str() {
+        "" => None,
+        id => Some(shared.gates.lock(id).await),
+    };
     let Ok(upstream) = relay::connect_upstream(addr).await else {
         return refuse(
             &mut device_rx,
@@ -216,14 +220,15 @@ where
         stats: shared.stats.clone(),
         ping,
     };
-    let outcome = tokio::select! {
-        outcome = up.run(&mut device_rx) => outcome,
-        _ = &mut down_task => Ok(()),
+    let (outcome, down_done) = tokio::select! {
+        outcome = up.run(&mut device_rx) => (outcome, false),
+        _ = &mut down_task => (Ok(()), true),
     };
     // Let the broker→device side flush a final DISCONNECT, boundedly.
-    if tokio::time::timeout(Duration::from_secs(2), &mut down_task)
-        .await
-        .is_err()
+    if !down_done
+        && tokio::time::timeout(Duration::from_secs(2), &mut down_task)
+            .await
+            .is_err()
     {
         down_task.abort();
     }
