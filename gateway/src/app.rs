@@ -241,7 +241,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let watchdog = async {
         match &broker {
             Some(broker) => {
-                frontdoor::watchdog::watch(broker.v4, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
+                frontdoor::watchdog::watch(broker.v5, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
                     .await
             }
             None => std::future::pending().await,

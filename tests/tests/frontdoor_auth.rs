@@ -32,7 +32,8 @@ async fn devices_need_their_secret_and_removed_ones_are_refused() {
 
     // Unknown user: bad user name or password.
     let mut raw = Raw::open(addr).await;
-    raw.send(&connect5("ghost", Some(("ghost", "nope")), None)).await;
+    raw.send(&connect5("ghost", Some(("ghost", "nope")), None))
+        .await;
     assert_eq!(connack_code(&raw.packet().await), 0x86);
     let mut raw = Raw::open(addr).await;
     raw.send(&connect4("ghost", Some(("ghost", "nope")))).await;
@@ -44,7 +45,12 @@ async fn devices_need_their_secret_and_removed_ones_are_refused() {
     let secret = String::from_utf8(added.stdout).expect("utf-8");
     let secret = secret.trim();
     assert_eq!(secret.len(), 64);
-    assert!(!cli(&gateway, &["device", "add", "auth-dev"]).status.success(), "no twice");
+    assert!(
+        !cli(&gateway, &["device", "add", "auth-dev"])
+            .status
+            .success(),
+        "no twice"
+    );
     let listed = cli(&gateway, &["device", "list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("auth-dev"));
 
@@ -54,20 +60,28 @@ async fn devices_need_their_secret_and_removed_ones_are_refused() {
         .await;
     assert_eq!(connack_code(&device.packet().await), 0);
     device
-        .send(&subscribe5(1, &["devices/auth-dev/reply/#", "devices/other/reply"]))
+        .send(&subscribe5(
+            1,
+            &["devices/auth-dev/reply/#", "devices/other/reply"],
+        ))
         .await;
     assert_eq!(suback_codes(&device.packet().await, true), vec![1, 0x87]);
     device.send(&[0xE0, 0]).await;
     device.closed().await;
     let mut v4 = Raw::open(addr).await;
-    v4.send(&connect4("auth-dev", Some(("auth-dev", secret)))).await;
+    v4.send(&connect4("auth-dev", Some(("auth-dev", secret))))
+        .await;
     assert_eq!(connack_code(&v4.packet().await), 0);
     drop(v4);
 
     // Wrong secret; right secret with someone else's client id.
     let mut raw = Raw::open(addr).await;
-    raw.send(&connect5("auth-dev", Some(("auth-dev", "x".repeat(64).as_str())), None))
-        .await;
+    raw.send(&connect5(
+        "auth-dev",
+        Some(("auth-dev", "x".repeat(64).as_str())),
+        None,
+    ))
+    .await;
     assert_eq!(connack_code(&raw.packet().await), 0x86);
     let mut raw = Raw::open(addr).await;
     raw.send(&connect5("someone", Some(("auth-dev", secret)), None))
@@ -75,7 +89,9 @@ async fn devices_need_their_secret_and_removed_ones_are_refused() {
     assert_eq!(connack_code(&raw.packet().await), 0x85);
 
     // Removed by the CLI while the gateway runs: refused on the next connect.
-    assert!(cli(&gateway, &["device", "remove", "auth-dev"]).status.success());
+    assert!(cli(&gateway, &["device", "remove", "auth-dev"])
+        .status
+        .success());
     let mut raw = Raw::open(addr).await;
     raw.send(&connect5("auth-dev", Some(("auth-dev", secret)), None))
         .await;
@@ -106,8 +122,12 @@ async fn operators_get_the_read_only_view() {
         .await;
     assert_eq!(connack_code(&ops.packet().await), 0x86);
     let mut ops = Raw::open(gateway.mqtt).await;
-    ops.send(&connect5("ops-console", Some(("ops", "hunter2-but-longer")), None))
-        .await;
+    ops.send(&connect5(
+        "ops-console",
+        Some(("ops", "hunter2-but-longer")),
+        None,
+    ))
+    .await;
     assert_eq!(connack_code(&ops.packet().await), 0);
     ops.send(&subscribe5(
         1,
@@ -122,7 +142,8 @@ async fn operators_get_the_read_only_view() {
         }
     };
     assert_eq!(codes, vec![1, 1, 0x87, 0x87]);
-    ops.send(&publish5("devices/d1/req/stats", 2, b"\xa0")).await;
+    ops.send(&publish5("devices/d1/req/stats", 2, b"\xa0"))
+        .await;
     loop {
         let packet = ops.packet().await;
         if packet[0] == 0x40 {

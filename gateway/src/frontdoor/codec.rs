@@ -15,6 +15,7 @@
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use rumqttc::v5::mqttbytes::QoS;
 
 use crate::wire::topics;
 
@@ -119,22 +120,29 @@ enum SubscribePacket {
 }
 
 impl Subscription {
-    /// Re-encodes the SUBSCRIBE with only the filters whose `keep` is true (same packet id).
-    pub fn encode_only(&self, keep: &[bool]) -> Result<Bytes, Violation> {
-        let mut out = BytesMut::new();
+    /// Re-encodes the SUBSCRIBE as MQTT 5 (the broker's side) with only the filters whose
+    /// `keep` is true, same packet id.
+    pub fn encode_v5(&self, keep: &[bool]) -> Result<Bytes, Violation> {
         let mut keep = keep.iter().copied();
-        match &self.packet {
+        let mut packet = match &self.packet {
+            SubscribePacket::V5(packet) => packet.clone(),
             SubscribePacket::V4(packet) => {
-                let mut packet = packet.clone();
-                packet.filters.retain(|_| keep.next().unwrap_or(false));
-                packet.write(&mut out).map_err(malformed)?;
+                let filters = packet.filters.iter().map(|filter| {
+                    let qos = match filter.qos {
+                        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+                        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+                        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+                    };
+                    v5::Filter::new(filter.path.clone(), qos)
+                });
+                let mut converted = v5::Subscribe::new_many(filters, None);
+                converted.pkid = packet.pkid;
+                converted
             }
-            SubscribePacket::V5(packet) => {
-                let mut packet = packet.clone();
-                packet.filters.retain(|_| keep.next().unwrap_or(false));
-                packet.write(&mut out).map_err(malformed)?;
-            }
-        }
+        };
+        packet.filters.retain(|_| keep.next().unwrap_or(false));
+        let mut out = BytesMut::new();
+        packet.write(&mut out).map_err(malformed)?;
         Ok(out.freeze())
     }
 }

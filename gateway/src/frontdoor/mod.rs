@@ -21,6 +21,7 @@ pub mod relay;
 pub mod secrets;
 pub mod session;
 pub mod tls;
+pub mod translate;
 pub mod watchdog;
 
 use std::net::SocketAddr;

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::codec::{frame_len, Version};
 use super::outgoing;
+use super::translate;
 use super::{FrontDoorEvent, Presence};
 
 /// What the device → broker side asks of this side.
@@ -108,7 +109,7 @@ pub struct Downstream<W> {
     pub buf: BytesMut,
     /// Requests from the device → broker side.
     pub control_rx: mpsc::Receiver<Control>,
-    /// The device's protocol version.
+    /// The device's protocol version (the broker side is always MQTT 5).
     pub version: Version,
     /// Where a granted reply subscription is announced, for a device.
     pub presence: Option<Presence>,
@@ -204,20 +205,28 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
                 break;
             }
             let first = self.buf[pos];
-            if first == 0x90 || first == 0xD0 {
+            // A 3.1.1 device gets every frame translated; a v5 device only the two we watch.
+            if self.version == Version::V4 || first == 0x90 || first == 0xD0 {
                 self.device_tx.write_all(&self.buf[start..pos]).await?;
                 start = pos + len;
                 // Control sent before the device's packet went upstream is already queued.
                 if let Step::Close = self.drain_control().await? {
                     return Ok(Step::Close);
                 }
-                let frame = self.buf[pos..pos + len].to_vec();
-                if first == 0xD0 && self.pings_expected > 0 {
+                let frame = Bytes::copy_from_slice(&self.buf[pos..pos + len]);
+                let frame = if first == 0xD0 && self.pings_expected > 0 {
                     self.pings_expected -= 1;
+                    None
                 } else if first == 0x90 {
-                    let merged = self.suback(&frame).await;
-                    self.device_tx.write_all(&merged).await?;
+                    Some(self.suback(&frame).await)
                 } else {
+                    Some(frame)
+                };
+                let frame = match self.version {
+                    Version::V5 => frame,
+                    Version::V4 => frame.and_then(|frame| translate::packet_down(&frame)),
+                };
+                if let Some(frame) = frame {
                     self.device_tx.write_all(&frame).await?;
                 }
             }
@@ -243,7 +252,8 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
                 Slot::Forwarded { .. } => None,
             })
             .collect();
-        let merged = outgoing::merge_suback(self.version, frame, &codes)
+        // The broker side always speaks MQTT 5.
+        let merged = outgoing::merge_suback(Version::V5, frame, &codes)
             .unwrap_or_else(|| Bytes::copy_from_slice(frame));
         // The merged SUBACK's codes line up with the plan: a granted reply filter is < 0x80.
         let codes_start = merged.len() - plan.len();

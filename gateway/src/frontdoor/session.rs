@@ -29,6 +29,7 @@ use super::identity::Identity;
 use super::limits::{FrontDoorStats, IdGates};
 use super::outgoing::{self, reason};
 use super::relay::{self, Control, Downstream, Slot};
+use super::translate;
 use super::{FrontDoorEvent, Presence};
 use crate::broker::EmbeddedBroker;
 use crate::wire::topics;
@@ -138,10 +139,8 @@ where
         }
     }
 
-    let addr = match version {
-        Version::V4 => shared.broker.v4,
-        Version::V5 => shared.broker.v5,
-    };
+    // Every device goes to the MQTT 5 listener; 3.1.1 is translated (see `translate`).
+    let addr = shared.broker.v5;
     // An empty client id gets a fresh one from the broker: no takeover, no gate needed.
     let gate = match connect.client_id.as_str() {
         "" => None,
@@ -158,7 +157,7 @@ where
     };
     let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
     upstream_tx
-        .write_all(&upstream_connect(&connect, frame))
+        .write_all(&upstream_connect(&connect, frame)?)
         .await?;
     let mut down_buf = BytesMut::with_capacity(4096);
     let connack_len = match tokio::time::timeout(
@@ -180,8 +179,14 @@ where
         }
     };
     drop(gate);
-    let connack = down_buf.split_to(connack_len);
-    device_tx.write_all(&connack).await?;
+    let connack = down_buf.split_to(connack_len).freeze();
+    match version {
+        Version::V5 => device_tx.write_all(&connack).await?,
+        Version::V4 => {
+            let plain = translate::packet_down(&connack).unwrap_or_default();
+            device_tx.write_all(&plain).await?;
+        }
+    }
     if connack_code(&connack) != Some(0) {
         return Err(SessionError::Refused(
             connack_code(&connack).unwrap_or(0xFF),
@@ -296,15 +301,22 @@ async fn read_more<R: AsyncRead + Unpin>(
     device_rx.read_buf(buf).await
 }
 
-/// The CONNECT as forwarded: the device's bytes, with Keep Alive 0 replaced.
-fn upstream_connect(connect: &ConnectInfo, frame: Bytes) -> Bytes {
+/// The CONNECT as forwarded: MQTT 5 (3.1.1 translated), Keep Alive 0 replaced.
+fn upstream_connect(connect: &ConnectInfo, frame: Bytes) -> Result<Bytes, Violation> {
+    let keep_alive = match connect.keep_alive {
+        0 => UPSTREAM_KEEP_ALIVE_S,
+        seconds => seconds,
+    };
+    if connect.version == Version::V4 {
+        return translate::connect_up(&frame, keep_alive);
+    }
     if connect.keep_alive != 0 {
-        return frame;
+        return Ok(frame);
     }
     let mut patched = BytesMut::from(&frame[..]);
     let at = connect.keep_alive_offset;
-    patched[at..at + 2].copy_from_slice(&UPSTREAM_KEEP_ALIVE_S.to_be_bytes());
-    patched.freeze()
+    patched[at..at + 2].copy_from_slice(&keep_alive.to_be_bytes());
+    Ok(patched.freeze())
 }
 
 /// The return / reason code of a CONNACK frame.
@@ -387,7 +399,7 @@ impl Upstream {
         match packet {
             Inbound::Publish { topic, qos, pkid } => {
                 if self.principal.may_publish(&topic) {
-                    out.extend_from_slice(&frame);
+                    self.forward(&frame, out);
                     return Ok(());
                 }
                 FrontDoorStats::bump(&self.stats.denied_publish);
@@ -402,9 +414,17 @@ impl Upstream {
                 }
             }
             Inbound::Subscribe(subscription) => self.subscribe(subscription, frame, out).await?,
-            _ => out.extend_from_slice(&frame),
+            _ => self.forward(&frame, out),
         }
         Ok(())
+    }
+
+    /// Appends a checked packet as the broker's MQTT 5 listener takes it.
+    fn forward(&self, frame: &[u8], out: &mut BytesMut) {
+        match self.version {
+            Version::V5 => out.extend_from_slice(frame),
+            Version::V4 => translate::packet_up(frame, out),
+        }
     }
 
     async fn subscribe(
@@ -445,14 +465,14 @@ impl Upstream {
             let codes = vec![denied_code; plan.len()];
             let suback = outgoing::suback(self.version, pkid, &codes);
             self.control(Control::Write(suback)).await;
-        } else if denied == 0 {
+        } else if denied == 0 && self.version == Version::V5 {
             if watch_reply {
                 self.control(Control::Watch { pkid, plan }).await;
             }
             out.extend_from_slice(&frame);
         } else {
             // Registered before the SUBSCRIBE goes upstream, so it is queued before the SUBACK.
-            let allowed = subscription.encode_only(&keep)?;
+            let allowed = subscription.encode_v5(&keep)?;
             self.control(Control::Watch { pkid, plan }).await;
             out.extend_from_slice(&allowed);
         }

@@ -1,6 +1,6 @@
 //! Crash-only health: probes the embedded broker every few seconds with a real MQTT round trip
-//! (connect, subscribe, publish, receive its own message, disconnect) on its MQTT 3.1.1
-//! listener, and reports why when it stops answering, so `app::run` can exit non-zero and the
+//! (connect, subscribe, publish, receive its own message, disconnect) on its MQTT 5 listener
+//! (the one every device reaches, see `translate`), and reports why when it stops answering, so `app::run` can exit non-zero and the
 //! supervisor (`config/roost-gateway.service`, `Restart=always`) restarts the gateway.
 //!
 //! Fed by a timer; feeds `app::run` one [`Unhealthy`] when [`FAILURES_TO_DIE`] probes in a row
@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes::v4::{Connect, Disconnect, Publish, Subscribe};
-use rumqttc::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{
+    Connect, Disconnect, DisconnectReasonCode, Filter, Packet, Publish, Subscribe,
+};
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::io::AsyncWriteExt;
 
 use super::relay::{connect_upstream, read_frame};
@@ -63,16 +65,23 @@ pub async fn probe(broker: SocketAddr) -> std::io::Result<()> {
     let topic = topics::health_probe(&client_id);
     let nonce = n.to_be_bytes();
     let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let encode = |result: Result<usize, rumqttc::mqttbytes::Error>| {
-        result.map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+    let encode = |packet: Packet, out: &mut BytesMut| {
+        out.clear();
+        packet
+            .write(out, None)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
     };
 
     let stream = connect_upstream(broker).await?;
     let (mut rx, mut tx) = stream.into_split();
     let mut out = BytesMut::new();
-    let mut connect = Connect::new(client_id.as_str());
-    connect.keep_alive = 30;
-    encode(connect.write(&mut out))?;
+    let connect = Connect {
+        keep_alive: 30,
+        client_id: client_id.clone(),
+        clean_start: true,
+        properties: None,
+    };
+    encode(Packet::Connect(connect, None, None), &mut out)?;
     tx.write_all(&out).await?;
     let mut buf = BytesMut::new();
     let len = read_frame(&mut rx, &mut buf).await?;
@@ -80,8 +89,8 @@ pub async fn probe(broker: SocketAddr) -> std::io::Result<()> {
     if connack.first() != Some(&0x20) || connack.get(3) != Some(&0) {
         return Err(invalid("CONNECT refused"));
     }
-    out.clear();
-    encode(Subscribe::new(topic.as_str(), QoS::AtMostOnce).write(&mut out))?;
+    let filter = Filter::new(topic.as_str(), QoS::AtMostOnce);
+    encode(Packet::Subscribe(Subscribe::new(filter, None)), &mut out)?;
     tx.write_all(&out).await?;
     loop {
         let len = read_frame(&mut rx, &mut buf).await?;
@@ -89,8 +98,8 @@ pub async fn probe(broker: SocketAddr) -> std::io::Result<()> {
             break;
         }
     }
-    out.clear();
-    encode(Publish::new(topic.as_str(), QoS::AtMostOnce, nonce.to_vec()).write(&mut out))?;
+    let publish = Publish::new(topic.as_str(), QoS::AtMostOnce, nonce.to_vec(), None);
+    encode(Packet::Publish(publish), &mut out)?;
     tx.write_all(&out).await?;
     loop {
         let len = read_frame(&mut rx, &mut buf).await?;
@@ -99,8 +108,10 @@ pub async fn probe(broker: SocketAddr) -> std::io::Result<()> {
             break;
         }
     }
-    out.clear();
-    encode(Disconnect.write(&mut out))?;
+    encode(
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)),
+        &mut out,
+    )?;
     tx.write_all(&out).await?;
     Ok(())
 }

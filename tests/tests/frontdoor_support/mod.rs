@@ -219,7 +219,12 @@ pub fn request5(device: &str, pkid: u16, corr: &[u8]) -> Bytes {
 /// The topic of a PUBLISH packet.
 pub fn publish_topic(packet: &[u8]) -> String {
     assert_eq!(packet[0] >> 4, 3, "not a PUBLISH: {packet:02x?}");
-    let header = 1 + packet[1..].iter().position(|b| b & 0x80 == 0).expect("length") + 1;
+    let header = 1
+        + packet[1..]
+            .iter()
+            .position(|b| b & 0x80 == 0)
+            .expect("length")
+        + 1;
     let len = usize::from(u16::from_be_bytes([packet[header], packet[header + 1]]));
     String::from_utf8(packet[header + 2..header + 2 + len].to_vec()).expect("utf-8")
 }
@@ -229,10 +234,15 @@ static FRESH: AtomicU32 = AtomicU32::new(0);
 /// A fresh device connects, subscribes to its replies (granted), sends a request (PUBACK
 /// success) and gets a reply from the gateway on its reply topic. Panics otherwise.
 pub async fn assert_served(addr: SocketAddr) {
-    let id = format!("fresh-{}-{}", std::process::id(), FRESH.fetch_add(1, Ordering::Relaxed));
+    let id = format!(
+        "fresh-{}-{}",
+        std::process::id(),
+        FRESH.fetch_add(1, Ordering::Relaxed)
+    );
     let mut raw = connected5(addr, &id).await;
     let reply = format!("devices/{id}/reply/#");
-    raw.send(&subscribe5(7, &[&reply, &format!("devices/{id}/reply")])).await;
+    raw.send(&subscribe5(7, &[&reply, &format!("devices/{id}/reply")]))
+        .await;
     assert_eq!(suback_codes(&raw.packet().await, true), vec![1, 1]);
     raw.send(&request5(&id, 9, b"served")).await;
     let (mut acked, mut replied) = (false, false);
@@ -240,7 +250,11 @@ pub async fn assert_served(addr: SocketAddr) {
         let packet = raw.packet().await;
         match packet[0] >> 4 {
             4 => {
-                assert_eq!(&packet[2..4], &[0, 9], "PUBACK for our request: {packet:02x?}");
+                assert_eq!(
+                    &packet[2..4],
+                    &[0, 9],
+                    "PUBACK for our request: {packet:02x?}"
+                );
                 assert!(packet.get(4).is_none_or(|code| *code == 0), "{packet:02x?}");
                 acked = true;
             }
