@@ -222,7 +222,7 @@ impl PacketReader {
 pub fn check(version: Version, frame: &Bytes) -> Result<Inbound, Violation> {
     let byte1 = frame.first().copied().unwrap_or(0);
     let (kind, flags) = (byte1 >> 4, byte1 & 0x0F);
-    let remaining = frame.len() - header_len(frame);
+    let remaining = frame.len().saturating_sub(header_len(frame));
     let required_flags = match kind {
         3 => None,
         6 | 8 | 10 => Some(0b0010),

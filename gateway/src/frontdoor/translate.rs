@@ -78,10 +78,11 @@ pub fn packet_up(frame: &[u8], out: &mut BytesMut) {
 
 /// The 3.1.1 form of a packet the MQTT 5 listener sends; `None` to drop it.
 pub fn packet_down(frame: &[u8]) -> Option<Bytes> {
+    let first = *frame.first()?;
     let (header_len, _) = header(frame);
     let body = frame.get(header_len..)?;
     let mut out = BytesMut::with_capacity(frame.len());
-    match frame[0] >> 4 {
+    match first >> 4 {
         2 => {
             let code = match *body.get(1)? {
                 0 => 0,
@@ -95,17 +96,17 @@ pub fn packet_down(frame: &[u8]) -> Option<Bytes> {
         }
         3 => {
             let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-            let pkid_len = if frame[0] & 0b0110 != 0 { 2 } else { 0 };
+            let pkid_len = if first & 0b0110 != 0 { 2 } else { 0 };
             let props_at = 2 + topic_len + pkid_len;
             let (varint_len, props_len) = varint(body.get(props_at..)?)?;
             let payload = body.get(props_at + varint_len + props_len..)?;
-            out.put_u8(frame[0]);
+            out.put_u8(first);
             put_varint(&mut out, props_at + payload.len());
             out.put_slice(&body[..props_at]);
             out.put_slice(payload);
         }
         4..=7 | 11 => {
-            out.put_slice(&[frame[0], 2, *body.first()?, *body.get(1)?]);
+            out.put_slice(&[first, 2, *body.first()?, *body.get(1)?]);
         }
         9 => {
             let (varint_len, props_len) = varint(body.get(2..)?)?;
@@ -119,14 +120,16 @@ pub fn packet_down(frame: &[u8]) -> Option<Bytes> {
                     .map(|&code| if code < 0x80 { code } else { 0x80 }),
             );
         }
-        12 | 13 => out.put_slice(&[frame[0], 0]),
+        12 | 13 => out.put_slice(&[first, 0]),
         _ => return None,
     }
     Some(out.freeze())
 }
 
 fn header(frame: &[u8]) -> (usize, usize) {
-    varint(&frame[1..])
+    frame
+        .get(1..)
+        .and_then(varint)
         .map(|(len, value)| (1 + len, value))
         .unwrap_or((frame.len(), 0))
 }
