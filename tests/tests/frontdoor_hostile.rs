@@ -40,6 +40,20 @@ async fn acl_denials_are_answered_and_the_gateway_keeps_serving() {
     spy.send(&[0xC0, 0]).await;
     assert_eq!(&spy.packet().await[..], &[0xD0, 0]);
     assert_served(addr).await;
+    // Nothing ran in the victim's name: a later request was served, and none is stored for it.
+    let config = gateway.config_path();
+    let listed = roost_tests::gateway_cmd(&[
+        "requests",
+        "list",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--device",
+        "victim",
+        "--json",
+    ]);
+    assert!(listed.status.success(), "{listed:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 
     // MQTT 3.1.1: SUBACK 0x80; a denied publish closes the connection.
     let mut spy4 = Raw::open(addr).await;
