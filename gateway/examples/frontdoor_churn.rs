@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let addr: SocketAddr = args.get(1).map_or("127.0.0.1:1883", |a| a.as_str()).parse()?;
+    let addr: SocketAddr = args
+        .get(1)
+        .map_or("127.0.0.1:1883", |a| a.as_str())
+        .parse()?;
     let concurrency: usize = args.get(2).map_or(Ok(32), |a| a.parse())?;
     let seconds: u64 = args.get(3).map_or(Ok(10), |a| a.parse())?;
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -54,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
         latencies.extend(task.await?);
     }
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+    };
     let ok = ok.load(Ordering::Relaxed);
     println!(
         "{{\"concurrency\": {concurrency}, \"seconds\": {seconds}, \"cycles_ok\": {ok}, \

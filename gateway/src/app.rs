@@ -23,6 +23,8 @@ use crate::frontdoor::{self, relay, FrontDoor, FrontDoorError, FrontDoorEvent};
 use crate::intake::{Intake, IntakeStats};
 use crate::mqtt::{self, LinkConfig, LinkError};
 use crate::outbox::{DeviceEvent, Outbox};
+use crate::status::http::{self, Health, HttpState};
+use crate::status::{GatewayStatus, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wire::topics;
 use crate::{recovery, status};
@@ -120,6 +122,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         BrokerConfig::External { .. } => None,
     };
 
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(bind_error("http.listen", addr))?,
+        ),
+        None => None,
+    };
+
     let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
@@ -167,6 +178,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .map(String::from),
     );
     let started_at = crate::store::now_ms();
+    let metrics = Arc::new(Metrics::default());
     let (link, inbox_rx) = mqtt::connect(LinkConfig {
         host: link_host,
         port: link_port,
@@ -179,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let publisher = link.publisher.clone();
 
     let draining = Arc::new(AtomicBool::new(false));
+    let intake_stats = Arc::new(IntakeStats::default());
     let intake = Intake {
         store: store.clone(),
         publisher: publisher.clone(),
@@ -188,27 +201,62 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         replies_tx: done_tx.clone(),
         events_tx: events_tx.clone(),
         draining: draining.clone(),
-        stats: Arc::new(IntakeStats::default()),
+        stats: intake_stats.clone(),
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
-    let worker_threads = Pool {
-        scheduler: scheduler.clone(),
-        store: store.clone(),
-        reply_ttl: limits.reply_ttl,
-        done_tx: done_tx.clone(),
-        fatal_tx: fatal_tx.clone(),
-    }
+    let worker_threads = Pool::new(
+        scheduler.clone(),
+        store.clone(),
+        limits.reply_ttl,
+        done_tx.clone(),
+        fatal_tx.clone(),
+        metrics.clone(),
+        limits.max_series_len,
+    )
     .start(workers);
     drop(done_tx);
     let outbox_stop = CancellationToken::new();
     let outbox = Outbox {
         publisher: publisher.clone(),
         store: store.clone(),
+        scheduler: scheduler.clone(),
+        metrics: metrics.clone(),
+        gateway_id: gateway_id.clone(),
+        limits: limits.clone(),
         presence: Default::default(),
-        max_held_per_wake: limits.max_held_replies_per_device,
+        board: Default::default(),
     };
     let outbox_task = tokio::spawn(outbox.run(done_rx, events_rx, outbox_stop.clone()));
-    status::publish_gateway(&publisher, &gateway_id, "online", started_at).await;
+    let gateway_status = GatewayStatus {
+        publisher: publisher.clone(),
+        store: store.clone(),
+        scheduler: scheduler.clone(),
+        metrics: metrics.clone(),
+        gateway_id: gateway_id.clone(),
+        started_at_ms: started_at,
+    };
+    gateway_status.publish("online").await;
+    let status_stop = CancellationToken::new();
+    tokio::spawn(gateway_status.clone().run(status_stop.clone()));
+    let health = Arc::new(Health::default());
+    // The HTTP API serves through the drain (so `/healthz` and `/api/status` show it) until exit.
+    let http_stop = CancellationToken::new();
+    let _http_stop_on_exit = http_stop.clone().drop_guard();
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let state = HttpState::new(
+                gateway_status.clone(),
+                intake_stats.clone(),
+                health.clone(),
+                store.path().to_owned(),
+            );
+            tokio::spawn(http::serve(listener, state, http_stop.clone()));
+            addr
+        }
+        None => None,
+    };
+    let http_part = http_addr.map(|a| format!(" http={a}")).unwrap_or_default();
 
     let front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
@@ -218,7 +266,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             ))?;
             let (presence_tx, presence_rx) = mpsc::channel(1024);
             tokio::spawn(bridge_presence(presence_rx, events_tx.clone()));
-            println!("roost gateway listening mqtt={local}");
+            println!("roost gateway listening mqtt={local}{http_part}");
             Some(tokio::spawn(front.run(
                 broker.clone(),
                 presence_tx,
@@ -226,7 +274,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             )))
         }
         _ => {
-            println!("roost gateway listening");
+            println!("roost gateway listening{http_part}");
             None
         }
     };
@@ -260,12 +308,17 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
+    if outcome.is_err() {
+        health.broker.store(false, Ordering::Relaxed);
+    }
     outcome?;
 
     // Drain, in flow order.
     tracing::info!("draining");
     draining.store(true, Ordering::Relaxed);
-    status::publish_gateway(&publisher, &gateway_id, "draining", started_at).await;
+    health.workers.store(false, Ordering::Relaxed);
+    status_stop.cancel();
+    gateway_status.publish("draining").await;
     shutdown.cancel();
     if let Some(front_task) = front_task {
         let _ = front_task.await;
@@ -279,7 +332,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let _ = tokio::time::timeout(limits.op_timeout + Duration::from_secs(1), joined).await;
     outbox_stop.cancel();
     let _ = outbox_task.await;
-    status::publish_gateway(&publisher, &gateway_id, "offline", started_at).await;
+    gateway_status.publish("offline").await;
     link.disconnect().await;
     tracing::info!("stopped");
     Ok(())

@@ -60,7 +60,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Publishes a reply with the contract's properties.
+    /// Publishes a reply with the contract's properties, or with none for an MQTT 3.1.1 device
+    /// (`envelope`): rumqttd's v4 writer panics on a forwarded publish that has properties, and
+    /// such a device could not read them anyway (its reply carries `corr` in the payload).
     pub async fn reply(
         &self,
         topic: &str,
@@ -68,36 +70,45 @@ impl Publisher {
         corr: Option<&Correlation>,
         status: Status,
         expiry: Duration,
+        envelope: bool,
     ) {
-        let properties = PublishProperties {
+        let properties = (!envelope).then(|| PublishProperties {
             correlation_data: corr.map(|c| c.0.clone()),
             content_type: Some("application/cbor".into()),
             user_properties: vec![("status".into(), status.code().to_string())],
             message_expiry_interval: Some(expiry.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
             ..Default::default()
-        };
-        if let Err(error) = self
-            .client
-            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
-            .await
-        {
-            tracing::error!(%error, topic, "reply not handed to the MQTT client");
-        }
+        });
+        self.publish(topic, payload, false, properties).await;
     }
 
-    /// Publishes JSON, retained or not.
+    /// Publishes JSON (status, dead letters), retained or not, without properties: MQTT 3.1.1
+    /// operators (e.g. `mosquitto_sub -V 311`) subscribe to these, see [`Publisher::reply`].
     pub async fn json(&self, topic: &str, payload: Vec<u8>, retain: bool) {
-        let properties = PublishProperties {
-            content_type: Some("application/json".into()),
-            payload_format_indicator: Some(1),
-            ..Default::default()
+        self.publish(topic, payload, retain, None).await;
+    }
+
+    async fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        retain: bool,
+        properties: Option<PublishProperties>,
+    ) {
+        let outcome = match properties {
+            Some(properties) => {
+                self.client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, properties)
+                    .await
+            }
+            None => {
+                self.client
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+            }
         };
-        if let Err(error) = self
-            .client
-            .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, properties)
-            .await
-        {
-            tracing::error!(%error, topic, "status not handed to the MQTT client");
+        if let Err(error) = outcome {
+            tracing::error!(%error, topic, "publish not handed to the MQTT client");
         }
     }
 

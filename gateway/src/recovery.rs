@@ -64,6 +64,7 @@ pub async fn recover(
                     status: 500,
                     payload: reply.encode(),
                     expires_ms: now + limits.reply_ttl.as_millis() as i64,
+                    envelope: stored.envelope,
                 };
                 let completion = Completion {
                     id: final_reply.id,

@@ -29,6 +29,8 @@ pub struct Received {
     pub corr: Option<Bytes>,
     /// All publish properties.
     pub properties: Option<PublishProperties>,
+    /// When the client received it.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -49,7 +51,7 @@ pub struct TestDevice {
     pub id: DeviceId,
     /// The client.
     pub client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    rx: mpsc::UnboundedReceiver<(rumqttc::v5::mqttbytes::v5::Publish, std::time::Instant)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,7 +107,7 @@ impl TestDevice {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if tx.send(publish).is_err() {
+                        if tx.send((publish, std::time::Instant::now())).is_err() {
                             return;
                         }
                     }
@@ -187,7 +189,7 @@ impl TestDevice {
 
     /// Waits up to `wait` for the next message.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
-        let publish = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
+        let (publish, at) = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let reply = Reply::decode(&publish.payload).expect("reply is valid CBOR");
         Some(Received {
@@ -199,6 +201,7 @@ impl TestDevice {
             reply,
             payload: publish.payload,
             properties: publish.properties,
+            at,
         })
     }
 
@@ -235,4 +238,60 @@ pub fn field(result: &Value, key: &str) -> f64 {
     let value =
         gateway::wire::envelope::map_get(entries, key).unwrap_or_else(|| panic!("no {key}"));
     gateway::analytics::ops::as_finite(value).unwrap_or_else(|| panic!("{key} not a number"))
+}
+
+/// A CBOR presence payload: `{"state": "awake"}` or `{"state": "asleep"}`.
+pub fn presence(awake: bool) -> Vec<u8> {
+    gateway::wire::envelope::encode_value(&Value::Map(vec![(
+        Value::Text("state".into()),
+        Value::Text(if awake { "awake" } else { "asleep" }.into()),
+    )]))
+}
+
+impl TestDevice {
+    /// Wakes: connects, subscribes to its replies and announces presence.
+    pub async fn wake(addr: SocketAddr, id: &str) -> TestDevice {
+        let device = TestDevice::connect(addr, id).await;
+        let topic = topics::presence(&device.id);
+        device.publish_raw(&topic, presence(true), None).await;
+        device
+    }
+
+    /// Announces sleep and disconnects.
+    pub async fn sleep(self) {
+        let topic = topics::presence(&self.id);
+        self.publish_raw(&topic, presence(false), None).await;
+        self.disconnect().await;
+    }
+}
+
+impl TestDevice {
+    /// Waits for the next message and parses it as JSON (status and dead-letter topics).
+    pub async fn next_json(&mut self) -> serde_json::Value {
+        let (publish, _) = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("event loop alive");
+        serde_json::from_slice(&publish.payload).expect("JSON payload")
+    }
+}
+
+/// Waits until `devices/{device}/status` shows nothing pending and nothing held: every request
+/// of the device has finished and every final reply has been acked (or dead-lettered).
+pub async fn wait_settled(addr: SocketAddr, device: &str) {
+    let watcher_id = format!("settle-{device}");
+    let mut watcher =
+        TestDevice::connect_with(options(&watcher_id, addr), &watcher_id, false).await;
+    watcher
+        .client
+        .subscribe(format!("devices/{device}/status"), QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    loop {
+        let status = watcher.next_json().await;
+        if status["held"] == 0 && status["pending"] == 0 {
+            break;
+        }
+    }
+    watcher.disconnect().await;
 }

@@ -58,3 +58,41 @@ async fn duplicates_never_run_the_op_again() {
     let accepted = other.reply_for(b"same").await;
     assert_ne!(accepted.reply.request_id, Some(request_ids[0]));
 }
+
+#[tokio::test]
+async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
+    let mut gateway = Gateway::start_with("[limits]\ndedupe_window_s = 2\n");
+    let mut device = TestDevice::connect(gateway.mqtt, "dd-3").await;
+    let args = values(&[7.0, 8.0]);
+    device.request("stats", &args, b"k", None).await;
+    let accepted = device.reply_for(b"k").await;
+    let first_id = accepted.reply.request_id.expect("request_id");
+    let done = loop {
+        let got = device.reply_for(b"k").await;
+        if got.reply.status == Status::Ok {
+            break got;
+        }
+    };
+    device.ack(b"k").await;
+    roost_tests::device::wait_settled(gateway.mqtt, "dd-3").await;
+    drop(device);
+
+    gateway.kill();
+    gateway.restart();
+    let mut device = TestDevice::connect(gateway.mqtt, "dd-3").await;
+    device.request("stats", &args, b"k", None).await;
+    let again = device.reply_for(b"k").await;
+    assert_eq!(
+        again.reply.request_id,
+        Some(first_id),
+        "still a duplicate after a restart"
+    );
+    assert_eq!(again.payload, done.payload);
+
+    // Let the two-second window pass: the same correlation is then a new request.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    device.request("stats", &args, b"k", None).await;
+    let fresh = device.reply_for(b"k").await;
+    assert_eq!(fresh.reply.status, Status::Accepted);
+    assert_ne!(fresh.reply.request_id, Some(first_id));
+}

@@ -220,6 +220,11 @@ impl PacketReader {
 
 /// Checks one complete frame sent after CONNECT.
 pub fn check(version: Version, frame: &Bytes) -> Result<Inbound, Violation> {
+    // Exactly one whole frame: rumqttc's readers do arithmetic on the declared remaining length
+    // and can underflow (v4 UNSUBSCRIBE) when more bytes follow it.
+    if frame_len(frame, usize::MAX)? != Some(frame.len()) {
+        return Err(Violation::Malformed("not exactly one frame".into()));
+    }
     let byte1 = frame.first().copied().unwrap_or(0);
     let (kind, flags) = (byte1 >> 4, byte1 & 0x0F);
     let remaining = frame.len().saturating_sub(header_len(frame));

@@ -114,24 +114,16 @@ impl Intake {
                 address.corr.as_ref(),
                 reply.status,
                 self.limits.reply_ttl,
+                address.envelope,
             )
             .await;
     }
 
     /// Publishes a dead letter for operators.
     async fn announce_dead(&self, letter: &DeadLetter) {
-        let json = serde_json::json!({
-            "at": crate::status::rfc3339_ms(letter.at_ms),
-            "device": letter.device,
-            "request_id": letter.request_id,
-            "corr": letter.corr,
-            "op": letter.op,
-            "status": letter.status,
-            "reason": letter.reason,
-        });
-        let payload = serde_json::to_vec(&json).expect("a JSON value always serialises");
+        let topic = topics::deadletter(&self.gateway_id);
         self.publisher
-            .json(&topics::deadletter(&self.gateway_id), payload, false)
+            .json(&topic, crate::status::deadletter_json(letter), false)
             .await;
     }
 

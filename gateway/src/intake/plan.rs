@@ -19,7 +19,7 @@ use crate::wire::{Correlation, DeviceId, Reply, RequestId, State, Status};
 
 /// Store work for one publish.
 pub(super) enum Db {
-    Admit(NewRequest),
+    Admit(NewRequest, i64),
     Find(DeviceId, Correlation),
     Cancel {
         device: DeviceId,
@@ -43,7 +43,9 @@ pub(super) enum Outcome {
 impl Db {
     pub(super) fn run(self, txn: &rusqlite::Transaction<'_>) -> rusqlite::Result<Outcome> {
         Ok(match self {
-            Db::Admit(new) => Outcome::Admitted(requests::admit(txn, &new)?),
+            Db::Admit(new, dedupe_after_ms) => {
+                Outcome::Admitted(requests::admit(txn, &new, dedupe_after_ms)?)
+            }
             Db::Find(device, corr) => Outcome::Found(requests::find(txn, &device, &corr)?),
             Db::Cancel {
                 device,
@@ -75,7 +77,8 @@ impl Db {
     }
 }
 
-/// What to do after the commit.
+/// What to do after the commit. Every device event is sent from here, so the outbox sees them
+/// in receive order.
 pub(super) enum Plan {
     Admit {
         address: Address,
@@ -98,6 +101,7 @@ pub(super) enum Plan {
     },
     Ack(DeviceId),
     Seen(DeviceId, Option<u64>),
+    Asleep(DeviceId),
     Ignored,
 }
 
@@ -158,7 +162,13 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
                         received_ms,
                         deadline_ms: new.deadline_ms,
                     };
-                    (Plan::Admit { address, job }, Some(Db::Admit(new)))
+                    (
+                        Plan::Admit { address, job },
+                        Some(Db::Admit(
+                            new,
+                            received_ms - intake.limits.dedupe_window.as_millis() as i64,
+                        )),
+                    )
                 }
                 RequestKind::Status(of) => (Plan::Status { address }, Some(Db::Find(device, of))),
                 RequestKind::Cancel(of) => {
@@ -189,10 +199,7 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
             Some(Db::Telemetry(device, readings)),
         ),
         Incoming::Presence(device, Some(listen_ms)) => (Plan::Seen(device, Some(listen_ms)), None),
-        Incoming::Presence(device, None) => {
-            let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
-            (Plan::Ignored, None)
-        }
+        Incoming::Presence(device, None) => (Plan::Asleep(device), None),
         Incoming::Ignored => (Plan::Ignored, None),
     }
 }
@@ -215,7 +222,8 @@ impl Plan {
                 intake.stats.accepted.fetch_add(1, Relaxed);
                 let mut reply = Reply::new(Status::Accepted, State::Accepted);
                 reply.request_id = Some(job.id);
-                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op));
+                let points = job.call.inline_len().max(1);
+                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op, points));
                 tracing::debug!(request_id = %job.id, device_id = %job.device, "accepted");
                 seen(&job.device, None);
                 intake.scheduler.push(job);
@@ -234,7 +242,14 @@ impl Plan {
                 seen(&address.device, None);
                 let reply = match found {
                     Some(existing) => {
-                        let mut entries = vec![(text("state"), text(existing.state.as_str()))];
+                        let state = if existing.state == State::Queued
+                            && intake.scheduler.is_running(existing.id)
+                        {
+                            State::Running
+                        } else {
+                            existing.state
+                        };
+                        let mut entries = vec![(text("state"), text(state.as_str()))];
                         if let Some(payload) =
                             existing.reply.as_deref().and_then(|p| decode_value(p).ok())
                         {
@@ -301,6 +316,10 @@ impl Plan {
                 }
             }
             (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            // Sent here, in receive order, after the events of earlier publishes.
+            (Plan::Asleep(device), _) => {
+                let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
+            }
             (Plan::Ignored, _) => {}
             (_, _) => tracing::error!("intake plan and store outcome disagree"),
         }
@@ -324,13 +343,14 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
                     address.corr.as_ref(),
                     status,
                     std::time::Duration::from_millis(left_ms),
+                    address.envelope,
                 )
                 .await;
         }
         _ => {
             let mut reply = Reply::new(Status::Accepted, State::Queued);
             reply.request_id = Some(existing.id);
-            reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op));
+            reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op, 1));
             intake.answer(address, reply).await;
         }
     }

@@ -1,27 +1,33 @@
 //! The outbox: final replies → broker → device, held until acknowledged.
 //!
 //! Fed by the worker pool (final replies, after their commit), by recovery (replies a crash kept
-//! from being published), by intake (a cancel's `410`; device events: seen awake, asleep, acks)
-//! and by the front door (connections). A final reply is published when it is ready, and again
-//! each time its device is next seen awake (the moment it goes from asleep to awake), oldest
-//! first and at most `limits.max_held_replies_per_device` per wake, until the device acks it or
-//! its TTL passes ([`expiry`]).
+//! from being published), by intake (a cancel's `410`; device events: seen awake, asleep, acks,
+//! errors) and by the front door (connections). A final reply is published when it is ready, and
+//! again each time its device is next seen awake (the moment it goes from asleep to awake),
+//! oldest first and at most `limits.max_held_replies_per_device` per wake, until the device acks
+//! it or its TTL passes ([`housekeeping`]). It also keeps `devices/{id}/status`.
 //!
 //! **Invariant:** a held reply leaves the store only by the device's ack or the reply TTL (then
 //! it becomes a dead letter), never silently.
 
-pub mod expiry;
+mod housekeeping;
 mod presence;
 
-use std::time::Duration;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::analytics::scheduler::Scheduler;
+use crate::config::Limits;
 use crate::mqtt::Publisher;
+use crate::status::device::{DeviceStatus, StatusBoard};
+use crate::status::Metrics;
 use crate::store::requests::{self, FinalReply};
 use crate::store::{now_ms, Store};
-use crate::wire::{DeviceId, RequestId, Status};
+use crate::wire::{topics, DeviceId, RequestId, Status};
 
 pub use presence::Presence;
 
@@ -38,18 +44,42 @@ pub enum DeviceEvent {
     Asleep(DeviceId),
     /// The device acknowledged a reply.
     Acked(DeviceId, RequestId),
+    /// The device was answered with an error (`"code: message"`).
+    Rejected(DeviceId, String),
+}
+
+impl DeviceEvent {
+    /// The device the event is about.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            DeviceEvent::Seen(d, _)
+            | DeviceEvent::Connected(d)
+            | DeviceEvent::Disconnected(d)
+            | DeviceEvent::Asleep(d)
+            | DeviceEvent::Acked(d, _)
+            | DeviceEvent::Rejected(d, _) => d,
+        }
+    }
 }
 
 /// The outbox stage.
 pub struct Outbox {
-    /// Publishes replies.
+    /// Publishes replies and status.
     pub publisher: Publisher,
     /// Records publishes; reads held replies.
     pub store: Store,
+    /// Pending counts for device status.
+    pub scheduler: Arc<Scheduler>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// `[gateway] id`, for the dead-letter topic.
+    pub gateway_id: String,
+    /// Limits (held per wake, dedupe window, telemetry retention).
+    pub limits: Limits,
     /// Who is awake.
     pub presence: Presence,
-    /// Held replies redelivered per wake.
-    pub max_held_per_wake: usize,
+    /// Device status to publish.
+    pub board: StatusBoard,
 }
 
 impl Outbox {
@@ -60,17 +90,26 @@ impl Outbox {
         mut events_rx: mpsc::UnboundedReceiver<DeviceEvent>,
         shutdown: CancellationToken,
     ) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 biased;
                 reply = done_rx.recv() => match reply {
-                    Some(reply) => self.publish(reply).await,
+                    Some(reply) => {
+                        self.board.touch(&reply.device);
+                        self.publish(reply).await;
+                    }
                     None => break,
                 },
                 event = events_rx.recv() => match event {
                     Some(event) => self.on_event(event).await,
                     None => break,
                 },
+                _ = tick.tick() => {
+                    ticks += 1;
+                    self.housekeeping(ticks).await;
+                }
                 _ = shutdown.cancelled() => {
                     // Publish whatever is already committed, then stop.
                     while let Ok(reply) = done_rx.try_recv() {
@@ -83,15 +122,28 @@ impl Outbox {
     }
 
     async fn on_event(&mut self, event: DeviceEvent) {
-        let woke = self.presence.apply(&event);
-        if let Some(device) = woke {
-            self.redeliver(&device).await;
+        let device = event.device().clone();
+        match &event {
+            DeviceEvent::Seen(..) | DeviceEvent::Acked(..) | DeviceEvent::Rejected(..) => {
+                self.board.last_seen_ms.insert(device.clone(), now_ms());
+            }
+            _ => {}
+        }
+        if let DeviceEvent::Rejected(_, error) = &event {
+            self.board.last_error.insert(device.clone(), error.clone());
+        }
+        self.board.touch(&device);
+        if let Some(woke) = self.presence.apply(&event, Instant::now()) {
+            self.metrics
+                .devices_known
+                .store(self.presence.known_count(), Relaxed);
+            self.redeliver(&woke).await;
         }
     }
 
     /// The device just woke: publish its held replies again, oldest first.
     async fn redeliver(&self, device: &DeviceId) {
-        let limit = self.max_held_per_wake;
+        let limit = self.limits.max_held_replies_per_device;
         let lookup = device.clone();
         let held = match self
             .store
@@ -121,11 +173,34 @@ impl Outbox {
                 Some(&reply.corr),
                 status,
                 Duration::from_millis(left_ms),
+                reply.envelope,
             )
             .await;
         tracing::debug!(request_id = %reply.id, device_id = %reply.device, "replied");
         let id = reply.id;
         self.store
             .submit(move |txn| requests::mark_published(txn, id), |_| {});
+    }
+
+    /// Publishes `devices/{id}/status` for every device whose status changed and is due.
+    async fn publish_device_status(&mut self) {
+        for device in self.board.due() {
+            let lookup = device.clone();
+            let held = self
+                .store
+                .call(move |txn| requests::held_counts(txn, Some(&lookup)))
+                .await
+                .unwrap_or(0);
+            let status = DeviceStatus {
+                awake: self.presence.is_awake(&device),
+                last_seen_ms: self.board.last_seen_ms.get(&device).copied().unwrap_or(0),
+                pending: self.scheduler.pending_of(&device),
+                held,
+                last_error: self.board.last_error.get(&device).cloned(),
+            };
+            self.publisher
+                .json(&topics::device_status(&device), status.to_json(), true)
+                .await;
+        }
     }
 }

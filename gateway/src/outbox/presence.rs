@@ -11,6 +11,14 @@ use crate::wire::DeviceId;
 struct Awake {
     until: Instant,
     connected: bool,
+    /// Whether it was awake when last looked at (by `apply` or `sweep`).
+    was_awake: bool,
+}
+
+impl Awake {
+    fn is_awake(&self, now: Instant) -> bool {
+        self.connected || self.until > now
+    }
 }
 
 /// Presence of every device seen since start.
@@ -24,16 +32,13 @@ impl Presence {
     pub fn is_awake(&self, device: &DeviceId) -> bool {
         self.devices
             .get(device)
-            .is_some_and(|a| a.connected || a.until > Instant::now())
+            .is_some_and(|a| a.is_awake(Instant::now()))
     }
 
     /// Devices awake now.
     pub fn awake_count(&self) -> usize {
         let now = Instant::now();
-        self.devices
-            .values()
-            .filter(|a| a.connected || a.until > now)
-            .count()
+        self.devices.values().filter(|a| a.is_awake(now)).count()
     }
 
     /// Devices seen since start.
@@ -41,20 +46,16 @@ impl Presence {
         self.devices.len()
     }
 
-    /// Applies an event; returns the device if it just went from asleep to awake.
-    pub fn apply(&mut self, event: &DeviceEvent) -> Option<DeviceId> {
-        let now = Instant::now();
-        let (device, was_awake) = match event {
-            DeviceEvent::Seen(d, _)
-            | DeviceEvent::Connected(d)
-            | DeviceEvent::Disconnected(d)
-            | DeviceEvent::Asleep(d)
-            | DeviceEvent::Acked(d, _) => (d, self.is_awake(d)),
-        };
+    /// Applies an event that happened at `now`; returns the device if it just went from asleep
+    /// to awake.
+    pub fn apply(&mut self, event: &DeviceEvent, now: Instant) -> Option<DeviceId> {
+        let device = event.device();
         let entry = self.devices.entry(device.clone()).or_insert(Awake {
             until: now,
             connected: false,
+            was_awake: false,
         });
+        let was_awake = entry.is_awake(now);
         match event {
             DeviceEvent::Seen(_, window) => entry.until = entry.until.max(now + *window),
             DeviceEvent::Connected(_) => entry.connected = true,
@@ -66,9 +67,22 @@ impl Presence {
             DeviceEvent::Acked(_, _) => {
                 entry.until = entry.until.max(now + Duration::from_millis(1))
             }
+            DeviceEvent::Rejected(_, _) => {}
         }
-        let awake = self.is_awake(device);
-        (awake && !was_awake).then(|| device.clone())
+        entry.was_awake = entry.is_awake(now);
+        (entry.was_awake && !was_awake).then(|| device.clone())
+    }
+
+    /// Devices whose listen window ran out, as of `now`, since the last sweep.
+    pub fn sweep(&mut self, now: Instant) -> Vec<DeviceId> {
+        let mut fell_asleep = Vec::new();
+        for (device, entry) in &mut self.devices {
+            if entry.was_awake && !entry.is_awake(now) {
+                entry.was_awake = false;
+                fell_asleep.push(device.clone());
+            }
+        }
+        fell_asleep
     }
 }
 
@@ -85,25 +99,56 @@ mod tests {
         let mut presence = Presence::default();
         let d = dev("p1");
         let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(60));
-        assert_eq!(presence.apply(&seen), Some(d.clone()));
-        assert_eq!(presence.apply(&seen), None, "still awake: no second wake");
-        assert_eq!(presence.apply(&DeviceEvent::Asleep(d.clone())), None);
+        let t0 = Instant::now();
+        assert_eq!(presence.apply(&seen, t0), Some(d.clone()));
+        assert_eq!(
+            presence.apply(&seen, t0),
+            None,
+            "still awake: no second wake"
+        );
+        assert_eq!(presence.apply(&DeviceEvent::Asleep(d.clone()), t0), None);
         assert!(!presence.is_awake(&d));
-        assert_eq!(presence.apply(&seen), Some(d.clone()), "woke again");
+        assert_eq!(presence.apply(&seen, t0), Some(d.clone()), "woke again");
     }
 
     #[test]
     fn connected_devices_stay_awake_until_they_leave() {
         let mut presence = Presence::default();
         let d = dev("p2");
+        let t0 = Instant::now();
         assert_eq!(
-            presence.apply(&DeviceEvent::Connected(d.clone())),
+            presence.apply(&DeviceEvent::Connected(d.clone()), t0),
             Some(d.clone())
         );
         assert!(presence.is_awake(&d));
-        assert_eq!(presence.apply(&DeviceEvent::Disconnected(d.clone())), None);
+        assert_eq!(
+            presence.apply(&DeviceEvent::Disconnected(d.clone()), t0),
+            None
+        );
         assert!(!presence.is_awake(&d));
         assert_eq!(presence.known_count(), 1);
         assert_eq!(presence.awake_count(), 0);
+    }
+
+    #[test]
+    fn sweep_reports_expired_windows_once() {
+        let mut presence = Presence::default();
+        let d = dev("p3");
+        let t0 = Instant::now();
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::ZERO), t0);
+        assert!(
+            presence.sweep(t0).is_empty(),
+            "a zero window never made it awake"
+        );
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), t0);
+        assert!(
+            presence.sweep(t0 + Duration::from_secs(4)).is_empty(),
+            "still in its window"
+        );
+        assert_eq!(presence.sweep(t0 + Duration::from_secs(6)), vec![d.clone()]);
+        assert!(
+            presence.sweep(t0 + Duration::from_secs(7)).is_empty(),
+            "reported once"
+        );
     }
 }

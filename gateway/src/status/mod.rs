@@ -1,6 +1,25 @@
-//! Operator status: retained status topics, dead-letter messages, and (later) the HTTP API.
+//! Operator status: the retained `gateway/{gw}/status` (online on every start, draining, offline
+//! on a clean stop and as the Last Will; republished on change at most once a second and at
+//! least every 30 s) and the JSON of `devices/{id}/status`.
+//!
+//! Fed by counters the stages keep ([`Metrics`], the scheduler's counts, the store's held count);
+//! publishes through the service link.
 
-use std::time::{Duration, UNIX_EPOCH};
+pub mod device;
+pub mod histogram;
+pub mod http;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::analytics::scheduler::Scheduler;
+use crate::mqtt::Publisher;
+use crate::store::{now_ms, requests, Store};
+use crate::wire::topics;
 
 /// Formats ms since the epoch as RFC 3339 UTC text with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
@@ -8,41 +27,159 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 
-use crate::mqtt::Publisher;
-use crate::wire::topics;
+/// Counters the stages keep for status and metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests finished with `200` since start.
+    pub done_total: AtomicU64,
+    /// Requests finished with `500` or `504` since start.
+    pub failed_total: AtomicU64,
+    /// Replies dead-lettered (TTL passed) since start.
+    pub dead_total: AtomicU64,
+    /// Devices seen since start.
+    pub devices_known: AtomicUsize,
+    /// Devices awake now.
+    pub devices_awake: AtomicUsize,
+    /// Request received → final reply committed.
+    pub request_latency: histogram::Histogram,
+    /// Final replies by op and status code.
+    finished: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+}
 
-fn gateway_json(state: &str, started_at_ms: i64) -> Vec<u8> {
-    let now = crate::store::now_ms();
-    let json = serde_json::json!({
-        "state": state,
-        "version": env!("CARGO_PKG_VERSION"),
-        "started_at": rfc3339_ms(started_at_ms),
-        "uptime_s": (now - started_at_ms).max(0) / 1000,
-        "updated_at": rfc3339_ms(now),
-    });
-    serde_json::to_vec(&json).expect("a JSON value always serialises")
+impl Metrics {
+    /// Counts a final reply.
+    pub fn finished(&self, op: &'static str, status: u16) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        *finished.entry((op, status)).or_insert(0) += 1;
+    }
+
+    /// Final replies by (op, status) so far.
+    pub fn finished_by_op(&self) -> Vec<((&'static str, u16), u64)> {
+        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// Publishes the gateway's retained status.
+#[derive(Clone)]
+pub struct GatewayStatus {
+    /// The service link.
+    pub publisher: Publisher,
+    /// For the held count.
+    pub store: Store,
+    /// Queue counts.
+    pub scheduler: Arc<Scheduler>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// `[gateway] id`.
+    pub gateway_id: String,
+    /// When this run started.
+    pub started_at_ms: i64,
+}
+
+impl GatewayStatus {
+    /// The status document without the time fields, to tell whether anything changed.
+    async fn counts(&self, state: &str) -> serde_json::Value {
+        let held = self
+            .store
+            .call(|txn| requests::held_counts(txn, None))
+            .await
+            .unwrap_or(0);
+        let counts = self.scheduler.counts();
+        json!({
+            "state": state,
+            "requests": {
+                "queued": counts.queued,
+                "running": counts.running,
+                "held": held,
+                "done_total": self.metrics.done_total.load(Relaxed),
+                "failed_total": self.metrics.failed_total.load(Relaxed),
+                "dead_total": self.metrics.dead_total.load(Relaxed),
+            },
+            "devices": {
+                "known": self.metrics.devices_known.load(Relaxed),
+                "awake": self.metrics.devices_awake.load(Relaxed),
+            },
+        })
+    }
+
+    fn document(&self, mut counts: serde_json::Value) -> Vec<u8> {
+        let now = now_ms();
+        counts["version"] = json!(env!("CARGO_PKG_VERSION"));
+        counts["started_at"] = json!(rfc3339_ms(self.started_at_ms));
+        counts["uptime_s"] = json!((now - self.started_at_ms).max(0) / 1000);
+        counts["updated_at"] = json!(rfc3339_ms(now));
+        serde_json::to_vec(&counts).expect("a JSON value always serialises")
+    }
+
+    /// The status document with `state`, as published.
+    pub async fn document_for(&self, state: &str) -> Vec<u8> {
+        let counts = self.counts(state).await;
+        self.document(counts)
+    }
+
+    /// Publishes the status now with `state`.
+    pub async fn publish(&self, state: &str) {
+        let counts = self.counts(state).await;
+        let topic = topics::gateway_status(&self.gateway_id);
+        self.publisher
+            .json(&topic, self.document(counts), true)
+            .await;
+    }
+
+    /// The Last Will: retained `offline`.
+    pub fn will(&self) -> rumqttc::v5::mqttbytes::v5::LastWill {
+        offline_will(&self.gateway_id, self.started_at_ms)
+    }
+
+    /// Republishes `online` on change (at most once a second) and at least every 30 s.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last: Option<(serde_json::Value, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let counts = self.counts("online").await;
+            let stale = last.as_ref().is_none_or(|(prev, at)| {
+                *prev != counts || at.elapsed() >= Duration::from_secs(30)
+            });
+            if stale {
+                let topic = topics::gateway_status(&self.gateway_id);
+                self.publisher
+                    .json(&topic, self.document(counts.clone()), true)
+                    .await;
+                last = Some((counts, Instant::now()));
+            }
+        }
+    }
 }
 
 /// The gateway's Last Will: retained `offline` status.
 pub fn offline_will(gateway_id: &str, started_at_ms: i64) -> rumqttc::v5::mqttbytes::v5::LastWill {
-    crate::mqtt::retained_will(
-        topics::gateway_status(gateway_id),
-        gateway_json("offline", started_at_ms),
-    )
+    let now = now_ms();
+    let document = json!({
+        "state": "offline",
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": rfc3339_ms(started_at_ms),
+        "uptime_s": 0,
+        "updated_at": rfc3339_ms(now),
+    });
+    let payload = serde_json::to_vec(&document).expect("a JSON value always serialises");
+    crate::mqtt::retained_will(topics::gateway_status(gateway_id), payload)
 }
 
-/// Publishes the gateway's retained status.
-pub async fn publish_gateway(
-    publisher: &Publisher,
-    gateway_id: &str,
-    state: &str,
-    started_at_ms: i64,
-) {
-    publisher
-        .json(
-            &topics::gateway_status(gateway_id),
-            gateway_json(state, started_at_ms),
-            true,
-        )
-        .await;
+/// The JSON message for `gateway/{gw}/deadletter`.
+pub fn deadletter_json(letter: &crate::store::deadletters::DeadLetter) -> Vec<u8> {
+    let document = json!({
+        "at": rfc3339_ms(letter.at_ms),
+        "device": letter.device,
+        "request_id": letter.request_id,
+        "corr": letter.corr,
+        "op": letter.op,
+        "status": letter.status,
+        "reason": letter.reason,
+    });
+    serde_json::to_vec(&document).expect("a JSON value always serialises")
 }

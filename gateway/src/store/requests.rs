@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::deadletters::{self, DeadLetter};
 use crate::wire::{Correlation, DeviceId, RequestId, State};
 
 /// A request to admit.
@@ -99,6 +100,8 @@ pub struct FinalReply {
     pub payload: Vec<u8>,
     /// The end of its TTL.
     pub expires_ms: i64,
+    /// For an MQTT 3.1.1 device (published without properties).
+    pub envelope: bool,
 }
 
 /// One line of `gateway requests list`.
@@ -164,10 +167,16 @@ fn correlation(row: &Row<'_>, idx: usize) -> rusqlite::Result<Correlation> {
     Ok(Correlation(Bytes::from(bytes)))
 }
 
-/// Stores a request unless its (device, correlation) exists; reports which.
-pub fn admit(conn: &Connection, request: &NewRequest) -> rusqlite::Result<Admission> {
-    let inserted = conn
-        .prepare_cached(
+/// Stores a request unless its (device, correlation) was seen within the dedupe window (received
+/// after `dedupe_after_ms`); reports which. An older request whose reply was acked or
+/// dead-lettered is forgotten first, so the window is exact whenever pruning last ran.
+pub fn admit(
+    conn: &Connection,
+    request: &NewRequest,
+    dedupe_after_ms: i64,
+) -> rusqlite::Result<Admission> {
+    let insert = |conn: &Connection| {
+        conn.prepare_cached(
             "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope, received_ms,
                  deadline_ms, state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')
@@ -183,8 +192,22 @@ pub fn admit(conn: &Connection, request: &NewRequest) -> rusqlite::Result<Admiss
             request.envelope,
             request.received_ms,
             request.deadline_ms,
+        ])
+    };
+    if insert(conn)? == 1 {
+        return Ok(Admission::New);
+    }
+    let forgotten = conn
+        .prepare_cached(
+            "DELETE FROM requests WHERE device = ?1 AND corr = ?2 AND received_ms < ?3
+                 AND delivery IN ('acked', 'dead')",
+        )?
+        .execute(params![
+            request.device.as_str(),
+            request.corr.as_bytes(),
+            dedupe_after_ms
         ])?;
-    if inserted == 1 {
+    if forgotten == 1 && insert(conn)? == 1 {
         return Ok(Admission::New);
     }
     find(conn, &request.device, &request.corr)?
@@ -278,7 +301,8 @@ pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<StoredRequest>> {
     rows.collect()
 }
 
-const FINAL_REPLY_COLUMNS: &str = "id, device, corr, reply_topic, status, reply, expires_ms";
+const FINAL_REPLY_COLUMNS: &str =
+    "id, device, corr, reply_topic, status, reply, expires_ms, envelope";
 
 fn final_reply(row: &Row<'_>) -> rusqlite::Result<FinalReply> {
     Ok(FinalReply {
@@ -289,6 +313,7 @@ fn final_reply(row: &Row<'_>) -> rusqlite::Result<FinalReply> {
         status: row.get(4)?,
         payload: row.get(5)?,
         expires_ms: row.get(6)?,
+        envelope: row.get(7)?,
     })
 }
 
@@ -428,5 +453,72 @@ pub fn cancel(
         status: 410,
         payload,
         expires_ms,
+        envelope,
     }))
+}
+
+/// Held replies whose TTL has passed: each is marked `dead` and recorded as a dead letter
+/// (never silently dropped). At most `limit` per call; returns the letters written.
+pub fn expire_held(
+    conn: &Connection,
+    now_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DeadLetter>> {
+    let expired: Vec<(RequestId, String, Correlation, String, u16)> = conn
+        .prepare_cached(
+            "SELECT id, device, corr, op, status FROM requests
+             WHERE delivery = 'held' AND expires_ms <= ?1 ORDER BY expires_ms LIMIT ?2",
+        )?
+        .query_map(params![now_ms, limit as i64], |row| {
+            Ok((
+                request_id(row, 0)?,
+                row.get(1)?,
+                correlation(row, 2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut mark = conn.prepare_cached("UPDATE requests SET delivery = 'dead' WHERE id = ?1")?;
+    let mut letters = Vec::with_capacity(expired.len());
+    for (id, device, corr, op, status) in expired {
+        mark.execute(params![id.as_bytes()])?;
+        let letter = DeadLetter {
+            at_ms: now_ms,
+            device: Some(device),
+            request_id: Some(id.to_string()),
+            corr: Some(corr.to_string()),
+            op: Some(op),
+            status,
+            reason: "reply_ttl: the final reply was not acknowledged within limits.reply_ttl_s"
+                .into(),
+        };
+        deadletters::insert(conn, &letter)?;
+        letters.push(letter);
+    }
+    Ok(letters)
+}
+
+/// Forgets finished requests received before `before_ms` whose replies were acknowledged or
+/// dead-lettered (the dedupe window has passed). Held and queued requests are kept.
+pub fn prune(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM requests WHERE received_ms < ?1 AND delivery IN ('acked', 'dead')",
+    )?
+    .execute(params![before_ms])
+}
+
+/// Held replies of one device, and of all devices.
+pub fn held_counts(conn: &Connection, device: Option<&DeviceId>) -> rusqlite::Result<usize> {
+    let count: i64 = match device {
+        Some(device) => conn
+            .prepare_cached(
+                "SELECT COUNT(*) FROM requests WHERE device = ?1 AND delivery = 'held'",
+            )?
+            .query_row(params![device.as_str()], |row| row.get(0))?,
+        None => conn
+            .prepare_cached("SELECT COUNT(*) FROM requests WHERE delivery = 'held'")?
+            .query_row([], |row| row.get(0))?,
+    };
+    Ok(count as usize)
 }

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX requests_queued ON requests (state) WHERE state = 'queued';
     CREATE INDEX requests_held ON requests (device, delivery) WHERE delivery = 'held';
+    CREATE INDEX requests_held_expiry ON requests (expires_ms) WHERE delivery = 'held';
     CREATE INDEX requests_received ON requests (received_ms);
     CREATE TABLE dead_letters (
         id          INTEGER PRIMARY KEY,

@@ -5,14 +5,24 @@
 //!
 //! A series comes inline (`values`, optional `ts`) or from stored telemetry (`metric`,
 //! `window_s`); the worker resolves a [`Source`] into a [`Series`] before calling `run`.
+//!
+//! **Invariant:** no op's result holds NaN or infinity: inputs are checked finite (at intake for
+//! inline series, again in [`values`] for telemetry) and every float goes out through [`float`].
 
 use std::fmt::Debug;
 
 use ciborium::Value;
 
-use crate::wire::envelope::map_get;
+pub use args::Args;
 
+pub mod anomaly;
+mod args;
+pub mod histogram;
+pub mod spectrum;
 pub mod stats;
+#[cfg(test)]
+mod testing;
+pub mod trend;
 
 /// Why an op refused its input or failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -38,7 +48,13 @@ pub trait Prepared: Send + Sync + Debug {
 pub type PrepareFn = fn(&Args<'_>) -> Result<Box<dyn Prepared>, OpError>;
 
 /// Every analytics op by name.
-pub const OPS: &[(&str, PrepareFn)] = &[("stats", stats::prepare)];
+pub const OPS: &[(&str, PrepareFn)] = &[
+    ("stats", stats::prepare),
+    ("histogram", histogram::prepare),
+    ("anomaly", anomaly::prepare),
+    ("trend", trend::prepare),
+    ("spectrum", spectrum::prepare),
+];
 
 /// A time series: values, with timestamps (ms since epoch) when known.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -122,133 +138,6 @@ pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, Pr
     })
 }
 
-/// A request's arguments, with typed accessors that produce `400`-worthy errors.
-#[derive(Debug, Clone, Copy)]
-pub struct Args<'a> {
-    entries: &'a [(Value, Value)],
-    max_series_len: usize,
-}
-
-impl<'a> Args<'a> {
-    /// The raw value of a key.
-    pub fn get(&self, key: &str) -> Option<&'a Value> {
-        map_get(self.entries, key)
-    }
-
-    /// Whether the series comes inline.
-    pub fn is_inline(&self) -> bool {
-        self.get("values").is_some()
-    }
-
-    /// An unsigned integer argument, or `default` when absent.
-    pub fn uint(&self, key: &str, default: u64) -> Result<u64, OpError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_integer()
-                .and_then(|i| u64::try_from(i).ok())
-                .ok_or_else(|| OpError::BadArgs(format!("{key} must be an unsigned integer"))),
-        }
-    }
-
-    /// A finite number argument (integer or float), or `default` when absent.
-    pub fn number(&self, key: &str, default: Option<f64>) -> Result<Option<f64>, OpError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => as_finite(v)
-                .map(Some)
-                .ok_or_else(|| OpError::BadArgs(format!("{key} must be a finite number"))),
-        }
-    }
-
-    /// A text argument, or `default` when absent.
-    pub fn text(&self, key: &str, default: &'a str) -> Result<&'a str, OpError> {
-        match self.get(key) {
-            None => Ok(default),
-            Some(v) => v
-                .as_text()
-                .ok_or_else(|| OpError::BadArgs(format!("{key} must be text"))),
-        }
-    }
-
-    /// Reads the series source: inline `values` (+ `ts`) or `metric` + `window_s`.
-    pub fn source(&self) -> Result<Source, OpError> {
-        match (self.get("values"), self.get("metric")) {
-            (Some(values), None) => self.inline(values).map(Source::Inline),
-            (None, Some(metric)) => {
-                let metric = metric
-                    .as_text()
-                    .filter(|m| !m.is_empty())
-                    .ok_or_else(|| OpError::BadArgs("metric must be non-empty text".into()))?;
-                let window_s = self.uint("window_s", 0)?;
-                if window_s == 0 {
-                    return Err(OpError::BadArgs(
-                        "window_s must be given and greater than 0 with metric".into(),
-                    ));
-                }
-                Ok(Source::Telemetry {
-                    metric: metric.to_owned(),
-                    window_s,
-                })
-            }
-            (Some(_), Some(_)) => Err(OpError::BadArgs(
-                "give either values or metric, not both".into(),
-            )),
-            (None, None) => Err(OpError::BadArgs(
-                "a series is required: values, or metric and window_s".into(),
-            )),
-        }
-    }
-
-    fn inline(&self, values: &Value) -> Result<Series, OpError> {
-        let values = values
-            .as_array()
-            .ok_or_else(|| OpError::BadArgs("values must be an array of numbers".into()))?;
-        self.check_len(values.len())?;
-        if values.is_empty() {
-            return Err(OpError::BadArgs("values must not be empty".into()));
-        }
-        let values = values
-            .iter()
-            .map(as_finite)
-            .collect::<Option<Vec<f64>>>()
-            .ok_or_else(|| OpError::BadArgs("values must all be finite numbers".into()))?;
-        let ts = match self.get("ts") {
-            None => None,
-            Some(ts) => {
-                let ts = ts
-                    .as_array()
-                    .ok_or_else(|| OpError::BadArgs("ts must be an array of uints".into()))?
-                    .iter()
-                    .map(|t| t.as_integer().and_then(|i| u64::try_from(i).ok()))
-                    .collect::<Option<Vec<u64>>>()
-                    .ok_or_else(|| OpError::BadArgs("ts must be an array of uints".into()))?;
-                if ts.len() != values.len() {
-                    return Err(OpError::BadArgs(format!(
-                        "ts has {} entries but values has {}",
-                        ts.len(),
-                        values.len()
-                    )));
-                }
-                Some(ts)
-            }
-        };
-        Ok(Series { values, ts })
-    }
-
-    /// Refuses series over `limits.max_series_len` with `413`.
-    pub fn check_len(&self, len: usize) -> Result<(), OpError> {
-        if len > self.max_series_len {
-            Err(OpError::TooLarge(format!(
-                "series of {len} points is longer than limits.max_series_len = {}",
-                self.max_series_len
-            )))
-        } else {
-            Ok(())
-        }
-    }
-}
-
 /// A CBOR number as a finite f64.
 pub fn as_finite(value: &Value) -> Option<f64> {
     let x = match value {
@@ -272,6 +161,30 @@ pub fn result_map(entries: Vec<(&str, Value)>) -> Value {
 /// A CBOR uint.
 pub fn uint(n: usize) -> Value {
     Value::Integer((n as u64).into())
+}
+
+/// The series' values: `400` when empty or not all finite. Inline series were checked at intake;
+/// this guards telemetry windows, which can be empty.
+pub fn values(series: &Series) -> Result<&[f64], OpError> {
+    if series.values.is_empty() {
+        return Err(OpError::BadArgs("the series is empty".into()));
+    }
+    if !series.values.iter().all(|x| x.is_finite()) {
+        return Err(OpError::BadArgs("values must all be finite numbers".into()));
+    }
+    Ok(&series.values)
+}
+
+/// A result float. Finite inputs can still overflow f64 arithmetic (values near 1e308): that is
+/// `500`, never a NaN or infinity in a reply.
+pub fn float(name: &str, x: f64) -> Result<Value, OpError> {
+    if x.is_finite() {
+        Ok(Value::Float(x))
+    } else {
+        Err(OpError::Failed(format!(
+            "{name} overflowed float64: the values are too large"
+        )))
+    }
 }
 
 #[cfg(test)]

@@ -1,1 +1,0 @@
-//! Reply TTL: held replies whose TTL passed unacknowledged become dead letters.

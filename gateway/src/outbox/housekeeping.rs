@@ -1,0 +1,76 @@
+//! The outbox's once-a-second work: dead-letter held replies whose TTL passed, notice devices
+//! whose listen window ran out, publish due device status, and now and then prune what the
+//! dedupe window and telemetry retention no longer need.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use super::Outbox;
+use crate::store::{now_ms, requests, telemetry};
+use crate::wire::topics;
+
+/// Held replies expired per tick at most (the rest wait for the next tick).
+const EXPIRE_PER_TICK: usize = 1000;
+/// Prune every this many ticks.
+const PRUNE_EVERY: u64 = 10;
+
+impl Outbox {
+    pub(super) async fn housekeeping(&mut self, tick: u64) {
+        let now = now_ms();
+        match self
+            .store
+            .call(move |txn| requests::expire_held(txn, now, EXPIRE_PER_TICK))
+            .await
+        {
+            Ok(letters) => {
+                let topic = topics::deadletter(&self.gateway_id);
+                for letter in letters {
+                    self.metrics.dead_total.fetch_add(1, Relaxed);
+                    tracing::info!(request_id = ?letter.request_id, device_id = ?letter.device, "dead_lettered");
+                    if let Some(device) = letter
+                        .device
+                        .as_deref()
+                        .and_then(crate::wire::DeviceId::parse)
+                    {
+                        self.board.touch(&device);
+                    }
+                    self.publisher
+                        .json(&topic, crate::status::deadletter_json(&letter), false)
+                        .await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot expire held replies"),
+        }
+        for device in self.presence.sweep(Instant::now()) {
+            self.board.touch(&device);
+        }
+        self.metrics
+            .devices_known
+            .store(self.presence.known_count(), Relaxed);
+        self.metrics
+            .devices_awake
+            .store(self.presence.awake_count(), Relaxed);
+        self.publish_device_status().await;
+        if tick.is_multiple_of(PRUNE_EVERY) {
+            let dedupe_before = now - self.limits.dedupe_window.as_millis() as i64;
+            let telemetry_before = now - self.limits.telemetry_retention.as_millis() as i64;
+            let keep = self.limits.max_telemetry_rows_per_device;
+            let pruned = self
+                .store
+                .call(move |txn| {
+                    Ok((
+                        requests::prune(txn, dedupe_before)?,
+                        telemetry::prune(txn, telemetry_before, keep)?,
+                    ))
+                })
+                .await;
+            match pruned {
+                Ok((requests, readings)) if requests + readings > 0 => {
+                    tracing::info!(requests, readings, "pruned");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "prune failed"),
+            }
+        }
+    }
+}
