@@ -19,15 +19,18 @@ use crate::analytics::pool::Pool;
 use crate::analytics::scheduler::Scheduler;
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{BrokerConfig, Config};
-use crate::frontdoor::{relay, FrontDoor};
+use crate::frontdoor::{self, relay, FrontDoor, FrontDoorError, FrontDoorEvent};
 use crate::intake::{Intake, IntakeStats};
 use crate::mqtt::{self, LinkConfig, LinkError};
-use crate::outbox::Outbox;
+use crate::outbox::{DeviceEvent, Outbox};
 use crate::status::http::{self, Health, HttpState};
 use crate::status::{GatewayStatus, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wire::topics;
 use crate::{recovery, status};
+
+/// How often the watchdog probes the embedded broker, and how long one probe may take.
+const HEALTH_PROBE_PERIOD: Duration = Duration::from_secs(3);
 
 /// Why the gateway stopped other than by a clean drain.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,20 @@ pub enum AppError {
     /// The embedded broker stopped while serving.
     #[error("the embedded broker stopped; exiting so the supervisor restarts the gateway")]
     BrokerStopped,
+    /// The front door could not start (listen address, TLS files, credentials store).
+    #[error(transparent)]
+    FrontDoor(#[from] FrontDoorError),
+    /// The embedded broker stopped answering health probes.
+    #[error("{0}; exiting so the supervisor restarts the gateway")]
+    BrokerUnhealthy(#[from] frontdoor::watchdog::Unhealthy),
+    /// The data directory could not be created.
+    #[error("cannot create data_dir {path} (config key gateway.data_dir): {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The service could not connect to the broker.
     #[error(transparent)]
     Link(#[from] LinkError),
@@ -63,7 +80,10 @@ impl AppError {
     /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Bind { .. } => crate::cli::EXIT_CONFIG,
+            AppError::Bind { .. } | AppError::DataDir { .. } => crate::cli::EXIT_CONFIG,
+            AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
+                crate::cli::EXIT_CONFIG
+            }
             _ => 1,
         }
     }
@@ -82,11 +102,23 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     // Bind what the operator configured first, so a taken port is a config error (exit 2).
     let front = match &config.broker {
-        BrokerConfig::Embedded { listen } => Some(
-            FrontDoor::bind(*listen)
-                .await
-                .map_err(bind_error("broker.listen", *listen))?,
-        ),
+        BrokerConfig::Embedded { listen } => {
+            let data_dir = &config.gateway.data_dir;
+            std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+            Some(
+                FrontDoor::bind(frontdoor::Settings {
+                    listen: *listen,
+                    limits: limits.clone(),
+                    auth: config.auth.clone(),
+                    tls: config.tls.clone(),
+                    db_path: data_dir.join(crate::store::DB_FILE),
+                })
+                .await?,
+            )
+        }
         BrokerConfig::External { .. } => None,
     };
 
@@ -167,7 +199,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         limits: limits.clone(),
         gateway_id: gateway_id.clone(),
         replies_tx: done_tx.clone(),
-        events_tx,
+        events_tx: events_tx.clone(),
         draining: draining.clone(),
         stats: intake_stats.clone(),
     };
@@ -232,10 +264,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 "broker.listen",
                 "0.0.0.0:0".parse().expect("addr"),
             ))?;
+            let (presence_tx, presence_rx) = mpsc::channel(1024);
+            tokio::spawn(bridge_presence(presence_rx, events_tx.clone()));
             println!("roost gateway listening mqtt={local}{http_part}");
-            Some(tokio::spawn(
-                front.run(broker.clone(), shutdown.child_token()),
-            ))
+            Some(tokio::spawn(front.run(
+                broker.clone(),
+                presence_tx,
+                shutdown.child_token(),
+            )))
         }
         _ => {
             println!("roost gateway listening{http_part}");
@@ -250,9 +286,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             None => std::future::pending().await,
         }
     };
+    let watchdog = async {
+        match &broker {
+            Some(broker) => {
+                frontdoor::watchdog::watch(broker.v5, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         _ = broker_stopped => Err(AppError::BrokerStopped),
+        unhealthy = watchdog => {
+            tracing::error!(%unhealthy, "broker unhealthy");
+            Err(unhealthy.into())
+        }
         fatal = fatal_rx.recv() => Err(AppError::Fatal(fatal.unwrap_or_default())),
         finished = intake_task => Err(match finished {
             Ok(Err(error)) => AppError::Store(error),
@@ -318,6 +367,42 @@ async fn internal_relay(
         }
     });
     Ok(addr)
+}
+
+/// Turns the front door's per-connection presence into the outbox's per-device events: a
+/// device is connected once one of its connections has a granted reply subscription, and
+/// disconnected when its last connection ends (a reconnect can overtake the old one's end).
+async fn bridge_presence(
+    mut presence_rx: mpsc::Receiver<FrontDoorEvent>,
+    events_tx: mpsc::UnboundedSender<DeviceEvent>,
+) {
+    let mut live: std::collections::HashMap<crate::wire::DeviceId, Vec<u64>> = Default::default();
+    while let Some(event) = presence_rx.recv().await {
+        let forward = match event {
+            FrontDoorEvent::Connected {
+                device, connection, ..
+            } => {
+                live.entry(device).or_default().push(connection);
+                None
+            }
+            FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
+            FrontDoorEvent::Disconnected { device, connection } => {
+                let connections = live.entry(device.clone()).or_default();
+                connections.retain(|c| *c != connection);
+                if connections.is_empty() {
+                    live.remove(&device);
+                    Some(DeviceEvent::Disconnected(device))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(event) = forward {
+            if events_tx.send(event).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

@@ -10,6 +10,7 @@
 //! outbox (delivery state); feeds them rows. The schema is in [`schema`]; each table's queries
 //! live in their own file.
 
+pub mod credentials;
 pub mod deadletters;
 pub mod devices;
 pub mod requests;
