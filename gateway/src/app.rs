@@ -19,14 +19,18 @@ use crate::analytics::pool::Pool;
 use crate::analytics::scheduler::Scheduler;
 use crate::broker::{BrokerError, EmbeddedBroker};
 use crate::config::{BrokerConfig, Config};
-use crate::frontdoor::{relay, FrontDoor};
+use crate::frontdoor::{self, relay, FrontDoor, FrontDoorError, FrontDoorEvent};
 use crate::intake::{Intake, IntakeStats};
 use crate::mqtt::{self, LinkConfig, LinkError};
-use crate::outbox::Outbox;
+use crate::outbox::{DeviceEvent, Outbox};
+use crate::status::http::{self, Health, HttpState};
 use crate::status::{GatewayStatus, Metrics};
 use crate::store::{Store, StoreError};
 use crate::wire::topics;
 use crate::{recovery, status};
+
+/// How often the watchdog probes the embedded broker, and how long one probe may take.
+const HEALTH_PROBE_PERIOD: Duration = Duration::from_secs(3);
 
 /// Why the gateway stopped other than by a clean drain.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +54,20 @@ pub enum AppError {
     /// The embedded broker stopped while serving.
     #[error("the embedded broker stopped; exiting so the supervisor restarts the gateway")]
     BrokerStopped,
+    /// The front door could not start (listen address, TLS files, credentials store).
+    #[error(transparent)]
+    FrontDoor(#[from] FrontDoorError),
+    /// The embedded broker stopped answering health probes.
+    #[error("{0}; exiting so the supervisor restarts the gateway")]
+    BrokerUnhealthy(#[from] frontdoor::watchdog::Unhealthy),
+    /// The data directory could not be created.
+    #[error("cannot create data_dir {path} (config key gateway.data_dir): {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The service could not connect to the broker.
     #[error(transparent)]
     Link(#[from] LinkError),
@@ -62,7 +80,10 @@ impl AppError {
     /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Bind { .. } => crate::cli::EXIT_CONFIG,
+            AppError::Bind { .. } | AppError::DataDir { .. } => crate::cli::EXIT_CONFIG,
+            AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
+                crate::cli::EXIT_CONFIG
+            }
             _ => 1,
         }
     }
@@ -81,12 +102,33 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     // Bind what the operator configured first, so a taken port is a config error (exit 2).
     let front = match &config.broker {
-        BrokerConfig::Embedded { listen } => Some(
-            FrontDoor::bind(*listen)
-                .await
-                .map_err(bind_error("broker.listen", *listen))?,
-        ),
+        BrokerConfig::Embedded { listen } => {
+            let data_dir = &config.gateway.data_dir;
+            std::fs::create_dir_all(data_dir).map_err(|source| AppError::DataDir {
+                path: data_dir.clone(),
+                source,
+            })?;
+            Some(
+                FrontDoor::bind(frontdoor::Settings {
+                    listen: *listen,
+                    limits: limits.clone(),
+                    auth: config.auth.clone(),
+                    tls: config.tls.clone(),
+                    db_path: data_dir.join(crate::store::DB_FILE),
+                })
+                .await?,
+            )
+        }
         BrokerConfig::External { .. } => None,
+    };
+
+    let http_listener = match config.http {
+        Some(addr) => Some(
+            http::bind(addr)
+                .await
+                .map_err(bind_error("http.listen", addr))?,
+        ),
+        None => None,
     };
 
     let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
@@ -149,6 +191,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let publisher = link.publisher.clone();
 
     let draining = Arc::new(AtomicBool::new(false));
+    let intake_stats = Arc::new(IntakeStats::default());
     let intake = Intake {
         store: store.clone(),
         publisher: publisher.clone(),
@@ -156,9 +199,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         limits: limits.clone(),
         gateway_id: gateway_id.clone(),
         replies_tx: done_tx.clone(),
-        events_tx,
+        events_tx: events_tx.clone(),
         draining: draining.clone(),
-        stats: Arc::new(IntakeStats::default()),
+        stats: intake_stats.clone(),
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
     let worker_threads = Pool::new(
@@ -168,6 +211,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         done_tx.clone(),
         fatal_tx.clone(),
         metrics.clone(),
+        limits.max_series_len,
     )
     .start(workers);
     drop(done_tx);
@@ -194,6 +238,25 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     gateway_status.publish("online").await;
     let status_stop = CancellationToken::new();
     tokio::spawn(gateway_status.clone().run(status_stop.clone()));
+    let health = Arc::new(Health::default());
+    // The HTTP API serves through the drain (so `/healthz` and `/api/status` show it) until exit.
+    let http_stop = CancellationToken::new();
+    let _http_stop_on_exit = http_stop.clone().drop_guard();
+    let http_addr = match http_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let state = HttpState::new(
+                gateway_status.clone(),
+                intake_stats.clone(),
+                health.clone(),
+                store.path().to_owned(),
+            );
+            tokio::spawn(http::serve(listener, state, http_stop.clone()));
+            addr
+        }
+        None => None,
+    };
+    let http_part = http_addr.map(|a| format!(" http={a}")).unwrap_or_default();
 
     let front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
@@ -201,13 +264,17 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 "broker.listen",
                 "0.0.0.0:0".parse().expect("addr"),
             ))?;
-            println!("roost gateway listening mqtt={local}");
-            Some(tokio::spawn(
-                front.run(broker.clone(), shutdown.child_token()),
-            ))
+            let (presence_tx, presence_rx) = mpsc::channel(1024);
+            tokio::spawn(bridge_presence(presence_rx, events_tx.clone()));
+            println!("roost gateway listening mqtt={local}{http_part}");
+            Some(tokio::spawn(front.run(
+                broker.clone(),
+                presence_tx,
+                shutdown.child_token(),
+            )))
         }
         _ => {
-            println!("roost gateway listening");
+            println!("roost gateway listening{http_part}");
             None
         }
     };
@@ -219,20 +286,37 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             None => std::future::pending().await,
         }
     };
+    let watchdog = async {
+        match &broker {
+            Some(broker) => {
+                frontdoor::watchdog::watch(broker.v5, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         _ = broker_stopped => Err(AppError::BrokerStopped),
+        unhealthy = watchdog => {
+            tracing::error!(%unhealthy, "broker unhealthy");
+            Err(unhealthy.into())
+        }
         fatal = fatal_rx.recv() => Err(AppError::Fatal(fatal.unwrap_or_default())),
         finished = intake_task => Err(match finished {
             Ok(Err(error)) => AppError::Store(error),
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
+    if outcome.is_err() {
+        health.broker.store(false, Ordering::Relaxed);
+    }
     outcome?;
 
     // Drain, in flow order.
     tracing::info!("draining");
     draining.store(true, Ordering::Relaxed);
+    health.workers.store(false, Ordering::Relaxed);
     status_stop.cancel();
     gateway_status.publish("draining").await;
     shutdown.cancel();
@@ -283,6 +367,42 @@ async fn internal_relay(
         }
     });
     Ok(addr)
+}
+
+/// Turns the front door's per-connection presence into the outbox's per-device events: a
+/// device is connected once one of its connections has a granted reply subscription, and
+/// disconnected when its last connection ends (a reconnect can overtake the old one's end).
+async fn bridge_presence(
+    mut presence_rx: mpsc::Receiver<FrontDoorEvent>,
+    events_tx: mpsc::UnboundedSender<DeviceEvent>,
+) {
+    let mut live: std::collections::HashMap<crate::wire::DeviceId, Vec<u64>> = Default::default();
+    while let Some(event) = presence_rx.recv().await {
+        let forward = match event {
+            FrontDoorEvent::Connected {
+                device, connection, ..
+            } => {
+                live.entry(device).or_default().push(connection);
+                None
+            }
+            FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
+            FrontDoorEvent::Disconnected { device, connection } => {
+                let connections = live.entry(device.clone()).or_default();
+                connections.retain(|c| *c != connection);
+                if connections.is_empty() {
+                    live.remove(&device);
+                    Some(DeviceEvent::Disconnected(device))
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(event) = forward {
+            if events_tx.send(event).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

@@ -28,6 +28,24 @@ pub enum Command {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Device credentials: add (prints a generated secret once), remove, list.
+    Device {
+        /// What to do.
+        #[command(subcommand)]
+        action: DeviceAction,
+        /// The configuration file (for `gateway.data_dir`).
+        #[arg(long, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+    },
+    /// Operator accounts (read-only MQTT access to status topics).
+    Operator {
+        /// What to do.
+        #[command(subcommand)]
+        action: OperatorAction,
+        /// The configuration file (for `gateway.data_dir`).
+        #[arg(long, default_value = "config/gateway.toml", global = true)]
+        config: PathBuf,
+    },
     /// List stored requests (newest first).
     Requests {
         /// What to do.
@@ -82,6 +100,40 @@ pub enum DeadlettersAction {
     },
 }
 
+/// `gateway device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Provisions device ID and prints its secret (the MQTT password; user name = ID) once.
+    Add {
+        /// The device id: 1 to 64 characters of [A-Za-z0-9._-].
+        id: String,
+    },
+    /// Removes device ID's credentials: its next connect is refused.
+    Remove {
+        /// The device id.
+        id: String,
+    },
+    /// Lists provisioned devices.
+    List,
+}
+
+/// `gateway operator ...`
+#[derive(Debug, Subcommand)]
+pub enum OperatorAction {
+    /// Adds operator NAME; the password is read from standard input (first line) or prompted.
+    Add {
+        /// The operator name (MQTT user name): 1 to 64 characters of [A-Za-z0-9._-].
+        name: String,
+    },
+    /// Removes operator NAME.
+    Remove {
+        /// The operator name.
+        name: String,
+    },
+    /// Lists operators.
+    List,
+}
+
 /// Exit code for configuration mistakes.
 pub const EXIT_CONFIG: u8 = 2;
 
@@ -90,6 +142,14 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(&config),
+        Command::Device { action, config } => match load(&config) {
+            Ok(config) => crate::frontdoor::admin::device(&config, action),
+            Err(code) => code,
+        },
+        Command::Operator { action, config } => match load(&config) {
+            Ok(config) => crate::frontdoor::admin::operator(&config, action),
+            Err(code) => code,
+        },
         Command::Requests { action } => match action {
             RequestsAction::List {
                 config,

@@ -99,6 +99,20 @@ pub struct RawBroker {
     pub url: String,
     /// External: the shared-subscription group gateways share requests through.
     pub share_group: String,
+    /// Embedded: `[broker.tls]`, TLS on the device listener.
+    pub tls: Option<RawTls>,
+}
+
+/// `[broker.tls]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain of the listener.
+    pub cert: PathBuf,
+    /// PEM private key of the listener.
+    pub key: PathBuf,
+    /// PEM CA certificates that sign device client certificates (CN = device id); optional.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for RawBroker {
@@ -108,6 +122,7 @@ impl Default for RawBroker {
             listen: "127.0.0.1:1883".into(),
             url: "mqtt://127.0.0.1:1883".into(),
             share_group: "roost".into(),
+            tls: None,
         }
     }
 }
@@ -218,6 +233,47 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[limits]`
     pub limits: Limits,
+    /// `[broker.tls]`: TLS on the device listener (embedded mode only).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA for client certificates, whose CN is the device id.
+    pub client_ca: Option<PathBuf>,
+}
+
+fn validate_tls(raw: RawTls) -> Result<TlsConfig, ConfigError> {
+    for (key, path) in [("broker.tls.cert", &raw.cert), ("broker.tls.key", &raw.key)] {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(key, "is required when [broker.tls] is present"));
+        }
+    }
+    let paths = [
+        ("broker.tls.cert", Some(&raw.cert)),
+        ("broker.tls.key", Some(&raw.key)),
+        ("broker.tls.client_ca", raw.client_ca.as_ref()),
+    ];
+    for (key, path) in paths {
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(invalid(
+                    key,
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+    }
+    Ok(TlsConfig {
+        cert: raw.cert,
+        key: raw.key,
+        client_ca: raw.client_ca,
+    })
 }
 
 /// `[gateway]`, validated.
@@ -368,6 +424,29 @@ impl RawConfig {
                 ))
             }
         };
+        let tls =
+            match (self.broker.tls, &broker) {
+                (None, _) => None,
+                (Some(raw), BrokerConfig::Embedded { .. }) => Some(validate_tls(raw)?),
+                (Some(_), BrokerConfig::External { .. }) => return Err(invalid(
+                    "broker.tls",
+                    "only applies to mode = \"embedded\" (the external broker does its own TLS)",
+                )),
+            };
+        if let BrokerConfig::Embedded { listen } = &broker {
+            if !listen.ip().is_loopback()
+                && self.auth.allow_anonymous
+                && !self.auth.allow_anonymous_remote
+            {
+                return Err(invalid(
+                    "auth.allow_anonymous",
+                    format!(
+                        "anonymous devices are refused on the non-loopback listener {listen}: \
+                         set auth.allow_anonymous = false, or auth.allow_anonymous_remote = true"
+                    ),
+                ));
+            }
+        }
         let http = match self.http.listen.as_str() {
             "" => None,
             addr => Some(parse_addr("http.listen", addr)?),
@@ -396,6 +475,7 @@ impl RawConfig {
             http,
             store: StoreConfig { sync_full },
             limits: validate_limits(&self.limits)?,
+            tls,
         })
     }
 }
@@ -552,5 +632,33 @@ mod tests {
         assert!(
             matches!(config.broker, BrokerConfig::External { ref host, port: 1884, .. } if host == "::1")
         );
+    }
+
+    #[test]
+    fn anonymous_is_refused_on_a_non_loopback_listener_unless_remote() {
+        let err = parse("[broker]\nlisten = \"0.0.0.0:1883\"").expect_err("anonymous remote");
+        assert!(err.to_string().contains("auth.allow_anonymous"), "{err}");
+        parse("[broker]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = false")
+            .expect("no anonymous");
+        parse("[broker]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous_remote = true")
+            .expect("explicitly allowed");
+        parse("[broker]\nlisten = \"[::1]:1883\"").expect("loopback v6");
+    }
+
+    #[test]
+    fn tls_keys_are_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "x").expect("write");
+        let err = parse("[broker.tls]\nkey = \"k.pem\"").expect_err("no cert");
+        assert!(err.to_string().contains("broker.tls.cert"), "{err}");
+        let text = format!("[broker.tls]\ncert = {cert:?}\nkey = \"/nonexistent/k.pem\"");
+        let err = parse(&text).expect_err("missing key file");
+        assert!(err.to_string().contains("broker.tls.key"), "{err}");
+        let text = format!("[broker.tls]\ncert = {cert:?}\nkey = {cert:?}\nclient_ca = {cert:?}");
+        let config = parse(&text).expect("files exist");
+        assert!(config.tls.is_some_and(|tls| tls.client_ca.is_some()));
+        let err = parse("[broker.tls]\nciphers = 1").expect_err("unknown key");
+        assert!(err.to_string().contains("ciphers"), "{err}");
     }
 }

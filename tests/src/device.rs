@@ -29,6 +29,8 @@ pub struct Received {
     pub corr: Option<Bytes>,
     /// All publish properties.
     pub properties: Option<PublishProperties>,
+    /// When the client received it.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -49,7 +51,7 @@ pub struct TestDevice {
     pub id: DeviceId,
     /// The client.
     pub client: AsyncClient,
-    rx: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    rx: mpsc::UnboundedReceiver<(rumqttc::v5::mqttbytes::v5::Publish, std::time::Instant)>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -105,7 +107,7 @@ impl TestDevice {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if tx.send(publish).is_err() {
+                        if tx.send((publish, std::time::Instant::now())).is_err() {
                             return;
                         }
                     }
@@ -187,7 +189,7 @@ impl TestDevice {
 
     /// Waits up to `wait` for the next message.
     pub async fn next_within(&mut self, wait: Duration) -> Option<Received> {
-        let publish = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
+        let (publish, at) = tokio::time::timeout(wait, self.rx.recv()).await.ok()??;
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let reply = Reply::decode(&publish.payload).expect("reply is valid CBOR");
         Some(Received {
@@ -199,6 +201,7 @@ impl TestDevice {
             reply,
             payload: publish.payload,
             properties: publish.properties,
+            at,
         })
     }
 
@@ -265,7 +268,7 @@ impl TestDevice {
 impl TestDevice {
     /// Waits for the next message and parses it as JSON (status and dead-letter topics).
     pub async fn next_json(&mut self) -> serde_json::Value {
-        let publish = tokio::time::timeout(WAIT, self.rx.recv())
+        let (publish, _) = tokio::time::timeout(WAIT, self.rx.recv())
             .await
             .expect("a message in time")
             .expect("event loop alive");

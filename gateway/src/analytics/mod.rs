@@ -1,6 +1,7 @@
 //! Analytics: the ops as pure functions over slices ([`ops`]), the fair [`scheduler`], and the
 //! worker [`pool`] that runs accepted requests and records their final replies.
 
+pub mod cost;
 pub mod ops;
 pub mod pool;
 pub mod scheduler;

@@ -7,6 +7,7 @@
 //! once, frees the device's slot and starts a replacement worker; the abandoned worker's late
 //! result is discarded (its completion finds the request no longer queued) and its thread ends.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ struct Ticket {
     reply_topic: String,
     envelope: bool,
     op: &'static str,
+    received_ms: i64,
     deadline_ms: i64,
 }
 
@@ -45,6 +47,7 @@ impl From<&Job> for Ticket {
             reply_topic: job.reply_topic.clone(),
             envelope: job.envelope,
             op: job.call.op,
+            received_ms: job.received_ms,
             deadline_ms: job.deadline_ms,
         }
     }
@@ -85,6 +88,8 @@ pub struct Pool {
     pub fatal_tx: mpsc::UnboundedSender<String>,
     /// Counters.
     pub metrics: Arc<crate::status::Metrics>,
+    /// Longest telemetry window an op may read (`limits.max_series_len`).
+    max_series_len: usize,
     /// Jobs on workers now.
     running: Arc<Running>,
 }
@@ -98,6 +103,7 @@ impl Pool {
         done_tx: mpsc::UnboundedSender<FinalReply>,
         fatal_tx: mpsc::UnboundedSender<String>,
         metrics: Arc<crate::status::Metrics>,
+        max_series_len: usize,
     ) -> Pool {
         Pool {
             scheduler,
@@ -106,6 +112,7 @@ impl Pool {
             done_tx,
             fatal_tx,
             metrics,
+            max_series_len,
             running: Arc::default(),
         }
     }
@@ -204,32 +211,38 @@ impl Pool {
         }
     }
 
-    fn series(
+    /// The job's series: borrowed when inline, read from the store for a telemetry window.
+    fn series<'a>(
         &self,
-        job: &Job,
+        job: &'a Job,
         reader: &mut Option<rusqlite::Connection>,
-    ) -> Result<Series, OpError> {
-        match &job.call.source {
-            Source::Inline(series) => Ok(series.clone()),
-            Source::Telemetry { metric, window_s } => {
-                if reader.is_none() {
-                    *reader = Some(
-                        crate::store::connect_read_only(self.store.path())
-                            .map_err(|e| OpError::Failed(e.to_string()))?,
-                    );
-                }
-                let conn = reader.as_ref().expect("opened above");
-                let from_ms = job.received_ms - (*window_s as i64).saturating_mul(1000);
-                let series = telemetry::window(conn, &job.device, metric, from_ms, job.received_ms)
-                    .map_err(|e| OpError::Failed(format!("reading telemetry: {e}")))?;
-                if series.values.is_empty() {
-                    return Err(OpError::Failed(format!(
-                        "no {metric:?} telemetry in the last {window_s} s"
-                    )));
-                }
-                Ok(series)
-            }
+    ) -> Result<Cow<'a, Series>, OpError> {
+        let (metric, window_s) = match &job.call.source {
+            Source::Inline(series) => return Ok(Cow::Borrowed(series)),
+            Source::Telemetry { metric, window_s } => (metric, *window_s),
+        };
+        if reader.is_none() {
+            let conn = crate::store::connect_read_only(self.store.path())
+                .map_err(|e| OpError::Failed(e.to_string()))?;
+            *reader = Some(conn);
         }
+        let conn = reader.as_ref().expect("opened above");
+        let from_ms = job.received_ms - (window_s as i64).saturating_mul(1000);
+        let limit = self.max_series_len + 1;
+        let series = telemetry::window(conn, &job.device, metric, from_ms, job.received_ms, limit)
+            .map_err(|e| OpError::Failed(format!("reading telemetry: {e}")))?;
+        if series.values.len() > self.max_series_len {
+            return Err(OpError::TooLarge(format!(
+                "the {metric:?} window holds more than limits.max_series_len = {} readings",
+                self.max_series_len
+            )));
+        }
+        if series.values.is_empty() {
+            return Err(OpError::Failed(format!(
+                "no {metric:?} telemetry in the last {window_s} s"
+            )));
+        }
+        Ok(Cow::Owned(series))
     }
 
     /// Records the final reply; once committed, frees the job's slot (so a device's status never
@@ -279,6 +292,11 @@ impl Pool {
                             &metrics.failed_total
                         };
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        metrics.finished(ticket.op, final_reply.status);
+                        let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
+                        metrics
+                            .request_latency
+                            .observe(Duration::from_millis(latency_ms));
                         let _ = done_tx.send(final_reply);
                     }
                     // Cancelled while running: the cancel already recorded the final reply.
@@ -320,6 +338,7 @@ mod tests {
             done_tx,
             fatal_tx,
             Arc::default(),
+            10_000_000,
         );
         let threads = pool.start(workers);
         Rig {

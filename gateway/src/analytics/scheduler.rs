@@ -9,9 +9,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::wire::DeviceId;
+use crate::wire::{DeviceId, RequestId};
 
+use super::cost::{CostModel, TELEMETRY_POINTS};
 use super::Job;
+
+/// The points a job's op will see, as far as intake knows.
+fn points(job: &Job) -> usize {
+    match job.call.inline_len() {
+        0 => TELEMETRY_POINTS,
+        n => n,
+    }
+}
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,10 +48,14 @@ struct Inner {
     queued: usize,
     running: usize,
     /// Ids of the jobs on workers now.
-    running_ids: std::collections::HashSet<crate::wire::RequestId>,
+    running_ids: std::collections::HashSet<RequestId>,
     closed: bool,
-    /// Recent run time per op (exponentially weighted), in microseconds.
-    cost_us: HashMap<&'static str, f64>,
+    /// Learned run-time costs.
+    costs: CostModel,
+    /// Estimated cost and size of every queued or running job.
+    outstanding: HashMap<RequestId, (f64, usize)>,
+    /// Sum of the estimates in `outstanding`, in microseconds.
+    outstanding_us: f64,
 }
 
 /// Queue counts for status and metrics.
@@ -86,11 +99,11 @@ impl Scheduler {
         let mut inner = self.lock();
         let mine = inner.pending.get(device).copied().unwrap_or(0);
         if mine >= self.per_device {
-            let retry_after_ms = self.estimate_locked(&inner, "", 1);
+            let retry_after_ms = self.estimate_locked(&inner, 0.0);
             return Err(Refusal::DeviceQuota { retry_after_ms });
         }
         if inner.total_pending >= self.capacity {
-            let retry_after_ms = self.estimate_locked(&inner, "", self.workers);
+            let retry_after_ms = self.estimate_locked(&inner, 0.0);
             return Err(Refusal::QueueFull { retry_after_ms });
         }
         *inner.pending.entry(device.clone()).or_insert(0) += 1;
@@ -107,6 +120,10 @@ impl Scheduler {
     /// Queues a job whose slot was reserved.
     pub fn push(&self, job: Job) {
         let mut inner = self.lock();
+        let size = points(&job);
+        let estimate = inner.costs.estimate_us(job.call.op, size);
+        inner.outstanding.insert(job.id, (estimate, size));
+        inner.outstanding_us += estimate;
         let device = job.device.clone();
         let queue = inner.queues.entry(device.clone()).or_default();
         queue.push_back(job);
@@ -157,10 +174,10 @@ impl Scheduler {
     }
 
     /// A worker finished (or the reaper abandoned) job `id`: frees its slot and learns the op's
-    /// cost.
+    /// cost from `elapsed` when it ran to the end.
     pub fn finished(
         &self,
-        id: crate::wire::RequestId,
+        id: RequestId,
         device: &DeviceId,
         op: &'static str,
         elapsed: Option<Duration>,
@@ -169,15 +186,14 @@ impl Scheduler {
         inner.running -= 1;
         inner.running_ids.remove(&id);
         release_locked(&mut inner, device);
-        if let Some(elapsed) = elapsed {
-            let sample = elapsed.as_secs_f64() * 1e6;
-            let cost = inner.cost_us.entry(op).or_insert(sample);
-            *cost = 0.8 * *cost + 0.2 * sample;
+        let size = forget_locked(&mut inner, id);
+        if let (Some(elapsed), Some(size)) = (elapsed, size) {
+            inner.costs.observe(op, size, elapsed);
         }
     }
 
     /// Removes a queued job (cancelled) if it has not started; true if it was removed.
-    pub fn remove(&self, device: &DeviceId, id: crate::wire::RequestId) -> bool {
+    pub fn remove(&self, device: &DeviceId, id: RequestId) -> bool {
         let mut inner = self.lock();
         let Some(queue) = inner.queues.get_mut(device) else {
             return false;
@@ -186,7 +202,9 @@ impl Scheduler {
             return false;
         };
         queue.remove(pos);
-        if queue.is_empty() {
+        let emptied = queue.is_empty();
+        forget_locked(&mut inner, id);
+        if emptied {
             inner.queues.remove(device);
             inner.ring.retain(|d| d != device);
         }
@@ -195,28 +213,22 @@ impl Scheduler {
         true
     }
 
-    /// Estimated milliseconds until a new `op` request would be answered: the work queued ahead
-    /// of it, shared by the workers, plus its own run.
-    pub fn estimate_ms(&self, op: &str) -> u64 {
+    /// Estimated milliseconds until a new request of `op` over `points` points would be
+    /// answered: the work queued and running, shared by the workers, plus its own run; with a
+    /// fifth of headroom for the reply's trip.
+    pub fn estimate_ms(&self, op: &str, points: usize) -> u64 {
         let inner = self.lock();
-        self.estimate_locked(&inner, op, 1)
+        let own = inner.costs.estimate_us(op, points);
+        self.estimate_locked(&inner, own)
     }
 
-    fn estimate_locked(&self, inner: &Inner, op: &str, extra: usize) -> u64 {
-        let mean_cost = if inner.cost_us.is_empty() {
-            100.0
-        } else {
-            inner.cost_us.values().sum::<f64>() / inner.cost_us.len() as f64
-        };
-        let own = inner.cost_us.get(op).copied().unwrap_or(mean_cost);
-        let ahead = (inner.queued + inner.running + extra) as f64 / self.workers as f64;
-        let us = ahead * mean_cost + own;
-        // A little headroom for the reply's trip; at least 1 ms.
+    fn estimate_locked(&self, inner: &Inner, own_us: f64) -> u64 {
+        let us = inner.outstanding_us.max(0.0) / self.workers as f64 + own_us;
         ((us * 1.2) / 1000.0).ceil().max(1.0) as u64
     }
 
     /// Whether request `id` is on a worker now.
-    pub fn is_running(&self, id: crate::wire::RequestId) -> bool {
+    pub fn is_running(&self, id: RequestId) -> bool {
         self.lock().running_ids.contains(&id)
     }
 
@@ -246,6 +258,16 @@ impl Scheduler {
     }
 }
 
+/// Drops a job's estimate from the outstanding work; returns its size.
+fn forget_locked(inner: &mut Inner, id: RequestId) -> Option<usize> {
+    let (estimate, size) = inner.outstanding.remove(&id)?;
+    inner.outstanding_us -= estimate;
+    if inner.outstanding.is_empty() {
+        inner.outstanding_us = 0.0; // no float drift once idle
+    }
+    Some(size)
+}
+
 fn release_locked(inner: &mut Inner, device: &DeviceId) {
     if let Some(count) = inner.pending.get_mut(device) {
         *count -= 1;
@@ -253,5 +275,113 @@ fn release_locked(inner: &mut Inner, device: &DeviceId) {
             inner.pending.remove(device);
         }
         inner.total_pending -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::ops;
+    use crate::wire::Correlation;
+    use ciborium::Value;
+
+    fn job(device: &str, points: usize) -> Job {
+        let args = Value::Map(vec![(
+            Value::Text("values".into()),
+            Value::Array(vec![Value::Float(1.0); points]),
+        )]);
+        Job {
+            id: RequestId::new(),
+            device: DeviceId::parse(device).expect("valid"),
+            corr: Correlation(bytes::Bytes::new()),
+            call: ops::prepare("stats", &args, 1_000_000).expect("valid"),
+            reply_topic: String::new(),
+            envelope: false,
+            received_ms: 0,
+            deadline_ms: i64::MAX,
+        }
+    }
+
+    fn admit(scheduler: &Scheduler, job: Job) {
+        scheduler.reserve(&job.device).expect("admitted");
+        scheduler.push(job);
+    }
+
+    #[test]
+    fn devices_are_served_round_robin() {
+        let scheduler = Scheduler::new(100, 100, 1);
+        for _ in 0..5 {
+            admit(&scheduler, job("chatty", 10));
+        }
+        admit(&scheduler, job("quiet", 10));
+        let first = scheduler.pop().expect("job");
+        let second = scheduler.pop().expect("job");
+        assert_eq!(first.device.as_str(), "chatty");
+        assert_eq!(
+            second.device.as_str(),
+            "quiet",
+            "the quiet device does not wait behind the chatty one"
+        );
+        let rest: Vec<_> = (0..4)
+            .map(|_| scheduler.pop().expect("job").device)
+            .collect();
+        assert!(rest.iter().all(|d| d.as_str() == "chatty"));
+    }
+
+    #[test]
+    fn limits_give_429_then_503() {
+        let scheduler = Scheduler::new(3, 2, 1);
+        let a = DeviceId::parse("a").expect("valid");
+        let b = DeviceId::parse("b").expect("valid");
+        scheduler.reserve(&a).expect("1st");
+        scheduler.reserve(&a).expect("2nd");
+        assert!(matches!(
+            scheduler.reserve(&a),
+            Err(Refusal::DeviceQuota { .. })
+        ));
+        scheduler.reserve(&b).expect("3rd overall");
+        assert!(matches!(
+            scheduler.reserve(&b),
+            Err(Refusal::QueueFull { .. })
+        ));
+        scheduler.release(&a);
+        scheduler.reserve(&b).expect("a slot was freed");
+    }
+
+    #[test]
+    fn estimates_grow_with_the_work_ahead_and_the_size() {
+        let scheduler = Scheduler::new(100, 100, 2);
+        let idle = scheduler.estimate_ms("stats", 1_000_000);
+        for _ in 0..10 {
+            admit(&scheduler, job("d", 100_000));
+        }
+        let busy_small = scheduler.estimate_ms("stats", 10);
+        let busy_large = scheduler.estimate_ms("stats", 1_000_000);
+        assert!(busy_large > busy_small);
+        assert!(busy_large > idle);
+        // Running a job to completion teaches the model its real cost.
+        let running = scheduler.pop().expect("job");
+        scheduler.finished(
+            running.id,
+            &running.device,
+            running.call.op,
+            Some(Duration::from_millis(100)),
+        );
+        assert!(
+            scheduler.estimate_ms("stats", 100_000) >= 100,
+            "learned ~100 ms per 100k points"
+        );
+    }
+
+    #[test]
+    fn cancelling_a_queued_job_frees_its_slot() {
+        let scheduler = Scheduler::new(100, 1, 1);
+        let queued = job("c", 1);
+        let (id, device) = (queued.id, queued.device.clone());
+        admit(&scheduler, queued);
+        assert!(scheduler.remove(&device, id));
+        assert_eq!(scheduler.pending_of(&device), 0);
+        assert_eq!(scheduler.counts(), Counts::default());
+        scheduler.reserve(&device).expect("slot free again");
     }
 }

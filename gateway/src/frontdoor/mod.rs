@@ -1,31 +1,160 @@
 //! The front door: the device-facing MQTT listener on `[broker] listen`.
 //!
-//! Fed by device TCP connections; feeds the embedded broker's loopback listeners. Each connection
-//! is told apart by its CONNECT (protocol level 4 = MQTT 3.1.1, 5 = MQTT 5) and relayed to the
-//! matching rumqttd listener. The relay owns both sockets, which is what cures rumqttd's Nagle
-//! stalls (see [`relay`]).
+//! Fed by device TCP (or TLS) connections; feeds the embedded broker's loopback listeners, and
+//! the gateway's presence tracking through [`FrontDoorEvent`]s. Each connection is one
+//! [`session`]: its CONNECT picks the broker listener (protocol level 4 = MQTT 3.1.1, 5 = MQTT 5),
+//! [`identity`] says who it is, [`acl`] what it may do, [`codec`] checks every packet before a
+//! byte of it is forwarded, and [`relay`] carries the broker's answers back with the socket
+//! options that cure rumqttd's Nagle stalls.
+//!
+//! **Invariant:** nothing a device sends reaches rumqttd unless it parsed and passed the checks;
+//! one device's bad input closes only that device's connection.
 
+pub mod acl;
+pub mod admin;
+pub mod codec;
+pub mod connect;
+pub mod identity;
+pub mod limits;
+pub mod outgoing;
 pub mod relay;
+pub mod secrets;
+pub mod session;
+pub mod tls;
+pub mod translate;
+pub mod watchdog;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::EmbeddedBroker;
+use crate::config::{AuthConfig, Limits, TlsConfig};
+use crate::wire::DeviceId;
+pub use codec::Version;
+pub use limits::FrontDoorStats;
+
+/// Room for the topic and properties around the largest payload: a packet up to
+/// `limits.max_payload_bytes` + this passes, so intake can answer a slightly large payload with
+/// `413`; anything larger closes the connection (v5: DISCONNECT 0x95).
+pub const PACKET_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Presence as the front door sees it. A device is awake while it has a connection that sent
+/// `Connected` and not yet `Disconnected`; `connection` tells apart overlapping connections of
+/// one id (a reconnect can overtake the old connection's end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrontDoorEvent {
+    /// Device `device` connected (CONNACK accepted).
+    Connected {
+        /// The device.
+        device: DeviceId,
+        /// This connection's number.
+        connection: u64,
+        /// Its protocol version.
+        version: Version,
+    },
+    /// The broker granted one of the device's reply subscriptions: held replies can go now.
+    Subscribed {
+        /// The device.
+        device: DeviceId,
+        /// The connection.
+        connection: u64,
+    },
+    /// The connection ended (cleanly or not).
+    Disconnected {
+        /// The device.
+        device: DeviceId,
+        /// The connection.
+        connection: u64,
+    },
+}
+
+/// Where one connection's presence events go.
+#[derive(Debug, Clone)]
+pub struct Presence {
+    device: DeviceId,
+    connection: u64,
+    events_tx: mpsc::Sender<FrontDoorEvent>,
+}
+
+impl Presence {
+    async fn send(&self, event: FrontDoorEvent) {
+        // No receiver (tests, shutdown): presence is advisory, the connection goes on.
+        let _ = self.events_tx.send(event).await;
+    }
+}
+
+/// What the front door is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[broker] listen`.
+    pub listen: SocketAddr,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[broker.tls]`, when set.
+    pub tls: Option<TlsConfig>,
+    /// The SQLite file holding credentials (`data_dir/roost.db`).
+    pub db_path: PathBuf,
+}
+
+/// Why the front door could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontDoorError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (config key broker.listen): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The credentials table could not be opened.
+    #[error("cannot open the credentials store: {0}")]
+    Credentials(#[from] rusqlite::Error),
+    /// A TLS file is unreadable or invalid.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
 
 /// The device-facing listener, bound but not yet serving.
 #[derive(Debug)]
 pub struct FrontDoor {
     listener: TcpListener,
+    settings: Settings,
+    identity: identity::Identity,
+    tls: Option<tls::Tls>,
+    stats: Arc<FrontDoorStats>,
 }
 
 impl FrontDoor {
-    /// Binds the device-facing address. A taken port is an error naming the address.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<FrontDoor> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(FrontDoor { listener })
+    /// Binds the device-facing address, loads TLS material and opens the credentials reader.
+    pub async fn bind(settings: Settings) -> Result<FrontDoor, FrontDoorError> {
+        let tls = settings.tls.as_ref().map(tls::Tls::load).transpose()?;
+        let loopback = settings.listen.ip().is_loopback();
+        let identity =
+            identity::Identity::open(&settings.db_path, settings.auth.clone(), loopback)?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| FrontDoorError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        Ok(FrontDoor {
+            listener,
+            settings,
+            identity,
+            tls,
+            stats: Arc::default(),
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -33,8 +162,31 @@ impl FrontDoor {
         self.listener.local_addr()
     }
 
-    /// Accepts devices until `shutdown`, relaying each to the broker.
-    pub async fn run(self, broker: EmbeddedBroker, shutdown: CancellationToken) {
+    /// The counters, for status and metrics.
+    pub fn stats(&self) -> Arc<FrontDoorStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts devices until `shutdown`, relaying each to the broker and reporting presence on
+    /// `events_tx`.
+    pub async fn run(
+        self,
+        broker: EmbeddedBroker,
+        events_tx: mpsc::Sender<FrontDoorEvent>,
+        shutdown: CancellationToken,
+    ) {
+        let limits = &self.settings.limits;
+        let shared = Arc::new(session::Shared {
+            broker,
+            max_packet: limits.max_payload_bytes + PACKET_OVERHEAD_BYTES,
+            connect_timeout: limits.connect_timeout,
+            identity: self.identity,
+            stats: self.stats.clone(),
+            events_tx,
+            gates: limits::IdGates::default(),
+            next_connection: AtomicU64::new(1),
+        });
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -50,20 +202,50 @@ impl FrontDoor {
                     continue;
                 }
             };
-            let broker = broker.clone();
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                FrontDoorStats::bump(&self.stats.over_limit);
+                tracing::debug!(%peer, "refused: limits.max_connections reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            FrontDoorStats::bump(&self.stats.accepted);
+            let shared = shared.clone();
+            let tls = self.tls.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    outcome = relay::serve_device(stream, &broker) => {
-                        if let Err(error) = outcome {
-                            tracing::debug!(%peer, %error, "device connection closed");
-                        }
-                    }
+                shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                let outcome = tokio::select! {
+                    _ = shutdown.cancelled() => Ok(()),
+                    outcome = serve(stream, tls, shared.clone()) => outcome,
+                };
+                shared.stats.open.fetch_sub(1, Ordering::Relaxed);
+                drop(slot);
+                if let Err(error) = outcome {
+                    tracing::debug!(%peer, %error, "device connection closed");
                 }
             });
         }
         tracker.close();
         tracker.wait().await;
+    }
+}
+
+async fn serve(
+    stream: tokio::net::TcpStream,
+    tls: Option<tls::Tls>,
+    shared: Arc<session::Shared>,
+) -> Result<(), session::SessionError> {
+    match tls {
+        None => session::serve(stream, None, shared).await,
+        Some(tls) => {
+            let (stream, cert_cn) =
+                match tokio::time::timeout(shared.connect_timeout, tls.accept(stream)).await {
+                    Ok(Ok(accepted)) => accepted,
+                    Ok(Err(error)) => return Err(error.into()),
+                    Err(_) => return Err(session::SessionError::ConnectTimeout),
+                };
+            session::serve(stream, cert_cn, shared).await
+        }
     }
 }

@@ -197,7 +197,12 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
     Incoming::Request(Valid {
         address,
         corr: body.corr,
-        args: crate::wire::envelope::encode_value(&body.args),
+        // MQTT 5: the payload is exactly the arguments; only an envelope needs re-encoding.
+        args: if body.envelope {
+            crate::wire::envelope::encode_value(&body.args)
+        } else {
+            publish.payload.to_vec()
+        },
         op,
         kind,
         expiry_s: props.and_then(|p| p.message_expiry_interval),

@@ -222,7 +222,8 @@ impl Plan {
                 intake.stats.accepted.fetch_add(1, Relaxed);
                 let mut reply = Reply::new(Status::Accepted, State::Accepted);
                 reply.request_id = Some(job.id);
-                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op));
+                let points = job.call.inline_len().max(1);
+                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op, points));
                 tracing::debug!(request_id = %job.id, device_id = %job.device, "accepted");
                 seen(&job.device, None);
                 intake.scheduler.push(job);
@@ -349,7 +350,7 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
         _ => {
             let mut reply = Reply::new(Status::Accepted, State::Queued);
             reply.request_id = Some(existing.id);
-            reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op));
+            reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op, 1));
             intake.answer(address, reply).await;
         }
     }

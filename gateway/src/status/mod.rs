@@ -6,6 +6,8 @@
 //! publishes through the service link.
 
 pub mod device;
+pub mod histogram;
+pub mod http;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -38,6 +40,24 @@ pub struct Metrics {
     pub devices_known: AtomicUsize,
     /// Devices awake now.
     pub devices_awake: AtomicUsize,
+    /// Request received → final reply committed.
+    pub request_latency: histogram::Histogram,
+    /// Final replies by op and status code.
+    finished: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+}
+
+impl Metrics {
+    /// Counts a final reply.
+    pub fn finished(&self, op: &'static str, status: u16) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        *finished.entry((op, status)).or_insert(0) += 1;
+    }
+
+    /// Final replies by (op, status) so far.
+    pub fn finished_by_op(&self) -> Vec<((&'static str, u16), u64)> {
+        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }
 
 /// Publishes the gateway's retained status.
@@ -90,6 +110,12 @@ impl GatewayStatus {
         counts["uptime_s"] = json!((now - self.started_at_ms).max(0) / 1000);
         counts["updated_at"] = json!(rfc3339_ms(now));
         serde_json::to_vec(&counts).expect("a JSON value always serialises")
+    }
+
+    /// The status document with `state`, as published.
+    pub async fn document_for(&self, state: &str) -> Vec<u8> {
+        let counts = self.counts(state).await;
+        self.document(counts)
     }
 
     /// Publishes the status now with `state`.

@@ -10,17 +10,22 @@
 //! outbox (delivery state); feeds them rows. The schema is in [`schema`]; each table's queries
 //! live in their own file.
 
+pub mod credentials;
 pub mod deadletters;
+pub mod devices;
 pub mod requests;
 pub mod schema;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
+
+use crate::status::histogram::Histogram;
 
 /// The database file name inside `data_dir`.
 pub const DB_FILE: &str = "roost.db";
@@ -56,6 +61,7 @@ type Job = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
 pub struct Store {
     jobs_tx: std_mpsc::Sender<Job>,
     path: PathBuf,
+    commit_latency: Arc<Histogram>,
 }
 
 impl std::fmt::Debug for Store {
@@ -107,11 +113,22 @@ impl Store {
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
         let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
+        let commit_latency = Arc::new(Histogram::default());
+        let latency = commit_latency.clone();
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || run_thread(conn, jobs_rx))
+            .spawn(move || run_thread(conn, jobs_rx, &latency))
             .map_err(|e| StoreError::Sql(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { jobs_tx, path })
+        Ok(Store {
+            jobs_tx,
+            path,
+            commit_latency,
+        })
+    }
+
+    /// How long group commits take.
+    pub fn commit_latency(&self) -> &Histogram {
+        &self.commit_latency
     }
 
     /// The database file.
@@ -167,7 +184,7 @@ impl Store {
     }
 }
 
-fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>) {
+fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>, latency: &Histogram) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = jobs_rx.recv() {
         batch.push(first);
@@ -178,6 +195,7 @@ fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>) {
             }
         }
         let finishes: Vec<Finish>;
+        let started = std::time::Instant::now();
         let commit = match conn.transaction() {
             Ok(txn) => {
                 finishes = batch.drain(..).map(|job| job(&txn)).collect();
@@ -189,6 +207,7 @@ fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>) {
                 Err(StoreError::from(e))
             }
         };
+        latency.observe(started.elapsed());
         if let Err(error) = &commit {
             tracing::error!(%error, "store commit failed");
         }

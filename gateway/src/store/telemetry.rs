@@ -33,21 +33,29 @@ pub fn insert(conn: &Connection, device: &DeviceId, readings: &[Reading]) -> rus
     Ok(())
 }
 
-/// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order.
+/// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
+/// `limit` of them (the oldest).
 pub fn window(
     conn: &Connection,
     device: &DeviceId,
     metric: &str,
     from_ms: i64,
     to_ms: i64,
+    limit: usize,
 ) -> rusqlite::Result<Series> {
     let mut stmt = conn.prepare_cached(
         "SELECT ts, value FROM telemetry
-         WHERE device = ?1 AND metric = ?2 AND ts > ?3 AND ts <= ?4 ORDER BY ts",
+         WHERE device = ?1 AND metric = ?2 AND ts > ?3 AND ts <= ?4 ORDER BY ts LIMIT ?5",
     )?;
     let mut values = Vec::new();
     let mut ts = Vec::new();
-    let mut rows = stmt.query(params![device.as_str(), metric, from_ms, to_ms])?;
+    let mut rows = stmt.query(params![
+        device.as_str(),
+        metric,
+        from_ms,
+        to_ms,
+        limit as i64
+    ])?;
     while let Some(row) = rows.next()? {
         ts.push(row.get::<_, i64>(0)?.max(0) as u64);
         values.push(row.get(1)?);

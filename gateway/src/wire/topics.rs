@@ -86,6 +86,12 @@ pub fn deadletter(gateway: &str) -> String {
     format!("gateway/{gateway}/deadletter")
 }
 
+/// `roost/health/{client}`: the watchdog's own round trip through the embedded broker. Outside
+/// `devices/` and `gateway/`, so no device or operator may ever subscribe to it.
+pub fn health_probe(client: &str) -> String {
+    format!("roost/health/{client}")
+}
+
 /// The filter the gateway service takes requests from.
 pub const REQUEST_FILTER: &str = "devices/+/req/+";
 /// Acks from every device.
@@ -109,6 +115,80 @@ pub fn is_own_reply_topic(device: &DeviceId, topic: &str) -> bool {
         Some(rest) => rest.starts_with('/') && !rest.contains(['+', '#', '\0']),
         None => false,
     }
+}
+
+/// A topic name a client may publish to: non-empty, at most 65535 bytes, no wildcard, no NUL.
+pub fn is_valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
+}
+
+/// A syntactically valid subscription filter: non-empty, no NUL, `+` only as a whole level,
+/// `#` only as the whole last level (so `a/#/b` and `a/b#` are invalid).
+pub fn is_valid_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > 65_535 || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let last = levels.peek().is_none();
+        let ok = match level {
+            "#" => last,
+            "+" => true,
+            other => !other.contains(['+', '#']),
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether device `device` may publish to `topic`: only `devices/{id}/req/{op}`, `ack`,
+/// `presence` and `telemetry` under its own id.
+pub fn device_may_publish(device: &DeviceId, topic: &str) -> bool {
+    matches!(parse_device_topic(topic), Some((id, _)) if id == *device)
+}
+
+/// Whether device `device` may set a Will on `topic`: only its own `devices/{id}/presence`.
+pub fn device_may_will(device: &DeviceId, topic: &str) -> bool {
+    topic == presence(device)
+}
+
+/// Whether device `device` may subscribe to `filter`: `devices/{id}/reply`, `devices/{id}/status`,
+/// `devices/{id}/reply/#`, or any valid filter below `devices/{id}/reply/` (which can only
+/// match topics that `devices/{id}/reply/#` matches too).
+pub fn device_may_subscribe(device: &DeviceId, filter: &str) -> bool {
+    is_valid_filter(filter)
+        && (filter == reply(device)
+            || filter == device_status(device)
+            || filter
+                .strip_prefix(reply(device).as_str())
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/')))
+}
+
+/// Whether `filter` is one a device subscribes to for its replies (what makes held replies
+/// deliverable): `devices/{id}/reply` or a filter below it.
+pub fn is_reply_filter(device: &DeviceId, filter: &str) -> bool {
+    device_may_subscribe(device, filter) && filter != device_status(device)
+}
+
+/// Whether the read-only operator view allows `filter`: `gateway/#` or any filter below
+/// `gateway/`, and `devices/+/status` or `devices/{id}/status`.
+pub fn operator_may_subscribe(filter: &str) -> bool {
+    if !is_valid_filter(filter) {
+        return false;
+    }
+    if filter
+        .strip_prefix("gateway/")
+        .is_some_and(|rest| !rest.is_empty())
+    {
+        return true;
+    }
+    let mut levels = filter.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("devices"), Some(id), Some("status"), None) if id == "+" || DeviceId::parse(id).is_some()
+    )
 }
 
 #[cfg(test)]
@@ -176,6 +256,101 @@ mod tests {
             "devices/d1",
         ] {
             assert!(!is_own_reply_topic(&d, bad), "{bad}");
+        }
+    }
+    #[test]
+    fn topic_and_filter_syntax() {
+        for ok in ["a", "a/b", "/", "a//b", "devices/d1/req/x"] {
+            assert!(is_valid_topic_name(ok), "{ok}");
+        }
+        for bad in ["", "a/+", "#", "a/#", "a\0b"] {
+            assert!(!is_valid_topic_name(bad), "{bad}");
+        }
+        for ok in ["#", "+", "a/#", "+/+/status", "a/+/b", "/#", "a//b"] {
+            assert!(is_valid_filter(ok), "{ok}");
+        }
+        for bad in ["", "a/#/b", "a/b#", "a+/b", "#/a", "a/\0", "##"] {
+            assert!(!is_valid_filter(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn device_acl_table() {
+        let d = dev("d1");
+        for ok in [
+            "devices/d1/req/stats",
+            "devices/d1/ack",
+            "devices/d1/presence",
+            "devices/d1/telemetry",
+        ] {
+            assert!(device_may_publish(&d, ok), "{ok}");
+        }
+        for bad in [
+            "devices/d2/req/stats",
+            "devices/d1/reply",
+            "devices/d1/status",
+            "gateway/gw-1/status",
+            "devices/d1/req/+",
+            "devices/d1/req/a/b",
+            "devices/d1",
+            "devices/d1/ack/x",
+        ] {
+            assert!(!device_may_publish(&d, bad), "{bad}");
+        }
+        assert!(device_may_will(&d, "devices/d1/presence"));
+        assert!(!device_may_will(&d, "devices/d2/presence"));
+        assert!(!device_may_will(&d, "devices/d1/req/stats"));
+        for ok in [
+            "devices/d1/reply",
+            "devices/d1/reply/#",
+            "devices/d1/reply/+",
+            "devices/d1/reply/job/7",
+            "devices/d1/status",
+        ] {
+            assert!(device_may_subscribe(&d, ok), "{ok}");
+        }
+        for bad in [
+            "#",
+            "devices/#",
+            "devices/+/reply",
+            "devices/d2/reply/#",
+            "devices/d1/#",
+            "devices/d1/replyx",
+            "devices/d1/reply/",
+            "devices/d1/reply/#/x",
+            "$share/g/devices/d1/reply",
+            "gateway/#",
+        ] {
+            assert!(!device_may_subscribe(&d, bad), "{bad}");
+        }
+        assert!(is_reply_filter(&d, "devices/d1/reply/#"));
+        assert!(!is_reply_filter(&d, "devices/d1/status"));
+    }
+
+    #[test]
+    fn operator_acl_table() {
+        for ok in [
+            "gateway/#",
+            "gateway/gw-1/status",
+            "gateway/+/deadletter",
+            "devices/+/status",
+            "devices/d1/status",
+        ] {
+            assert!(operator_may_subscribe(ok), "{ok}");
+        }
+        for bad in [
+            "#",
+            "+/#",
+            "gateway",
+            "gateway/",
+            "devices/#",
+            "devices/+/reply",
+            "devices/d1/reply/#",
+            "devices/+/status/#",
+            "devices/a+b/status",
+            "$share/g/gateway/#",
+        ] {
+            assert!(!operator_may_subscribe(bad), "{bad}");
         }
     }
 }

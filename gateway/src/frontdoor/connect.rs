@@ -1,0 +1,138 @@
+//! The CONNECT packet: version detection, the checks rumqttc's codecs skip, and the fields the
+//! session needs (client id, credentials, Will topic, keep-alive and where it sits in the frame).
+//!
+//! Fed by [`super::codec::PacketReader::next_connect`]; feeds identity and the session.
+//! Guarantees: MQTT 3.1 (`MQIsdp`) and unknown protocol levels are [`Violation::UnsupportedProtocol`];
+//! reserved connect flags, a Will QoS of 3 or Will bits without a Will are malformed; MQTT 5
+//! enhanced authentication (an Authentication Method) is refused.
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+
+use super::codec::{Version, Violation};
+
+/// What the session needs from a CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnectInfo {
+    /// MQTT 3.1.1 or 5.
+    pub version: Version,
+    /// The client id as sent (checked against the id rule by the session).
+    pub client_id: String,
+    /// Keep Alive in seconds; 0 means none.
+    pub keep_alive: u16,
+    /// Offset of the two Keep Alive bytes in the frame, for rewriting it upstream.
+    pub keep_alive_offset: usize,
+    /// The Will topic, when a Will is set.
+    pub will_topic: Option<String>,
+    /// User Name, when sent.
+    pub username: Option<String>,
+    /// Password, when sent.
+    pub password: Option<String>,
+    /// MQTT 5: an Authentication Method was given (enhanced auth, which we do not support).
+    pub auth_method: bool,
+}
+
+/// Parses and checks a complete CONNECT frame.
+pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
+    let header_len = 1 + frame
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(4, |i| i + 1);
+    if frame.first() != Some(&0x10) {
+        return Err(Violation::Malformed("CONNECT header flags".into()));
+    }
+    let body = &frame[header_len..];
+    let short = || Violation::Malformed("short CONNECT".into());
+    let name_len = usize::from(u16::from_be_bytes([
+        *body.first().ok_or_else(short)?,
+        *body.get(1).ok_or_else(short)?,
+    ]));
+    let name = body.get(2..2 + name_len).ok_or_else(short)?;
+    let level = *body.get(2 + name_len).ok_or_else(short)?;
+    let version = match (name, level) {
+        (b"MQTT", 4) => Version::V4,
+        (b"MQTT", 5) => Version::V5,
+        (b"MQIsdp", _) => return Err(Violation::UnsupportedProtocol("MQTT 3.1 (MQIsdp)")),
+        (b"MQTT", _) => return Err(Violation::UnsupportedProtocol("unknown protocol level")),
+        _ => return Err(Violation::UnsupportedProtocol("not MQTT")),
+    };
+    let flags = *body.get(3 + name_len).ok_or_else(short)?;
+    let will = flags & 0b0000_0100 != 0;
+    let will_qos = (flags >> 3) & 0b11;
+    if flags & 1 != 0 {
+        return Err(Violation::Malformed("reserved connect flag".into()));
+    }
+    if will_qos == 3 || (!will && flags & 0b0011_1000 != 0) {
+        return Err(Violation::Malformed("Will flags".into()));
+    }
+    if version == Version::V4 && flags & 0b1100_0000 == 0b0100_0000 {
+        return Err(Violation::Malformed("password without user name".into()));
+    }
+    let keep_alive_offset = header_len + 4 + name_len;
+    let malformed = |e: rumqttc::v5::mqttbytes::Error| Violation::Malformed(e.to_string());
+    let mut info = match version {
+        Version::V4 => {
+            let header = rumqttc::mqttbytes::check(frame.iter(), frame.len())
+                .map_err(|e| Violation::Malformed(e.to_string()))?;
+            let connect = v4::Connect::read(header, frame.clone())
+                .map_err(|e| Violation::Malformed(e.to_string()))?;
+            ConnectInfo {
+                version,
+                client_id: connect.client_id,
+                keep_alive: connect.keep_alive,
+                keep_alive_offset,
+                will_topic: connect.last_will.map(|will| will.topic),
+                username: None,
+                password: None,
+                auth_method: false,
+            }
+            .with_login(connect.login.map(|l| (l.username, l.password)))
+        }
+        Version::V5 => {
+            let header = v5::check(frame.iter(), None).map_err(malformed)?;
+            let (connect, will, login) =
+                v5::Connect::read(header, frame.clone()).map_err(malformed)?;
+            let will_topic = match will {
+                Some(will) => {
+                    Some(String::from_utf8(will.topic.to_vec()).map_err(|_| Violation::TopicName)?)
+                }
+                None => None,
+            };
+            ConnectInfo {
+                version,
+                client_id: connect.client_id,
+                keep_alive: connect.keep_alive,
+                keep_alive_offset,
+                will_topic,
+                username: None,
+                password: None,
+                auth_method: connect
+                    .properties
+                    .is_some_and(|p| p.authentication_method.is_some()),
+            }
+            .with_login(login.map(|l| (l.username, l.password)))
+        }
+    };
+    if let Some(topic) = &info.will_topic {
+        if !crate::wire::topics::is_valid_topic_name(topic) {
+            return Err(Violation::TopicName);
+        }
+    }
+    // rumqttc folds "absent" and "empty" together; so do we.
+    info.username = info.username.filter(|u| !u.is_empty());
+    info.password = info.password.filter(|p| !p.is_empty());
+    Ok(info)
+}
+
+impl ConnectInfo {
+    fn with_login(mut self, login: Option<(String, String)>) -> ConnectInfo {
+        if let Some((username, password)) = login {
+            self.username = Some(username);
+            self.password = Some(password);
+        }
+        self
+    }
+}

@@ -1,0 +1,63 @@
+//! The operator HTTP API: health, Prometheus metrics, status, paged devices, the dashboard.
+
+use gateway::wire::Status;
+use roost_tests::device::{values, TestDevice};
+use roost_tests::{http_get, Gateway};
+
+#[tokio::test]
+async fn operators_read_health_metrics_status_and_devices() {
+    let gateway = Gateway::start();
+    let http = gateway.http.expect("the test config enables HTTP");
+    let mut device = TestDevice::connect(gateway.mqtt, "http-dev").await;
+    device
+        .request("stats", &values(&[1.0, 2.0]), b"h", None)
+        .await;
+    loop {
+        if device.reply_for(b"h").await.reply.status == Status::Ok {
+            break;
+        }
+    }
+
+    let get = |path: &'static str| tokio::task::spawn_blocking(move || http_get(http, path));
+    let (code, body) = get("/healthz").await.expect("join");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["store"], "up");
+
+    let (code, body) = get("/metrics").await.expect("join");
+    assert_eq!(code, 200);
+    assert!(body.contains("# TYPE roost_queue_depth gauge"), "{body}");
+    assert!(
+        body.contains("roost_requests_finished_total{op=\"stats\",status=\"200\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("roost_intake_total{outcome=\"accepted\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("roost_request_seconds_count 1"), "{body}");
+    assert!(body.contains("roost_store_commit_seconds_bucket"), "{body}");
+
+    let (code, body) = get("/api/status").await.expect("join");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(status["state"], "online");
+    assert_eq!(status["requests"]["done_total"], 1);
+
+    let (code, body) = get("/api/devices?limit=10").await.expect("join");
+    assert_eq!(code, 200);
+    let devices: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(devices["total"], 1);
+    assert_eq!(devices["devices"][0]["id"], "http-dev");
+    assert_eq!(devices["devices"][0]["held"], 1);
+
+    let (code, body) = get("/api/devices/http-dev").await.expect("join");
+    assert_eq!(code, 200);
+    let one: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(one["recent_requests"][0]["op"], "stats");
+    assert_eq!(get("/api/devices/nobody").await.expect("join").0, 404);
+
+    let (code, body) = get("/").await.expect("join");
+    assert_eq!(code, 200);
+    assert!(body.contains("<title>Roost gateway</title>"));
+}
