@@ -1,38 +1,97 @@
 //! `device-sim echo --serve ADDR`: the gateway's own front door and embedded rumqttd, started
-//! in-process with no store, no intake and no workers, so the echo responder measures exactly the
-//! message path devices use (front door relay with nodelay/quickack → rumqttd → front door) and
-//! nothing else. Uses the gateway library's [`FrontDoor`] and [`EmbeddedBroker`] as they are.
+//! in-process with no store, no intake and no workers, wired as the gateway wires them: devices
+//! come in through the front door (identity, ACL, nodelay/quickack relay), and the responder
+//! reaches rumqttd through a loopback nodelay relay, as the gateway's service link does. So the
+//! echo measures exactly the message path and nothing else. Uses the gateway library's
+//! [`FrontDoor`], [`EmbeddedBroker`] and relay as they are.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway::broker::EmbeddedBroker;
-use gateway::config::Limits;
-use gateway::frontdoor::FrontDoor;
+use gateway::config::{AuthConfig, Limits};
+use gateway::frontdoor::{relay, FrontDoor, Settings};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// A front door + broker serving until its token is cancelled.
+/// A front door + broker serving until [`BareBroker::stop`] is cancelled.
 #[derive(Debug)]
 pub struct BareBroker {
-    /// The device-facing address (the front door).
+    /// Where devices connect: the front door.
     pub addr: SocketAddr,
-    /// Cancels the front door.
+    /// Where the responder connects: a relay straight to rumqttd, past the device ACL.
+    pub service_addr: SocketAddr,
+    /// Stops the front door and the relay.
     pub stop: CancellationToken,
+    /// Holds the (empty) credentials database the front door reads.
+    _dir: tempfile::TempDir,
 }
 
-/// Starts rumqttd with the gateway's default limits and binds the front door on `listen`.
+/// Starts rumqttd with the gateway's default limits, the front door on `listen` (anonymous
+/// devices allowed, as on a fresh loopback install) and the service relay.
 pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
-    let front = FrontDoor::bind(listen)
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
+    let limits = Limits::default();
+    let settings = Settings {
+        listen,
+        limits: limits.clone(),
+        auth: AuthConfig {
+            allow_anonymous: true,
+            allow_anonymous_remote: false,
+        },
+        tls: None,
+        db_path: dir.path().join(gateway::store::DB_FILE),
+    };
+    let front = FrontDoor::bind(settings)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| format!("front door on {listen}: {e}"))?;
     let addr = front
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
     // Starting rumqttd probes its listeners synchronously: keep that off the async workers.
-    let broker = tokio::task::spawn_blocking(|| EmbeddedBroker::start(&Limits::default()))
+    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start(&limits))
         .await
         .map_err(|e| format!("broker start task failed: {e}"))?
         .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    tokio::spawn(front.run(broker, stop.clone()));
-    Ok(BareBroker { addr, stop })
+    let service_addr = service_relay(broker.v5, stop.clone()).await?;
+    // Presence events matter to the gateway's outbox only; here they are drained and dropped.
+    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
+    tokio::spawn(front.run(broker, events_tx, stop.clone()));
+    Ok(BareBroker {
+        addr,
+        service_addr,
+        stop,
+        _dir: dir,
+    })
+}
+
+/// A loopback listener relaying each connection to rumqttd with nodelay on both sides.
+async fn service_relay(
+    upstream: SocketAddr,
+    stop: CancellationToken,
+) -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(|e| format!("cannot bind the service relay: {e}"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the service relay address: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok((stream, _)) = accepted else { continue };
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                if let Ok(upstream) = relay::connect_upstream(upstream).await {
+                    let _ = relay::relay(stream, upstream, &[]).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
 }

@@ -44,7 +44,7 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         None => None,
     };
     let (host, port) = match &bare {
-        Some(bare) => (bare.addr.ip().to_string(), bare.addr.port()),
+        Some(bare) => (bare.service_addr.ip().to_string(), bare.service_addr.port()),
         None => (host, port),
     };
     let mut options = LinkOptions::new(&host, port, args.client_id.clone());
@@ -76,7 +76,10 @@ pub async fn run(args: EchoArgs) -> ExitCode {
                     );
                     return ExitCode::FAILURE;
                 }
-                println!("device-sim echo ready on {host}:{port}");
+                let devices = bare
+                    .as_ref()
+                    .map_or(format!("{host}:{port}"), |b| b.addr.to_string());
+                println!("device-sim echo ready on {devices}");
             }
             Some(LinkEvent::Message(publish)) => {
                 if answer(&link.client, &publish).await {
