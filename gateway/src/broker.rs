@@ -11,7 +11,11 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use tokio::net::TcpListener as TokioListener;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::frontdoor::relay;
 
 use crate::config::Limits;
 use crate::wire::topics;
@@ -33,19 +37,18 @@ pub enum BrokerError {
 /// A running embedded rumqttd.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBroker {
-    /// Loopback address of its MQTT 3.1.1 listener.
-    pub v4: SocketAddr,
-    /// Loopback address of its MQTT 5 listener.
+    /// Loopback address of its MQTT 5 listener: the only one. MQTT 3.1.1 devices reach it too,
+    /// translated by the front door, because rumqttd's own v4 listener panics when a 3.1.1
+    /// client is sent a publish carrying MQTT 5 properties.
     pub v5: SocketAddr,
     stopped_rx: watch::Receiver<bool>,
 }
 
 impl EmbeddedBroker {
-    /// Starts rumqttd on two free loopback ports and waits until both accept connections.
+    /// Starts rumqttd on a free loopback port and waits until it accepts connections.
     pub fn start(limits: &Limits) -> Result<EmbeddedBroker, BrokerError> {
-        let v4 = free_loopback_port()?;
         let v5 = free_loopback_port()?;
-        let config = rumqttd_config(limits, v4, v5);
+        let config = rumqttd_config(limits, v5);
         let (stopped_tx, stopped_rx) = watch::channel(false);
         std::thread::Builder::new()
             .name("rumqttd".into())
@@ -56,11 +59,34 @@ impl EmbeddedBroker {
                 let _ = stopped_tx.send(true);
             })
             .map_err(BrokerError::Thread)?;
-        for addr in [v4, v5] {
-            wait_listening(addr)?;
-        }
-        tracing::info!(%v4, %v5, "broker started");
-        Ok(EmbeddedBroker { v4, v5, stopped_rx })
+        wait_listening(v5)?;
+        tracing::info!(%v5, "broker started");
+        Ok(EmbeddedBroker { v5, stopped_rx })
+    }
+
+    /// A loopback listener for the gateway service's own connection, relayed to rumqttd with
+    /// the front door's socket care (no Nagle stalls, see [`relay`]) and no checks: only this
+    /// process connects to it. Returns its address.
+    pub async fn service_relay(&self, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+        let listener = TokioListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let upstream = self.v5;
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    if let Ok(upstream) = relay::connect_upstream(upstream).await {
+                        let _ = relay::relay(stream, upstream, &[]).await;
+                    }
+                });
+            }
+        });
+        Ok(addr)
     }
 
     /// Resolves if the broker's thread ever returns.
@@ -88,7 +114,7 @@ fn wait_listening(addr: SocketAddr) -> Result<(), BrokerError> {
     Err(BrokerError::NotReady(addr))
 }
 
-fn rumqttd_config(limits: &Limits, v4: SocketAddr, v5: SocketAddr) -> Config {
+fn rumqttd_config(limits: &Limits, v5: SocketAddr) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: u16::try_from(limits.connect_timeout.as_millis())
             .unwrap_or(u16::MAX),
@@ -126,7 +152,6 @@ fn rumqttd_config(limits: &Limits, v4: SocketAddr, v5: SocketAddr) -> Config {
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("v4".to_owned(), server("v4", v4))])),
         v5: Some(HashMap::from([("v5".to_owned(), server("v5", v5))])),
         ..Config::default()
     }

@@ -37,6 +37,14 @@ async fn operators_read_health_metrics_status_and_devices() {
     );
     assert!(body.contains("roost_request_seconds_count 1"), "{body}");
     assert!(body.contains("roost_store_commit_seconds_bucket"), "{body}");
+    assert!(
+        body.contains("roost_frontdoor_connections_total{outcome=\"connected\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("roost_frontdoor_denials_total{kind=\"subscribe\"} 0"),
+        "{body}"
+    );
 
     let (code, body) = get("/api/status").await.expect("join");
     assert_eq!(code, 200);

@@ -46,6 +46,53 @@ impl FrontDoorStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Appends the counters in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP roost_frontdoor_connections Device connections open now."
+        );
+        let _ = writeln!(out, "# TYPE roost_frontdoor_connections gauge");
+        let _ = writeln!(out, "roost_frontdoor_connections {}", load(&self.open));
+        let _ = writeln!(
+            out,
+            "# HELP roost_frontdoor_connections_total Device connections by outcome."
+        );
+        let _ = writeln!(out, "# TYPE roost_frontdoor_connections_total counter");
+        for (outcome, counter) in [
+            ("accepted", &self.accepted),
+            ("connected", &self.connected),
+            ("over_limit", &self.over_limit),
+            ("refused", &self.refused),
+            ("violation", &self.violations),
+            ("connect_timeout", &self.connect_timeouts),
+        ] {
+            let _ = writeln!(
+                out,
+                "roost_frontdoor_connections_total{{outcome=\"{outcome}\"}} {}",
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP roost_frontdoor_denials_total ACL denials by kind."
+        );
+        let _ = writeln!(out, "# TYPE roost_frontdoor_denials_total counter");
+        for (kind, counter) in [
+            ("publish", &self.denied_publish),
+            ("subscribe", &self.denied_subscribe),
+            ("will", &self.denied_will),
+        ] {
+            let _ = writeln!(
+                out,
+                "roost_frontdoor_denials_total{{kind=\"{kind}\"}} {}",
+                load(counter)
+            );
+        }
+    }
+
     /// All denials (publish, subscribe, Will): the contract's "each denial is counted".
     pub fn denials(&self) -> u64 {
         self.denied_publish.load(Ordering::Relaxed)

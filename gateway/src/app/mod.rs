@@ -6,92 +6,36 @@
 //! be served. Stop order: draining (new requests get `503`), the front door, the workers (what
 //! is queued stays queued in the store), the outbox, retained `offline`, exit 0.
 
+mod bridge;
+mod error;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::pool::Pool;
 use crate::analytics::scheduler::Scheduler;
-use crate::broker::{BrokerError, EmbeddedBroker};
+use crate::broker::EmbeddedBroker;
 use crate::config::{BrokerConfig, Config};
-use crate::frontdoor::{self, relay, FrontDoor, FrontDoorError, FrontDoorEvent};
+use crate::frontdoor::{self, FrontDoor};
 use crate::intake::{Intake, IntakeStats};
-use crate::mqtt::{self, LinkConfig, LinkError};
-use crate::outbox::{DeviceEvent, Outbox};
+use crate::mqtt::{self, LinkConfig};
+use crate::outbox::Outbox;
 use crate::status::http::{self, Health, HttpState};
 use crate::status::{GatewayStatus, Metrics};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 use crate::wire::topics;
 use crate::{recovery, status};
 
+use error::bind_error;
+pub use error::AppError;
+
 /// How often the watchdog probes the embedded broker, and how long one probe may take.
 const HEALTH_PROBE_PERIOD: Duration = Duration::from_secs(3);
-
-/// Why the gateway stopped other than by a clean drain.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// An address in the config could not be bound.
-    #[error("cannot listen on {addr} (config key {key}): {source}")]
-    Bind {
-        /// The config key.
-        key: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The store could not be opened or failed while serving.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The embedded broker failed to start.
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-    /// The embedded broker stopped while serving.
-    #[error("the embedded broker stopped; exiting so the supervisor restarts the gateway")]
-    BrokerStopped,
-    /// The front door could not start (listen address, TLS files, credentials store).
-    #[error(transparent)]
-    FrontDoor(#[from] FrontDoorError),
-    /// The embedded broker stopped answering health probes.
-    #[error("{0}; exiting so the supervisor restarts the gateway")]
-    BrokerUnhealthy(#[from] frontdoor::watchdog::Unhealthy),
-    /// The data directory could not be created.
-    #[error("cannot create data_dir {path} (config key gateway.data_dir): {source}")]
-    DataDir {
-        /// The directory.
-        path: std::path::PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The service could not connect to the broker.
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    /// A stage hit a fatal fault.
-    #[error("fatal: {0}")]
-    Fatal(String),
-}
-
-impl AppError {
-    /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            AppError::Bind { .. } | AppError::DataDir { .. } => crate::cli::EXIT_CONFIG,
-            AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
-                crate::cli::EXIT_CONFIG
-            }
-            _ => 1,
-        }
-    }
-}
-
-fn bind_error(key: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> AppError {
-    move |source| AppError::Bind { key, addr, source }
-}
 
 /// Runs the gateway until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), AppError> {
@@ -146,7 +90,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (link_host, link_port, broker, filters) = match (&config.broker, front.as_ref()) {
         (BrokerConfig::Embedded { .. }, Some(_)) => {
             let broker = EmbeddedBroker::start(&limits)?;
-            let internal = internal_relay(broker.v5, shutdown.child_token()).await?;
+            let internal =
+                broker
+                    .service_relay(shutdown.child_token())
+                    .await
+                    .map_err(|source| AppError::Bind {
+                        key: "(internal relay)",
+                        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                        source,
+                    })?;
             let filters = vec![topics::REQUEST_FILTER.to_owned()];
             (
                 internal.ip().to_string(),
@@ -245,12 +197,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let http_addr = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let state = HttpState::new(
+            let mut state = HttpState::new(
                 gateway_status.clone(),
                 intake_stats.clone(),
                 health.clone(),
                 store.path().to_owned(),
             );
+            if let Some(stats) = front.as_ref().map(FrontDoor::stats) {
+                state.extra_metrics = Arc::new(move |out: &mut String| stats.render(out));
+            }
             tokio::spawn(http::serve(listener, state, http_stop.clone()));
             addr
         }
@@ -265,7 +220,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 "0.0.0.0:0".parse().expect("addr"),
             ))?;
             let (presence_tx, presence_rx) = mpsc::channel(1024);
-            tokio::spawn(bridge_presence(presence_rx, events_tx.clone()));
+            tokio::spawn(bridge::bridge_presence(presence_rx, events_tx.clone()));
             println!("roost gateway listening mqtt={local}{http_part}");
             Some(tokio::spawn(front.run(
                 broker.clone(),
@@ -336,73 +291,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     link.disconnect().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// A loopback listener relaying the service link to rumqttd with the front door's socket care
-/// (no Nagle stalls), unchecked: only this process connects to it.
-async fn internal_relay(
-    upstream: SocketAddr,
-    shutdown: CancellationToken,
-) -> Result<SocketAddr, AppError> {
-    let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let listener = TcpListener::bind(loopback)
-        .await
-        .map_err(bind_error("(internal relay)", loopback))?;
-    let addr = listener
-        .local_addr()
-        .map_err(bind_error("(internal relay)", loopback))?;
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                if let Ok(upstream) = relay::connect_upstream(upstream).await {
-                    let _ = relay::relay(stream, upstream, &[]).await;
-                }
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// Turns the front door's per-connection presence into the outbox's per-device events: a
-/// device is connected once one of its connections has a granted reply subscription, and
-/// disconnected when its last connection ends (a reconnect can overtake the old one's end).
-async fn bridge_presence(
-    mut presence_rx: mpsc::Receiver<FrontDoorEvent>,
-    events_tx: mpsc::UnboundedSender<DeviceEvent>,
-) {
-    let mut live: std::collections::HashMap<crate::wire::DeviceId, Vec<u64>> = Default::default();
-    while let Some(event) = presence_rx.recv().await {
-        let forward = match event {
-            FrontDoorEvent::Connected {
-                device, connection, ..
-            } => {
-                live.entry(device).or_default().push(connection);
-                None
-            }
-            FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
-            FrontDoorEvent::Disconnected { device, connection } => {
-                let connections = live.entry(device.clone()).or_default();
-                connections.retain(|c| *c != connection);
-                if connections.is_empty() {
-                    live.remove(&device);
-                    Some(DeviceEvent::Disconnected(device))
-                } else {
-                    None
-                }
-            }
-        };
-        if let Some(event) = forward {
-            if events_tx.send(event).is_err() {
-                return;
-            }
-        }
-    }
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {
