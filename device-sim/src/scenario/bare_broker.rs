@@ -1,16 +1,15 @@
 //! `device-sim echo --serve ADDR`: the gateway's own front door and embedded rumqttd, started
 //! in-process with no store, no intake and no workers, wired as the gateway wires them: devices
 //! come in through the front door (identity, ACL, nodelay/quickack relay), and the responder
-//! reaches rumqttd through a loopback nodelay relay, as the gateway's service link does. So the
-//! echo measures exactly the message path and nothing else. Uses the gateway library's
-//! [`FrontDoor`], [`EmbeddedBroker`] and relay as they are.
+//! reaches rumqttd through the broker's loopback service relay, as the gateway's service link
+//! does. So the echo measures exactly the message path and nothing else. Uses the gateway
+//! library's [`FrontDoor`] and [`EmbeddedBroker`] as they are.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use gateway::broker::EmbeddedBroker;
 use gateway::config::{AuthConfig, Limits};
-use gateway::frontdoor::{relay, FrontDoor, Settings};
-use tokio::net::TcpListener;
+use gateway::frontdoor::{FrontDoor, Settings};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +53,10 @@ pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
         .map_err(|e| format!("broker start task failed: {e}"))?
         .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    let service_addr = service_relay(broker.v5, stop.clone()).await?;
+    let service_addr = broker
+        .service_relay(stop.clone())
+        .await
+        .map_err(|e| format!("cannot bind the service relay: {e}"))?;
     // Presence events matter to the gateway's outbox only; here they are drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel(1024);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
@@ -65,33 +67,4 @@ pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
         stop,
         _dir: dir,
     })
-}
-
-/// A loopback listener relaying each connection to rumqttd with nodelay on both sides.
-async fn service_relay(
-    upstream: SocketAddr,
-    stop: CancellationToken,
-) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .map_err(|e| format!("cannot bind the service relay: {e}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("cannot read the service relay address: {e}"))?;
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
-                accepted = listener.accept() => accepted,
-            };
-            let Ok((stream, _)) = accepted else { continue };
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                if let Ok(upstream) = relay::connect_upstream(upstream).await {
-                    let _ = relay::relay(stream, upstream, &[]).await;
-                }
-            });
-        }
-    });
-    Ok(addr)
 }
