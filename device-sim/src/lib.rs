@@ -2,14 +2,16 @@
 //! the load generator and the end-to-end checker: it verifies every reply it receives.
 //!
 //! ```text
-//! cli ─▶ scenario (run | load | echo)
+//! cli ─▶ scenario (run | load | echo [--serve: bare_broker = the gateway's front door + rumqttd])
 //!          │ run, load
 //!          ▼
 //!        fleet ─spawns─▶ device (connected | sleepy), one task each on a shared runtime
-//!                          │  workload: what to send      connection: rumqttc link + event task
-//!                          │  tracker: one reply ─▶ Outcome (verify: recompute stats)
-//!                          ▼
-//!                        metrics (per-device counts + HDR histograms) ─merge─▶ report (JSON, summary)
+//!          │               │  workload: what to send      connection: rumqttc link + event task
+//!          │               │  tracker: one reply ─▶ Outcome (verify: recompute stats)
+//!          │               ▼
+//!          │             metrics (per-device counts; shared live counters + HDR histograms)
+//!          ▼
+//!        progress (live bar)         probe (/proc: RSS, CPU) ─▶ report (JSON) + summary
 //! ```
 //!
 //! Both sides speak one protocol definition: topics, ids, status codes and the CBOR envelope all
