@@ -82,7 +82,7 @@ pub struct FleetArgs {
     /// Write the JSON report here ('-' = stdout, which also hides the progress bar).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Device ids are PREFIX-0, PREFIX-1...; default: sim-<random>, fresh every run.
+    /// Device ids are PREFIX-0, PREFIX-1...; default: `sim-<random>`, fresh every run.
     #[arg(long, value_name = "PREFIX")]
     pub id_prefix: Option<String>,
     /// Values per request (random floats).

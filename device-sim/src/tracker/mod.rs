@@ -10,7 +10,7 @@
 //! must still arrive, with the same request id, before the run ends ([`Outcome::Late202`]); if it
 //! never does, [`Tracker::give_up`] reports it as `final_without_202`.
 //!
-//! The checks a reply goes through are in [`checks`].
+//! The checks a reply goes through are in the private `checks` module.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
