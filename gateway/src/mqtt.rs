@@ -1,5 +1,5 @@
-//! The gateway service's own MQTT 5 connection (rumqttc), to the embedded broker or an external
-//! one.
+//! The gateway service's own MQTT 5 connections (rumqttc), to the embedded broker or an
+//! external one: one subscribes and acks, the other publishes (see [`Link`] for why two).
 //!
 //! The event loop task forwards every incoming PUBLISH, in receive order, to intake through a
 //! bounded channel, and never waits on SQLite. The channel cannot fill: the broker sends at most
@@ -56,7 +56,10 @@ pub struct LinkConfig {
 /// Publishes replies, status and dead letters; acks received messages.
 #[derive(Clone, Debug)]
 pub struct Publisher {
+    /// The connection that only publishes.
     client: AsyncClient,
+    /// The connection that only subscribes and acks.
+    acks: AsyncClient,
 }
 
 impl Publisher {
@@ -114,36 +117,43 @@ impl Publisher {
 
     /// Acknowledges a received QoS 1 publish. Call in receive order.
     pub async fn ack(&self, publish: &Publish) {
-        if let Err(error) = self.client.ack(publish).await {
+        if let Err(error) = self.acks.ack(publish).await {
             tracing::error!(%error, "ack not handed to the MQTT client");
         }
     }
 }
 
-/// A connected link.
+/// A connected link: two MQTT connections.
+///
+/// rumqttc queues manual acks in the same request channel as publishes, and stops reading that
+/// channel while its outgoing inflight window is full. On one connection, a burst of publishes
+/// (replies, status) would hold our acks back; the broker, its own window to us full of unacked
+/// requests, would then stop both sending and acking: a deadlock (seen with 2,000+ devices).
+/// So one connection only subscribes and acks (its requests never wait on PUBACKs), and the
+/// other only publishes.
 pub struct Link {
     /// For replies and acks.
     pub publisher: Publisher,
-    /// The event loop task; it ends after [`Link::disconnect`].
-    task: tokio::task::JoinHandle<()>,
+    /// The two event loop tasks; they end after [`Link::disconnect`].
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Link {
-    /// Sends DISCONNECT after everything already queued (so the broker does not fire our Will)
-    /// and waits, bounded, for the event loop to write it.
+    /// Sends DISCONNECT on both connections after everything already queued (so the broker does
+    /// not fire our Will) and waits, bounded, for the event loops to write it.
     pub async fn disconnect(self) {
         let _ = self.publisher.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        let _ = self.publisher.acks.disconnect().await;
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 }
 
-/// Connects, subscribes, and returns once the first subscription is acknowledged, with the
-/// stream of every incoming publish in receive order.
-pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish>), LinkError> {
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+fn options(config: &LinkConfig, client_id: String) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, &config.host, config.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_start(true);
-    options.set_manual_acks(true);
     options.set_max_packet_size(Some(config.max_packet_bytes as u32 + 64 * 1024));
     options.set_outgoing_inflight_upper_limit(1024);
     options.set_receive_maximum(Some(1024));
@@ -151,75 +161,128 @@ pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
-    if let Some(will) = config.will.clone() {
-        options.set_last_will(will);
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, REQUESTS);
-    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    options
+}
+
+/// Connects both connections, subscribes, and returns once the first subscription is
+/// acknowledged, with the stream of every incoming publish in receive order.
+pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish>), LinkError> {
     let addr = format!("{}:{}", config.host, config.port);
-    let sub_client = client.clone();
-    let filters = config.filters.clone();
-    let task = tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if inbox_tx.send(publish).await.is_err() {
-                        return; // intake has stopped: shutting down
-                    }
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_millis(50);
-                    for filter in &filters {
-                        if let Err(error) =
-                            sub_client.try_subscribe(filter.clone(), QoS::AtLeastOnce)
-                        {
-                            tracing::error!(%error, filter, "subscribe failed");
-                        }
-                    }
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    if let Some(ready) = ready_tx.take() {
-                        let _ = ready.send(Ok(()));
-                    }
-                }
-                Ok(Event::Incoming(Packet::Disconnect(_))) => {
-                    tracing::warn!("broker disconnected the service link");
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                Ok(_) => {}
-                Err(error) => {
-                    if let Some(ready) = ready_tx.take() {
-                        let _ = ready.send(Err(error.to_string()));
-                        return;
-                    }
-                    tracing::warn!(%error, "service link lost; reconnecting");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+    let mut sub_options = options(&config, config.client_id.clone());
+    sub_options.set_manual_acks(true);
+    let mut pub_options = options(&config, format!("{}-pub", config.client_id));
+    if let Some(will) = config.will.clone() {
+        pub_options.set_last_will(will);
+    }
+    let (acks, sub_loop) = AsyncClient::new(sub_options, REQUESTS);
+    let (client, pub_loop) = AsyncClient::new(pub_options, REQUESTS);
+    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
+    let (sub_ready_tx, sub_ready_rx) = oneshot::channel::<Result<(), String>>();
+    let (pub_ready_tx, pub_ready_rx) = oneshot::channel::<Result<(), String>>();
+    let tasks = [
+        tokio::spawn(subscriber_loop(
+            sub_loop,
+            acks.clone(),
+            config.filters.clone(),
+            inbox_tx,
+            sub_ready_tx,
+        )),
+        tokio::spawn(publisher_loop(pub_loop, pub_ready_tx)),
+    ];
+    for ready in [pub_ready_rx, sub_ready_rx] {
+        let reason = match tokio::time::timeout(Duration::from_secs(15), ready).await {
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(reason))) => reason,
+            Ok(Err(_)) => "event loop ended".into(),
+            Err(_) => "not connected and subscribed within 15 s".into(),
+        };
+        return Err(LinkError::Connect { addr, reason });
+    }
+    Ok((
+        Link {
+            publisher: Publisher { client, acks },
+            tasks,
+        },
+        inbox_rx,
+    ))
+}
+
+/// Waits `backoff` after a lost connection (rumqttc reconnects on the next poll), doubling it.
+async fn back_off(backoff: &mut Duration, error: &rumqttc::v5::ConnectionError, which: &str) {
+    tracing::warn!(%error, which, "service link lost; reconnecting");
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(5));
+}
+
+async fn subscriber_loop(
+    mut eventloop: rumqttc::v5::EventLoop,
+    client: AsyncClient,
+    filters: Vec<String>,
+    inbox_tx: mpsc::Sender<Publish>,
+    ready_tx: oneshot::Sender<Result<(), String>>,
+) {
+    let mut ready_tx = Some(ready_tx);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if inbox_tx.send(publish).await.is_err() {
+                    return; // intake has stopped: shutting down
                 }
             }
-        }
-    });
-    let outcome = tokio::time::timeout(Duration::from_secs(15), ready_rx).await;
-    match outcome {
-        Ok(Ok(Ok(()))) => Ok((
-            Link {
-                publisher: Publisher { client },
-                task,
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(50);
+                for filter in &filters {
+                    if let Err(error) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(%error, filter, "subscribe failed");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                if let Some(ready) = ready_tx.take() {
+                    let _ = ready.send(Ok(()));
+                }
+            }
+            Ok(Event::Incoming(Packet::Disconnect(_))) => {
+                tracing::warn!("broker disconnected the service link");
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => match ready_tx.take() {
+                Some(ready) => {
+                    let _ = ready.send(Err(error.to_string()));
+                    return;
+                }
+                None => back_off(&mut backoff, &error, "subscriber").await,
             },
-            inbox_rx,
-        )),
-        Ok(Ok(Err(reason))) => Err(LinkError::Connect { addr, reason }),
-        Ok(Err(_)) => Err(LinkError::Connect {
-            addr,
-            reason: "event loop ended".into(),
-        }),
-        Err(_) => Err(LinkError::Connect {
-            addr,
-            reason: "no SUBACK within 15 s".into(),
-        }),
+        }
+    }
+}
+
+async fn publisher_loop(
+    mut eventloop: rumqttc::v5::EventLoop,
+    ready_tx: oneshot::Sender<Result<(), String>>,
+) {
+    let mut ready_tx = Some(ready_tx);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(50);
+                if let Some(ready) = ready_tx.take() {
+                    let _ = ready.send(Ok(()));
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(error) => match ready_tx.take() {
+                Some(ready) => {
+                    let _ = ready.send(Err(error.to_string()));
+                    return;
+                }
+                None => back_off(&mut backoff, &error, "publisher").await,
+            },
+        }
     }
 }
 

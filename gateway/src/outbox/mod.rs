@@ -182,15 +182,25 @@ impl Outbox {
             .submit(move |txn| requests::mark_published(txn, id), |_| {});
     }
 
-    /// Publishes `devices/{id}/status` for every device whose status changed and is due.
+    /// Publishes `devices/{id}/status` for every device whose status changed and is due (one
+    /// store round trip for all their held counts).
     async fn publish_device_status(&mut self) {
-        for device in self.board.due() {
-            let lookup = device.clone();
-            let held = self
-                .store
-                .call(move |txn| requests::held_counts(txn, Some(&lookup)))
-                .await
-                .unwrap_or(0);
+        let due = self.board.due();
+        if due.is_empty() {
+            return;
+        }
+        let lookup = due.clone();
+        let held = self
+            .store
+            .call(move |txn| {
+                lookup
+                    .iter()
+                    .map(|d| requests::held_counts(txn, Some(d)))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .unwrap_or_else(|_| vec![0; due.len()]);
+        for (device, held) in due.into_iter().zip(held) {
             let status = DeviceStatus {
                 awake: self.presence.is_awake(&device),
                 last_seen_ms: self.board.last_seen_ms.get(&device).copied().unwrap_or(0),
