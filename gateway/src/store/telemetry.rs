@@ -78,3 +78,85 @@ pub fn prune(conn: &Connection, before_ms: i64, keep: usize) -> rusqlite::Result
     )?;
     Ok(old + over)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(metric: &str, ts: i64, value: f64) -> Reading {
+        Reading {
+            metric: metric.into(),
+            ts,
+            value,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = crate::store::connect(&dir.path().join("t.db"), false).expect("open");
+        crate::store::schema::migrate(&mut conn).expect("migrate");
+        (dir, conn)
+    }
+
+    #[test]
+    fn window_is_this_devices_metric_in_time_order_and_bounded() {
+        let (_dir, conn) = open();
+        let a = DeviceId::parse("a").expect("id");
+        let b = DeviceId::parse("b").expect("id");
+        insert(
+            &conn,
+            &a,
+            &[
+                reading("t", 30, 3.0),
+                reading("t", 10, 1.0),
+                reading("h", 20, 9.0),
+                reading("t", 20, 2.0),
+            ],
+        )
+        .expect("insert");
+        insert(&conn, &b, &[reading("t", 15, 7.0)]).expect("insert");
+        let series = window(&conn, &a, "t", 10, 30, 100).expect("read");
+        assert_eq!(
+            series.values,
+            vec![2.0, 3.0],
+            "from_ms is exclusive, to_ms inclusive"
+        );
+        assert_eq!(series.ts, Some(vec![20, 30]));
+        let all = window(&conn, &a, "t", 0, 100, 100).expect("read");
+        assert_eq!(
+            all.values,
+            vec![1.0, 2.0, 3.0],
+            "time order, whatever the arrival order"
+        );
+        assert_eq!(
+            window(&conn, &a, "t", 0, 100, 2)
+                .expect("read")
+                .values
+                .len(),
+            2,
+            "limit"
+        );
+    }
+
+    #[test]
+    fn prune_drops_old_readings_and_keeps_the_newest_per_device() {
+        let (_dir, conn) = open();
+        let a = DeviceId::parse("a").expect("id");
+        let b = DeviceId::parse("b").expect("id");
+        let many: Vec<Reading> = (0..10).map(|i| reading("t", 100 + i, i as f64)).collect();
+        insert(&conn, &a, &many).expect("insert");
+        insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
+        let deleted = prune(&conn, 50, 3).expect("prune");
+        assert_eq!(
+            deleted,
+            1 + 7,
+            "b's old reading, and a's beyond the newest 3"
+        );
+        let kept = window(&conn, &a, "t", 0, 1000, 100).expect("read");
+        assert_eq!(kept.ts, Some(vec![107, 108, 109]));
+        assert_eq!(
+            window(&conn, &b, "t", 0, 1000, 100).expect("read").values,
+            vec![1.0]
+        );
+    }
+}
