@@ -98,6 +98,16 @@ pub enum DeadlettersAction {
         #[arg(long)]
         json: bool,
     },
+    /// Puts a dead-lettered reply back in the outbox with a fresh reply TTL: it is delivered the
+    /// next time its device wakes. (Requests refused at intake were never stored: the device
+    /// must send them again.)
+    Requeue {
+        /// The configuration file (for `data_dir` and `limits.reply_ttl_s`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The dead letter's id (first column of `deadletters list`).
+        id: i64,
+    },
 }
 
 /// `gateway device ...`
@@ -174,6 +184,9 @@ pub fn main() -> ExitCode {
                 json,
             } => with_config(&config, |config| {
                 crate::admin::list_dead_letters(config, limit, json)
+            }),
+            DeadlettersAction::Requeue { config, id } => with_config(&config, |config| {
+                crate::admin::requeue_dead_letter(config, id)
             }),
         },
     }

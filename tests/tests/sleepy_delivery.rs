@@ -74,7 +74,7 @@ async fn held_reply_survives_kill_9_and_is_redelivered_until_acked() {
 
 #[tokio::test]
 async fn unacknowledged_reply_is_dead_lettered_when_its_ttl_passes() {
-    let gateway = Gateway::start_with("[limits]\nreply_ttl_s = 1\n");
+    let gateway = Gateway::start_with("[limits]\nreply_ttl_s = 2\n");
     let mut watcher = TestDevice::connect_with(
         roost_tests::device::options("ttl-watch", gateway.mqtt),
         "ttl-watch",
@@ -106,4 +106,22 @@ async fn unacknowledged_reply_is_dead_lettered_when_its_ttl_passes() {
     );
     let rows = requests_of(&gateway, "ttl-1");
     assert_eq!(rows[0].delivery.as_deref(), Some("dead"));
+
+    // An operator requeues it: it is held again, and delivered when the device next wakes.
+    let config = gateway.config_path();
+    let config = config.to_str().expect("utf8");
+    let listed = roost_tests::gateway_cmd(&["deadletters", "list", "--json", "--config", config]);
+    let letters: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let id = letters[0]["id"].to_string();
+    let requeued = roost_tests::gateway_cmd(&["deadletters", "requeue", &id, "--config", config]);
+    assert!(
+        requeued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&requeued.stderr)
+    );
+    let again = roost_tests::gateway_cmd(&["deadletters", "requeue", &id, "--config", config]);
+    assert!(!again.status.success(), "a dead letter is requeued once");
+    let mut device = TestDevice::wake(gateway.mqtt, "ttl-1").await;
+    let (redelivered, _) = final_for(&mut device, b"t1").await;
+    assert_eq!(redelivered, request_id);
 }

@@ -94,7 +94,11 @@ fn open(config: &Config) -> Result<rusqlite::Connection, ExitCode> {
 
 fn list(conn: &rusqlite::Connection, kind: Kind) -> rusqlite::Result<Result<(), String>> {
     for entry in credentials::list(conn, kind)? {
-        println!("{}\t{}", entry.name, entry.created_ms);
+        println!(
+            "{}\t{}",
+            entry.name,
+            crate::status::rfc3339_ms(entry.created_ms)
+        );
     }
     Ok(Ok(()))
 }

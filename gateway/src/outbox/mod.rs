@@ -124,7 +124,10 @@ impl Outbox {
     async fn on_event(&mut self, event: DeviceEvent) {
         let device = event.device().clone();
         match &event {
-            DeviceEvent::Seen(..) | DeviceEvent::Acked(..) | DeviceEvent::Rejected(..) => {
+            DeviceEvent::Seen(..)
+            | DeviceEvent::Connected(..)
+            | DeviceEvent::Acked(..)
+            | DeviceEvent::Rejected(..) => {
                 self.board.last_seen_ms.insert(device.clone(), now_ms());
             }
             _ => {}

@@ -1,5 +1,6 @@
 //! Who is awake: a device is awake while connected through the front door, and for its listen
-//! window after any publish of its own; `{"state": "asleep"}` ends that at once.
+//! window after any publish of its own (all an external broker lets us see); `{"state":
+//! "asleep"}` or the end of its front-door connection ends that at once.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -59,7 +60,11 @@ impl Presence {
         match event {
             DeviceEvent::Seen(_, window) => entry.until = entry.until.max(now + *window),
             DeviceEvent::Connected(_) => entry.connected = true,
-            DeviceEvent::Disconnected(_) => entry.connected = false,
+            // Behind the front door connections are seen: leaving ends the listen window too.
+            DeviceEvent::Disconnected(_) => {
+                entry.connected = false;
+                entry.until = now;
+            }
             DeviceEvent::Asleep(_) => {
                 entry.until = now;
                 entry.connected = false;

@@ -81,3 +81,59 @@ pub fn list(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetterR
     })?;
     rows.collect()
 }
+
+/// What `requeue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    /// The reply is held again with a fresh TTL (its request id, text).
+    Requeued(String),
+    /// The letter is for a request refused at intake: nothing was stored to requeue.
+    NotStored,
+    /// Already requeued once.
+    AlreadyRequeued,
+    /// The request row is gone (pruned), or its reply is not dead.
+    NotDead,
+    /// No dead letter with that id.
+    NotFound,
+}
+
+/// Puts a dead-lettered reply back into the outbox: `held` again, expiring `expires_ms`, so it
+/// is published the next time its device wakes.
+pub fn requeue(conn: &Connection, id: i64, expires_ms: i64) -> rusqlite::Result<Requeue> {
+    let row: Option<(Option<Vec<u8>>, bool)> = conn
+        .query_row(
+            "SELECT request_id, requeued FROM dead_letters WHERE id = ?1",
+            params![id],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let Some((request_id, requeued)) = row else {
+        return Ok(Requeue::NotFound);
+    };
+    let Some(request_id) = request_id else {
+        return Ok(Requeue::NotStored);
+    };
+    if requeued {
+        return Ok(Requeue::AlreadyRequeued);
+    }
+    let changed = conn.execute(
+        "UPDATE requests SET delivery = 'held', expires_ms = ?2, published = 0
+         WHERE id = ?1 AND delivery = 'dead'",
+        params![request_id, expires_ms],
+    )?;
+    if changed == 0 {
+        return Ok(Requeue::NotDead);
+    }
+    conn.execute(
+        "UPDATE dead_letters SET requeued = 1 WHERE id = ?1",
+        params![id],
+    )?;
+    let text = uuid::Uuid::from_slice(&request_id)
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    Ok(Requeue::Requeued(text))
+}
