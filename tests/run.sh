@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the interop tests drive, if missing: Debian's
-# mosquitto-clients (mosquitto_rr, mosquitto_pub, mosquitto_sub) and Python's paho-mqtt.
+# mosquitto (the broker, for external-broker mode) and mosquitto-clients (mosquitto_rr,
+# mosquitto_pub, mosquitto_sub), and Python's paho-mqtt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
   echo "tests/run.sh: need root (or sudo) to install: $*" >&2; exit 1; fi; }
 
-if ! command -v mosquitto_rr >/dev/null 2>&1; then
-  echo "tests/run.sh: installing mosquitto-clients" >&2
+if ! command -v mosquitto_rr >/dev/null 2>&1 || ! [ -x /usr/sbin/mosquitto ]; then
+  echo "tests/run.sh: installing mosquitto and mosquitto-clients" >&2
   as_root apt-get update -qq >/dev/null
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto-clients >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    mosquitto mosquitto-clients >/dev/null
 fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "tests/run.sh: installing paho-mqtt" >&2

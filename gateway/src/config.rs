@@ -588,10 +588,14 @@ mod tests {
     #[test]
     fn shipped_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
-        let external = Config::load(&dir.join("external-broker.toml")).expect("external example is valid");
-        assert!(matches!(external.broker, BrokerConfig::External { ref share_group, .. } if share_group == "roost"));
+        let external =
+            Config::load(&dir.join("external-broker.toml")).expect("external example is valid");
+        assert!(
+            matches!(external.broker, BrokerConfig::External { ref share_group, .. } if share_group == "roost")
+        );
         // The TLS example names files that exist only on a real install: it must fail on exactly that.
-        let err = Config::load(&dir.join("auth-tls.toml")).expect_err("certificate files are absent here");
+        let err = Config::load(&dir.join("auth-tls.toml"))
+            .expect_err("certificate files are absent here");
         assert!(err.to_string().contains("broker.tls.cert"), "{err}");
     }
 

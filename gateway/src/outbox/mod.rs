@@ -94,16 +94,19 @@ impl Outbox {
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
+                // Device events first: intake sends a device's `Seen` before its job can run, so
+                // handling events first keeps that order, and a wake never re-sends a final
+                // reply that was only just published.
                 biased;
+                event = events_rx.recv() => match event {
+                    Some(event) => self.on_event(event).await,
+                    None => break,
+                },
                 reply = done_rx.recv() => match reply {
                     Some(reply) => {
                         self.board.touch(&reply.device);
                         self.publish(reply).await;
                     }
-                    None => break,
-                },
-                event = events_rx.recv() => match event {
-                    Some(event) => self.on_event(event).await,
                     None => break,
                 },
                 _ = tick.tick() => {

@@ -121,7 +121,7 @@ pub fn requeue(conn: &Connection, id: i64, expires_ms: i64) -> rusqlite::Result<
         return Ok(Requeue::AlreadyRequeued);
     }
     let changed = conn.execute(
-        "UPDATE requests SET delivery = 'held', expires_ms = ?2, published = 0
+        "UPDATE requests SET delivery = 'held', expires_ms = ?2
          WHERE id = ?1 AND delivery = 'dead'",
         params![request_id, expires_ms],
     )?;

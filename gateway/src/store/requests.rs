@@ -327,7 +327,9 @@ pub fn unpublished(conn: &Connection) -> rusqlite::Result<Vec<FinalReply>> {
     rows.collect()
 }
 
-/// Held final replies of one device, oldest first, at most `limit`.
+/// Held final replies of one device that were published at least once, oldest first, at most
+/// `limit`: what a wake redelivers. (A reply not yet published is on its way through the
+/// completion path; sending it here too would duplicate it.)
 pub fn held_for(
     conn: &Connection,
     device: &DeviceId,
@@ -335,7 +337,7 @@ pub fn held_for(
 ) -> rusqlite::Result<Vec<FinalReply>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {FINAL_REPLY_COLUMNS} FROM requests
-         WHERE device = ?1 AND delivery = 'held' ORDER BY id LIMIT ?2"
+         WHERE device = ?1 AND delivery = 'held' AND published > 0 ORDER BY id LIMIT ?2"
     ))?;
     let rows = stmt.query_map(params![device.as_str(), limit as i64], final_reply)?;
     rows.collect()
