@@ -326,3 +326,28 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `device-sim run` (the product's simulator, built here as `roost-device-sim`) against the
+/// gateway and returns its JSON report; panics with the report if it exits non-zero.
+pub fn device_sim(gateway: &Gateway, args: &[&str]) -> serde_json::Value {
+    let report = gateway.dir().join(format!(
+        "report-{}.json",
+        args.join("_").replace(['/', ' '], "")
+    ));
+    let out = Command::new(sibling_binary("roost-device-sim"))
+        .arg("run")
+        .args(["--broker", &gateway.mqtt.to_string(), "--quiet", "--json"])
+        .arg(&report)
+        .args(args)
+        .output()
+        .expect("device-sim runs");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written"))
+            .expect("JSON report");
+    assert!(
+        out.status.success(),
+        "device-sim failed: {json}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    json
+}
