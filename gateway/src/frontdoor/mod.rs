@@ -14,12 +14,17 @@ pub mod acl;
 pub mod admin;
 pub mod codec;
 pub mod connect;
+pub mod downstream;
+pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod link;
 pub mod outgoing;
 pub mod relay;
+pub mod router;
 pub mod secrets;
 pub mod session;
+pub mod terminated;
 pub mod tls;
 pub mod translate;
 pub mod watchdog;
@@ -176,9 +181,19 @@ impl FrontDoor {
         shutdown: CancellationToken,
     ) {
         let limits = &self.settings.limits;
+        let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
+        let hub = match hub::Hub::start(broker.v5, max_packet, self.stats.clone()).await {
+            Ok(hub) => hub,
+            Err(error) => {
+                // The watchdog sees the same broker and ends the gateway (crash-only).
+                tracing::error!(%error, "front door cannot reach the embedded broker");
+                return;
+            }
+        };
         let shared = Arc::new(session::Shared {
+            hub,
             broker,
-            max_packet: limits.max_payload_bytes + PACKET_OVERHEAD_BYTES,
+            max_packet,
             connect_timeout: limits.connect_timeout,
             identity: self.identity,
             stats: self.stats.clone(),

@@ -59,6 +59,8 @@ pub struct Shared {
     pub gates: IdGates,
     /// Numbers connections in presence events.
     pub next_connection: AtomicU64,
+    /// The shared upstream links device sessions use.
+    pub hub: super::hub::Hub,
 }
 
 /// How a session ended, other than cleanly.
@@ -76,6 +78,12 @@ pub enum SessionError {
     /// The CONNECT was refused with this reason code.
     #[error("CONNECT refused with reason code {0:#04x}")]
     Refused(u8),
+    /// Nothing from the device within 1.5 × its Keep Alive.
+    #[error("keep alive expired")]
+    KeepAlive,
+    /// The upstream link failed before the broker acked a publish of this device.
+    #[error("the upstream link to the broker failed")]
+    Upstream,
 }
 
 /// Serves one device connection until it closes.
@@ -139,7 +147,13 @@ where
         }
     }
 
-    // Every device goes to the MQTT 5 listener; 3.1.1 is translated (see `translate`).
+    // Devices are terminated here and share the hub's links; operators and viewers (few, and
+    // they need rumqttd's retained messages) keep a broker connection each.
+    if principal.device().is_some() && !connect.client_id.is_empty() {
+        return super::terminated::serve(device_rx, device_tx, reader, connect, principal, shared)
+            .await;
+    }
+    // Every relayed client goes to the MQTT 5 listener; 3.1.1 is translated (see `translate`).
     let addr = shared.broker.v5;
     // An empty client id gets a fresh one from the broker: no takeover, no gate needed.
     let gate = match connect.client_id.as_str() {
@@ -268,7 +282,7 @@ async fn refuse<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 
 /// Reads and drops what the device still sends, until it closes (bounded), so closing our side
 /// does not reset the connection before the device read our last packet.
-async fn linger<R: AsyncRead + Unpin>(device_rx: &mut R) {
+pub(super) async fn linger<R: AsyncRead + Unpin>(device_rx: &mut R) {
     let mut sink = [0u8; 1024];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while matches!(device_rx.read(&mut sink).await, Ok(n) if n > 0) {}
@@ -290,7 +304,7 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
-async fn read_more<R: AsyncRead + Unpin>(
+pub(super) async fn read_more<R: AsyncRead + Unpin>(
     device_rx: &mut R,
     reader: &mut PacketReader,
 ) -> io::Result<usize> {

@@ -1,0 +1,507 @@
+//! A long-lived MQTT 5 client connection from the front door to rumqttd's loopback listener:
+//! what device sessions share instead of one broker connection each.
+//!
+//! Fed by device sessions ([`Link::publish`], [`Link::subscribe`]); feeds rumqttd, and hands the
+//! broker's PUBACKs back to the session that asked ([`Acked`], in the order the broker sent
+//! them, which for one link is the order of the publishes) and the broker's PUBLISHes to an
+//! [`OnMessage`] callback, acking each upstream at once in receive order.
+//!
+//! A link has a reader and a writer task side by side, so a broker that is busy writing to us
+//! can never deadlock against us writing to it. The socket gets `TCP_NODELAY` and `TCP_QUICKACK`
+//! re-armed after every read (see [`super::relay`]: rumqttd's Nagle stalls otherwise add ~40 ms).
+//! A persistent link reconnects (fresh client id, capped backoff) after a broker failure; every
+//! publish that was in flight is answered [`Acked::failed`], so its device is closed and resends.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::v5::mqttbytes::v5::{self, Connect, Filter, Packet, Subscribe};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::frame_len;
+use super::relay::{connect_upstream, rearm_quickack};
+
+/// Keep Alive of a link's CONNECT; it pings at half of it.
+const KEEP_ALIVE_S: u16 = 60;
+/// How long the broker may take to answer a link's CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Called with every PUBLISH the broker sends on a link (already acked upstream).
+pub type OnMessage = Box<dyn FnMut(Bytes) + Send>;
+
+/// The broker's answer to one device publish, sent to the session that forwarded it.
+#[derive(Debug, Clone, Copy)]
+pub struct Acked {
+    /// The device's packet id.
+    pub pkid: u16,
+    /// The device's QoS (1: answer PUBACK, 2: answer PUBREC).
+    pub qos: u8,
+    /// The broker's PUBACK reason code.
+    pub reason: u8,
+    /// The link failed before the broker answered: the device must not be acked.
+    pub failed: bool,
+}
+
+/// Where the broker's PUBACK for a forwarded publish goes.
+#[derive(Debug, Clone)]
+pub struct AckTo {
+    /// The session's ack channel.
+    pub acks_tx: mpsc::UnboundedSender<Acked>,
+    /// The device's packet id.
+    pub pkid: u16,
+    /// The device's QoS.
+    pub qos: u8,
+}
+
+/// Why a link request could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The link ended (a session's side link whose broker connection closed).
+    #[error("the broker link is gone")]
+    Gone,
+}
+
+enum Request {
+    Publish {
+        frame: Bytes,
+        ack_to: Option<AckTo>,
+    },
+    Subscribe {
+        filters: Vec<(String, u8)>,
+        granted_tx: oneshot::Sender<Vec<u8>>,
+    },
+}
+
+/// A handle to one upstream connection; clones share it.
+#[derive(Clone)]
+pub struct Link {
+    requests_tx: mpsc::UnboundedSender<Request>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Link")
+    }
+}
+
+/// What a link needs to (re)connect.
+pub struct LinkSpec {
+    /// rumqttd's MQTT 5 listener.
+    pub addr: SocketAddr,
+    /// Client id prefix; a counter is appended on every connect.
+    pub name: String,
+    /// Largest packet taken from the broker.
+    pub max_packet: usize,
+    /// Filters subscribed on every connect (QoS 1).
+    pub filters: Vec<String>,
+    /// Reconnect after a failure (the hub's links) or end (a session's side link).
+    pub persistent: bool,
+}
+
+static CONNECTS: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Default)]
+struct Inflight {
+    acks: HashMap<u16, AckTo>,
+    subscribes: HashMap<u16, oneshot::Sender<Vec<u8>>>,
+    next: u16,
+}
+
+impl Inflight {
+    fn pkid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next = self.next.checked_add(1).unwrap_or(1);
+            if !self.acks.contains_key(&self.next) && !self.subscribes.contains_key(&self.next) {
+                return Some(self.next);
+            }
+        }
+        None
+    }
+
+    fn fail_all(&mut self) {
+        for (_, to) in self.acks.drain() {
+            let _ = to.acks_tx.send(Acked {
+                pkid: to.pkid,
+                qos: to.qos,
+                reason: 0x80,
+                failed: true,
+            });
+        }
+        self.subscribes.clear();
+    }
+}
+
+impl Link {
+    /// Starts a link; `ready_tx` fires once the first connection's subscriptions (if any) were
+    /// granted.
+    pub fn spawn(
+        spec: LinkSpec,
+        on_message: Option<OnMessage>,
+        ready_tx: Option<oneshot::Sender<()>>,
+    ) -> Link {
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(spec, on_message, ready_tx, requests_rx));
+        Link { requests_tx }
+    }
+
+    /// Sends a checked MQTT 5 PUBLISH frame upstream: QoS 0 as is, QoS 1 and 2 as QoS 1 with a
+    /// packet id of the link's, the broker's PUBACK going to `ack_to`.
+    pub fn publish(&self, frame: Bytes, ack_to: Option<AckTo>) -> Result<(), LinkError> {
+        self.requests_tx
+            .send(Request::Publish { frame, ack_to })
+            .map_err(|_| LinkError::Gone)
+    }
+
+    /// Subscribes to `filters` (filter, QoS) and returns the broker's SUBACK codes.
+    pub async fn subscribe(&self, filters: Vec<(String, u8)>) -> Result<Vec<u8>, LinkError> {
+        let (granted_tx, granted_rx) = oneshot::channel();
+        self.requests_tx
+            .send(Request::Subscribe {
+                filters,
+                granted_tx,
+            })
+            .map_err(|_| LinkError::Gone)?;
+        granted_rx.await.map_err(|_| LinkError::Gone)
+    }
+}
+
+async fn run(
+    spec: LinkSpec,
+    mut on_message: Option<OnMessage>,
+    mut ready_tx: Option<oneshot::Sender<()>>,
+    mut requests_rx: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let inflight = Arc::new(Mutex::new(Inflight::default()));
+        let outcome = drive(
+            &spec,
+            &mut on_message,
+            &mut ready_tx,
+            &mut requests_rx,
+            &inflight,
+        )
+        .await;
+        inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fail_all();
+        match outcome {
+            Ok(()) => return,
+            Err(error) if spec.persistent => {
+                tracing::warn!(link = %spec.name, %error, "broker link failed; reconnecting");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                tracing::debug!(link = %spec.name, %error, "side link ended");
+                return;
+            }
+        }
+    }
+}
+
+/// One connection's life: `Ok` when the link's handles are all gone, `Err` when the broker
+/// connection failed.
+async fn drive(
+    spec: &LinkSpec,
+    on_message: &mut Option<OnMessage>,
+    ready_tx: &mut Option<oneshot::Sender<()>>,
+    requests_rx: &mut mpsc::UnboundedReceiver<Request>,
+    inflight: &Arc<Mutex<Inflight>>,
+) -> io::Result<()> {
+    let n = CONNECTS.fetch_add(1, Ordering::Relaxed);
+    let client_id = format!("{}-{}-{n}", spec.name, std::process::id());
+    let stream = connect_upstream(spec.addr).await?;
+    let (mut rx, mut tx) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let connect = Connect {
+        keep_alive: KEEP_ALIVE_S,
+        client_id,
+        clean_start: true,
+        properties: None,
+    };
+    let mut out = BytesMut::new();
+    encode(Packet::Connect(connect, None, None), &mut out)?;
+    tx.write_all(&out).await?;
+    out.clear();
+    let connack = tokio::time::timeout(CONNECT_TIMEOUT, next_frame(&mut rx, &mut buf, usize::MAX))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CONNACK"))??;
+    if connack.first() != Some(&0x20) || connack.get(3) != Some(&0) {
+        return Err(io::Error::other("broker refused the link's CONNECT"));
+    }
+    let mut subscribed_rx = None;
+    if !spec.filters.is_empty() {
+        let (granted_tx, granted_rx) = oneshot::channel();
+        let filters = spec.filters.iter().map(|f| (f.clone(), 1)).collect();
+        subscribe(filters, granted_tx, inflight, &mut out)?;
+        tx.write_all(&out).await?;
+        out.clear();
+        subscribed_rx = Some(granted_rx);
+    }
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let reader = read_loop(rx, buf, spec.max_packet, on_message, inflight, control_tx);
+    let writer = write_loop(tx, requests_rx, control_rx, inflight);
+    let ready = async {
+        if let Some(granted_rx) = subscribed_rx {
+            if let Ok(codes) = granted_rx.await {
+                if codes.iter().any(|code| *code >= 0x80) {
+                    tracing::error!(?codes, "broker refused the front door's reply filter");
+                }
+            }
+        }
+        if let Some(ready_tx) = ready_tx.take() {
+            let _ = ready_tx.send(());
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        outcome = reader => outcome,
+        outcome = writer => outcome,
+        () = ready => Ok(()),
+    }
+}
+
+async fn write_loop(
+    mut tx: OwnedWriteHalf,
+    requests_rx: &mut mpsc::UnboundedReceiver<Request>,
+    mut control_rx: mpsc::UnboundedReceiver<Bytes>,
+    inflight: &Mutex<Inflight>,
+) -> io::Result<()> {
+    let period = Duration::from_secs(u64::from(KEEP_ALIVE_S) / 2);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    loop {
+        tokio::select! {
+            biased;
+            control = control_rx.recv() => match control {
+                Some(bytes) => out.extend_from_slice(&bytes),
+                None => return Err(io::ErrorKind::UnexpectedEof.into()),
+            },
+            request = requests_rx.recv() => {
+                let Some(request) = request else {
+                    tx.write_all(&[0xE0, 0]).await.ok();
+                    return Ok(());
+                };
+                apply(request, inflight, &mut out)?;
+                // Batch what is already queued into one write.
+                for _ in 0..256 {
+                    match requests_rx.try_recv() {
+                        Ok(request) => apply(request, inflight, &mut out)?,
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = ping.tick() => out.extend_from_slice(&super::outgoing::PINGREQ),
+        }
+        while let Ok(bytes) = control_rx.try_recv() {
+            out.extend_from_slice(&bytes);
+        }
+        tx.write_all(&out).await?;
+        out.clear();
+    }
+}
+
+fn apply(request: Request, inflight: &Mutex<Inflight>, out: &mut BytesMut) -> io::Result<()> {
+    match request {
+        Request::Publish { frame, ack_to } => {
+            let pkid = match &ack_to {
+                Some(to) => {
+                    let mut table = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(pkid) = table.pkid() else {
+                        // 65,535 publishes in flight: refuse this one (its device is closed).
+                        let _ = to.acks_tx.send(Acked {
+                            pkid: to.pkid,
+                            qos: to.qos,
+                            reason: 0x97,
+                            failed: true,
+                        });
+                        return Ok(());
+                    };
+                    table.acks.insert(pkid, to.clone());
+                    Some(pkid)
+                }
+                None => None,
+            };
+            put_publish(&frame, pkid, out);
+        }
+        Request::Subscribe {
+            filters,
+            granted_tx,
+        } => subscribe(filters, granted_tx, inflight, out)?,
+    }
+    Ok(())
+}
+
+fn subscribe(
+    filters: Vec<(String, u8)>,
+    granted_tx: oneshot::Sender<Vec<u8>>,
+    inflight: &Mutex<Inflight>,
+    out: &mut BytesMut,
+) -> io::Result<()> {
+    let mut table = inflight.lock().unwrap_or_else(|e| e.into_inner());
+    let pkid = table
+        .pkid()
+        .ok_or_else(|| io::Error::other("no free packet id"))?;
+    table.subscribes.insert(pkid, granted_tx);
+    drop(table);
+    let filters = filters.into_iter().map(|(filter, qos)| {
+        let qos = if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        Filter::new(filter, qos)
+    });
+    let mut packet = Subscribe::new_many(filters, None);
+    packet.pkid = pkid;
+    encode(Packet::Subscribe(packet), out)
+}
+
+/// Appends `frame` (a v5 PUBLISH) as sent upstream: DUP cleared, QoS 2 made QoS 1, and the
+/// packet id replaced by `pkid` (QoS 0 when `None`, which drops the packet id field).
+fn put_publish(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
+    super::downstream::reframe(frame, pkid, out);
+}
+
+async fn read_loop(
+    mut rx: OwnedReadHalf,
+    mut buf: BytesMut,
+    max_packet: usize,
+    on_message: &mut Option<OnMessage>,
+    inflight: &Mutex<Inflight>,
+    control_tx: mpsc::UnboundedSender<Bytes>,
+) -> io::Result<()> {
+    loop {
+        let frame = next_frame(&mut rx, &mut buf, max_packet).await?;
+        let body = &frame[header_len(&frame)..];
+        let pkid = || {
+            body.get(..2)
+                .map_or(0, |id| u16::from_be_bytes([id[0], id[1]]))
+        };
+        match frame[0] >> 4 {
+            3 => {
+                if (frame[0] >> 1) & 0b11 > 0 {
+                    let topic_len = body
+                        .get(..2)
+                        .map_or(0, |n| usize::from(u16::from_be_bytes([n[0], n[1]])));
+                    let id = body.get(2 + topic_len..4 + topic_len).unwrap_or(&[0, 0]);
+                    let _ = control_tx.send(Bytes::from(vec![0x40, 2, id[0], id[1]]));
+                }
+                if let Some(on_message) = on_message.as_mut() {
+                    on_message(frame);
+                }
+            }
+            4 => {
+                let reason = body.get(2).copied().unwrap_or(0);
+                let to = inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .acks
+                    .remove(&pkid());
+                if let Some(to) = to {
+                    let _ = to.acks_tx.send(Acked {
+                        pkid: to.pkid,
+                        qos: to.qos,
+                        reason,
+                        failed: false,
+                    });
+                }
+            }
+            9 => {
+                let granted_tx = inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .subscribes
+                    .remove(&pkid());
+                let codes = subscribe_codes(body);
+                if let Some(granted_tx) = granted_tx {
+                    let _ = granted_tx.send(codes);
+                }
+            }
+            14 => return Err(io::Error::other("broker sent DISCONNECT")),
+            _ => {}
+        }
+    }
+}
+
+/// The reason codes of a v5 SUBACK body (after the fixed header).
+fn subscribe_codes(body: &[u8]) -> Vec<u8> {
+    let Some(rest) = body.get(2..) else {
+        return Vec::new();
+    };
+    let mut props = 0usize;
+    let mut used = 0;
+    for (i, byte) in rest.iter().take(4).enumerate() {
+        props |= usize::from(byte & 0x7F) << (7 * i);
+        used = i + 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    rest.get(used + props..).unwrap_or_default().to_vec()
+}
+
+fn header_len(frame: &[u8]) -> usize {
+    1 + frame
+        .iter()
+        .skip(1)
+        .take(4)
+        .position(|b| b & 0x80 == 0)
+        .map_or(4, |i| i + 1)
+}
+
+/// Reads one whole frame, re-arming `TCP_QUICKACK` after every read.
+async fn next_frame(
+    rx: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max_packet: usize,
+) -> io::Result<Bytes> {
+    loop {
+        if let Some(len) =
+            frame_len(buf, max_packet).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
+            if buf.len() >= len {
+                return Ok(buf.split_to(len).freeze());
+            }
+            buf.reserve(len - buf.len());
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        if rx.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        rearm_quickack(rx);
+    }
+}
+
+fn encode(packet: Packet, out: &mut BytesMut) -> io::Result<()> {
+    packet
+        .write(out, None)
+        .map(|_| ())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+/// A v5 PUBLISH frame for a Will or a test.
+pub fn publish_frame(topic: &str, qos: u8, retain: bool, payload: Bytes) -> Option<Bytes> {
+    let qos = match qos {
+        0 => QoS::AtMostOnce,
+        _ => QoS::AtLeastOnce,
+    };
+    let mut publish = v5::Publish::new(topic, qos, payload, None);
+    publish.retain = retain;
+    publish.pkid = u16::from(qos != QoS::AtMostOnce);
+    let mut out = BytesMut::new();
+    encode(Packet::Publish(publish), &mut out).ok()?;
+    Some(out.freeze())
+}
