@@ -505,3 +505,117 @@ pub fn publish_frame(topic: &str, qos: u8, retain: bool, payload: Bytes) -> Opti
     encode(Packet::Publish(publish), &mut out).ok()?;
     Some(out.freeze())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use tokio::net::TcpListener;
+
+    /// A broker that answers CONNECT, then hands over the socket.
+    async fn fake_broker() -> (
+        SocketAddr,
+        tokio::task::JoinHandle<(tokio::net::TcpStream, BytesMut)>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = BytesMut::new();
+            loop {
+                stream.read_buf(&mut buf).await.expect("read");
+                if let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
+                    if buf.len() >= len {
+                        let _ = buf.split_to(len);
+                        break;
+                    }
+                }
+            }
+            stream
+                .write_all(&[0x20, 3, 0, 0, 0])
+                .await
+                .expect("connack");
+            (stream, buf)
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_device_publish_is_acked_only_after_the_broker_acked_it() {
+        let (addr, broker) = fake_broker().await;
+        let spec = LinkSpec {
+            addr,
+            name: "test".into(),
+            max_packet: 1 << 20,
+            filters: Vec::new(),
+            persistent: false,
+        };
+        let link = Link::spawn(spec, None, None);
+        let properties = PublishProperties {
+            correlation_data: Some(Bytes::from_static(b"corr")),
+            response_topic: Some("devices/d/reply".into()),
+            ..Default::default()
+        };
+        let mut publish =
+            v5::Publish::new("devices/d/req/x", QoS::ExactlyOnce, "p", Some(properties));
+        publish.pkid = 77;
+        let mut frame = BytesMut::new();
+        encode(Packet::Publish(publish.clone()), &mut frame).expect("encode");
+        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
+        let ack_to = AckTo {
+            acks_tx,
+            pkid: 77,
+            qos: 2,
+        };
+        link.publish(frame.freeze(), Some(ack_to)).expect("queued");
+        let (mut stream, mut buf) = broker.await.expect("broker");
+        // The broker gets the publish as QoS 1 with the link's packet id, properties intact.
+        let upstream = loop {
+            if let Ok(Some(len)) = frame_len(&buf, usize::MAX) {
+                if buf.len() >= len {
+                    break buf.split_to(len);
+                }
+            }
+            stream.read_buf(&mut buf).await.expect("read");
+        };
+        let Packet::Publish(got) = Packet::read(&mut upstream.clone(), None).expect("parses")
+        else {
+            panic!("not a publish");
+        };
+        assert_eq!(got.qos, QoS::AtLeastOnce);
+        assert_eq!(got.properties, publish.properties);
+        // Nothing for the device until the broker acks.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(acks_rx.try_recv().is_err());
+        let [hi, lo] = got.pkid.to_be_bytes();
+        stream.write_all(&[0x40, 2, hi, lo]).await.expect("puback");
+        let acked = tokio::time::timeout(Duration::from_secs(5), acks_rx.recv())
+            .await
+            .expect("in time")
+            .expect("acked");
+        assert_eq!(
+            (acked.pkid, acked.qos, acked.reason, acked.failed),
+            (77, 2, 0, false)
+        );
+        // A publish in flight when the broker connection dies is answered `failed`.
+        let (acks_tx, mut acks_rx) = mpsc::unbounded_channel();
+        let mut frame = BytesMut::new();
+        encode(Packet::Publish(publish), &mut frame).expect("encode");
+        link.publish(
+            frame.freeze(),
+            Some(AckTo {
+                acks_tx,
+                pkid: 78,
+                qos: 1,
+            }),
+        )
+        .expect("queued");
+        let _ = stream.read_buf(&mut buf).await;
+        drop(stream);
+        let acked = tokio::time::timeout(Duration::from_secs(5), acks_rx.recv())
+            .await
+            .expect("in time")
+            .expect("answered");
+        assert!(acked.failed);
+    }
+}
