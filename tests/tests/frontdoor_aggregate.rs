@@ -125,8 +125,31 @@ async fn a_device_that_stops_reading_does_not_delay_another() {
             start.elapsed()
         );
     }
+    // Its replies past the inflight window and the queue were dropped, not waited for (the
+    // outbox redelivers final replies when it next wakes).
+    let http = gateway.http.expect("the test config enables HTTP");
+    let metrics = tokio::task::spawn_blocking(move || metrics(http))
+        .await
+        .expect("join");
+    let dropped = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("roost_frontdoor_deliveries_dropped_total "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(dropped.is_some_and(|n| n > 0), "{metrics}");
     drop(stalled);
     assert_served(gateway.mqtt).await;
+}
+
+/// GET /metrics.
+fn metrics(http: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(http).expect("http");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("response");
+    body
 }
 
 #[tokio::test]

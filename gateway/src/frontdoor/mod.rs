@@ -21,6 +21,7 @@ pub mod limits;
 pub mod link;
 pub mod outgoing;
 pub mod relay;
+pub mod relayed;
 pub mod router;
 pub mod secrets;
 pub mod session;
