@@ -6,6 +6,8 @@
 //! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
 //! Data, Message Expiry and user properties pass byte-exact.
 
+use std::collections::{HashSet, VecDeque};
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::Version;
@@ -61,6 +63,78 @@ pub fn for_device(frame: &[u8], pkid: Option<u16>, version: Version) -> Option<B
     match version {
         Version::V5 => Some(out.freeze()),
         Version::V4 => translate::packet_down(&out),
+    }
+}
+
+/// QoS 1 messages sent to a device and not yet PUBACKed.
+pub const INFLIGHT_WINDOW: usize = 32;
+/// QoS 1 messages waiting for room in the window before new ones are dropped.
+pub const WINDOW_QUEUE: usize = 256;
+
+/// One session's QoS 1 flow towards its device: its own packet ids, at most
+/// [`INFLIGHT_WINDOW`] unacknowledged, then up to [`WINDOW_QUEUE`] waiting; past that a message
+/// is dropped (the outbox redelivers replies on the device's next wake).
+#[derive(Debug)]
+pub struct Window {
+    version: Version,
+    inflight: HashSet<u16>,
+    queued: VecDeque<Bytes>,
+    next_pkid: u16,
+}
+
+impl Window {
+    /// An empty window for a device speaking `version`.
+    pub fn new(version: Version) -> Window {
+        Window {
+            version,
+            inflight: HashSet::new(),
+            queued: VecDeque::new(),
+            next_pkid: 0,
+        }
+    }
+
+    /// Appends broker message `frame` to `out` at QoS `min(granted, its QoS)`, or queues it;
+    /// `false` when it had to be dropped.
+    pub fn send(&mut self, frame: Bytes, granted: u8, out: &mut BytesMut) -> bool {
+        let message_qos = frame.first().map_or(0, |b| (b >> 1) & 0b11);
+        if granted.min(message_qos) == 0 {
+            if let Some(bytes) = for_device(&frame, None, self.version) {
+                out.extend_from_slice(&bytes);
+            }
+        } else if self.inflight.len() < INFLIGHT_WINDOW {
+            self.send_qos1(&frame, out);
+        } else if self.queued.len() < WINDOW_QUEUE {
+            self.queued.push_back(frame);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// The device PUBACKed `pkid`: the window moves on.
+    pub fn acked(&mut self, pkid: u16, out: &mut BytesMut) {
+        if !self.inflight.remove(&pkid) {
+            return;
+        }
+        while self.inflight.len() < INFLIGHT_WINDOW {
+            let Some(frame) = self.queued.pop_front() else {
+                return;
+            };
+            self.send_qos1(&frame, out);
+        }
+    }
+
+    fn send_qos1(&mut self, frame: &[u8], out: &mut BytesMut) {
+        loop {
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains(&self.next_pkid) {
+                break;
+            }
+        }
+        if let Some(bytes) = for_device(frame, Some(self.next_pkid), self.version) {
+            self.inflight.insert(self.next_pkid);
+            out.extend_from_slice(&bytes);
+        }
     }
 }
 
@@ -155,6 +229,37 @@ mod tests {
                 b'h',
                 b'i'
             ][..]
+        );
+    }
+
+    #[test]
+    fn window_bounds_what_a_device_has_not_acked() {
+        let mut publish = Publish::new("devices/d/reply", QoS::AtLeastOnce, "r", None);
+        publish.pkid = 1;
+        let mut frame = BytesMut::new();
+        Packet::Publish(publish)
+            .write(&mut frame, None)
+            .expect("encode");
+        let frame = frame.freeze();
+        let mut window = Window::new(Version::V5);
+        let mut out = BytesMut::new();
+        for _ in 0..INFLIGHT_WINDOW + WINDOW_QUEUE {
+            assert!(window.send(frame.clone(), 1, &mut out));
+        }
+        assert!(!window.send(frame.clone(), 1, &mut out), "full: dropped");
+        // QoS 0 subscriptions bypass the window.
+        assert!(window.send(frame.clone(), 0, &mut out));
+        let sent = out.len();
+        window.acked(999, &mut out);
+        assert_eq!(out.len(), sent, "an unknown packet id moves nothing");
+        window.acked(1, &mut out);
+        let Packet::Publish(next) = Packet::read(&mut out.split_off(sent), None).expect("one")
+        else {
+            panic!("not a publish");
+        };
+        assert_eq!(
+            next.pkid,
+            u16::try_from(INFLIGHT_WINDOW + 1).expect("small")
         );
     }
 }

@@ -13,7 +13,6 @@
 //! a QoS 1 (2) publish is PUBACKed (PUBRECed) only after the broker PUBACKed it; the broker's
 //! messages never wait on this device (they arrive on a bounded channel, dropped when full).
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::acl::Principal;
 use super::codec::{ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation};
-use super::downstream;
+use super::downstream::{self, Window};
 use super::limits::FrontDoorStats;
 use super::link::{AckTo, Acked, Link, LinkSpec};
 use super::outgoing::{self, reason};
@@ -36,10 +35,8 @@ use super::translate;
 use super::{FrontDoorEvent, Presence};
 use crate::wire::topics;
 
-/// Broker messages queued for one session before new ones are dropped.
+/// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
-/// QoS 1 messages sent to the device and not yet PUBACKed.
-const INFLIGHT_WINDOW: usize = 32;
 /// Device publishes forwarded and not yet acked by the broker before we stop reading.
 const MAX_PENDING_ACKS: usize = 256;
 /// MQTT 5 reason code: session taken over.
@@ -100,9 +97,7 @@ where
         deliveries_tx,
         subscriptions: Vec::new(),
         side: None,
-        inflight: HashSet::new(),
-        queued: VecDeque::new(),
-        next_pkid: 0,
+        window: Window::new(connect.version),
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
     };
@@ -185,9 +180,8 @@ struct Session<W> {
     subscriptions: Vec<(String, u8)>,
     /// A broker connection of this session's own, for filters the reply link does not carry.
     side: Option<Link>,
-    inflight: HashSet<u16>,
-    queued: VecDeque<Bytes>,
-    next_pkid: u16,
+    /// QoS 1 messages towards the device.
+    window: Window,
     keep_alive: Option<Duration>,
 }
 
@@ -361,7 +355,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             .get(2..4)
             .map_or(0, |id| u16::from_be_bytes([id[0], id[1]]));
         match frame.first().map(|b| b >> 4) {
-            Some(4) if self.inflight.remove(&pkid) => self.send_queued(out),
+            Some(4) => self.window.acked(pkid, out),
             Some(6) => {
                 let [hi, lo] = pkid.to_be_bytes();
                 out.extend_from_slice(&[0x70, 2, hi, lo]);
@@ -469,39 +463,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             .filter(|(filter, _)| topics::filter_matches(filter, topic))
             .map(|(_, qos)| *qos)
             .max();
-        let message_qos = (frame[0] >> 1) & 0b11;
-        match granted.map(|qos| qos.min(message_qos)) {
-            None => {}
-            Some(0) => {
-                if let Some(bytes) = downstream::for_device(&frame, None, self.version) {
-                    out.extend_from_slice(&bytes);
-                }
-            }
-            Some(_) if self.inflight.len() < INFLIGHT_WINDOW => self.send_qos1(&frame, out),
-            Some(_) if self.queued.len() < DELIVERY_QUEUE => self.queued.push_back(frame),
-            Some(_) => FrontDoorStats::bump(&self.shared.stats.deliveries_dropped),
-        }
-    }
-
-    fn send_qos1(&mut self, frame: &[u8], out: &mut BytesMut) {
-        loop {
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains(&self.next_pkid) {
-                break;
-            }
-        }
-        if let Some(bytes) = downstream::for_device(frame, Some(self.next_pkid), self.version) {
-            self.inflight.insert(self.next_pkid);
-            out.extend_from_slice(&bytes);
-        }
-    }
-
-    fn send_queued(&mut self, out: &mut BytesMut) {
-        while self.inflight.len() < INFLIGHT_WINDOW {
-            let Some(frame) = self.queued.pop_front() else {
-                return;
-            };
-            self.send_qos1(&frame, out);
+        let Some(granted) = granted else {
+            return;
+        };
+        if !self.window.send(frame, granted, out) {
+            FrontDoorStats::bump(&self.shared.stats.deliveries_dropped);
         }
     }
 
