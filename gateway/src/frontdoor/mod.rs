@@ -128,6 +128,9 @@ pub enum FrontDoorError {
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The shared upstream links to the embedded broker could not be set up.
+    #[error("the front door cannot reach the embedded broker: {0}")]
+    Upstream(std::io::Error),
 }
 
 /// The device-facing listener, bound but not yet serving.
@@ -173,24 +176,20 @@ impl FrontDoor {
         self.stats.clone()
     }
 
-    /// Accepts devices until `shutdown`, relaying each to the broker and reporting presence on
-    /// `events_tx`.
+    /// Connects the shared upstream links, then accepts devices until `shutdown`, reporting
+    /// presence on `events_tx`. Returns early only when the links cannot be set up (the gateway
+    /// then exits: crash-only).
     pub async fn run(
         self,
         broker: EmbeddedBroker,
         events_tx: mpsc::Sender<FrontDoorEvent>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), FrontDoorError> {
         let limits = &self.settings.limits;
         let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
-        let hub = match hub::Hub::start(broker.v5, max_packet, self.stats.clone()).await {
-            Ok(hub) => hub,
-            Err(error) => {
-                // The watchdog sees the same broker and ends the gateway (crash-only).
-                tracing::error!(%error, "front door cannot reach the embedded broker");
-                return;
-            }
-        };
+        let hub = hub::Hub::start(broker.v5, max_packet, self.stats.clone())
+            .await
+            .map_err(FrontDoorError::Upstream)?;
         let shared = Arc::new(session::Shared {
             hub,
             broker,
@@ -244,6 +243,7 @@ impl FrontDoor {
         }
         tracker.close();
         tracker.wait().await;
+        Ok(())
     }
 }
 

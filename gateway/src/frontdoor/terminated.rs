@@ -50,6 +50,8 @@ enum End {
     Clean { will: bool },
     /// A newer connection of the same client id took over (no Will).
     TakenOver,
+    /// The device closed its connection without DISCONNECT (Will).
+    Dropped,
 }
 
 /// Serves one device session until it ends.
@@ -127,7 +129,7 @@ where
     let will = match &outcome {
         Ok(End::Clean { will }) => *will,
         Ok(End::TakenOver) => false,
-        Err(_) => true,
+        Ok(End::Dropped) | Err(_) => true,
     };
     if will {
         session.publish_will(&connect);
@@ -229,7 +231,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 read = read_more(device_rx, &mut self.reader),
                     if self.pending_acks < MAX_PENDING_ACKS => {
                     if read? == 0 {
-                        return Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                        return Ok(End::Dropped);
                     }
                 }
                 () = keep_alive(deadline) => {
