@@ -1,14 +1,15 @@
 //! The front door: the device-facing MQTT listener on `[broker] listen`.
 //!
-//! Fed by device TCP (or TLS) connections; feeds the embedded broker's loopback listeners, and
-//! the gateway's presence tracking through [`FrontDoorEvent`]s. Each connection is one
-//! [`session`]: its CONNECT picks the broker listener (protocol level 4 = MQTT 3.1.1, 5 = MQTT 5),
-//! [`identity`] says who it is, [`acl`] what it may do, [`codec`] checks every packet before a
-//! byte of it is forwarded, and [`relay`] carries the broker's answers back with the socket
-//! options that cure rumqttd's Nagle stalls.
+//! Fed by device TCP (or TLS) connections; feeds the embedded broker and the gateway's presence
+//! tracking through [`FrontDoorEvent`]s. Each connection is one [`session`]: [`connect`] and
+//! [`identity`] say who it is, [`acl`] what it may do, [`codec`] checks every packet. A device
+//! is then terminated by the front door itself ([`terminated`]) and its traffic carried over a
+//! few long-lived broker connections shared by every device ([`hub`], [`link`]), with replies
+//! routed back by device id ([`router`], [`downstream`]); an operator or viewer is relayed to a
+//! broker connection of its own ([`relayed`], [`relay`]).
 //!
 //! **Invariant:** nothing a device sends reaches rumqttd unless it parsed and passed the checks;
-//! one device's bad input closes only that device's connection.
+//! one device's bad input or stalled socket affects only that device's connection.
 
 pub mod acl;
 pub mod admin;

@@ -6,8 +6,8 @@
 //! them, which for one link is the order of the publishes) and the broker's PUBLISHes to an
 //! [`OnMessage`] callback, acking each upstream at once in receive order.
 //!
-//! A link has a reader and a writer task side by side, so a broker that is busy writing to us
-//! can never deadlock against us writing to it. The socket gets `TCP_NODELAY` and `TCP_QUICKACK`
+//! A link's reader and writer are two futures polled side by side, so a broker that is busy
+//! writing to us can never deadlock against us writing to it. The socket gets `TCP_NODELAY` and `TCP_QUICKACK`
 //! re-armed after every read (see [`super::relay`]: rumqttd's Nagle stalls otherwise add ~40 ms).
 //! A persistent link reconnects (fresh client id, capped backoff) after a broker failure; every
 //! publish that was in flight is answered [`Acked::failed`], so its device is closed and resends.
