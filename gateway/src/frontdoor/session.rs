@@ -64,6 +64,9 @@ pub enum SessionError {
     /// The CONNECT was refused with this reason code.
     #[error("CONNECT refused with reason code {0:#04x}")]
     Refused(u8),
+    /// The device took no bytes for too long.
+    #[error("the device stopped reading")]
+    WriteTimeout,
     /// Nothing from the device within 1.5 × its Keep Alive.
     #[error("keep alive expired")]
     KeepAlive,

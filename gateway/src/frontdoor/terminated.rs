@@ -41,6 +41,11 @@ const DELIVERY_QUEUE: usize = 256;
 const MAX_PENDING_ACKS: usize = 256;
 /// MQTT 5 reason code: session taken over.
 const TAKEN_OVER: u8 = 0x8E;
+/// How long a device may leave bytes we write to it untaken before its session is closed (a
+/// device that stopped reading must not hold its session, and its presence, forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the last packet before a close (CONNACK refusal, DISCONNECT) may take.
+const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a side link's subscription may take.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,7 +60,6 @@ enum End {
 }
 
 /// Serves one device session until it ends.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve<S>(
     mut device_rx: ReadHalf<S>,
     device_tx: WriteHalf<S>,
@@ -136,10 +140,9 @@ where
     }
     match &outcome {
         Ok(End::TakenOver) if session.version == Version::V5 => {
-            let _ = session
-                .device_tx
-                .write_all(&outgoing::disconnect(TAKEN_OVER))
-                .await;
+            let disconnect = outgoing::disconnect(TAKEN_OVER);
+            let write = session.device_tx.write_all(&disconnect);
+            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await;
         }
         Err(SessionError::Violation(violation)) => {
             if !matches!(violation, Violation::NotAuthorized(_)) {
@@ -147,12 +150,13 @@ where
             }
             if session.version == Version::V5 {
                 let disconnect = outgoing::disconnect(violation.reason_code());
-                let _ = session.device_tx.write_all(&disconnect).await;
+                let write = session.device_tx.write_all(&disconnect);
+                let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await;
             }
         }
         _ => {}
     }
-    let _ = session.device_tx.shutdown().await;
+    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, session.device_tx.shutdown()).await;
     if let Err(SessionError::Violation(_)) = &outcome {
         linger(&mut device_rx).await;
     }
@@ -201,7 +205,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             while let Some((packet, frame)) = self.reader.next(self.version)? {
                 last_heard = Instant::now();
                 if let Some(end) = self.handle(packet, frame, &mut out).await? {
-                    self.device_tx.write_all(&out).await?;
+                    self.write(&out, taken_over).await?;
                     return Ok(end);
                 }
                 if self.pending_acks >= MAX_PENDING_ACKS {
@@ -209,7 +213,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 }
             }
             if !out.is_empty() {
-                self.device_tx.write_all(&out).await?;
+                match self.write(&out, taken_over).await {
+                    Ok(()) => {}
+                    Err(_) if taken_over.is_cancelled() => return Ok(End::TakenOver),
+                    Err(error) => return Err(error),
+                }
                 out.clear();
             }
             let deadline = self.keep_alive.map(|period| last_heard + period);
@@ -238,6 +246,23 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                     return Err(SessionError::KeepAlive);
                 }
             }
+        }
+    }
+
+    /// Writes to the device, giving up after [`WRITE_TIMEOUT`] or when taken over.
+    async fn write(
+        &mut self,
+        bytes: &[u8],
+        taken_over: &CancellationToken,
+    ) -> Result<(), SessionError> {
+        tokio::select! {
+            written = tokio::time::timeout(WRITE_TIMEOUT, self.device_tx.write_all(bytes)) => {
+                match written {
+                    Ok(written) => Ok(written?),
+                    Err(_) => Err(SessionError::WriteTimeout),
+                }
+            }
+            () = taken_over.cancelled() => Err(SessionError::WriteTimeout),
         }
     }
 
