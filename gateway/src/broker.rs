@@ -132,15 +132,18 @@ fn rumqttd_config(limits: &Limits, v5: SocketAddr) -> Config {
         next_connection_delay_ms: 0,
         connections: connections.clone(),
     };
-    // Small segments per filter (each device's reply filter gets its own log), a larger log for
-    // the one filter every request flows through, so a busy moment does not wrap it.
-    let custom_segment = HashMap::from([(
-        topics::REQUEST_FILTER.to_owned(),
-        SegmentConfig {
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 4,
-        },
-    )]);
+    // Small segments per filter (operators' filters each get their own log), a larger log for
+    // the filters every request and every reply flow through, so a busy moment does not wrap them.
+    // The front door's reply link reads every device's replies through one filter: it gets the
+    // same room, so a burst of replies cannot wrap the log under it.
+    let large = SegmentConfig {
+        max_segment_size: 16 * 1024 * 1024,
+        max_segment_count: 4,
+    };
+    let custom_segment = HashMap::from([
+        (topics::REQUEST_FILTER.to_owned(), large.clone()),
+        (topics::REPLY_FILTER_ALL.to_owned(), large),
+    ]);
     Config {
         id: 0,
         router: RouterConfig {

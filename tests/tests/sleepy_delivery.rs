@@ -53,6 +53,18 @@ async fn held_reply_survives_kill_9_and_is_redelivered_until_acked() {
     assert_eq!(marker.reply.request_id, Some(marker_id));
     device.ack(b"r1").await;
     device.sleep().await;
+    // The ack travels device → broker → intake → store while the presence events of the next
+    // wake go straight from the front door to the outbox; a device reconnecting within a
+    // millisecond may see one more copy (at least once). The guarantee is about an ack the
+    // gateway has recorded: wait for that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !requests_of(&gateway, "sleepy-1")
+        .iter()
+        .any(|r| r.id == request_id.to_string() && r.delivery.as_deref() == Some("acked"))
+    {
+        assert!(std::time::Instant::now() < deadline, "the ack is recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // Wake 3 after the ack: held replies come oldest first, so the first one is now the marker.
     let mut device = TestDevice::wake(gateway.mqtt, "sleepy-1").await;

@@ -213,7 +213,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
     let http_part = http_addr.map(|a| format!(" http={a}")).unwrap_or_default();
 
-    let front_task = match (front, &broker) {
+    let mut front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
             let local = front.local_addr().map_err(bind_error(
                 "broker.listen",
@@ -250,8 +250,24 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             None => std::future::pending().await,
         }
     };
+    let front_failed = async {
+        match front_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut front_done = false;
     let outcome = tokio::select! {
+        biased;
         _ = shutdown.cancelled() => Ok(()),
+        finished = front_failed => {
+            front_done = true;
+            match finished {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(AppError::FrontDoor(error)),
+                Err(_) => Err(AppError::Fatal("the front door stopped".into())),
+            }
+        }
         _ = broker_stopped => Err(AppError::BrokerStopped),
         unhealthy = watchdog => {
             tracing::error!(%unhealthy, "broker unhealthy");
@@ -263,6 +279,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             _ => AppError::Fatal("intake stopped".into()),
         }),
     };
+    if front_done {
+        front_task = None;
+    }
     if outcome.is_err() {
         health.broker.store(false, Ordering::Relaxed);
     }

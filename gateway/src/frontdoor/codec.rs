@@ -94,7 +94,12 @@ pub enum Inbound {
     /// SUBSCRIBE with syntactically valid filters.
     Subscribe(Subscription),
     /// UNSUBSCRIBE with syntactically valid filters.
-    Unsubscribe,
+    Unsubscribe {
+        /// Its packet id.
+        pkid: u16,
+        /// Its filters, in order.
+        filters: Vec<String>,
+    },
     /// PUBACK, PUBREC, PUBREL or PUBCOMP.
     Ack,
     /// PINGREQ.
@@ -120,6 +125,14 @@ enum SubscribePacket {
 }
 
 impl Subscription {
+    /// The requested QoS of each filter, in order.
+    pub fn qos(&self) -> Vec<u8> {
+        match &self.packet {
+            SubscribePacket::V4(packet) => packet.filters.iter().map(|f| f.qos as u8).collect(),
+            SubscribePacket::V5(packet) => packet.filters.iter().map(|f| f.qos as u8).collect(),
+        }
+    }
+
     /// Re-encodes the SUBSCRIBE as MQTT 5 (the broker's side) with only the filters whose
     /// `keep` is true, same packet id.
     pub fn encode_v5(&self, keep: &[bool]) -> Result<Bytes, Violation> {
@@ -295,7 +308,7 @@ fn check_v4(frame: &Bytes) -> Result<Inbound, Violation> {
         }
         10 => {
             let unsubscribe = v4::Unsubscribe::read(header, bytes).map_err(malformed)?;
-            unsubscription(&unsubscribe.topics)
+            unsubscription(unsubscribe.pkid, unsubscribe.topics)
         }
         _ => Err(Violation::Malformed("unknown packet type".into())),
     }
@@ -338,7 +351,7 @@ fn check_v5(frame: &Bytes) -> Result<Inbound, Violation> {
         }
         10 => {
             let unsubscribe = v5::Unsubscribe::read(header, bytes).map_err(malformed)?;
-            unsubscription(&unsubscribe.filters)
+            unsubscription(unsubscribe.pkid, unsubscribe.filters)
         }
         14 => v5::Disconnect::read(header, bytes)
             .map(|_| Inbound::Disconnect)
@@ -378,12 +391,12 @@ fn subscription(
     }))
 }
 
-fn unsubscription(filters: &[String]) -> Result<Inbound, Violation> {
+fn unsubscription(pkid: u16, filters: Vec<String>) -> Result<Inbound, Violation> {
     if filters.is_empty() {
         return Err(Violation::Protocol("UNSUBSCRIBE without filters"));
     }
     if !filters.iter().all(|f| topics::is_valid_filter(f)) {
         return Err(Violation::TopicFilter);
     }
-    Ok(Inbound::Unsubscribe)
+    Ok(Inbound::Unsubscribe { pkid, filters })
 }

@@ -25,6 +25,8 @@ pub struct ConnectInfo {
     pub keep_alive_offset: usize,
     /// The Will topic, when a Will is set.
     pub will_topic: Option<String>,
+    /// The Will message (payload, QoS, retain), when a Will is set.
+    pub will: Option<(Bytes, u8, bool)>,
     /// User Name, when sent.
     pub username: Option<String>,
     /// Password, when sent.
@@ -84,6 +86,10 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 client_id: connect.client_id,
                 keep_alive: connect.keep_alive,
                 keep_alive_offset,
+                will: connect
+                    .last_will
+                    .as_ref()
+                    .map(|will| (will.message.clone(), will.qos as u8, will.retain)),
                 will_topic: connect.last_will.map(|will| will.topic),
                 username: None,
                 password: None,
@@ -95,6 +101,9 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
             let header = v5::check(frame.iter(), None).map_err(malformed)?;
             let (connect, will, login) =
                 v5::Connect::read(header, frame.clone()).map_err(malformed)?;
+            let will_message = will
+                .as_ref()
+                .map(|will| (will.message.clone(), will.qos as u8, will.retain));
             let will_topic = match will {
                 Some(will) => {
                     Some(String::from_utf8(will.topic.to_vec()).map_err(|_| Violation::TopicName)?)
@@ -107,6 +116,7 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 keep_alive: connect.keep_alive,
                 keep_alive_offset,
                 will_topic,
+                will: will_message,
                 username: None,
                 password: None,
                 auth_method: connect

@@ -38,6 +38,11 @@ pub struct FrontDoorStats {
     pub denied_subscribe: AtomicU64,
     /// CONNECTs refused for a Will outside the device's presence topic.
     pub denied_will: AtomicU64,
+    /// Device connections closed because a newer one of the same client id took over.
+    pub takeovers: AtomicU64,
+    /// Broker messages for a device whose session could not take them (not reading): the
+    /// outbox redelivers replies on the next wake.
+    pub deliveries_dropped: AtomicU64,
 }
 
 impl FrontDoorStats {
@@ -68,6 +73,7 @@ impl FrontDoorStats {
             ("refused", &self.refused),
             ("violation", &self.violations),
             ("connect_timeout", &self.connect_timeouts),
+            ("taken_over", &self.takeovers),
         ] {
             let _ = writeln!(
                 out,
@@ -91,6 +97,25 @@ impl FrontDoorStats {
                 load(counter)
             );
         }
+        self.render_deliveries(out);
+    }
+
+    /// Appends the dropped-deliveries counter in Prometheus text format.
+    pub fn render_deliveries(&self, out: &mut String) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "# HELP roost_frontdoor_deliveries_dropped_total Broker messages a device session could not take."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE roost_frontdoor_deliveries_dropped_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "roost_frontdoor_deliveries_dropped_total {}",
+            self.deliveries_dropped.load(Ordering::Relaxed)
+        );
     }
 
     /// All denials (publish, subscribe, Will): the contract's "each denial is counted".

@@ -1,25 +1,32 @@
 //! The front door: the device-facing MQTT listener on `[broker] listen`.
 //!
-//! Fed by device TCP (or TLS) connections; feeds the embedded broker's loopback listeners, and
-//! the gateway's presence tracking through [`FrontDoorEvent`]s. Each connection is one
-//! [`session`]: its CONNECT picks the broker listener (protocol level 4 = MQTT 3.1.1, 5 = MQTT 5),
-//! [`identity`] says who it is, [`acl`] what it may do, [`codec`] checks every packet before a
-//! byte of it is forwarded, and [`relay`] carries the broker's answers back with the socket
-//! options that cure rumqttd's Nagle stalls.
+//! Fed by device TCP (or TLS) connections; feeds the embedded broker and the gateway's presence
+//! tracking through [`FrontDoorEvent`]s. Each connection is one [`session`]: [`connect`] and
+//! [`identity`] say who it is, [`acl`] what it may do, [`codec`] checks every packet. A device
+//! is then terminated by the front door itself ([`terminated`]) and its traffic carried over a
+//! few long-lived broker connections shared by every device ([`hub`], [`link`]), with replies
+//! routed back by device id ([`router`], [`downstream`]); an operator or viewer is relayed to a
+//! broker connection of its own ([`relayed`], [`relay`]).
 //!
 //! **Invariant:** nothing a device sends reaches rumqttd unless it parsed and passed the checks;
-//! one device's bad input closes only that device's connection.
+//! one device's bad input or stalled socket affects only that device's connection.
 
 pub mod acl;
 pub mod admin;
 pub mod codec;
 pub mod connect;
+pub mod downstream;
+pub mod hub;
 pub mod identity;
 pub mod limits;
+pub mod link;
 pub mod outgoing;
 pub mod relay;
+pub mod relayed;
+pub mod router;
 pub mod secrets;
 pub mod session;
+pub mod terminated;
 pub mod tls;
 pub mod translate;
 pub mod watchdog;
@@ -122,6 +129,9 @@ pub enum FrontDoorError {
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The shared upstream links to the embedded broker could not be set up.
+    #[error("the front door cannot reach the embedded broker: {0}")]
+    Upstream(std::io::Error),
 }
 
 /// The device-facing listener, bound but not yet serving.
@@ -167,18 +177,24 @@ impl FrontDoor {
         self.stats.clone()
     }
 
-    /// Accepts devices until `shutdown`, relaying each to the broker and reporting presence on
-    /// `events_tx`.
+    /// Connects the shared upstream links, then accepts devices until `shutdown`, reporting
+    /// presence on `events_tx`. Returns early only when the links cannot be set up (the gateway
+    /// then exits: crash-only).
     pub async fn run(
         self,
         broker: EmbeddedBroker,
         events_tx: mpsc::Sender<FrontDoorEvent>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Result<(), FrontDoorError> {
         let limits = &self.settings.limits;
+        let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
+        let hub = hub::Hub::start(broker.v5, max_packet, self.stats.clone())
+            .await
+            .map_err(FrontDoorError::Upstream)?;
         let shared = Arc::new(session::Shared {
+            hub,
             broker,
-            max_packet: limits.max_payload_bytes + PACKET_OVERHEAD_BYTES,
+            max_packet,
             connect_timeout: limits.connect_timeout,
             identity: self.identity,
             stats: self.stats.clone(),
@@ -228,6 +244,7 @@ impl FrontDoor {
         }
         tracker.close();
         tracker.wait().await;
+        Ok(())
     }
 }
 

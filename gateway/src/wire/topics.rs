@@ -106,6 +106,36 @@ pub fn shared_request_filter(group: &str) -> String {
     format!("$share/{group}/{REQUEST_FILTER}")
 }
 
+/// `devices/+/reply/#`: every device's replies, which the front door's reply link subscribes
+/// to (rumqttd, like the MQTT spec, lets `#` match its parent level, so `devices/X/reply` too).
+pub const REPLY_FILTER_ALL: &str = "devices/+/reply/#";
+
+/// The device id of a reply topic (`devices/{id}/reply` or below it), for routing replies to
+/// that device's session.
+pub fn reply_topic_device(topic: &str) -> Option<&str> {
+    let mut levels = topic.splitn(4, '/');
+    match (levels.next(), levels.next(), levels.next()) {
+        (Some("devices"), Some(id), Some("reply")) if super::ids::is_valid_id(id) => Some(id),
+        _ => None,
+    }
+}
+
+/// Whether `topic` matches subscription `filter` (`+` one level, `#` the rest including the
+/// parent level, as MQTT and rumqttd define it).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut topics = topic.split('/');
+    for level in filter.split('/') {
+        if level == "#" {
+            return true;
+        }
+        match topics.next() {
+            Some(t) if level == "+" || level == t => {}
+            _ => return false,
+        }
+    }
+    topics.next().is_none()
+}
+
 /// Whether `topic` is `devices/{id}/reply` or a concrete topic below it: the only places a
 /// reply for `device` may be published (guarantee 4).
 pub fn is_own_reply_topic(device: &DeviceId, topic: &str) -> bool {

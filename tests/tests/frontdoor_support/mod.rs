@@ -45,6 +45,14 @@ impl Raw {
         }
     }
 
+    /// Wraps an already connected socket.
+    pub fn with_stream(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// Sends bytes (errors ignored: the server may have closed already).
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.stream.write_all(bytes).await;

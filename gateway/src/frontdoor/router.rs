@@ -1,0 +1,172 @@
+//! Which device session gets a broker message: the live session of each device id.
+//!
+//! Fed by the reply link ([`Router::dispatch`], every message on `devices/+/reply/#`) and by
+//! device sessions ([`Router::register`] after CONNECT, [`Router::unregister`] at their end);
+//! feeds each session's bounded delivery channel. The session matches the message against the
+//! subscriptions it recorded and sends it on at the QoS granted.
+//!
+//! **Invariant:** dispatch never waits: a session whose channel is full (its device stopped
+//! reading) loses that message (counted), and the outbox redelivers it on the next wake, so one
+//! device cannot delay another's replies. A device not connected loses it the same way.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::downstream;
+use super::limits::FrontDoorStats;
+use crate::wire::topics;
+
+/// One live device session, as the router sees it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The session's connection number.
+    pub connection: u64,
+    /// Broker messages for it (whole MQTT 5 PUBLISH frames).
+    pub deliveries_tx: mpsc::Sender<Bytes>,
+    /// Cancelled when a newer connection of the same client id takes over.
+    pub taken_over: CancellationToken,
+}
+
+/// Sessions by client id (= device id).
+#[derive(Debug)]
+pub struct Router {
+    routes: Mutex<HashMap<String, Route>>,
+    stats: Arc<FrontDoorStats>,
+}
+
+impl Router {
+    /// An empty router counting dropped deliveries in `stats`.
+    pub fn new(stats: Arc<FrontDoorStats>) -> Router {
+        Router {
+            routes: Mutex::new(HashMap::new()),
+            stats,
+        }
+    }
+
+    /// Makes `route` the live session of `client_id` and tells the one it replaces, if any, that
+    /// it was taken over.
+    pub fn register(&self, client_id: &str, route: Route) {
+        let old = self
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(client_id.to_owned(), route);
+        if let Some(old) = old {
+            FrontDoorStats::bump(&self.stats.takeovers);
+            old.taken_over.cancel();
+        }
+    }
+
+    /// Removes `client_id`'s route if it is still connection `connection`'s.
+    pub fn unregister(&self, client_id: &str, connection: u64) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        if routes
+            .get(client_id)
+            .is_some_and(|route| route.connection == connection)
+        {
+            routes.remove(client_id);
+        }
+    }
+
+    /// Hands a reply to its device's session, if connected; never waits.
+    pub fn dispatch(&self, frame: Bytes) {
+        let Some(device) = downstream::topic(&frame).and_then(topics::reply_topic_device) else {
+            return;
+        };
+        let deliveries_tx = {
+            let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+            match routes.get(device) {
+                Some(route) => route.deliveries_tx.clone(),
+                None => return,
+            }
+        };
+        if deliveries_tx.try_send(frame).is_err() {
+            bump_dropped(&self.stats.deliveries_dropped);
+        }
+    }
+
+    /// Sessions registered now.
+    pub fn len(&self) -> usize {
+        self.routes.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn bump_dropped(counter: &AtomicU64) {
+    FrontDoorStats::bump(counter);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+    use rumqttc::v5::mqttbytes::QoS;
+
+    fn reply(topic: &str) -> Bytes {
+        let mut out = BytesMut::new();
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, "r", None);
+        publish.pkid = 1;
+        Packet::Publish(publish)
+            .write(&mut out, None)
+            .expect("encode");
+        out.freeze()
+    }
+
+    #[tokio::test]
+    async fn replies_go_to_their_device_only_and_never_wait() {
+        let router = Router::new(Arc::default());
+        let (a_tx, mut a_rx) = mpsc::channel(1);
+        let (b_tx, mut b_rx) = mpsc::channel(1);
+        let route = |connection, deliveries_tx| Route {
+            connection,
+            deliveries_tx,
+            taken_over: CancellationToken::new(),
+        };
+        router.register("a", route(1, a_tx));
+        router.register("b", route(2, b_tx));
+        router.dispatch(reply("devices/a/reply"));
+        router.dispatch(reply("devices/a/reply/x")); // a's channel is full: dropped, no wait
+        router.dispatch(reply("devices/c/reply")); // nobody
+        router.dispatch(reply("devices/b/status")); // not a reply
+        assert_eq!(
+            downstream::topic(&a_rx.recv().await.expect("a")),
+            Some("devices/a/reply")
+        );
+        assert!(a_rx.try_recv().is_err());
+        assert!(b_rx.try_recv().is_err());
+        assert_eq!(
+            router
+                .stats
+                .deliveries_dropped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A newer session of "a" takes over; the old one's end does not remove the new route.
+        let (new_tx, _new_rx) = mpsc::channel(1);
+        let old_taken = CancellationToken::new();
+        router.register(
+            "c",
+            Route {
+                connection: 3,
+                deliveries_tx: new_tx.clone(),
+                taken_over: old_taken.clone(),
+            },
+        );
+        router.register("c", route(4, new_tx));
+        assert!(old_taken.is_cancelled());
+        router.unregister("c", 3);
+        assert_eq!(router.len(), 3);
+        router.unregister("c", 4);
+        assert_eq!(router.len(), 2);
+    }
+}
