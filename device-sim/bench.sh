@@ -85,4 +85,21 @@ gw_pid=$!
 pids+=("$gw_pid")
 gw_addr=$(wait_addr "$out/gw/out.log" "listening")
 for shape in "${shapes[@]}"; do load gateway "$gw_addr" "$shape" --gateway-pid "$gw_pid"; done
+
+# 3. The table: gateway / echo per shape, and the store's bytes on disk per request (database +
+# WAL after every run above, over every request the gateway stored).
+python3 - "$out" "$(du -cb "$out"/gw/data/roost.db* | tail -1 | cut -f1)" "${shapes[@]}" <<'PY'
+import json, sys
+out, disk, shapes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print(f"\n{'shape':>7}  {'echo req/s':>10}  {'gateway req/s':>13}  {'gateway/echo':>12}  {'gw p50 ms':>9}  {'gw p99 ms':>9}  {'gw RSS MiB':>10}")
+stored = 0
+for shape in shapes:
+    e = json.load(open(f"{out}/echo-{shape}.json"))
+    g = json.load(open(f"{out}/gateway-{shape}.json"))
+    stored += g["requests"]
+    rss = (g.get("gateway_peak_rss_kib") or 0) / 1024
+    print(f"{shape:>7}  {e['throughput_rps']:>10.0f}  {g['throughput_rps']:>13.0f}  {g['throughput_rps'] / e['throughput_rps']:>11.0%}  "
+          f"{g['latency_ms']['p50']:>9.2f}  {g['latency_ms']['p99']:>9.2f}  {rss:>10.0f}")
+print(f"store on disk: {disk / 1e6:.1f} MB for {stored} requests = {disk / max(stored, 1):.0f} bytes per request")
+PY
 echo "reports in $out"
