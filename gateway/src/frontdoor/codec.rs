@@ -400,3 +400,19 @@ fn unsubscription(pkid: u16, filters: Vec<String>) -> Result<Inbound, Violation>
     }
     Ok(Inbound::Unsubscribe { pkid, filters })
 }
+
+/// Appends an MQTT variable byte integer (a remaining length or a property length).
+pub(crate) fn put_varint(out: &mut bytes::BytesMut, mut value: usize) {
+    use bytes::BufMut;
+    loop {
+        let mut byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if value == 0 {
+            return;
+        }
+    }
+}

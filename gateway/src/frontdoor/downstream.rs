@@ -6,6 +6,7 @@
 //! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
 //! Data, Message Expiry and user properties pass byte-exact.
 
+use super::codec::put_varint;
 use std::collections::{HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -144,20 +145,6 @@ pub fn topic(frame: &[u8]) -> Option<&str> {
     let body = frame.get(header_len..)?;
     let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     std::str::from_utf8(body.get(2..2 + len)?).ok()
-}
-
-fn put_varint(out: &mut BytesMut, mut value: usize) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if value == 0 {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Fed by the session; feeds the device socket (through the broker→device pump, so injected
 //! packets never split one of the broker's). Pure byte building, no I/O.
 
+use super::codec::put_varint;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::Version;
@@ -126,20 +127,6 @@ pub fn merge_suback(version: Version, frame: &[u8], plan: &[Option<u8>]) -> Opti
     broker_codes
         .is_empty()
         .then(|| build_suback(pkid, properties, &codes))
-}
-
-fn put_varint(out: &mut BytesMut, mut value: usize) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if value == 0 {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! PINGREQ and DISCONNECT are the same bytes in both versions. Down: properties and reason codes
 //! are dropped, SUBACK failures become 0x80, a server DISCONNECT (3.1.1 has none) is dropped.
 
+use super::codec::put_varint;
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -144,20 +145,6 @@ fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
         }
     }
     None
-}
-
-fn put_varint(out: &mut BytesMut, mut value: usize) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if value == 0 {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -60,28 +60,8 @@ pub struct Existing {
     pub reply_topic: String,
 }
 
-/// A stored, unfinished request (for recovery after a restart).
-#[derive(Debug, Clone)]
-pub struct StoredRequest {
-    /// Id.
-    pub id: RequestId,
-    /// Device.
-    pub device: DeviceId,
-    /// Correlation.
-    pub corr: Correlation,
-    /// Op name.
-    pub op: String,
-    /// Arguments, CBOR.
-    pub args: Vec<u8>,
-    /// Reply topic.
-    pub reply_topic: String,
-    /// 3.1.1 envelope form.
-    pub envelope: bool,
-    /// Received at.
-    pub received_ms: i64,
-    /// Deadline.
-    pub deadline_ms: i64,
-}
+/// A stored, unfinished request (for recovery after a restart): what was admitted.
+pub type StoredRequest = NewRequest;
 
 /// A final reply that is held for its device until acknowledged.
 #[derive(Debug, Clone)]
