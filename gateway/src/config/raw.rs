@@ -1,0 +1,178 @@
+//! The configuration file as written: every section and key optional, each with the default
+//! `config/gateway.toml` documents; unknown keys are errors. [`super`] validates it into typed
+//! config.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// The file as written. Every section and key may be missing; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[gateway]`
+    pub gateway: RawGateway,
+    /// `[broker]`
+    pub broker: RawBroker,
+    /// `[auth]`
+    pub auth: RawAuth,
+    /// `[http]`
+    pub http: RawHttp,
+    /// `[store]`
+    pub store: RawStore,
+    /// `[limits]`
+    pub limits: RawLimits,
+}
+
+/// `[gateway]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGateway {
+    /// Gateway id, used in `gateway/{id}/...` topics.
+    pub id: String,
+    /// Directory of the SQLite database; created if missing. Relative to the working directory.
+    pub data_dir: PathBuf,
+    /// Analytics worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        RawGateway {
+            id: "gw-1".into(),
+            data_dir: "data".into(),
+            workers: 0,
+        }
+    }
+}
+
+/// `[broker]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBroker {
+    /// `"embedded"` or `"external"`.
+    pub mode: String,
+    /// Embedded: the device-facing address.
+    pub listen: String,
+    /// External: the broker URL, `mqtt://host:port`.
+    pub url: String,
+    /// External: the shared-subscription group gateways share requests through.
+    pub share_group: String,
+    /// Embedded: `[broker.tls]`, TLS on the device listener.
+    pub tls: Option<RawTls>,
+}
+
+/// `[broker.tls]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain of the listener.
+    pub cert: PathBuf,
+    /// PEM private key of the listener.
+    pub key: PathBuf,
+    /// PEM CA certificates that sign device client certificates (CN = device id); optional.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        RawBroker {
+            mode: "embedded".into(),
+            listen: "127.0.0.1:1883".into(),
+            url: "mqtt://127.0.0.1:1883".into(),
+            share_group: "roost".into(),
+            tls: None,
+        }
+    }
+}
+
+/// `[auth]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Allow devices with no credentials (client id = device id) on loopback listeners.
+    pub allow_anonymous: bool,
+    /// Also allow them on non-loopback listeners.
+    pub allow_anonymous_remote: bool,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            allow_anonymous: true,
+            allow_anonymous_remote: false,
+        }
+    }
+}
+
+/// `[http]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    /// Operator HTTP address; `""` disables.
+    pub listen: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+/// `[store]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    /// SQLite `synchronous`: `"full"` (survives power loss) or `"normal"` (survives a process crash).
+    pub synchronous: String,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            synchronous: "full".into(),
+        }
+    }
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(missing_docs)]
+pub struct RawLimits {
+    pub max_payload_bytes: u64,
+    pub max_series_len: u64,
+    pub max_pending_per_device: u64,
+    pub max_held_replies_per_device: u64,
+    pub max_connections: u64,
+    pub connect_timeout_ms: u64,
+    pub listen_window_ms: u64,
+    pub queue_capacity: u64,
+    pub op_timeout_ms: u64,
+    pub reply_ttl_s: u64,
+    pub dedupe_window_s: u64,
+    pub telemetry_retention_s: u64,
+    pub max_telemetry_rows_per_device: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_payload_bytes: 262_144,
+            max_series_len: 1_000_000,
+            max_pending_per_device: 16,
+            max_held_replies_per_device: 64,
+            max_connections: 10_000,
+            connect_timeout_ms: 10_000,
+            listen_window_ms: 5_000,
+            queue_capacity: 100_000,
+            op_timeout_ms: 30_000,
+            reply_ttl_s: 604_800,
+            dedupe_window_s: 86_400,
+            telemetry_retention_s: 604_800,
+            max_telemetry_rows_per_device: 100_000,
+        }
+    }
+}

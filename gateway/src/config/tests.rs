@@ -1,0 +1,106 @@
+//! Config tests: defaults, the shipped files, and errors that name their key.
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("test.toml"))
+}
+
+#[test]
+fn empty_file_means_defaults() {
+    let config = parse("").expect("defaults are valid");
+    assert_eq!(config.gateway.id, "gw-1");
+    assert!(matches!(config.broker, BrokerConfig::Embedded { listen } if listen.port() == 1883));
+    assert_eq!(config.limits.max_payload_bytes, 262_144);
+    assert_eq!(config.limits.reply_ttl, Duration::from_secs(604_800));
+    assert_eq!(config.http, Some("127.0.0.1:8080".parse().expect("addr")));
+}
+
+#[test]
+fn shipped_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples");
+    let external =
+        Config::load(&dir.join("external-broker.toml")).expect("external example is valid");
+    assert!(
+        matches!(external.broker, BrokerConfig::External { ref share_group, .. } if share_group == "roost")
+    );
+    // The TLS example names files that exist only on a real install: it must fail on exactly that.
+    let err =
+        Config::load(&dir.join("auth-tls.toml")).expect_err("certificate files are absent here");
+    assert!(err.to_string().contains("broker.tls.cert"), "{err}");
+}
+
+#[test]
+fn shipped_config_is_valid_and_matches_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.toml");
+    let config = Config::load(&path).expect("config/gateway.toml is valid");
+    let defaults = parse("").expect("defaults");
+    assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse("[limits]\nmax_paylod_bytes = 5\n").expect_err("typo");
+    assert!(err.to_string().contains("max_paylod_bytes"), "{err}");
+    assert!(!err.to_string().contains('\n'));
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    for (text, key) in [
+        (
+            "[limits]\nmax_payload_bytes = 0",
+            "limits.max_payload_bytes",
+        ),
+        ("[broker]\nlisten = \"nope\"", "broker.listen"),
+        ("[broker]\nmode = \"cloud\"", "broker.mode"),
+        (
+            "[broker]\nmode = \"external\"\nurl = \"http://x\"",
+            "broker.url",
+        ),
+        ("[gateway]\nid = \"a/b\"", "gateway.id"),
+        ("[http]\nlisten = \"8080\"", "http.listen"),
+        ("[store]\nsynchronous = \"off\"", "store.synchronous"),
+    ] {
+        let err = parse(text).expect_err(text);
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn http_can_be_disabled_and_external_url_parsed() {
+    let config =
+        parse("[http]\nlisten = \"\"\n[broker]\nmode = \"external\"\nurl = \"mqtt://[::1]:1884\"")
+            .expect("valid");
+    assert!(config.http.is_none());
+    assert!(
+        matches!(config.broker, BrokerConfig::External { ref host, port: 1884, .. } if host == "::1")
+    );
+}
+
+#[test]
+fn anonymous_is_refused_on_a_non_loopback_listener_unless_remote() {
+    let err = parse("[broker]\nlisten = \"0.0.0.0:1883\"").expect_err("anonymous remote");
+    assert!(err.to_string().contains("auth.allow_anonymous"), "{err}");
+    parse("[broker]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous = false")
+        .expect("no anonymous");
+    parse("[broker]\nlisten = \"0.0.0.0:1883\"\n[auth]\nallow_anonymous_remote = true")
+        .expect("explicitly allowed");
+    parse("[broker]\nlisten = \"[::1]:1883\"").expect("loopback v6");
+}
+
+#[test]
+fn tls_keys_are_checked() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, "x").expect("write");
+    let err = parse("[broker.tls]\nkey = \"k.pem\"").expect_err("no cert");
+    assert!(err.to_string().contains("broker.tls.cert"), "{err}");
+    let text = format!("[broker.tls]\ncert = {cert:?}\nkey = \"/nonexistent/k.pem\"");
+    let err = parse(&text).expect_err("missing key file");
+    assert!(err.to_string().contains("broker.tls.key"), "{err}");
+    let text = format!("[broker.tls]\ncert = {cert:?}\nkey = {cert:?}\nclient_ca = {cert:?}");
+    let config = parse(&text).expect("files exist");
+    assert!(config.tls.is_some_and(|tls| tls.client_ca.is_some()));
+    let err = parse("[broker.tls]\nciphers = 1").expect_err("unknown key");
+    assert!(err.to_string().contains("ciphers"), "{err}");
+}
