@@ -272,7 +272,8 @@ fn disconnect_reason(code: u8) -> Result<Inbound, Violation> {
         .map_err(malformed)
 }
 
-fn header_len(frame: &[u8]) -> usize {
+/// Length of a frame's fixed header: the type byte and its 1 to 4 remaining-length bytes.
+pub(crate) fn header_len(frame: &[u8]) -> usize {
     1 + frame
         .iter()
         .skip(1)

@@ -117,13 +117,6 @@ impl FrontDoorStats {
             self.deliveries_dropped.load(Ordering::Relaxed)
         );
     }
-
-    /// All denials (publish, subscribe, Will): the contract's "each denial is counted".
-    pub fn denials(&self) -> u64 {
-        self.denied_publish.load(Ordering::Relaxed)
-            + self.denied_subscribe.load(Ordering::Relaxed)
-            + self.denied_will.load(Ordering::Relaxed)
-    }
 }
 
 /// One async lock per client id that is connecting right now.

@@ -95,6 +95,31 @@ impl Presence {
         // No receiver (tests, shutdown): presence is advisory, the connection goes on.
         let _ = self.events_tx.send(event).await;
     }
+
+    /// The device's connection got its CONNACK.
+    async fn connected(&self, version: Version) {
+        let (device, connection) = (self.device.clone(), self.connection);
+        self.send(FrontDoorEvent::Connected {
+            device,
+            connection,
+            version,
+        })
+        .await;
+    }
+
+    /// The broker granted one of the device's reply subscriptions.
+    async fn subscribed(&self) {
+        let (device, connection) = (self.device.clone(), self.connection);
+        self.send(FrontDoorEvent::Subscribed { device, connection })
+            .await;
+    }
+
+    /// The device's connection ended.
+    async fn disconnected(&self) {
+        let (device, connection) = (self.device.clone(), self.connection);
+        self.send(FrontDoorEvent::Disconnected { device, connection })
+            .await;
+    }
 }
 
 /// What the front door is configured with.

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use super::codec::{frame_len, Version};
 use super::outgoing;
 use super::translate;
-use super::{FrontDoorEvent, Presence};
+use super::Presence;
 
 /// What the device → broker side asks of this side.
 #[derive(Debug)]
@@ -263,12 +263,7 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
             .any(|(slot, code)| matches!(slot, Slot::Forwarded { reply: true }) && *code < 0x80);
         if reply_granted {
             if let Some(presence) = &self.presence {
-                presence
-                    .send(FrontDoorEvent::Subscribed {
-                        device: presence.device.clone(),
-                        connection: presence.connection,
-                    })
-                    .await;
+                presence.subscribed().await;
             }
         }
         merged

@@ -28,7 +28,7 @@ use super::outgoing::{self, reason};
 use super::relay::{self, Control, Downstream, Slot};
 use super::session::{linger, read_more, refuse, SessionError, Shared};
 use super::translate;
-use super::{FrontDoorEvent, Presence};
+use super::Presence;
 use crate::wire::topics;
 
 /// Keep Alive forwarded for a client that asked for none (rumqttd refuses 0); we ping upstream
@@ -113,13 +113,7 @@ where
         events_tx: shared.events_tx.clone(),
     });
     if let Some(presence) = &presence {
-        presence
-            .send(FrontDoorEvent::Connected {
-                device: presence.device.clone(),
-                connection,
-                version,
-            })
-            .await;
+        presence.connected(version).await;
     }
     let (control_tx, control_rx) = mpsc::channel(64);
     let down = Downstream::new(device_tx, down_buf, control_rx, version, presence.clone());
@@ -153,12 +147,7 @@ where
         linger(&mut device_rx).await;
     }
     if let Some(presence) = &presence {
-        presence
-            .send(FrontDoorEvent::Disconnected {
-                device: presence.device.clone(),
-                connection,
-            })
-            .await;
+        presence.disconnected().await;
     }
     outcome
 }

@@ -32,7 +32,7 @@ use super::outgoing::{self, reason};
 use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::translate;
-use super::{FrontDoorEvent, Presence};
+use super::Presence;
 use crate::wire::topics;
 
 /// Broker messages waiting for one session's task before new ones are dropped.
@@ -115,13 +115,7 @@ where
         Ok(()) => {
             FrontDoorStats::bump(&shared.stats.connected);
             if let Some(presence) = &presence {
-                presence
-                    .send(FrontDoorEvent::Connected {
-                        device: presence.device.clone(),
-                        connection,
-                        version: connect.version,
-                    })
-                    .await;
+                presence.connected(connect.version).await;
             }
             session
                 .run(&mut device_rx, acks_rx, deliveries_rx, &taken_over)
@@ -161,12 +155,7 @@ where
         linger(&mut device_rx).await;
     }
     if let Some(presence) = &presence {
-        presence
-            .send(FrontDoorEvent::Disconnected {
-                device: presence.device.clone(),
-                connection,
-            })
-            .await;
+        presence.disconnected().await;
     }
     outcome.map(|_| ())
 }
@@ -436,12 +425,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         out.extend_from_slice(&outgoing::suback(self.version, subscription.pkid, &codes));
         if reply_granted {
             if let Some(presence) = &self.presence {
-                presence
-                    .send(FrontDoorEvent::Subscribed {
-                        device: presence.device.clone(),
-                        connection: presence.connection,
-                    })
-                    .await;
+                presence.subscribed().await;
             }
         }
     }

@@ -123,14 +123,6 @@ impl State {
             _ => return None,
         })
     }
-
-    /// Whether the request has finished (has, or will never have, a final reply to run for).
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            State::Done | State::Failed | State::Expired | State::Cancelled
-        )
-    }
 }
 
 #[cfg(test)]

@@ -111,11 +111,6 @@ pub enum PrepareError {
     Op(#[from] OpError),
 }
 
-/// Whether `name` is an analytics op.
-pub fn is_op(name: &str) -> bool {
-    OPS.iter().any(|(n, _)| *n == name)
-}
-
 /// Validates a request's arguments (a CBOR map) for the named op.
 pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, PrepareError> {
     let (name, prepare) = OPS

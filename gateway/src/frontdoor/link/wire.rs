@@ -4,6 +4,7 @@
 //!
 //! Fed by `drive` in [`super`]; feeds the broker socket and the sessions' ack channels.
 
+use crate::frontdoor::codec::header_len;
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -197,15 +198,6 @@ fn subscribe_codes(body: &[u8]) -> Vec<u8> {
         }
     }
     rest.get(used + props..).unwrap_or_default().to_vec()
-}
-
-fn header_len(frame: &[u8]) -> usize {
-    1 + frame
-        .iter()
-        .skip(1)
-        .take(4)
-        .position(|b| b & 0x80 == 0)
-        .map_or(4, |i| i + 1)
 }
 
 /// Reads one whole frame, re-arming `TCP_QUICKACK` after every read.
