@@ -105,3 +105,41 @@ async fn a_held_reply_reaches_the_device_when_it_is_next_seen_on_the_broker() {
     );
     let _ = gateway;
 }
+
+/// Waits for the retained gateway status to say `state` (earlier states may come first).
+async fn wait_state(watcher: &mut TestDevice, state: &str) {
+    loop {
+        let status = watcher.next_json().await;
+        if status["state"] == state {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_online() {
+    let mosquitto = Mosquitto::start();
+    let mut gateway = external(&mosquitto, "gw-w");
+    let options = roost_tests::device::options("status-ops", mosquitto.addr);
+    let mut watcher = TestDevice::connect_with(options, "status-ops", false).await;
+    watcher
+        .client
+        .subscribe(
+            "gateway/gw-w/status",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .expect("subscribe");
+    wait_state(&mut watcher, "online").await;
+
+    gateway.kill(); // no drain: only the broker's Will can say so
+    wait_state(&mut watcher, "offline").await;
+
+    gateway.restart();
+    wait_state(&mut watcher, "online").await;
+
+    let status = gateway.terminate();
+    assert_eq!(status.code(), Some(0));
+    wait_state(&mut watcher, "draining").await;
+    wait_state(&mut watcher, "offline").await;
+}
