@@ -1,10 +1,12 @@
 //! The gateway service's own MQTT 5 connections (rumqttc), to the embedded broker or an
 //! external one: one subscribes and acks, the other publishes (see [`Link`] for why two).
 //!
-//! The event loop task forwards every incoming PUBLISH, in receive order, to intake through a
-//! bounded channel, and never waits on SQLite. The channel cannot fill: the broker sends at most
-//! its inflight window (100 for rumqttd, our Receive Maximum elsewhere) unacked QoS 1 messages,
-//! and intake acks only after commit. [`Publisher`] sends replies and status.
+//! The event loop task forwards every incoming PUBLISH, in receive order, to intake through the
+//! bounded [`inbox`], and never waits on SQLite. In embedded mode the front door feeds the same
+//! inbox directly with device publishes ([`Ack::Local`]), and [`Publisher`] hands replies for
+//! devices straight to the front door's router: device traffic never crosses rumqttd (no other
+//! client may subscribe to it, see `wire::topics`), which halves the work per request.
+//! [`Publisher`] sends replies and status.
 //!
 //! **Invariant:** acks are sent in receive order (rumqttd drops a client that acks out of order);
 //! intake is the only caller of [`Publisher::ack`] and processes publishes in order.
@@ -14,12 +16,35 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::{Correlation, Status};
+use crate::frontdoor::router::Router;
+use crate::wire::{topics, Correlation, Status};
 
 /// Capacity of the inbox channel (well above any broker's inflight window).
 const INBOX: usize = 4096;
+
+/// A publish for the service, and whom to acknowledge once intake has handled it.
+pub struct Incoming {
+    /// The publish as received.
+    pub publish: Publish,
+    /// Where its acknowledgement goes.
+    pub ack: Ack,
+}
+
+/// How a handled publish is acknowledged.
+pub enum Ack {
+    /// A PUBACK to the broker it came from (QoS 1; nothing for QoS 0).
+    Broker,
+    /// A publish the front door handed over directly: called once, after the commit.
+    Local(Box<dyn FnOnce() + Send>),
+}
+
+/// The channel intake reads: the service link and, in embedded mode, the front door feed it.
+pub fn inbox() -> (mpsc::Sender<Incoming>, mpsc::Receiver<Incoming>) {
+    mpsc::channel(INBOX)
+}
 /// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
 const REQUESTS: usize = 65_536;
 
@@ -51,6 +76,8 @@ pub struct LinkConfig {
     pub will: Option<LastWill>,
     /// Largest packet we accept.
     pub max_packet_bytes: usize,
+    /// Embedded mode: replies for devices go to their front-door sessions directly.
+    pub local_replies: Option<Arc<Router>>,
 }
 
 /// Publishes replies, status and dead letters; acks received messages.
@@ -60,6 +87,17 @@ pub struct Publisher {
     client: AsyncClient,
     /// The connection that only subscribes and acks.
     acks: AsyncClient,
+    /// See [`LinkConfig::local_replies`].
+    local_replies: Option<Arc<Router>>,
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Broker => "Broker",
+            Ack::Local(_) => "Local",
+        })
+    }
 }
 
 impl Publisher {
@@ -98,6 +136,12 @@ impl Publisher {
         retain: bool,
         properties: Option<PublishProperties>,
     ) {
+        if let Some(router) = &self.local_replies {
+            if topics::reply_topic_device(topic).is_some() {
+                router.publish(Publish::new(topic, QoS::AtLeastOnce, payload, properties));
+                return;
+            }
+        }
         let outcome = match properties {
             Some(properties) => {
                 self.client
@@ -115,10 +159,16 @@ impl Publisher {
         }
     }
 
-    /// Acknowledges a received QoS 1 publish. Call in receive order.
-    pub async fn ack(&self, publish: &Publish) {
-        if let Err(error) = self.acks.ack(publish).await {
-            tracing::error!(%error, "ack not handed to the MQTT client");
+    /// Acknowledges a received publish (nothing for QoS 0 from the broker). Call in receive
+    /// order.
+    pub async fn ack(&self, incoming: Incoming) {
+        match incoming.ack {
+            Ack::Broker => {
+                if let Err(error) = self.acks.ack(&incoming.publish).await {
+                    tracing::error!(%error, "ack not handed to the MQTT client");
+                }
+            }
+            Ack::Local(ack) => ack(),
         }
     }
 }
@@ -165,8 +215,11 @@ fn options(config: &LinkConfig, client_id: String) -> MqttOptions {
 }
 
 /// Connects both connections, subscribes, and returns once the first subscription is
-/// acknowledged, with the stream of every incoming publish in receive order.
-pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish>), LinkError> {
+/// acknowledged; every incoming publish goes to `inbox_tx` in receive order.
+pub async fn connect(
+    config: LinkConfig,
+    inbox_tx: mpsc::Sender<Incoming>,
+) -> Result<Link, LinkError> {
     let addr = format!("{}:{}", config.host, config.port);
     let mut sub_options = options(&config, config.client_id.clone());
     sub_options.set_manual_acks(true);
@@ -176,7 +229,6 @@ pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish
     }
     let (acks, sub_loop) = AsyncClient::new(sub_options, REQUESTS);
     let (client, pub_loop) = AsyncClient::new(pub_options, REQUESTS);
-    let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
     let (sub_ready_tx, sub_ready_rx) = oneshot::channel::<Result<(), String>>();
     let (pub_ready_tx, pub_ready_rx) = oneshot::channel::<Result<(), String>>();
     let tasks = [
@@ -198,13 +250,14 @@ pub async fn connect(config: LinkConfig) -> Result<(Link, mpsc::Receiver<Publish
         };
         return Err(LinkError::Connect { addr, reason });
     }
-    Ok((
-        Link {
-            publisher: Publisher { client, acks },
-            tasks,
+    Ok(Link {
+        publisher: Publisher {
+            client,
+            acks,
+            local_replies: config.local_replies,
         },
-        inbox_rx,
-    ))
+        tasks,
+    })
 }
 
 /// Waits `backoff` after a lost connection (rumqttc reconnects on the next poll), doubling it.
@@ -218,7 +271,7 @@ async fn subscriber_loop(
     mut eventloop: rumqttc::v5::EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    inbox_tx: mpsc::Sender<Publish>,
+    inbox_tx: mpsc::Sender<Incoming>,
     ready_tx: oneshot::Sender<Result<(), String>>,
 ) {
     let mut ready_tx = Some(ready_tx);
@@ -226,7 +279,11 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if inbox_tx.send(publish).await.is_err() {
+                let incoming = Incoming {
+                    publish,
+                    ack: Ack::Broker,
+                };
+                if inbox_tx.send(incoming).await.is_err() {
                     return; // intake has stopped: shutting down
                 }
             }

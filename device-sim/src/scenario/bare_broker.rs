@@ -1,15 +1,18 @@
 //! `device-sim echo --serve ADDR`: the gateway's own front door and embedded rumqttd, started
 //! in-process with no store, no intake and no workers, wired as the gateway wires them: devices
-//! come in through the front door (identity, ACL, nodelay/quickack relay), and the responder
-//! reaches rumqttd through the broker's loopback service relay, as the gateway's service link
-//! does. So the echo measures exactly the message path and nothing else. Uses the gateway
-//! library's [`FrontDoor`] and [`EmbeddedBroker`] as they are.
+//! come in through the front door (identity, ACL, their sessions terminated there), their
+//! publishes arrive on the service inbox and replies go back through the front door's router,
+//! as the gateway's intake and outbox do. So the echo measures exactly the message path and
+//! nothing else. Uses the gateway library's [`FrontDoor`] and [`EmbeddedBroker`] as they are.
 
 use std::net::SocketAddr;
 
 use gateway::broker::EmbeddedBroker;
 use gateway::config::{AuthConfig, Limits};
+use gateway::frontdoor::router::Router;
 use gateway::frontdoor::{FrontDoor, Settings};
+use gateway::mqtt::{self, Incoming};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,8 +21,10 @@ use tokio_util::sync::CancellationToken;
 pub struct BareBroker {
     /// Where devices connect: the front door.
     pub addr: SocketAddr,
-    /// Where the responder connects: a relay straight to rumqttd, past the device ACL.
-    pub service_addr: SocketAddr,
+    /// Device publishes, as the gateway's intake gets them.
+    pub inbox_rx: mpsc::Receiver<Incoming>,
+    /// Where replies for devices go, as the gateway's outbox sends them.
+    pub router: Arc<Router>,
     /// Stops the front door and the relay.
     pub stop: CancellationToken,
     /// Holds the (empty) credentials database the front door reads.
@@ -27,7 +32,7 @@ pub struct BareBroker {
 }
 
 /// Starts rumqttd with the gateway's default limits, the front door on `listen` (anonymous
-/// devices allowed, as on a fresh loopback install) and the service relay.
+/// devices allowed, as on a fresh loopback install).
 pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
     let limits = Limits::default();
@@ -53,17 +58,16 @@ pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
         .map_err(|e| format!("broker start task failed: {e}"))?
         .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
-    let service_addr = broker
-        .service_relay(stop.clone())
-        .await
-        .map_err(|e| format!("cannot bind the service relay: {e}"))?;
+    let router = front.router();
+    let (inbox_tx, inbox_rx) = mqtt::inbox();
     // Presence events matter to the gateway's outbox only; here they are drained and dropped.
     let (events_tx, mut events_rx) = mpsc::channel(1024);
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
-    tokio::spawn(front.run(broker, events_tx, stop.clone()));
+    tokio::spawn(front.run(broker, inbox_tx, events_tx, stop.clone()));
     Ok(BareBroker {
         addr,
-        service_addr,
+        inbox_rx,
+        router,
         stop,
         _dir: dir,
     })

@@ -7,7 +7,7 @@
 //!
 //! Against a running gateway the gateway would answer too, so for the yardstick use `--serve
 //! ADDR`: the echo then hosts the gateway's front door and rumqttd itself ([`super::bare_broker`])
-//! and answers on them.
+//! and answers where the gateway's service does, on the front door's inbox and router.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 
+use gateway::mqtt::Ack;
+
 use crate::cli::EchoArgs;
 use crate::connection::{Link, LinkEvent, LinkOptions};
 use crate::verify::stats_value;
@@ -30,23 +32,15 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         Ok(ok) => ok,
         Err(message) => return super::usage(message),
     };
-    let bare = match args.serve {
-        Some(listen) => match super::bare_broker::start(listen).await {
-            Ok(bare) => {
-                println!("device-sim echo listening mqtt={}", bare.addr);
-                Some(bare)
-            }
+    if let Some(listen) = args.serve {
+        return match super::bare_broker::start(listen).await {
+            Ok(bare) => serve(bare, args.duration).await,
             Err(message) => {
                 eprintln!("device-sim echo: {message}");
-                return ExitCode::from(super::EXIT_USAGE);
+                ExitCode::from(super::EXIT_USAGE)
             }
-        },
-        None => None,
-    };
-    let (host, port) = match &bare {
-        Some(bare) => (bare.service_addr.ip().to_string(), bare.service_addr.port()),
-        None => (host, port),
-    };
+        };
+    }
     let mut options = LinkOptions::new(&host, port, args.client_id.clone());
     options.inflight = 512;
     let mut link = Link::open(&options);
@@ -76,10 +70,7 @@ pub async fn run(args: EchoArgs) -> ExitCode {
                     );
                     return ExitCode::FAILURE;
                 }
-                let devices = bare
-                    .as_ref()
-                    .map_or(format!("{host}:{port}"), |b| b.addr.to_string());
-                println!("device-sim echo ready on {devices}");
+                println!("device-sim echo ready on {host}:{port}");
             }
             Some(LinkEvent::Message(publish)) => {
                 if answer(&link.client, &publish).await {
@@ -93,9 +84,34 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         }
     }
     link.close(Duration::from_secs(2)).await;
-    if let Some(bare) = bare {
-        bare.stop.cancel();
+    println!("device-sim echo: answered {answered} requests");
+    ExitCode::SUCCESS
+}
+
+/// Answers on an in-process front door until Ctrl-C, SIGTERM or `duration`.
+async fn serve(mut bare: super::bare_broker::BareBroker, duration: Option<Duration>) -> ExitCode {
+    println!("device-sim echo listening mqtt={}", bare.addr);
+    println!("device-sim echo ready on {}", bare.addr);
+    let stop = stop_signal(duration);
+    tokio::pin!(stop);
+    let mut answered = 0u64;
+    loop {
+        let incoming = tokio::select! {
+            incoming = bare.inbox_rx.recv() => incoming,
+            _ = &mut stop => break,
+        };
+        let Some(incoming) = incoming else { break };
+        if let Some((topic, reply, properties)) = reply_for(&incoming.publish) {
+            let payload = reply.encode();
+            let reply = Publish::new(topic, QoS::AtLeastOnce, payload, Some(properties));
+            bare.router.publish(reply);
+            answered += 1;
+        }
+        if let Ack::Local(ack) = incoming.ack {
+            ack();
+        }
     }
+    bare.stop.cancel();
     println!("device-sim echo: answered {answered} requests");
     ExitCode::SUCCESS
 }
@@ -127,8 +143,9 @@ async fn stop_signal(duration: Option<Duration>) {
     }
 }
 
-/// The reply to one request, or `None` when it cannot be addressed (no correlation, bad topic).
-fn reply_for(publish: &Publish) -> Option<(String, Reply, bytes::Bytes)> {
+/// The reply to one request with its properties, or `None` when it cannot be addressed (no
+/// correlation, bad topic).
+fn reply_for(publish: &Publish) -> Option<(String, Reply, PublishProperties)> {
     let topic = std::str::from_utf8(&publish.topic).ok()?;
     let (device, DeviceTopic::Request(op)) = topics::parse_device_topic(topic)? else {
         return None;
@@ -156,7 +173,13 @@ fn reply_for(publish: &Publish) -> Option<(String, Reply, bytes::Bytes)> {
             "device-sim echo answers stats only",
         ),
     };
-    Some((reply_topic, reply, corr))
+    let properties = PublishProperties {
+        correlation_data: Some(corr),
+        content_type: Some("application/cbor".into()),
+        user_properties: vec![("status".into(), reply.status.code().to_string())],
+        ..PublishProperties::default()
+    };
+    Some((reply_topic, reply, properties))
 }
 
 /// The `values` of a request's argument map.
@@ -178,14 +201,8 @@ fn series(payload: &[u8]) -> Option<Vec<f64>> {
 }
 
 async fn answer(client: &AsyncClient, publish: &Publish) -> bool {
-    let Some((topic, reply, corr)) = reply_for(publish) else {
+    let Some((topic, reply, properties)) = reply_for(publish) else {
         return false;
-    };
-    let properties = PublishProperties {
-        correlation_data: Some(corr),
-        content_type: Some("application/cbor".into()),
-        user_properties: vec![("status".into(), reply.status.code().to_string())],
-        ..PublishProperties::default()
     };
     let sent = client
         .publish_with_properties(topic, QoS::AtLeastOnce, false, reply.encode(), properties)

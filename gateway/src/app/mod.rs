@@ -131,14 +131,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let started_at = crate::store::now_ms();
     let metrics = Arc::new(Metrics::default());
-    let (link, inbox_rx) = mqtt::connect(LinkConfig {
-        host: link_host,
-        port: link_port,
-        client_id: format!("roost-{gateway_id}"),
-        filters,
-        will: Some(status::offline_will(&gateway_id, started_at)),
-        max_packet_bytes: limits.max_payload_bytes,
-    })
+    let (inbox_tx, inbox_rx) = mqtt::inbox();
+    let link = mqtt::connect(
+        LinkConfig {
+            host: link_host,
+            port: link_port,
+            client_id: format!("roost-{gateway_id}"),
+            filters,
+            will: Some(status::offline_will(&gateway_id, started_at)),
+            max_packet_bytes: limits.max_payload_bytes,
+            local_replies: front.as_ref().map(FrontDoor::router),
+        },
+        inbox_tx.clone(),
+    )
     .await?;
     let publisher = link.publisher.clone();
 
@@ -224,6 +229,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             println!("roost gateway listening mqtt={local}{http_part}");
             Some(tokio::spawn(front.run(
                 broker.clone(),
+                inbox_tx,
                 presence_tx,
                 shutdown.child_token(),
             )))

@@ -1,99 +1,56 @@
-//! The aggregating side of the front door: a few long-lived MQTT 5 links to rumqttd that every
-//! device session shares, and the router that brings replies back.
+//! What every device session shares: the way in to the gateway service and the way back.
 //!
-//! Fed by [`super::FrontDoor::run`] once at start; used by every device session
-//! ([`super::terminated`]). Device publishes go up on one of [`PUBLISH_LINKS`] links, picked by
-//! device id so one device's publishes stay in order on one connection; one more link
-//! subscribes to `devices/+/reply/#` and hands each reply to [`Router::dispatch`].
+//! Used by every device session ([`super::terminated`]). A device's publishes (requests, acks,
+//! presence, telemetry: the only topics a device may publish to) go straight into the service's
+//! inbox ([`crate::mqtt::inbox`]), and the service's replies come back through [`Router`]. None
+//! of it crosses rumqttd: no client other than the device and the service may see those topics
+//! (see `wire::topics`), so the broker hop was pure cost: four broker round trips per request
+//! (request and ack up, `202` and final down).
 //!
-//! Why: rumqttd accepts at most ~1 connection per millisecond per listener, and several
-//! listeners race in its router, so a broker connection per device capped sleepy-device churn
-//! at ~800 cycles/s. Device sessions need no broker state: held replies live in the outbox.
+//! rumqttd still carries everything else: retained status for devices' side links, operators
+//! and viewers, and the service's own status and dead letters.
 
-use std::hash::{Hash, Hasher};
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{check, Publish};
+use tokio::sync::mpsc;
 
-use super::limits::FrontDoorStats;
-use super::link::{Link, LinkSpec};
 use super::router::Router;
-use crate::wire::topics;
+use crate::mqtt::Incoming;
 
-/// Upstream links carrying device publishes.
-pub const PUBLISH_LINKS: usize = 2;
-
-/// The shared upstream links and the reply router.
+/// The service's inbox and the reply router.
 #[derive(Debug)]
 pub struct Hub {
-    links: Vec<Link>,
-    /// The reply link's handle: a link ends when its last handle is dropped.
-    _replies: Link,
-    /// Live device sessions by client id.
+    /// Live device sessions by client id; the service's replies go through it.
     pub router: Arc<Router>,
+    /// The service's inbox: device publishes, acked once intake has committed them.
+    pub service_tx: mpsc::Sender<Incoming>,
     /// rumqttd's MQTT 5 listener (for sessions' side links).
     pub addr: SocketAddr,
     /// Largest packet taken from the broker.
     pub max_packet: usize,
 }
 
-impl Hub {
-    /// Connects the links and waits until the reply link's subscription is granted.
-    pub async fn start(
-        addr: SocketAddr,
-        max_packet: usize,
-        stats: Arc<FrontDoorStats>,
-    ) -> io::Result<Hub> {
-        let router = Arc::new(Router::new(stats));
-        let links = (0..PUBLISH_LINKS)
-            .map(|n| {
-                let spec = LinkSpec {
-                    addr,
-                    name: format!("roost-frontdoor-up{n}"),
-                    max_packet,
-                    filters: Vec::new(),
-                    persistent: true,
-                };
-                Link::spawn(spec, None, None)
-            })
-            .collect();
-        let dispatch = router.clone();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let spec = LinkSpec {
-            addr,
-            name: "roost-frontdoor-replies".into(),
-            max_packet,
-            filters: vec![topics::REPLY_FILTER_ALL.to_owned()],
-            persistent: true,
-        };
-        let replies = Link::spawn(
-            spec,
-            Some(Box::new(move |frame| dispatch.dispatch(frame))),
-            Some(ready_tx),
-        );
-        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
-            Ok(Ok(())) => Ok(Hub {
-                links,
-                _replies: replies,
-                router,
-                addr,
-                max_packet,
-            }),
-            _ => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the broker did not grant the front door's reply subscription",
-            )),
-        }
-    }
+/// A checked MQTT 5 PUBLISH frame as the service reads it (payload and properties not copied).
+pub fn parse_publish(frame: Bytes) -> Option<Publish> {
+    let header = check(frame.iter(), None).ok()?;
+    Publish::read(header, frame).ok()
+}
 
-    /// The link device `client_id` publishes on.
-    pub fn link_for(&self, client_id: &str) -> &Link {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        client_id.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % self.links.len() as u64).unwrap_or(0);
-        &self.links[index]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontdoor::link::publish_frame;
+
+    #[test]
+    fn a_device_frame_parses_for_the_service() {
+        let frame = publish_frame("devices/d1/req/stats", 1, false, Bytes::from_static(b"x"))
+            .expect("frame");
+        let publish = parse_publish(frame).expect("parses");
+        assert_eq!(&publish.topic[..], b"devices/d1/req/stats");
+        assert_eq!(&publish.payload[..], b"x");
+        assert!(parse_publish(Bytes::from_static(&[0x30, 9, 0])).is_none());
     }
 }

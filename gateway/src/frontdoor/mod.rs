@@ -167,6 +167,7 @@ pub struct FrontDoor {
     identity: identity::Identity,
     tls: Option<tls::Tls>,
     stats: Arc<FrontDoorStats>,
+    router: Arc<router::Router>,
 }
 
 impl FrontDoor {
@@ -183,12 +184,14 @@ impl FrontDoor {
                     addr: settings.listen,
                     source,
                 })?;
+        let stats = Arc::<FrontDoorStats>::default();
         Ok(FrontDoor {
             listener,
             settings,
             identity,
             tls,
-            stats: Arc::default(),
+            router: Arc::new(router::Router::new(stats.clone())),
+            stats,
         })
     }
 
@@ -202,20 +205,28 @@ impl FrontDoor {
         self.stats.clone()
     }
 
-    /// Connects the shared upstream links, then accepts devices until `shutdown`, reporting
-    /// presence on `events_tx`. Returns early only when the links cannot be set up (the gateway
-    /// then exits: crash-only).
+    /// The device sessions by client id: the service hands replies for devices to it.
+    pub fn router(&self) -> Arc<router::Router> {
+        self.router.clone()
+    }
+
+    /// Accepts devices until `shutdown`, handing their publishes to the service on `service_tx`
+    /// and reporting presence on `events_tx`.
     pub async fn run(
         self,
         broker: EmbeddedBroker,
+        service_tx: mpsc::Sender<crate::mqtt::Incoming>,
         events_tx: mpsc::Sender<FrontDoorEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), FrontDoorError> {
         let limits = &self.settings.limits;
         let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
-        let hub = hub::Hub::start(broker.v5, max_packet, self.stats.clone())
-            .await
-            .map_err(FrontDoorError::Upstream)?;
+        let hub = hub::Hub {
+            router: self.router.clone(),
+            service_tx,
+            addr: broker.v5,
+            max_packet,
+        };
         let shared = Arc::new(session::Shared {
             hub,
             broker,

@@ -1,7 +1,7 @@
 //! Which device session gets a broker message: the live session of each device id.
 //!
-//! Fed by the reply link ([`Router::dispatch`], every message on `devices/+/reply/#`) and by
-//! device sessions ([`Router::register`] after CONNECT, [`Router::unregister`] at their end);
+//! Fed by the gateway service ([`Router::publish`]: its replies on `devices/{id}/reply/...`) and
+//! by device sessions ([`Router::register`] after CONNECT, [`Router::unregister`] at their end);
 //! feeds each session's bounded delivery channel. The session matches the message against the
 //! subscriptions it recorded and sends it on at the QoS granted.
 //!
@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +75,20 @@ impl Router {
         }
     }
 
-    /// Hands a reply to its device's session, if connected; never waits.
+    /// Hands a reply (any QoS; sent at QoS 1 where the device subscribed at 1) to its device's
+    /// session, if connected; never waits.
+    pub fn publish(&self, mut publish: Publish) {
+        publish.qos = QoS::AtLeastOnce;
+        publish.pkid = 1;
+        let mut frame = BytesMut::with_capacity(publish.size());
+        match Packet::Publish(publish).write(&mut frame, None) {
+            Ok(_) => self.dispatch(frame.freeze()),
+            Err(error) => tracing::error!(%error, "reply not encodable"),
+        }
+    }
+
+    /// Hands a reply (a whole MQTT 5 PUBLISH frame) to its device's session, if connected;
+    /// never waits.
     pub fn dispatch(&self, frame: Bytes) {
         let Some(device) = downstream::topic(&frame).and_then(topics::reply_topic_device) else {
             return;
@@ -108,9 +123,6 @@ fn bump_dropped(counter: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-    use rumqttc::v5::mqttbytes::QoS;
 
     fn reply(topic: &str) -> Bytes {
         let mut out = BytesMut::new();

@@ -1,17 +1,17 @@
 //! A device session terminated by the front door itself: no broker connection of its own.
 //!
-//! Fed by [`super::session`] once the CONNECT passed identity and the Will ACL; feeds the shared
-//! upstream links ([`super::hub`]), the device socket and presence events. It answers CONNECT
+//! Fed by [`super::session`] once the CONNECT passed identity and the Will ACL; feeds the
+//! service's inbox ([`super::hub`]), the device socket and presence events. It answers CONNECT
 //! (`session_present = 0`: held replies live in the outbox, which redelivers them on wake),
 //! PINGREQ, SUBSCRIBE (recorded here), UNSUBSCRIBE, PUBREL and DISCONNECT itself, enforces
-//! 1.5 × Keep Alive, publishes the Will upstream on an abnormal end, and closes an older session
-//! of the same client id (takeover). Reply filters are served by the hub's reply link; any other
-//! allowed filter (a device's own status, the loopback operator view) by a side link of this
-//! session's own, so it gets rumqttd's retained messages.
+//! 1.5 × Keep Alive, hands the Will to the service on an abnormal end, and closes an older
+//! session of the same client id (takeover). Reply filters are served by the router (the
+//! service's replies); any other allowed filter (a device's own status, the loopback operator
+//! view) by a side link of this session's own to rumqttd, so it gets retained messages.
 //!
-//! **Invariants:** a device PUBLISH reaches the broker only after it parsed and passed the ACL;
-//! a QoS 1 (2) publish is PUBACKed (PUBRECed) only after the broker PUBACKed it; the broker's
-//! messages never wait on this device (they arrive on a bounded channel, dropped when full).
+//! **Invariants:** a device PUBLISH reaches the service only after it parsed and passed the ACL;
+//! a QoS 1 (2) publish is PUBACKed (PUBRECed) only after intake committed it; messages for the
+//! device never wait on it (they arrive on a bounded channel, dropped when full).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,18 +26,20 @@ use tokio_util::sync::CancellationToken;
 use super::acl::Principal;
 use super::codec::{ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation};
 use super::downstream::{self, Window};
+use super::hub::parse_publish;
 use super::limits::FrontDoorStats;
-use super::link::{AckTo, Acked, Link, LinkSpec};
+use super::link::{Acked, Link, LinkSpec};
 use super::outgoing::{self, reason};
 use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::translate;
 use super::Presence;
+use crate::mqtt::{Ack, Incoming};
 use crate::wire::topics;
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
-/// Device publishes forwarded and not yet acked by the broker before we stop reading.
+/// Device publishes handed to the service and not yet acked before we stop reading.
 const MAX_PENDING_ACKS: usize = 256;
 /// MQTT 5 reason code: session taken over.
 const TAKEN_OVER: u8 = 0x8E;
@@ -95,7 +97,6 @@ where
         reader,
         version: connect.version,
         principal,
-        link: hub.link_for(&client_id).clone(),
         shared: shared.clone(),
         presence: presence.clone(),
         acks_tx,
@@ -130,7 +131,7 @@ where
         Ok(End::Dropped) | Err(_) => true,
     };
     if will {
-        session.publish_will(&connect);
+        session.publish_will(&connect).await;
     }
     match &outcome {
         Ok(End::TakenOver) if session.version == Version::V5 => {
@@ -165,7 +166,6 @@ struct Session<W> {
     reader: PacketReader,
     version: Version,
     principal: Principal,
-    link: Link,
     shared: Arc<Shared>,
     presence: Option<Presence>,
     acks_tx: mpsc::UnboundedSender<Acked>,
@@ -264,7 +264,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     ) -> Result<Option<End>, SessionError> {
         match packet {
             Inbound::Publish { topic, qos, pkid } => {
-                self.publish(&topic, qos, pkid, &frame, out)?
+                self.publish(&topic, qos, pkid, frame, out).await?
             }
             Inbound::Subscribe(subscription) => self.subscribe(subscription, out).await,
             Inbound::Unsubscribe { pkid, filters } => {
@@ -304,12 +304,12 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         Ok(None)
     }
 
-    fn publish(
+    async fn publish(
         &mut self,
         topic: &str,
         qos: u8,
         pkid: u16,
-        frame: &[u8],
+        frame: Bytes,
         out: &mut BytesMut,
     ) -> Result<(), SessionError> {
         if !self.principal.may_publish(topic) {
@@ -329,27 +329,39 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             return Ok(());
         }
         let upstream = match self.version {
-            Version::V5 => Bytes::copy_from_slice(frame),
+            Version::V5 => frame,
             Version::V4 => {
                 let mut translated = BytesMut::with_capacity(frame.len() + 1);
-                translate::packet_up(frame, &mut translated);
+                translate::packet_up(&frame, &mut translated);
                 translated.freeze()
             }
         };
-        let ack_to = (qos > 0).then(|| AckTo {
-            acks_tx: self.acks_tx.clone(),
-            pkid,
-            qos,
-        });
-        if ack_to.is_some() {
+        let Some(publish) = parse_publish(upstream) else {
+            return Err(SessionError::Upstream);
+        };
+        let ack = if qos > 0 {
             self.pending_acks += 1;
-        }
-        self.link
-            .publish(upstream, ack_to)
+            let acks_tx = self.acks_tx.clone();
+            Ack::Local(Box::new(move || {
+                let _ = acks_tx.send(Acked {
+                    pkid,
+                    qos,
+                    reason: 0,
+                    failed: false,
+                });
+            }))
+        } else {
+            Ack::Local(Box::new(|| {}))
+        };
+        self.shared
+            .hub
+            .service_tx
+            .send(Incoming { publish, ack })
+            .await
             .map_err(|_| SessionError::Upstream)
     }
 
-    /// The broker acked a forwarded publish: ack the device (never before).
+    /// The service handled a publish: ack the device (never before).
     fn acked(&mut self, acked: Acked, out: &mut BytesMut) -> Result<(), SessionError> {
         self.pending_acks = self.pending_acks.saturating_sub(1);
         if acked.failed {
@@ -482,21 +494,20 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
     }
 
-    /// Publishes the device's Will upstream (its topic passed the ACL at CONNECT).
-    fn publish_will(&self, connect: &ConnectInfo) {
+    /// Hands the device's Will to the service (its topic passed the ACL at CONNECT).
+    async fn publish_will(&self, connect: &ConnectInfo) {
         let (Some(topic), Some((payload, qos, retain))) = (&connect.will_topic, &connect.will)
         else {
             return;
         };
-        if let Some(frame) =
-            super::link::publish_frame(topic, (*qos).min(1), *retain, payload.clone())
-        {
-            let ack_to = (*qos > 0).then(|| AckTo {
-                acks_tx: self.acks_tx.clone(),
-                pkid: 0,
-                qos: 1,
-            });
-            let _ = self.link.publish(frame, ack_to);
+        let frame = super::link::publish_frame(topic, (*qos).min(1), *retain, payload.clone());
+        if let Some(publish) = frame.and_then(parse_publish) {
+            let will = Incoming {
+                publish,
+                ack: Ack::Local(Box::new(|| {})),
+            };
+            let send = self.shared.hub.service_tx.send(will);
+            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
         }
     }
 }

@@ -12,12 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::mpsc;
 
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
-use crate::mqtt::Publisher;
+use crate::mqtt::{Incoming, Publisher};
 use crate::outbox::DeviceEvent;
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
@@ -67,7 +66,7 @@ pub struct Intake {
 
 impl Intake {
     /// Handles publishes until the inbox closes. A store failure is returned: it is fatal.
-    pub async fn run(self, mut inbox_rx: mpsc::Receiver<Publish>) -> Result<(), StoreError> {
+    pub async fn run(self, mut inbox_rx: mpsc::Receiver<Incoming>) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while inbox_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             self.process(std::mem::take(&mut batch)).await?;
@@ -75,13 +74,13 @@ impl Intake {
         Ok(())
     }
 
-    async fn process(&self, publishes: Vec<Publish>) -> Result<(), StoreError> {
+    async fn process(&self, publishes: Vec<Incoming>) -> Result<(), StoreError> {
         let draining = self.draining.load(Ordering::Relaxed);
         let mut plans = Vec::with_capacity(publishes.len());
         let mut work = Vec::with_capacity(publishes.len());
-        for publish in publishes {
-            let (plan, db) = plan::plan(&publish, self, draining);
-            plans.push((publish, plan));
+        for incoming in publishes {
+            let (plan, db) = plan::plan(&incoming.publish, self, draining);
+            plans.push((incoming, plan));
             work.push(db);
         }
         let outcomes: Vec<Option<plan::Outcome>> = if work.iter().all(Option::is_none) {
@@ -95,8 +94,8 @@ impl Intake {
                 })
                 .await?
         };
-        for ((publish, plan), outcome) in plans.into_iter().zip(outcomes) {
-            self.publisher.ack(&publish).await;
+        for ((incoming, plan), outcome) in plans.into_iter().zip(outcomes) {
+            self.publisher.ack(incoming).await;
             plan.finish(self, outcome).await;
         }
         Ok(())

@@ -226,8 +226,9 @@ impl Plan {
                 reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op, points));
                 tracing::debug!(request_id = %job.id, device_id = %job.device, "accepted");
                 seen(&job.device, None);
-                intake.scheduler.push(job);
+                // The 202 goes out before the job can finish, so it always precedes the final.
                 intake.answer(&address, reply).await;
+                intake.scheduler.push(job);
             }
             (
                 Plan::Admit { address, job },
