@@ -98,3 +98,67 @@ async fn accepted_requests_survive_kill_9_and_run_once() {
         assert_eq!(key.as_deref(), Some(row.id.as_str()));
     }
 }
+
+/// A device that saw PUBACK for a request may sleep at once: the front door PUBACKs only after
+/// intake committed the request, so kill -9 right after the PUBACKs loses none of them. The
+/// device is not even subscribed before the crash, so everything it learns comes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubacked_request_survives_kill_9() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event};
+
+    const SENT: usize = 50;
+    let mut gateway =
+        Gateway::start_with("[gateway]\nworkers = 1\n[limits]\nmax_pending_per_device = 1000\n");
+    let (client, mut eventloop) = AsyncClient::new(options("puback-1", gateway.mqtt), 256);
+    let payload = gateway::wire::envelope::encode_value(&values(&[1.0, 2.0, 3.0]));
+    for i in 0..SENT {
+        let properties = PublishProperties {
+            correlation_data: Some(corr(i).into()),
+            ..Default::default()
+        };
+        client
+            .publish_with_properties(
+                "devices/puback-1/req/stats",
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+                properties,
+            )
+            .await
+            .expect("queued");
+    }
+    let mut pubacks = 0;
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while pubacks < SENT {
+            match eventloop.poll().await.expect("connected") {
+                Event::Incoming(Packet::PubAck(ack)) => {
+                    assert_eq!(
+                        ack.reason,
+                        rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+                    );
+                    pubacks += 1;
+                }
+                _ => continue,
+            }
+        }
+    });
+    waited.await.expect("every request PUBACKed");
+    gateway.kill();
+    drop((client, eventloop));
+
+    gateway.restart();
+    let rows = requests_of(&gateway, "puback-1");
+    assert_eq!(rows.len(), SENT, "every PUBACKed request is in the store");
+    let mut device = TestDevice::wake(gateway.mqtt, "puback-1").await;
+    let mut finals = HashMap::new();
+    while finals.len() < SENT {
+        let got = device.next().await;
+        assert_eq!(got.reply.status, Status::Ok, "{:?}", got.reply);
+        finals.insert(got.corr.expect("correlated").to_vec(), got.reply.request_id);
+    }
+    for row in requests_of(&gateway, "puback-1") {
+        assert_eq!(row.executions, 1, "op ran exactly once: {row:?}");
+    }
+}

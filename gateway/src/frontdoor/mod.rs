@@ -154,9 +154,6 @@ pub enum FrontDoorError {
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The shared upstream links to the embedded broker could not be set up.
-    #[error("the front door cannot reach the embedded broker: {0}")]
-    Upstream(std::io::Error),
 }
 
 /// The device-facing listener, bound but not yet serving.

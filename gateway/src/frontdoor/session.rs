@@ -70,8 +70,8 @@ pub enum SessionError {
     /// Nothing from the device within 1.5 × its Keep Alive.
     #[error("keep alive expired")]
     KeepAlive,
-    /// The upstream link failed before the broker acked a publish of this device.
-    #[error("the upstream link to the broker failed")]
+    /// The service stopped taking device publishes (the gateway is stopping).
+    #[error("the gateway service is not taking publishes")]
     Upstream,
 }
 

@@ -28,7 +28,7 @@ use super::codec::{ConnectInfo, Inbound, PacketReader, Subscription, Version, Vi
 use super::downstream::{self, Window};
 use super::hub::parse_publish;
 use super::limits::FrontDoorStats;
-use super::link::{Acked, Link, LinkSpec};
+use super::link::{Link, LinkSpec};
 use super::outgoing::{self, reason};
 use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
@@ -50,6 +50,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a side link's subscription may take.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service committed a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    pkid: u16,
+    qos: u8,
+}
 
 /// Why the loop ended.
 enum End {
@@ -214,9 +221,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 biased;
                 () = taken_over.cancelled() => return Ok(End::TakenOver),
                 Some(acked) = acks_rx.recv() => {
-                    self.acked(acked, &mut out)?;
+                    self.acked(acked, &mut out);
                     while let Ok(acked) = acks_rx.try_recv() {
-                        self.acked(acked, &mut out)?;
+                        self.acked(acked, &mut out);
                     }
                 }
                 Some(frame) = deliveries_rx.recv() => {
@@ -337,18 +344,13 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             }
         };
         let Some(publish) = parse_publish(upstream) else {
-            return Err(SessionError::Upstream);
+            return Err(Violation::Malformed("unreadable PUBLISH".into()).into());
         };
         let ack = if qos > 0 {
             self.pending_acks += 1;
             let acks_tx = self.acks_tx.clone();
             Ack::Local(Box::new(move || {
-                let _ = acks_tx.send(Acked {
-                    pkid,
-                    qos,
-                    reason: 0,
-                    failed: false,
-                });
+                let _ = acks_tx.send(Acked { pkid, qos });
             }))
         } else {
             Ack::Local(Box::new(|| {}))
@@ -362,18 +364,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     /// The service handled a publish: ack the device (never before).
-    fn acked(&mut self, acked: Acked, out: &mut BytesMut) -> Result<(), SessionError> {
+    fn acked(&mut self, acked: Acked, out: &mut BytesMut) {
         self.pending_acks = self.pending_acks.saturating_sub(1);
-        if acked.failed {
-            return Err(SessionError::Upstream);
-        }
         let kind = if acked.qos == 2 { 0x50 } else { 0x40 };
         let [hi, lo] = acked.pkid.to_be_bytes();
-        match (self.version, acked.reason) {
-            (Version::V5, code) if code != 0 => out.extend_from_slice(&[kind, 3, hi, lo, code]),
-            _ => out.extend_from_slice(&[kind, 2, hi, lo]),
-        }
-        Ok(())
+        out.extend_from_slice(&[kind, 2, hi, lo]);
     }
 
     /// PUBACK frees a slot of the window; PUBREL is answered with PUBCOMP (QoS 2 from the device,
@@ -458,17 +453,14 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             addr: self.shared.hub.addr,
             name: "roost-frontdoor-side".into(),
             max_packet: self.shared.hub.max_packet,
-            filters: Vec::new(),
-            persistent: false,
         };
         let link = Link::spawn(
             spec,
-            Some(Box::new(move |frame| {
+            Box::new(move |frame| {
                 if deliveries_tx.try_send(frame).is_err() {
                     FrontDoorStats::bump(&stats.deliveries_dropped);
                 }
-            })),
-            None,
+            }),
         );
         self.side = Some(link.clone());
         link

@@ -1,8 +1,8 @@
-//! The wire side of a [`super::Link`]: the writer (requests, acks, pings, batched into one
-//! write), the reader (PUBACK / SUBACK matched by packet id, PUBLISH acked and handed on), and
-//! frame helpers.
+//! The wire side of a [`super::Link`]: the writer (subscribes, acks, pings, batched into one
+//! write), the reader (SUBACK matched by packet id, PUBLISH acked and handed on), and frame
+//! helpers.
 //!
-//! Fed by `drive` in [`super`]; feeds the broker socket and the sessions' ack channels.
+//! Fed by `drive` in [`super`]; feeds the broker socket and the session's callback.
 
 use crate::frontdoor::codec::header_len;
 use std::io;
@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Acked, Inflight, OnMessage, Request, KEEP_ALIVE_S};
+use super::{Inflight, OnMessage, Request, KEEP_ALIVE_S};
 use crate::frontdoor::codec::frame_len;
 use crate::frontdoor::relay::rearm_quickack;
 
@@ -61,37 +61,14 @@ pub(super) async fn write_loop(
 }
 
 fn apply(request: Request, inflight: &Mutex<Inflight>, out: &mut BytesMut) -> io::Result<()> {
-    match request {
-        Request::Publish { frame, ack_to } => {
-            let pkid = match &ack_to {
-                Some(to) => {
-                    let mut table = inflight.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some(pkid) = table.pkid() else {
-                        // 65,535 publishes in flight: refuse this one (its device is closed).
-                        let _ = to.acks_tx.send(Acked {
-                            pkid: to.pkid,
-                            qos: to.qos,
-                            reason: 0x97,
-                            failed: true,
-                        });
-                        return Ok(());
-                    };
-                    table.acks.insert(pkid, to.clone());
-                    Some(pkid)
-                }
-                None => None,
-            };
-            put_publish(&frame, pkid, out);
-        }
-        Request::Subscribe {
-            filters,
-            granted_tx,
-        } => subscribe(filters, granted_tx, inflight, out)?,
-    }
-    Ok(())
+    let Request {
+        filters,
+        granted_tx,
+    } = request;
+    subscribe(filters, granted_tx, inflight, out)
 }
 
-pub(super) fn subscribe(
+fn subscribe(
     filters: Vec<(String, u8)>,
     granted_tx: oneshot::Sender<Vec<u8>>,
     inflight: &Mutex<Inflight>,
@@ -116,17 +93,11 @@ pub(super) fn subscribe(
     encode(Packet::Subscribe(packet), out)
 }
 
-/// Appends `frame` (a v5 PUBLISH) as sent upstream: DUP cleared, QoS 2 made QoS 1, and the
-/// packet id replaced by `pkid` (QoS 0 when `None`, which drops the packet id field).
-fn put_publish(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
-    crate::frontdoor::downstream::reframe(frame, pkid, out);
-}
-
 pub(super) async fn read_loop(
     mut rx: OwnedReadHalf,
     mut buf: BytesMut,
     max_packet: usize,
-    on_message: &mut Option<OnMessage>,
+    on_message: &mut OnMessage,
     inflight: &Mutex<Inflight>,
     control_tx: mpsc::UnboundedSender<Bytes>,
 ) -> io::Result<()> {
@@ -146,25 +117,7 @@ pub(super) async fn read_loop(
                     let id = body.get(2 + topic_len..4 + topic_len).unwrap_or(&[0, 0]);
                     let _ = control_tx.send(Bytes::from(vec![0x40, 2, id[0], id[1]]));
                 }
-                if let Some(on_message) = on_message.as_mut() {
-                    on_message(frame);
-                }
-            }
-            4 => {
-                let reason = body.get(2).copied().unwrap_or(0);
-                let to = inflight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .acks
-                    .remove(&pkid());
-                if let Some(to) = to {
-                    let _ = to.acks_tx.send(Acked {
-                        pkid: to.pkid,
-                        qos: to.qos,
-                        reason,
-                        failed: false,
-                    });
-                }
+                on_message(frame);
             }
             9 => {
                 let granted_tx = inflight
