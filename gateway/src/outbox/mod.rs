@@ -31,6 +31,9 @@ use crate::wire::{topics, DeviceId, RequestId, Status};
 
 pub use presence::Presence;
 
+/// Most device events, or final replies, handled in one turn of the loop.
+const MAX_TURN: usize = 1024;
+
 /// What the rest of the gateway tells the outbox about devices.
 #[derive(Debug, Clone)]
 pub enum DeviceEvent {
@@ -92,16 +95,27 @@ impl Outbox {
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
+        let mut events = Vec::with_capacity(MAX_TURN);
         loop {
             tokio::select! {
                 // Device events first: intake sends a device's `Seen` before its job can run, so
                 // handling events first keeps that order, and a wake never re-sends a final
-                // reply that was only just published.
+                // reply that was only just published. Every turn that handles events also
+                // publishes the replies waiting by then, so a stream of events (thousands of
+                // wakes a second) cannot starve final replies.
                 biased;
-                event = events_rx.recv() => match event {
-                    Some(event) => self.on_event(event).await,
-                    None => break,
-                },
+                received = events_rx.recv_many(&mut events, MAX_TURN) => {
+                    if received == 0 {
+                        break;
+                    }
+                    let woke: Vec<DeviceId> = events.drain(..).filter_map(|e| self.on_event(e)).collect();
+                    self.redeliver(woke).await;
+                    for _ in 0..MAX_TURN {
+                        let Ok(reply) = done_rx.try_recv() else { break };
+                        self.board.touch(&reply.device);
+                        self.publish(reply).await;
+                    }
+                }
                 reply = done_rx.recv() => match reply {
                     Some(reply) => {
                         self.board.touch(&reply.device);
@@ -124,7 +138,8 @@ impl Outbox {
         }
     }
 
-    async fn on_event(&mut self, event: DeviceEvent) {
+    /// Applies one event; returns the device if it just woke.
+    fn on_event(&mut self, event: DeviceEvent) -> Option<DeviceId> {
         let device = event.device().clone();
         match &event {
             DeviceEvent::Seen(..)
@@ -139,26 +154,38 @@ impl Outbox {
             self.board.last_error.insert(device.clone(), error.clone());
         }
         self.board.touch(&device);
-        if let Some(woke) = self.presence.apply(&event, Instant::now()) {
+        let woke = self.presence.apply(&event, Instant::now());
+        if woke.is_some() {
             self.metrics
                 .devices_known
                 .store(self.presence.known_count(), Relaxed);
-            self.redeliver(&woke).await;
         }
+        woke
     }
 
-    /// The device just woke: publish its held replies again, oldest first.
-    async fn redeliver(&self, device: &DeviceId) {
+    /// These devices just woke: publish their held replies again, oldest first per device, in
+    /// one store round trip for all of them.
+    async fn redeliver(&self, mut devices: Vec<DeviceId>) {
+        devices.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        devices.dedup();
+        if devices.is_empty() {
+            return;
+        }
         let limit = self.limits.max_held_replies_per_device;
-        let lookup = device.clone();
-        let held = match self
+        let held = self
             .store
-            .call(move |txn| requests::held_for(txn, &lookup, limit))
-            .await
-        {
+            .call(move |txn| {
+                let mut held = Vec::new();
+                for device in &devices {
+                    held.extend(requests::held_for(txn, device, limit)?);
+                }
+                Ok(held)
+            })
+            .await;
+        let held = match held {
             Ok(held) => held,
             Err(error) => {
-                tracing::error!(%error, device_id = %device, "cannot read held replies");
+                tracing::error!(%error, "cannot read held replies");
                 return;
             }
         };

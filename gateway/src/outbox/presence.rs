@@ -1,6 +1,11 @@
 //! Who is awake: a device is awake while connected through the front door, and for its listen
 //! window after any publish of its own (all an external broker lets us see); `{"state":
 //! "asleep"}` or the end of its front-door connection ends that at once.
+//!
+//! A device once seen connecting through the front door is awake exactly while connected: its
+//! publishes' `Seen` come from intake after their commit, so one sent just before DISCONNECT
+//! (typically an ack) arrives after the disconnect and would otherwise keep it "awake" through
+//! its next wake, which then redelivers nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -12,6 +17,8 @@ use crate::wire::DeviceId;
 struct Awake {
     until: Instant,
     connected: bool,
+    /// Connected through the front door at least once: presence is its connections.
+    front_door: bool,
     /// Whether it was awake when last looked at (by `apply` or `sweep`).
     was_awake: bool,
 }
@@ -54,12 +61,19 @@ impl Presence {
         let entry = self.devices.entry(device.clone()).or_insert(Awake {
             until: now,
             connected: false,
+            front_door: false,
             was_awake: false,
         });
         let was_awake = entry.is_awake(now);
         match event {
-            DeviceEvent::Seen(_, window) => entry.until = entry.until.max(now + *window),
-            DeviceEvent::Connected(_) => entry.connected = true,
+            DeviceEvent::Seen(_, window) if !entry.front_door => {
+                entry.until = entry.until.max(now + *window);
+            }
+            DeviceEvent::Seen(..) => {}
+            DeviceEvent::Connected(_) => {
+                entry.connected = true;
+                entry.front_door = true;
+            }
             // Behind the front door connections are seen: leaving ends the listen window too.
             DeviceEvent::Disconnected(_) => {
                 entry.connected = false;
@@ -69,9 +83,10 @@ impl Presence {
                 entry.until = now;
                 entry.connected = false;
             }
-            DeviceEvent::Acked(_, _) => {
+            DeviceEvent::Acked(_, _) if !entry.front_door => {
                 entry.until = entry.until.max(now + Duration::from_millis(1))
             }
+            DeviceEvent::Acked(_, _) => {}
             DeviceEvent::Rejected(_, _) => {}
         }
         entry.was_awake = entry.is_awake(now);
@@ -94,6 +109,7 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::RequestId;
 
     fn dev(id: &str) -> DeviceId {
         DeviceId::parse(id).expect("valid")
@@ -133,6 +149,25 @@ mod tests {
         assert!(!presence.is_awake(&d));
         assert_eq!(presence.known_count(), 1);
         assert_eq!(presence.awake_count(), 0);
+    }
+
+    #[test]
+    fn a_late_seen_does_not_keep_a_front_door_device_awake() {
+        let mut presence = Presence::default();
+        let d = dev("p4");
+        let t0 = Instant::now();
+        presence.apply(&DeviceEvent::Connected(d.clone()), t0);
+        presence.apply(&DeviceEvent::Disconnected(d.clone()), t0);
+        // Its ack's `Seen`, committed after it left.
+        let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(5));
+        assert_eq!(presence.apply(&seen, t0), None);
+        presence.apply(&DeviceEvent::Acked(d.clone(), RequestId::new()), t0);
+        assert!(!presence.is_awake(&d));
+        assert_eq!(
+            presence.apply(&DeviceEvent::Connected(d.clone()), t0),
+            Some(d.clone()),
+            "its next connection is a wake"
+        );
     }
 
     #[test]
