@@ -85,7 +85,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
-    let recovered = recovery::recover(&store, &scheduler, &limits, &done_tx).await?;
+    let republished = recovery::republish(&store, &done_tx).await?;
+    let (backlog, queued) = recovery::Backlog::open(&store, &scheduler, &limits, &done_tx).await?;
 
     let (link_host, link_port, broker, filters) = match (&config.broker, front.as_ref()) {
         (BrokerConfig::Embedded { .. }, Some(_)) => {
@@ -239,7 +240,21 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             None
         }
     };
-    tracing::info!(recovered.requeued, recovered.republished, "serving");
+    tracing::info!(
+        recovered.queued = queued,
+        recovered.republished = republished,
+        "serving"
+    );
+    let backlog_fatal = fatal_tx.clone();
+    tokio::spawn(async move {
+        match backlog.run().await {
+            Ok(requeued) if requeued > 0 => tracing::info!(requeued, "backlog requeued"),
+            Ok(_) => {}
+            Err(error) => {
+                let _ = backlog_fatal.send(format!("requeueing the backlog: {error}"));
+            }
+        }
+    });
 
     let broker_stopped = async {
         match &broker {

@@ -259,13 +259,20 @@ pub fn complete(conn: &Connection, done: &Completion) -> rusqlite::Result<bool> 
     Ok(changed == 1)
 }
 
-/// Every request still queued, oldest first: what a restart must run.
-pub fn queued(conn: &Connection) -> rusqlite::Result<Vec<StoredRequest>> {
-    let mut stmt = conn.prepare(
+/// Up to `limit` requests still queued with ids after `after` and up to `until`, oldest first:
+/// what a restart must run, a page at a time.
+pub fn queued_after(
+    conn: &Connection,
+    after: Option<RequestId>,
+    until: RequestId,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredRequest>> {
+    let after = after.map_or_else(Vec::new, |id| id.as_bytes().to_vec());
+    let mut stmt = conn.prepare_cached(
         "SELECT id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms
-         FROM requests WHERE state = 'queued' ORDER BY id",
+         FROM requests WHERE state = 'queued' AND id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
     )?;
-    let rows = stmt.query_map([], |row| {
+    let rows = stmt.query_map(params![after, until.as_bytes(), limit as i64], |row| {
         Ok(StoredRequest {
             id: request_id(row, 0)?,
             device: device_id(row, 1)?,
@@ -295,6 +302,17 @@ fn final_reply(row: &Row<'_>) -> rusqlite::Result<FinalReply> {
         expires_ms: row.get(6)?,
         envelope: row.get(7)?,
     })
+}
+
+/// How many requests are queued, and the newest queued id.
+pub fn queued_extent(conn: &Connection) -> rusqlite::Result<(usize, Option<RequestId>)> {
+    let (count, newest): (usize, Option<Vec<u8>>) = conn
+        .prepare_cached("SELECT COUNT(*), MAX(id) FROM requests WHERE state = 'queued'")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok((
+        count,
+        newest.and_then(|bytes| RequestId::from_slice(&bytes)),
+    ))
 }
 
 /// Held final replies that were never handed to the broker (a crash came between).
