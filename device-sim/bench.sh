@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Request-reply benchmark: device-sim `load` against the echo yardstick (the gateway's front door +
-# rumqttd with no service behind it) and against the real gateway, on loopback.
+# Request-reply benchmark: device-sim `load` against the echo yardstick (the gateway's front door
+# with a trivial responder behind it) and against the real gateway, on loopback.
 #
 # Usage, from the workspace root:
 #   cargo build --release -p gateway -p device-sim
 #   device-sim/bench.sh [DURATION] [SHAPES...]       e.g. device-sim/bench.sh 10s 10x4 100x4
 #
 # Prints one line per run and leaves the JSON reports in $OUT (default: a temp dir). The "server"
-# figures are the echo process (front door + rumqttd + responder) or the gateway process.
+# figures are the echo process (front door + responder on its inbox, as the gateway's service) or
+# the gateway process.
 # Every process it starts is stopped by its own PID.
 set -euo pipefail
 
@@ -60,7 +61,7 @@ load() { # $1 = label, $2 = broker, $3 = shape, rest = extra flags
     summary "$json"
 }
 
-# 1. The yardstick: echo on the gateway's own front door + rumqttd, nothing behind it.
+# 1. The yardstick: echo on the gateway's own front door, nothing behind it but a responder.
 "$bin/device-sim" echo --serve 127.0.0.1:0 > "$out/echo.log" 2>&1 &
 pids+=($!)
 echo_pid=${pids[0]}

@@ -23,8 +23,9 @@ use crate::workload::Mix;
 ///   load  offered load to find saturation: open loop at --rate req/s, or --closed with
 ///         --inflight requests outstanding per device. Replies are verified as in `run`.
 ///   echo  a trivial responder answering each request at once with a final 200 (no store, no
-///         workers): the broker's own round-trip ceiling. `echo --serve 127.0.0.1:0` hosts the
-///         gateway's front door + rumqttd itself; measure it with `load --expect-202 false`.
+///         workers): the message path's own round-trip ceiling. `echo --serve 127.0.0.1:0`
+///         hosts the gateway's front door itself and answers where the gateway's service would
+///         (its inbox and reply router); measure it with `load --expect-202 false`.
 ///
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
@@ -167,9 +168,9 @@ pub struct EchoArgs {
     /// The broker to serve on.
     #[arg(long, default_value = "127.0.0.1:1883", value_name = "HOST:PORT")]
     pub broker: String,
-    /// Instead of --broker, host the gateway's own front door + embedded rumqttd on this address
-    /// (port 0 = any), with no gateway service behind it, and print
-    /// `device-sim echo listening mqtt=ADDR`. This is the yardstick setup.
+    /// Instead of --broker, host the gateway's own front door (and embedded rumqttd) on this
+    /// address (port 0 = any), answering on the front door's inbox instead of a gateway service,
+    /// and print `device-sim echo listening mqtt=ADDR`. This is the yardstick setup.
     #[arg(long, value_name = "HOST:PORT", conflicts_with = "broker")]
     pub serve: Option<std::net::SocketAddr>,
     /// Stop after this long (default: until Ctrl-C).
