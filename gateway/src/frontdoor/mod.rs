@@ -1,14 +1,16 @@
 //! The front door: the device-facing MQTT listener on `[broker] listen`.
 //!
-//! Fed by device TCP (or TLS) connections; feeds the embedded broker and the gateway's presence
-//! tracking through [`FrontDoorEvent`]s. Each connection is one [`session`]: [`connect`] and
-//! [`identity`] say who it is, [`acl`] what it may do, [`codec`] checks every packet. A device
-//! is then terminated by the front door itself ([`terminated`]) and its traffic carried over a
-//! few long-lived broker connections shared by every device ([`hub`], [`link`]), with replies
-//! routed back by device id ([`router`], [`downstream`]); an operator or viewer is relayed to a
-//! broker connection of its own ([`relayed`], [`relay`]).
+//! Fed by device TCP (or TLS) connections; feeds the gateway service's inbox, the embedded
+//! broker and the gateway's presence tracking through [`FrontDoorEvent`]s. Each connection is
+//! one [`session`]: [`connect`] and [`identity`] say who it is, [`acl`] what it may do, [`codec`]
+//! checks every packet. A device is then terminated by the front door itself ([`terminated`]):
+//! its publishes go straight to the service ([`hub`]) and the service's replies come back by
+//! device id ([`router`], [`downstream`]); only its other subscriptions use a side link to the
+//! broker ([`link`]). An operator or viewer is relayed to a broker connection of its own
+//! ([`relayed`], [`relay`]).
 //!
-//! **Invariant:** nothing a device sends reaches rumqttd unless it parsed and passed the checks;
+//! **Invariant:** nothing a device sends reaches the service or rumqttd unless it parsed and
+//! passed the checks;
 //! one device's bad input or stalled socket affects only that device's connection.
 
 pub mod acl;

@@ -5,10 +5,11 @@
 //!
 //! 1. CONNECT within `limits.connect_timeout_ms`, checked ([`super::connect`]);
 //! 2. identity ([`super::identity`]) and the Will ACL; a refusal is a CONNACK with its code;
-//! 3. a device is terminated here and shares the hub's upstream links ([`super::terminated`]);
+//! 3. a device is terminated here, its publishes handed to the service ([`super::terminated`]);
 //!    an operator or viewer is relayed to a broker connection of its own ([`super::relayed`]).
 //!
-//! **Invariant:** nothing the device sends reaches rumqttd unless it parsed and passed the ACL.
+//! **Invariant:** nothing the device sends reaches the service or rumqttd unless it parsed and
+//! passed the ACL.
 
 use std::io;
 use std::sync::atomic::AtomicU64;

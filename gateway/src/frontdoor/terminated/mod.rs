@@ -13,6 +13,8 @@
 //! a QoS 1 (2) publish is PUBACKed (PUBRECed) only after intake committed it; messages for the
 //! device never wait on it (they arrive on a bounded channel, dropped when full).
 
+mod subscriptions;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,18 +26,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::Principal;
-use super::codec::{ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation};
-use super::downstream::{self, Window};
+use super::codec::{ConnectInfo, Inbound, PacketReader, Version, Violation};
+use super::downstream::Window;
 use super::hub::parse_publish;
 use super::limits::FrontDoorStats;
-use super::link::{Link, LinkSpec};
+use super::link::Link;
 use super::outgoing::{self, reason};
 use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::translate;
 use super::Presence;
 use crate::mqtt::{Ack, Incoming};
-use crate::wire::topics;
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
@@ -384,105 +385,6 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 out.extend_from_slice(&[0x70, 2, hi, lo]);
             }
             _ => {}
-        }
-    }
-
-    async fn subscribe(&mut self, subscription: Subscription, out: &mut BytesMut) {
-        let requested = subscription.qos();
-        let denied = outgoing::denied_subscription(self.version);
-        let mut codes = vec![denied; subscription.filters.len()];
-        let mut side = Vec::new();
-        let mut reply_granted = false;
-        for (i, filter) in subscription.filters.iter().enumerate() {
-            if !self.principal.may_subscribe(filter) {
-                FrontDoorStats::bump(&self.shared.stats.denied_subscribe);
-                continue;
-            }
-            let qos = requested.get(i).copied().unwrap_or(0).min(1);
-            let reply = self
-                .principal
-                .device()
-                .is_some_and(|device| topics::is_reply_filter(device, filter));
-            if reply {
-                codes[i] = qos;
-                reply_granted = true;
-                self.record(filter, qos);
-            } else {
-                side.push((i, filter.clone(), qos));
-            }
-        }
-        if !side.is_empty() {
-            let filters = side.iter().map(|(_, f, q)| (f.clone(), *q)).collect();
-            let link = self.side_link();
-            let granted = tokio::time::timeout(SIDE_TIMEOUT, link.subscribe(filters))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            for (n, (i, filter, qos)) in side.into_iter().enumerate() {
-                match granted.get(n) {
-                    Some(code) if *code < 0x80 => {
-                        codes[i] = (*code).min(qos);
-                        self.record(&filter, codes[i]);
-                    }
-                    _ => codes[i] = outgoing::denied_subscription(self.version),
-                }
-            }
-        }
-        out.extend_from_slice(&outgoing::suback(self.version, subscription.pkid, &codes));
-        if reply_granted {
-            if let Some(presence) = &self.presence {
-                presence.subscribed().await;
-            }
-        }
-    }
-
-    fn record(&mut self, filter: &str, qos: u8) {
-        self.subscriptions.retain(|(f, _)| f != filter);
-        self.subscriptions.push((filter.to_owned(), qos));
-    }
-
-    /// This session's side link, started on first use; its messages join the deliveries.
-    fn side_link(&mut self) -> Link {
-        if let Some(link) = &self.side {
-            return link.clone();
-        }
-        let deliveries_tx = self.deliveries_tx.clone();
-        let stats = self.shared.stats.clone();
-        let spec = LinkSpec {
-            addr: self.shared.hub.addr,
-            name: "roost-frontdoor-side".into(),
-            max_packet: self.shared.hub.max_packet,
-        };
-        let link = Link::spawn(
-            spec,
-            Box::new(move |frame| {
-                if deliveries_tx.try_send(frame).is_err() {
-                    FrontDoorStats::bump(&stats.deliveries_dropped);
-                }
-            }),
-        );
-        self.side = Some(link.clone());
-        link
-    }
-
-    /// A broker message for this device: sent at the highest QoS of the matching subscriptions,
-    /// queued while the inflight window is full, dropped when nothing matches.
-    fn deliver(&mut self, frame: Bytes, out: &mut BytesMut) {
-        let Some(topic) = downstream::topic(&frame) else {
-            return;
-        };
-        let granted = self
-            .subscriptions
-            .iter()
-            .filter(|(filter, _)| topics::filter_matches(filter, topic))
-            .map(|(_, qos)| *qos)
-            .max();
-        let Some(granted) = granted else {
-            return;
-        };
-        if !self.window.send(frame, granted, out) {
-            FrontDoorStats::bump(&self.shared.stats.deliveries_dropped);
         }
     }
 
