@@ -10,8 +10,8 @@
 //! ([`relayed`], [`relay`]).
 //!
 //! **Invariant:** nothing a device sends reaches the service or rumqttd unless it parsed and
-//! passed the checks;
-//! one device's bad input or stalled socket affects only that device's connection.
+//! passed the checks; one device's bad input or stalled socket affects only that device's
+//! connection.
 
 pub mod acl;
 pub mod admin;
