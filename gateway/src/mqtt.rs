@@ -31,6 +31,9 @@ pub struct Incoming {
     pub publish: Publish,
     /// Where its acknowledgement goes.
     pub ack: Ack,
+    /// The share of the front door's inbox budget it holds until handled (see
+    /// `frontdoor::hub`); none from a broker, whose inflight window bounds it.
+    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How a handled publish is acknowledged.
@@ -282,6 +285,7 @@ async fn subscriber_loop(
                 let incoming = Incoming {
                     publish,
                     ack: Ack::Broker,
+                    budget: None,
                 };
                 if inbox_tx.send(incoming).await.is_err() {
                     return; // intake has stopped: shutting down

@@ -223,6 +223,7 @@ impl FrontDoor {
         let hub = hub::Hub {
             router: self.router.clone(),
             service_tx,
+            budget: hub::Hub::inbox_budget(),
             addr: broker.v5,
             max_packet,
         };

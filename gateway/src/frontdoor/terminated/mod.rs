@@ -36,7 +36,7 @@ use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::translate;
 use super::Presence;
-use crate::mqtt::{Ack, Incoming};
+use crate::mqtt::Ack;
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
@@ -358,10 +358,9 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         };
         self.shared
             .hub
-            .service_tx
-            .send(Incoming { publish, ack })
+            .hand_over(publish, ack)
             .await
-            .map_err(|_| SessionError::Upstream)
+            .map_err(|()| SessionError::Upstream)
     }
 
     /// The service handled a publish: ack the device (never before).
@@ -396,11 +395,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         };
         let frame = super::link::publish_frame(topic, (*qos).min(1), *retain, payload.clone());
         if let Some(publish) = frame.and_then(parse_publish) {
-            let will = Incoming {
-                publish,
-                ack: Ack::Local(Box::new(|| {})),
-            };
-            let send = self.shared.hub.service_tx.send(will);
+            let send = self
+                .shared
+                .hub
+                .hand_over(publish, Ack::Local(Box::new(|| {})));
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
         }
     }
