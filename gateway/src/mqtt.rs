@@ -11,12 +11,12 @@
 //! **Invariant:** acks are sent in receive order (rumqttd drops a client that acks out of order);
 //! intake is the only caller of [`Publisher::ack`] and processes publishes in order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frontdoor::router::Router;
@@ -24,6 +24,8 @@ use crate::wire::{topics, Correlation, Status};
 
 /// Capacity of the inbox channel (well above any broker's inflight window).
 const INBOX: usize = 4096;
+/// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
+const REQUESTS: usize = 65_536;
 
 /// A publish for the service, and whom to acknowledge once intake has handled it.
 pub struct Incoming {
@@ -44,12 +46,19 @@ pub enum Ack {
     Local(Box<dyn FnOnce() + Send>),
 }
 
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Broker => "Broker",
+            Ack::Local(_) => "Local",
+        })
+    }
+}
+
 /// The channel intake reads: the service link and, in embedded mode, the front door feed it.
 pub fn inbox() -> (mpsc::Sender<Incoming>, mpsc::Receiver<Incoming>) {
     mpsc::channel(INBOX)
 }
-/// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
-const REQUESTS: usize = 65_536;
 
 /// Why the link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -92,15 +101,6 @@ pub struct Publisher {
     acks: AsyncClient,
     /// See [`LinkConfig::local_replies`].
     local_replies: Option<Arc<Router>>,
-}
-
-impl std::fmt::Debug for Ack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Ack::Broker => "Broker",
-            Ack::Local(_) => "Local",
-        })
-    }
 }
 
 impl Publisher {

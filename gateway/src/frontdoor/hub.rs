@@ -45,7 +45,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty budget for [`Hub::budget`].
+    /// A whole budget of [`INBOX_BYTES`], for [`Hub::budget`].
     pub fn inbox_budget() -> Arc<Semaphore> {
         Arc::new(Semaphore::new(INBOX_BYTES / BUDGET_UNIT))
     }

@@ -108,19 +108,16 @@ impl Outbox {
                     if received == 0 {
                         break;
                     }
-                    let woke: Vec<DeviceId> = events.drain(..).filter_map(|e| self.on_event(e)).collect();
+                    let woke = events.drain(..).filter_map(|e| self.on_event(e));
+                    let woke: Vec<DeviceId> = woke.collect();
                     self.redeliver(woke).await;
                     for _ in 0..MAX_TURN {
                         let Ok(reply) = done_rx.try_recv() else { break };
-                        self.board.touch(&reply.device);
-                        self.publish(reply).await;
+                        self.on_final(reply).await;
                     }
                 }
                 reply = done_rx.recv() => match reply {
-                    Some(reply) => {
-                        self.board.touch(&reply.device);
-                        self.publish(reply).await;
-                    }
+                    Some(reply) => self.on_final(reply).await,
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -136,6 +133,12 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// A final reply just committed: publish it, and its device's status is due.
+    async fn on_final(&mut self, reply: FinalReply) {
+        self.board.touch(&reply.device);
+        self.publish(reply).await;
     }
 
     /// Applies one event; returns the device if it just woke.
