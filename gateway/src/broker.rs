@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 use tokio::net::TcpListener as TokioListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use crate::frontdoor::relay;
 
 use crate::config::Limits;
-use crate::wire::topics;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,18 +131,8 @@ fn rumqttd_config(limits: &Limits, v5: SocketAddr) -> Config {
         next_connection_delay_ms: 0,
         connections: connections.clone(),
     };
-    // Small segments per filter (operators' filters each get their own log), a larger log for
-    // the filters every request and every reply flow through, so a busy moment does not wrap them.
-    // The front door's reply link reads every device's replies through one filter: it gets the
-    // same room, so a burst of replies cannot wrap the log under it.
-    let large = SegmentConfig {
-        max_segment_size: 16 * 1024 * 1024,
-        max_segment_count: 4,
-    };
-    let custom_segment = HashMap::from([
-        (topics::REQUEST_FILTER.to_owned(), large.clone()),
-        (topics::REPLY_FILTER_ALL.to_owned(), large),
-    ]);
+    // Small segments per filter (each filter gets its own log): device requests and replies
+    // no longer flow through rumqttd in embedded mode, only status, dead letters and operators.
     Config {
         id: 0,
         router: RouterConfig {
@@ -151,7 +140,7 @@ fn rumqttd_config(limits: &Limits, v5: SocketAddr) -> Config {
             max_outgoing_packet_count: 200,
             max_segment_size: 1024 * 1024,
             max_segment_count: 2,
-            custom_segment: Some(custom_segment),
+            custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

@@ -1,8 +1,8 @@
-//! PUBLISH frames re-framed for one hop: upstream with the link's packet id, or down to one
-//! device session with that session's packet id and granted QoS, in the device's version.
+//! PUBLISH frames re-framed for one device session: that session's packet id and granted QoS,
+//! in the device's version, through its QoS 1 window.
 //!
-//! Fed by [`super::link`] (device publishes going up) and by device sessions (broker messages
-//! going down). Pure byte work, no I/O. Everything between the packet id and the end of the
+//! Fed by device sessions (the service's replies and their side link's messages). Pure byte
+//! work, no I/O. Everything between the packet id and the end of the
 //! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
 //! Data, Message Expiry and user properties pass byte-exact.
 
@@ -17,7 +17,7 @@ use super::translate;
 /// Appends `frame` (a checked MQTT 5 PUBLISH) re-framed: DUP cleared, the retain flag kept,
 /// QoS 1 with packet id `pkid` when `Some`, QoS 0 without a packet id when `None`.
 /// A frame too short to be a PUBLISH appends nothing.
-pub fn reframe(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
+fn reframe(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
     let Some(first) = frame.first().copied() else {
         return;
     };

@@ -106,10 +106,6 @@ pub fn shared_request_filter(group: &str) -> String {
     format!("$share/{group}/{REQUEST_FILTER}")
 }
 
-/// `devices/+/reply/#`: every device's replies, which the front door's reply link subscribes
-/// to (rumqttd, like the MQTT spec, lets `#` match its parent level, so `devices/X/reply` too).
-pub const REPLY_FILTER_ALL: &str = "devices/+/reply/#";
-
 /// The device id of a reply topic (`devices/{id}/reply` or below it), for routing replies to
 /// that device's session.
 pub fn reply_topic_device(topic: &str) -> Option<&str> {
