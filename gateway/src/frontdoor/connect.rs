@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
-use super::codec::{Version, Violation};
+use super::codec::{header_len, Version, Violation};
 
 /// What the session needs from a CONNECT.
 #[derive(Debug, Clone)]
@@ -37,12 +37,7 @@ pub struct ConnectInfo {
 
 /// Parses and checks a complete CONNECT frame.
 pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
-    let header_len = 1 + frame
-        .iter()
-        .skip(1)
-        .take(4)
-        .position(|b| b & 0x80 == 0)
-        .map_or(4, |i| i + 1);
+    let header_len = header_len(frame);
     if frame.first() != Some(&0x10) {
         return Err(Violation::Malformed("CONNECT header flags".into()));
     }

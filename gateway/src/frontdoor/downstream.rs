@@ -6,7 +6,7 @@
 //! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
 //! Data, Message Expiry and user properties pass byte-exact.
 
-use super::codec::put_varint;
+use super::codec::{header_len, put_varint};
 use std::collections::{HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,13 +21,7 @@ fn reframe(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
     let Some(first) = frame.first().copied() else {
         return;
     };
-    let header_len = 1 + frame
-        .iter()
-        .skip(1)
-        .take(4)
-        .position(|b| b & 0x80 == 0)
-        .map_or(4, |i| i + 1);
-    let Some(body) = frame.get(header_len..) else {
+    let Some(body) = frame.get(header_len(frame)..) else {
         return;
     };
     let Some(topic_len) = body
@@ -141,8 +135,7 @@ impl Window {
 
 /// The topic of a PUBLISH frame, when it is UTF-8.
 pub fn topic(frame: &[u8]) -> Option<&str> {
-    let header_len = 1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
-    let body = frame.get(header_len..)?;
+    let body = frame.get(header_len(frame)..)?;
     let len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
     std::str::from_utf8(body.get(2..2 + len)?).ok()
 }

@@ -5,7 +5,7 @@
 //! Fed by the session; feeds the device socket (through the broker→device pump, so injected
 //! packets never split one of the broker's). Pure byte building, no I/O.
 
-use super::codec::put_varint;
+use super::codec::{header_len, put_varint};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::Version;
@@ -97,8 +97,7 @@ fn build_suback(pkid: u16, properties: &[u8], codes: &[u8]) -> Bytes {
 /// holds our code for each filter we removed and `None` where the broker's next code goes.
 /// Returns `None` when the frame is not a SUBACK matching the plan.
 pub fn merge_suback(version: Version, frame: &[u8], plan: &[Option<u8>]) -> Option<Bytes> {
-    let header_len = 1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
-    let body = frame.get(header_len..)?;
+    let body = frame.get(header_len(frame)..)?;
     let pkid = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
     let rest = body.get(2..)?;
     let properties_len = match version {

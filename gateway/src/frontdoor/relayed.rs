@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio::time::Interval;
 
 use super::acl::Principal;
-use super::codec::{ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation};
+use super::codec::{
+    header_len, ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation,
+};
 use super::limits::FrontDoorStats;
 use super::outgoing::{self, reason};
 use super::relay::{self, Control, Downstream, Slot};
@@ -175,8 +177,7 @@ fn connack_code(frame: &[u8]) -> Option<u8> {
     if frame.first() != Some(&0x20) {
         return None;
     }
-    let header_len = 1 + frame.iter().skip(1).position(|b| b & 0x80 == 0)? + 1;
-    frame.get(header_len + 1).copied()
+    frame.get(header_len(frame) + 1).copied()
 }
 
 /// The device → broker side of a session.
