@@ -176,6 +176,20 @@ impl Publisher {
     }
 }
 
+#[cfg(test)]
+impl Publisher {
+    /// A publisher whose MQTT connections are never opened: replies for devices go to
+    /// `router`; anything else is refused by rumqttc (logged), as with a broker that is gone.
+    pub(crate) fn local_only(router: Arc<Router>) -> Publisher {
+        let options = MqttOptions::new("roost-test", "127.0.0.1", 1);
+        Publisher {
+            client: AsyncClient::new(options.clone(), 1).0,
+            acks: AsyncClient::new(options, 1).0,
+            local_replies: Some(router),
+        }
+    }
+}
+
 /// A connected link: two MQTT connections.
 ///
 /// rumqttc queues manual acks in the same request channel as publishes, and stops reading that

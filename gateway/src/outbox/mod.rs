@@ -250,3 +250,111 @@ impl Outbox {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontdoor::router::{Route, Router};
+    use crate::wire::Correlation;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// Most events the flood sends; the reply must arrive long before.
+    const FLOOD: usize = 500_000;
+    /// Wakes the flood sends between two yields.
+    const WAKES_PER_TURN: usize = 64;
+
+    /// A stream of wakes (each costs the outbox a store round trip) must not hold back a final
+    /// reply: it is published while the events keep coming, not after they stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_wakes_does_not_starve_final_replies() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), false).expect("store opens");
+        let router = Arc::new(Router::new(Arc::default()));
+        let (deliveries_tx, mut deliveries_rx) = mpsc::channel(16);
+        router.register(
+            "d",
+            Route {
+                connection: 1,
+                deliveries_tx,
+                taken_over: CancellationToken::new(),
+            },
+        );
+        let outbox = Outbox {
+            publisher: Publisher::local_only(router.clone()),
+            store,
+            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
+            metrics: Arc::default(),
+            gateway_id: "gw-test".into(),
+            limits: Limits::default(),
+            presence: Presence::default(),
+            board: StatusBoard::default(),
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
+
+        let (sent, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (flooding_tx, flooding_rx) = tokio::sync::oneshot::channel();
+        let flood = tokio::spawn({
+            let (sent, done) = (sent.clone(), done.clone());
+            async move {
+                let mut flooding_tx = Some(flooding_tx);
+                let devices: Vec<DeviceId> = (0..50)
+                    .map(|n| DeviceId::parse(&format!("w{n}")).expect("valid"))
+                    .collect();
+                for n in 0..FLOOD / (2 * WAKES_PER_TURN) {
+                    if done.load(Relaxed) {
+                        break;
+                    }
+                    // Many wakes per turn of this task: the outbox, one store round trip per
+                    // turn of its own, never sees the queue empty.
+                    for k in 0..WAKES_PER_TURN {
+                        let device = devices[(n + k) % devices.len()].clone();
+                        let _ = events_tx.send(DeviceEvent::Connected(device.clone()));
+                        let _ = events_tx.send(DeviceEvent::Disconnected(device));
+                    }
+                    sent.fetch_add(2 * WAKES_PER_TURN, Relaxed);
+                    if n == 4 {
+                        if let Some(tx) = flooding_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        flooding_rx.await.expect("the flood is under way");
+        let device = DeviceId::parse("d").expect("valid");
+        let _ = done_tx.send(FinalReply {
+            id: RequestId::new(),
+            reply_topic: topics::reply(&device),
+            device,
+            corr: Correlation(bytes::Bytes::from_static(b"c")),
+            status: 200,
+            payload: b"final".to_vec(),
+            expires_ms: now_ms() + 60_000,
+            envelope: false,
+        });
+        let frame = tokio::time::timeout(Duration::from_secs(20), deliveries_rx.recv())
+            .await
+            .expect("the reply came in time")
+            .expect("a frame");
+        done.store(true, Relaxed);
+        let sent = sent.load(Relaxed);
+        assert_eq!(
+            crate::frontdoor::downstream::topic(&frame),
+            Some("devices/d/reply")
+        );
+        assert!(
+            sent < FLOOD,
+            "the reply came only after the whole flood ({sent} events)"
+        );
+        flood.await.expect("flood ends");
+        stop.cancel();
+        running.await.expect("outbox ends");
+    }
+}
