@@ -46,7 +46,7 @@ pub struct Shared {
     pub gates: IdGates,
     /// Numbers connections in presence events.
     pub next_connection: AtomicU64,
-    /// The shared upstream links device sessions use.
+    /// The service's inbox and reply router device sessions use.
     pub hub: super::hub::Hub,
 }
 
@@ -137,7 +137,7 @@ where
         }
     }
 
-    // Devices are terminated here and share the hub's links; operators and viewers (few, and
+    // Devices are terminated here and talk to the service; operators and viewers (few, and
     // they need rumqttd's retained messages) keep a broker connection each.
     if principal.device().is_some() && !connect.client_id.is_empty() {
         return super::terminated::serve(device_rx, device_tx, reader, connect, principal, shared)
