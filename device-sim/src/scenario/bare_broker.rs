@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 
 use gateway::broker::EmbeddedBroker;
 use gateway::config::{AuthConfig, Limits};
+use gateway::flow::{self, Inbound};
 use gateway::frontdoor::router::Router;
 use gateway::frontdoor::{FrontDoor, Settings};
-use gateway::mqtt::{self, Incoming};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub struct BareBroker {
     /// Where devices connect: the front door.
     pub addr: SocketAddr,
     /// Device publishes, as the gateway's intake gets them.
-    pub inbox_rx: mpsc::Receiver<Incoming>,
+    pub inbox_rx: mpsc::Receiver<Inbound>,
     /// Where replies for devices go, as the gateway's outbox sends them.
     pub router: Arc<Router>,
     /// Stops the front door and the relay.
@@ -59,9 +59,9 @@ pub async fn start(listen: SocketAddr) -> Result<BareBroker, String> {
         .map_err(|e| e.to_string())?;
     let stop = CancellationToken::new();
     let router = front.router();
-    let (inbox_tx, inbox_rx) = mqtt::inbox();
+    let (inbox_tx, inbox_rx) = flow::inbox();
     // Presence events matter to the gateway's outbox only; here they are drained and dropped.
-    let (events_tx, mut events_rx) = mpsc::channel(1024);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     tokio::spawn(async move { while events_rx.recv().await.is_some() {} });
     tokio::spawn(front.run(broker, inbox_tx, events_tx, stop.clone()));
     Ok(BareBroker {

@@ -20,7 +20,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 
-use gateway::mqtt::Ack;
+use gateway::flow::{Ack, OutboundReply};
 
 use crate::cli::EchoArgs;
 use crate::connection::{Link, LinkEvent, LinkOptions};
@@ -101,10 +101,8 @@ async fn serve(mut bare: super::bare_broker::BareBroker, duration: Option<Durati
             _ = &mut stop => break,
         };
         let Some(incoming) = incoming else { break };
-        if let Some((topic, reply, properties)) = reply_for(&incoming.publish) {
-            let payload = reply.encode();
-            let reply = Publish::new(topic, QoS::AtLeastOnce, payload, Some(properties));
-            bare.router.publish(reply);
+        if let Some(reply) = outbound_for(&incoming.publish) {
+            bare.router.reply(reply);
             answered += 1;
         }
         if let Ack::Local(ack) = incoming.ack {
@@ -180,6 +178,22 @@ fn reply_for(publish: &Publish) -> Option<(String, Reply, PublishProperties)> {
         ..PublishProperties::default()
     };
     Some((reply_topic, reply, properties))
+}
+
+/// [`reply_for`], addressed to the request's device, for the front door's router.
+fn outbound_for(publish: &Publish) -> Option<OutboundReply> {
+    let topic = std::str::from_utf8(&publish.topic).ok()?;
+    let (device, _) = topics::parse_device_topic(topic)?;
+    let (topic, reply, properties) = reply_for(publish)?;
+    Some(OutboundReply {
+        device,
+        topic,
+        payload: reply.encode(),
+        corr: properties.correlation_data.map(gateway::wire::Correlation),
+        status: reply.status,
+        expiry: Duration::from_secs(3600),
+        envelope: false,
+    })
 }
 
 /// The `values` of a request's argument map.

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use crate::broker::BrokerError;
 use crate::frontdoor::{self, FrontDoorError};
-use crate::mqtt::LinkError;
+use crate::link::LinkError;
 use crate::store::StoreError;
 
 /// Why the gateway stopped other than by a clean drain.

@@ -6,8 +6,8 @@
 //! be served. Stop order: draining (new requests get `503`), the front door, the workers (what
 //! is queued stays queued in the store), the outbox, retained `offline`, exit 0.
 
-mod bridge;
 mod error;
+mod sink;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +21,10 @@ use crate::analytics::pool::Pool;
 use crate::analytics::scheduler::Scheduler;
 use crate::broker::EmbeddedBroker;
 use crate::config::{BrokerConfig, Config};
+use crate::flow::{self, Replies};
 use crate::frontdoor::{self, FrontDoor};
 use crate::intake::{Intake, IntakeStats};
-use crate::mqtt::{self, LinkConfig};
+use crate::link::{self, LinkConfig};
 use crate::outbox::Outbox;
 use crate::status::http::{self, Health, HttpState};
 use crate::status::{GatewayStatus, Metrics};
@@ -132,8 +133,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     );
     let started_at = crate::store::now_ms();
     let metrics = Arc::new(Metrics::default());
-    let (inbox_tx, inbox_rx) = mqtt::inbox();
-    let link = mqtt::connect(
+    let (inbox_tx, inbox_rx) = flow::inbox();
+    let link = link::connect(
         LinkConfig {
             host: link_host,
             port: link_port,
@@ -141,18 +142,23 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             filters,
             will: Some(status::offline_will(&gateway_id, started_at)),
             max_packet_bytes: limits.max_payload_bytes,
-            local_replies: front.as_ref().map(FrontDoor::router),
         },
         inbox_tx.clone(),
     )
     .await?;
-    let publisher = link.publisher.clone();
+    let replies = match front.as_ref() {
+        Some(front) => Replies::new(sink::Embedded {
+            router: front.router(),
+            link: link.publisher.clone(),
+        }),
+        None => Replies::new(link.publisher.clone()),
+    };
 
     let draining = Arc::new(AtomicBool::new(false));
     let intake_stats = Arc::new(IntakeStats::default());
     let intake = Intake {
         store: store.clone(),
-        publisher: publisher.clone(),
+        replies: replies.clone(),
         scheduler: scheduler.clone(),
         limits: limits.clone(),
         gateway_id: gateway_id.clone(),
@@ -175,7 +181,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     drop(done_tx);
     let outbox_stop = CancellationToken::new();
     let outbox = Outbox {
-        publisher: publisher.clone(),
+        replies: replies.clone(),
         store: store.clone(),
         scheduler: scheduler.clone(),
         metrics: metrics.clone(),
@@ -186,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
     let outbox_task = tokio::spawn(outbox.run(done_rx, events_rx, outbox_stop.clone()));
     let gateway_status = GatewayStatus {
-        publisher: publisher.clone(),
+        replies: replies.clone(),
         store: store.clone(),
         scheduler: scheduler.clone(),
         metrics: metrics.clone(),
@@ -225,13 +231,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 "broker.listen",
                 "0.0.0.0:0".parse().expect("addr"),
             ))?;
-            let (presence_tx, presence_rx) = mpsc::channel(1024);
-            tokio::spawn(bridge::bridge_presence(presence_rx, events_tx.clone()));
             println!("roost gateway listening mqtt={local}{http_part}");
             Some(tokio::spawn(front.run(
                 broker.clone(),
                 inbox_tx,
-                presence_tx,
+                events_tx.clone(),
                 shutdown.child_token(),
             )))
         }

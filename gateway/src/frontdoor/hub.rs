@@ -2,7 +2,7 @@
 //!
 //! Used by every device session ([`super::terminated`]). A device's publishes (requests, acks,
 //! presence, telemetry: the only topics a device may publish to) go straight into the service's
-//! inbox ([`crate::mqtt::inbox`]), and the service's replies come back through [`Router`]. None
+//! inbox ([`crate::flow::inbox`]), and the service's replies come back through [`Router`]. None
 //! of it crosses rumqttd: no client other than the device and the service may see those topics
 //! (see `wire::topics`), so the broker hop was pure cost: four broker round trips per request
 //! (request and ack up, `202` and final down).
@@ -22,7 +22,7 @@ use rumqttc::v5::mqttbytes::v5::{check, Publish};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::router::Router;
-use crate::mqtt::{Ack, Incoming};
+use crate::flow::{Ack, Inbound};
 
 /// Bytes of device publishes that may wait for intake at once.
 pub const INBOX_BYTES: usize = 64 << 20;
@@ -35,7 +35,7 @@ pub struct Hub {
     /// Live device sessions by client id; the service's replies go through it.
     pub router: Arc<Router>,
     /// The service's inbox: device publishes, acked once intake has committed them.
-    pub service_tx: mpsc::Sender<Incoming>,
+    pub service_tx: mpsc::Sender<Inbound>,
     /// [`INBOX_BYTES`] in units of [`BUDGET_UNIT`].
     pub budget: Arc<Semaphore>,
     /// rumqttd's MQTT 5 listener (for sessions' side links).
@@ -56,7 +56,7 @@ impl Hub {
         let size = publish.topic.len() + publish.payload.len();
         let units = u32::try_from(size / BUDGET_UNIT + 1).unwrap_or(u32::MAX);
         let budget = self.budget.clone().acquire_many_owned(units).await;
-        let incoming = Incoming {
+        let incoming = Inbound {
             publish,
             ack,
             budget: Some(budget.map_err(|_| ())?),

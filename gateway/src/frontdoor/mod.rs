@@ -23,6 +23,7 @@ pub mod identity;
 pub mod limits;
 pub mod link;
 pub mod outgoing;
+pub mod presence;
 pub mod relay;
 pub mod relayed;
 pub mod router;
@@ -45,84 +46,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::EmbeddedBroker;
 use crate::config::{AuthConfig, Limits, TlsConfig};
-use crate::wire::DeviceId;
+use crate::flow::DeviceEvent;
 pub use codec::Version;
 pub use limits::FrontDoorStats;
+pub use presence::{FrontDoorEvent, Presence};
 
 /// Room for the topic and properties around the largest payload: a packet up to
 /// `limits.max_payload_bytes` + this passes, so intake can answer a slightly large payload with
 /// `413`; anything larger closes the connection (v5: DISCONNECT 0x95).
 pub const PACKET_OVERHEAD_BYTES: usize = 64 * 1024;
-
-/// Presence as the front door sees it. A device is awake while it has a connection that sent
-/// `Connected` and not yet `Disconnected`; `connection` tells apart overlapping connections of
-/// one id (a reconnect can overtake the old connection's end).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FrontDoorEvent {
-    /// Device `device` connected (CONNACK accepted).
-    Connected {
-        /// The device.
-        device: DeviceId,
-        /// This connection's number.
-        connection: u64,
-        /// Its protocol version.
-        version: Version,
-    },
-    /// The broker granted one of the device's reply subscriptions: held replies can go now.
-    Subscribed {
-        /// The device.
-        device: DeviceId,
-        /// The connection.
-        connection: u64,
-    },
-    /// The connection ended (cleanly or not).
-    Disconnected {
-        /// The device.
-        device: DeviceId,
-        /// The connection.
-        connection: u64,
-    },
-}
-
-/// Where one connection's presence events go.
-#[derive(Debug, Clone)]
-pub struct Presence {
-    device: DeviceId,
-    connection: u64,
-    events_tx: mpsc::Sender<FrontDoorEvent>,
-}
-
-impl Presence {
-    async fn send(&self, event: FrontDoorEvent) {
-        // No receiver (tests, shutdown): presence is advisory, the connection goes on.
-        let _ = self.events_tx.send(event).await;
-    }
-
-    /// The device's connection got its CONNACK.
-    async fn connected(&self, version: Version) {
-        let (device, connection) = (self.device.clone(), self.connection);
-        self.send(FrontDoorEvent::Connected {
-            device,
-            connection,
-            version,
-        })
-        .await;
-    }
-
-    /// The broker granted one of the device's reply subscriptions.
-    async fn subscribed(&self) {
-        let (device, connection) = (self.device.clone(), self.connection);
-        self.send(FrontDoorEvent::Subscribed { device, connection })
-            .await;
-    }
-
-    /// The device's connection ended.
-    async fn disconnected(&self) {
-        let (device, connection) = (self.device.clone(), self.connection);
-        self.send(FrontDoorEvent::Disconnected { device, connection })
-            .await;
-    }
-}
 
 /// What the front door is configured with.
 #[derive(Debug, Clone)]
@@ -214,10 +146,13 @@ impl FrontDoor {
     pub async fn run(
         self,
         broker: EmbeddedBroker,
-        service_tx: mpsc::Sender<crate::mqtt::Incoming>,
-        events_tx: mpsc::Sender<FrontDoorEvent>,
+        service_tx: mpsc::Sender<crate::flow::Inbound>,
+        events_tx: mpsc::UnboundedSender<DeviceEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), FrontDoorError> {
+        let (presence_tx, presence_rx) = mpsc::channel(1024);
+        tokio::spawn(presence::bridge(presence_rx, events_tx));
+        let events_tx = presence_tx;
         let limits = &self.settings.limits;
         let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
         let hub = hub::Hub {

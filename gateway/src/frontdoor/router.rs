@@ -1,6 +1,6 @@
 //! Which device session gets a broker message: the live session of each device id.
 //!
-//! Fed by the gateway service ([`Router::publish`]: its replies on `devices/{id}/reply/...`) and
+//! Fed by the gateway service ([`Router::reply`]: its replies, by device id) and
 //! by device sessions ([`Router::register`] after CONNECT, [`Router::unregister`] at their end);
 //! feeds each session's bounded delivery channel. The session matches the message against the
 //! subscriptions it recorded and sends it on at the QoS granted.
@@ -19,9 +19,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::downstream;
 use super::limits::FrontDoorStats;
-use crate::wire::topics;
+use crate::flow::OutboundReply;
+#[cfg(test)]
+use crate::wire::DeviceId;
 
 /// One live device session, as the router sees it.
 #[derive(Debug, Clone)]
@@ -75,24 +76,23 @@ impl Router {
         }
     }
 
-    /// Hands a reply (any QoS; sent at QoS 1 where the device subscribed at 1) to its device's
-    /// session, if connected; never waits.
-    pub fn publish(&self, mut publish: Publish) {
-        publish.qos = QoS::AtLeastOnce;
+    /// Hands a reply to its device's session, if connected; never waits. The reply is
+    /// encoded here, once, as the MQTT 5 PUBLISH frame the session sends on (at QoS 1 where the
+    /// device subscribed at 1; translated for an MQTT 3.1.1 device).
+    pub fn reply(&self, reply: OutboundReply) {
+        let properties = (!reply.envelope).then(|| crate::link::reply_properties(&reply));
+        let mut publish = Publish::new(reply.topic, QoS::AtLeastOnce, reply.payload, properties);
         publish.pkid = 1;
         let mut frame = BytesMut::with_capacity(publish.size());
         match Packet::Publish(publish).write(&mut frame, None) {
-            Ok(_) => self.dispatch(frame.freeze()),
+            Ok(_) => self.dispatch(reply.device.as_str(), frame.freeze()),
             Err(error) => tracing::error!(%error, "reply not encodable"),
         }
     }
 
-    /// Hands a reply (a whole MQTT 5 PUBLISH frame) to its device's session, if connected;
-    /// never waits.
-    pub fn dispatch(&self, frame: Bytes) {
-        let Some(device) = downstream::topic(&frame).and_then(topics::reply_topic_device) else {
-            return;
-        };
+    /// Hands a whole MQTT 5 PUBLISH frame for `device` to its session, if connected; never
+    /// waits.
+    fn dispatch(&self, device: &str, frame: Bytes) {
         let deliveries_tx = {
             let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
             match routes.get(device) {
@@ -123,15 +123,18 @@ fn bump_dropped(counter: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frontdoor::downstream;
 
-    fn reply(topic: &str) -> Bytes {
-        let mut out = BytesMut::new();
-        let mut publish = Publish::new(topic, QoS::AtLeastOnce, "r", None);
-        publish.pkid = 1;
-        Packet::Publish(publish)
-            .write(&mut out, None)
-            .expect("encode");
-        out.freeze()
+    fn reply(device: &str, topic: &str) -> OutboundReply {
+        OutboundReply {
+            device: DeviceId::parse(device).expect("device id"),
+            topic: topic.into(),
+            payload: b"r".to_vec(),
+            corr: None,
+            status: crate::wire::Status::Ok,
+            expiry: std::time::Duration::from_secs(60),
+            envelope: true,
+        }
     }
 
     #[tokio::test]
@@ -146,10 +149,9 @@ mod tests {
         };
         router.register("a", route(1, a_tx));
         router.register("b", route(2, b_tx));
-        router.dispatch(reply("devices/a/reply"));
-        router.dispatch(reply("devices/a/reply/x")); // a's channel is full: dropped, no wait
-        router.dispatch(reply("devices/c/reply")); // nobody
-        router.dispatch(reply("devices/b/status")); // not a reply
+        router.reply(reply("a", "devices/a/reply"));
+        router.reply(reply("a", "devices/a/reply/x")); // a's channel is full: dropped, no wait
+        router.reply(reply("c", "devices/c/reply")); // nobody
         assert_eq!(
             downstream::topic(&a_rx.recv().await.expect("a")),
             Some("devices/a/reply")

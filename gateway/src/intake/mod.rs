@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
-use crate::mqtt::{Incoming, Publisher};
-use crate::outbox::DeviceEvent;
+use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply, Status};
@@ -46,8 +45,8 @@ pub struct IntakeStats {
 pub struct Intake {
     /// The store.
     pub store: Store,
-    /// Replies and acks.
-    pub publisher: Publisher,
+    /// Replies and dead-letter announcements.
+    pub replies: Replies,
     /// Admission and queueing.
     pub scheduler: Arc<Scheduler>,
     /// Limits.
@@ -66,7 +65,7 @@ pub struct Intake {
 
 impl Intake {
     /// Handles publishes until the inbox closes. A store failure is returned: it is fatal.
-    pub async fn run(self, mut inbox_rx: mpsc::Receiver<Incoming>) -> Result<(), StoreError> {
+    pub async fn run(self, mut inbox_rx: mpsc::Receiver<Inbound>) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while inbox_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             self.process(std::mem::take(&mut batch)).await?;
@@ -74,7 +73,7 @@ impl Intake {
         Ok(())
     }
 
-    async fn process(&self, publishes: Vec<Incoming>) -> Result<(), StoreError> {
+    async fn process(&self, publishes: Vec<Inbound>) -> Result<(), StoreError> {
         let draining = self.draining.load(Ordering::Relaxed);
         let mut plans = Vec::with_capacity(publishes.len());
         let mut work = Vec::with_capacity(publishes.len());
@@ -95,7 +94,7 @@ impl Intake {
                 .await?
         };
         for ((incoming, plan), outcome) in plans.into_iter().zip(outcomes) {
-            self.publisher.ack(incoming).await;
+            incoming.ack().await;
             plan.finish(self, outcome).await;
         }
         Ok(())
@@ -106,23 +105,24 @@ impl Intake {
         if address.envelope {
             reply.corr = address.corr.clone();
         }
-        self.publisher
-            .reply(
-                &address.topic,
-                reply.encode(),
-                address.corr.as_ref(),
-                reply.status,
-                self.limits.reply_ttl,
-                address.envelope,
-            )
+        self.replies
+            .reply(OutboundReply {
+                device: address.device.clone(),
+                topic: address.topic.clone(),
+                payload: reply.encode(),
+                corr: address.corr.clone(),
+                status: reply.status,
+                expiry: self.limits.reply_ttl,
+                envelope: address.envelope,
+            })
             .await;
     }
 
     /// Publishes a dead letter for operators.
     async fn announce_dead(&self, letter: &DeadLetter) {
         let topic = topics::deadletter(&self.gateway_id);
-        self.publisher
-            .json(&topic, crate::status::deadletter_json(letter), false)
+        self.replies
+            .announce(topic, crate::status::deadletter_json(letter), false)
             .await;
     }
 

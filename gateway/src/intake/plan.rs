@@ -9,7 +9,7 @@ use super::classify::{classify, Address, Incoming, RequestKind};
 use super::Intake;
 use crate::analytics::scheduler::Refusal;
 use crate::analytics::Job;
-use crate::outbox::DeviceEvent;
+use crate::flow::{DeviceEvent, OutboundReply};
 use crate::store::deadletters::{self, DeadLetter};
 use crate::store::now_ms;
 use crate::store::requests::{self, Admission, CancelOutcome, Existing, NewRequest};
@@ -337,15 +337,16 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
                 .map_or(1000, |e| (e - now_ms()).max(1000)) as u64;
             let status = Status::from_code(u64::from(status)).unwrap_or(Status::Failed);
             intake
-                .publisher
-                .reply(
-                    &existing.reply_topic,
+                .replies
+                .reply(OutboundReply {
+                    device: address.device.clone(),
+                    topic: existing.reply_topic,
                     payload,
-                    address.corr.as_ref(),
+                    corr: address.corr.clone(),
                     status,
-                    std::time::Duration::from_millis(left_ms),
-                    address.envelope,
-                )
+                    expiry: std::time::Duration::from_millis(left_ms),
+                    envelope: address.envelope,
+                })
                 .await;
         }
         _ => {

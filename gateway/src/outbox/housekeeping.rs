@@ -34,8 +34,12 @@ impl Outbox {
                     {
                         self.board.touch(&device);
                     }
-                    self.publisher
-                        .json(&topic, crate::status::deadletter_json(&letter), false)
+                    self.replies
+                        .announce(
+                            topic.clone(),
+                            crate::status::deadletter_json(&letter),
+                            false,
+                        )
                         .await;
                 }
             }

@@ -22,53 +22,22 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
-use crate::mqtt::Publisher;
+use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::status::Metrics;
 use crate::store::requests::{self, FinalReply};
 use crate::store::{now_ms, Store};
-use crate::wire::{topics, DeviceId, RequestId, Status};
+use crate::wire::{topics, DeviceId, Status};
 
 pub use presence::Presence;
 
 /// Most device events, or final replies, handled in one turn of the loop.
 const MAX_TURN: usize = 1024;
 
-/// What the rest of the gateway tells the outbox about devices.
-#[derive(Debug, Clone)]
-pub enum DeviceEvent {
-    /// The device published something: awake for this long.
-    Seen(DeviceId, Duration),
-    /// The device is connected through the front door and subscribed: awake until it leaves.
-    Connected(DeviceId),
-    /// The device's connection ended.
-    Disconnected(DeviceId),
-    /// The device said it is going to sleep.
-    Asleep(DeviceId),
-    /// The device acknowledged a reply.
-    Acked(DeviceId, RequestId),
-    /// The device was answered with an error (`"code: message"`).
-    Rejected(DeviceId, String),
-}
-
-impl DeviceEvent {
-    /// The device the event is about.
-    pub fn device(&self) -> &DeviceId {
-        match self {
-            DeviceEvent::Seen(d, _)
-            | DeviceEvent::Connected(d)
-            | DeviceEvent::Disconnected(d)
-            | DeviceEvent::Asleep(d)
-            | DeviceEvent::Acked(d, _)
-            | DeviceEvent::Rejected(d, _) => d,
-        }
-    }
-}
-
 /// The outbox stage.
 pub struct Outbox {
     /// Publishes replies and status.
-    pub publisher: Publisher,
+    pub replies: Replies,
     /// Records publishes; reads held replies.
     pub store: Store,
     /// Pending counts for device status.
@@ -202,15 +171,16 @@ impl Outbox {
     pub async fn publish(&self, reply: FinalReply) {
         let left_ms = (reply.expires_ms - now_ms()).max(1000) as u64;
         let status = Status::from_code(u64::from(reply.status)).unwrap_or(Status::Failed);
-        self.publisher
-            .reply(
-                &reply.reply_topic,
-                reply.payload,
-                Some(&reply.corr),
+        self.replies
+            .reply(OutboundReply {
+                device: reply.device.clone(),
+                topic: reply.reply_topic,
+                payload: reply.payload,
+                corr: Some(reply.corr),
                 status,
-                Duration::from_millis(left_ms),
-                reply.envelope,
-            )
+                expiry: Duration::from_millis(left_ms),
+                envelope: reply.envelope,
+            })
             .await;
         tracing::debug!(request_id = %reply.id, device_id = %reply.device, "replied");
         let id = reply.id;
@@ -244,8 +214,8 @@ impl Outbox {
                 held,
                 last_error: self.board.last_error.get(&device).cloned(),
             };
-            self.publisher
-                .json(&topics::device_status(&device), status.to_json(), true)
+            self.replies
+                .announce(topics::device_status(&device), status.to_json(), true)
                 .await;
         }
     }
@@ -254,9 +224,25 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::{Sent, Sink};
     use crate::frontdoor::router::{Route, Router};
-    use crate::wire::Correlation;
+    use crate::wire::{Correlation, RequestId};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    /// Replies to the router, announcements nowhere: the outbox as wired in embedded mode,
+    /// without rumqttd.
+    struct RouterOnly(Arc<Router>);
+
+    impl Sink for RouterOnly {
+        fn reply(&self, reply: OutboundReply) -> Sent<'_> {
+            self.0.reply(reply);
+            Box::pin(std::future::ready(()))
+        }
+
+        fn announce(&self, _: String, _: Vec<u8>, _: bool) -> Sent<'_> {
+            Box::pin(std::future::ready(()))
+        }
+    }
 
     /// Most events the flood sends; the reply must arrive long before.
     const FLOOD: usize = 500_000;
@@ -280,7 +266,7 @@ mod tests {
             },
         );
         let outbox = Outbox {
-            publisher: Publisher::local_only(router.clone()),
+            replies: Replies::new(RouterOnly(router.clone())),
             store,
             scheduler: Arc::new(Scheduler::new(10, 10, 1)),
             metrics: Arc::default(),

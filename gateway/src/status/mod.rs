@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::analytics::scheduler::Scheduler;
-use crate::mqtt::Publisher;
+use crate::flow::Replies;
 use crate::store::{now_ms, requests, Store};
 use crate::wire::topics;
 
@@ -64,7 +64,7 @@ impl Metrics {
 #[derive(Clone)]
 pub struct GatewayStatus {
     /// The service link.
-    pub publisher: Publisher,
+    pub replies: Replies,
     /// For the held count.
     pub store: Store,
     /// Queue counts.
@@ -122,8 +122,8 @@ impl GatewayStatus {
     pub async fn publish(&self, state: &str) {
         let counts = self.counts(state).await;
         let topic = topics::gateway_status(&self.gateway_id);
-        self.publisher
-            .json(&topic, self.document(counts), true)
+        self.replies
+            .announce(topic, self.document(counts), true)
             .await;
     }
 
@@ -147,8 +147,8 @@ impl GatewayStatus {
             });
             if stale {
                 let topic = topics::gateway_status(&self.gateway_id);
-                self.publisher
-                    .json(&topic, self.document(counts.clone()), true)
+                self.replies
+                    .announce(topic.clone(), self.document(counts.clone()), true)
                     .await;
                 last = Some((counts, Instant::now()));
             }
@@ -167,7 +167,7 @@ pub fn offline_will(gateway_id: &str, started_at_ms: i64) -> rumqttc::v5::mqttby
         "updated_at": rfc3339_ms(now),
     });
     let payload = serde_json::to_vec(&document).expect("a JSON value always serialises");
-    crate::mqtt::retained_will(topics::gateway_status(gateway_id), payload)
+    crate::link::retained_will(topics::gateway_status(gateway_id), payload)
 }
 
 /// The JSON message for `gateway/{gw}/deadletter`.

@@ -36,7 +36,7 @@ use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::translate;
 use super::Presence;
-use crate::mqtt::Ack;
+use crate::flow::Ack;
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;

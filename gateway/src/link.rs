@@ -1,64 +1,27 @@
-//! The gateway service's own MQTT 5 connections (rumqttc), to the embedded broker or an
-//! external one: one subscribes and acks, the other publishes (see [`Link`] for why two).
+//! The service link: the gateway service's own MQTT 5 connections (rumqttc) to a broker. In
+//! external mode it carries everything (device requests, acks, presence and telemetry in through
+//! shared subscriptions; replies, status and dead letters out); in embedded mode only the
+//! service's retained status and dead letters go out through it to rumqttd, since device
+//! traffic never crosses rumqttd (see `flow::Sink`).
 //!
-//! The event loop task forwards every incoming PUBLISH, in receive order, to intake through the
-//! bounded [`inbox`], and never waits on SQLite. In embedded mode the front door feeds the same
-//! inbox directly with device publishes ([`Ack::Local`]), and [`Publisher`] hands replies for
-//! devices straight to the front door's router: device traffic never crosses rumqttd (no other
-//! client may subscribe to it, see `wire::topics`), which halves the work per request.
-//! [`Publisher`] sends replies and status.
+//! One connection subscribes and acks, the other publishes (see [`Link`] for why two). The
+//! event loop task forwards every incoming PUBLISH, in receive order, to intake through the
+//! bounded inbox (`flow::inbox`), and never waits on the store.
 //!
 //! **Invariant:** acks are sent in receive order (rumqttd drops a client that acks out of order);
-//! intake is the only caller of [`Publisher::ack`] and processes publishes in order.
+//! intake is the only one to ack (`flow::Inbound::ack`) and handles publishes in order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::frontdoor::router::Router;
-use crate::wire::{topics, Correlation, Status};
+use crate::flow::{Ack, Inbound, OutboundReply, Sent, Sink};
 
-/// Capacity of the inbox channel (well above any broker's inflight window).
-const INBOX: usize = 4096;
 /// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
 const REQUESTS: usize = 65_536;
-
-/// A publish for the service, and whom to acknowledge once intake has handled it.
-pub struct Incoming {
-    /// The publish as received.
-    pub publish: Publish,
-    /// Where its acknowledgement goes.
-    pub ack: Ack,
-    /// The share of the front door's inbox budget it holds until handled (see
-    /// `frontdoor::hub`); none from a broker, whose inflight window bounds it.
-    pub budget: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-/// How a handled publish is acknowledged.
-pub enum Ack {
-    /// A PUBACK to the broker it came from (QoS 1; nothing for QoS 0).
-    Broker,
-    /// A publish the front door handed over directly: called once, after the commit.
-    Local(Box<dyn FnOnce() + Send>),
-}
-
-impl std::fmt::Debug for Ack {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Ack::Broker => "Broker",
-            Ack::Local(_) => "Local",
-        })
-    }
-}
-
-/// The channel intake reads: the service link and, in embedded mode, the front door feed it.
-pub fn inbox() -> (mpsc::Sender<Incoming>, mpsc::Receiver<Incoming>) {
-    mpsc::channel(INBOX)
-}
 
 /// Why the link could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -88,72 +51,35 @@ pub struct LinkConfig {
     pub will: Option<LastWill>,
     /// Largest packet we accept.
     pub max_packet_bytes: usize,
-    /// Embedded mode: replies for devices go to their front-door sessions directly.
-    pub local_replies: Option<Arc<Router>>,
 }
 
-/// Publishes replies, status and dead letters; acks received messages.
+/// Publishes replies, status and dead letters to the broker: the external-mode [`Sink`], and
+/// in embedded mode the way out for operator JSON.
 #[derive(Clone, Debug)]
 pub struct Publisher {
     /// The connection that only publishes.
     client: AsyncClient,
     /// The connection that only subscribes and acks.
     acks: AsyncClient,
-    /// See [`LinkConfig::local_replies`].
-    local_replies: Option<Arc<Router>>,
 }
 
 impl Publisher {
-    /// Publishes a reply with the contract's properties, or with none for an MQTT 3.1.1 device
-    /// (`envelope`): rumqttd's v4 writer panics on a forwarded publish that has properties, and
-    /// such a device could not read them anyway (its reply carries `corr` in the payload).
-    pub async fn reply(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        corr: Option<&Correlation>,
-        status: Status,
-        expiry: Duration,
-        envelope: bool,
-    ) {
-        let properties = (!envelope).then(|| PublishProperties {
-            correlation_data: corr.map(|c| c.0.clone()),
-            content_type: Some("application/cbor".into()),
-            user_properties: vec![("status".into(), status.code().to_string())],
-            message_expiry_interval: Some(expiry.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
-            ..Default::default()
-        });
-        self.publish(topic, payload, false, properties).await;
-    }
-
-    /// Publishes JSON (status, dead letters), retained or not, without properties: MQTT 3.1.1
-    /// operators (e.g. `mosquitto_sub -V 311`) subscribe to these, see [`Publisher::reply`].
-    pub async fn json(&self, topic: &str, payload: Vec<u8>, retain: bool) {
-        self.publish(topic, payload, retain, None).await;
-    }
-
     async fn publish(
         &self,
-        topic: &str,
+        topic: String,
         payload: Vec<u8>,
         retain: bool,
         properties: Option<PublishProperties>,
     ) {
-        if let Some(router) = &self.local_replies {
-            if topics::reply_topic_device(topic).is_some() {
-                router.publish(Publish::new(topic, QoS::AtLeastOnce, payload, properties));
-                return;
-            }
-        }
         let outcome = match properties {
             Some(properties) => {
                 self.client
-                    .publish_with_properties(topic, QoS::AtLeastOnce, retain, payload, properties)
+                    .publish_with_properties(&topic, QoS::AtLeastOnce, retain, payload, properties)
                     .await
             }
             None => {
                 self.client
-                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .publish(&topic, QoS::AtLeastOnce, retain, payload)
                     .await
             }
         };
@@ -161,32 +87,32 @@ impl Publisher {
             tracing::error!(%error, topic, "publish not handed to the MQTT client");
         }
     }
+}
 
-    /// Acknowledges a received publish (nothing for QoS 0 from the broker). Call in receive
-    /// order.
-    pub async fn ack(&self, incoming: Incoming) {
-        match incoming.ack {
-            Ack::Broker => {
-                if let Err(error) = self.acks.ack(&incoming.publish).await {
-                    tracing::error!(%error, "ack not handed to the MQTT client");
-                }
-            }
-            Ack::Local(ack) => ack(),
-        }
+impl Sink for Publisher {
+    /// Publishes a reply with the contract's properties, or with none for an MQTT 3.1.1 device
+    /// (`envelope`): such a device could not read them (its reply carries `corr` in the payload).
+    fn reply(&self, reply: OutboundReply) -> Sent<'_> {
+        Box::pin(async move {
+            let properties = (!reply.envelope).then(|| reply_properties(&reply));
+            self.publish(reply.topic, reply.payload, false, properties)
+                .await;
+        })
+    }
+
+    fn announce(&self, topic: String, payload: Vec<u8>, retain: bool) -> Sent<'_> {
+        Box::pin(self.publish(topic, payload, retain, None))
     }
 }
 
-#[cfg(test)]
-impl Publisher {
-    /// A publisher whose MQTT connections are never opened: replies for devices go to
-    /// `router`; anything else is refused by rumqttc (logged), as with a broker that is gone.
-    pub(crate) fn local_only(router: Arc<Router>) -> Publisher {
-        let options = MqttOptions::new("roost-test", "127.0.0.1", 1);
-        Publisher {
-            client: AsyncClient::new(options.clone(), 1).0,
-            acks: AsyncClient::new(options, 1).0,
-            local_replies: Some(router),
-        }
+/// The contract's properties on every reply to an MQTT 5 device.
+pub fn reply_properties(reply: &OutboundReply) -> PublishProperties {
+    PublishProperties {
+        correlation_data: reply.corr.as_ref().map(|c| c.0.clone()),
+        content_type: Some("application/cbor".into()),
+        user_properties: vec![("status".into(), reply.status.code().to_string())],
+        message_expiry_interval: Some(reply.expiry.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
+        ..Default::default()
     }
 }
 
@@ -235,7 +161,7 @@ fn options(config: &LinkConfig, client_id: String) -> MqttOptions {
 /// acknowledged; every incoming publish goes to `inbox_tx` in receive order.
 pub async fn connect(
     config: LinkConfig,
-    inbox_tx: mpsc::Sender<Incoming>,
+    inbox_tx: mpsc::Sender<Inbound>,
 ) -> Result<Link, LinkError> {
     let addr = format!("{}:{}", config.host, config.port);
     let mut sub_options = options(&config, config.client_id.clone());
@@ -268,11 +194,7 @@ pub async fn connect(
         return Err(LinkError::Connect { addr, reason });
     }
     Ok(Link {
-        publisher: Publisher {
-            client,
-            acks,
-            local_replies: config.local_replies,
-        },
+        publisher: Publisher { client, acks },
         tasks,
     })
 }
@@ -288,7 +210,7 @@ async fn subscriber_loop(
     mut eventloop: rumqttc::v5::EventLoop,
     client: AsyncClient,
     filters: Vec<String>,
-    inbox_tx: mpsc::Sender<Incoming>,
+    inbox_tx: mpsc::Sender<Inbound>,
     ready_tx: oneshot::Sender<Result<(), String>>,
 ) {
     let mut ready_tx = Some(ready_tx);
@@ -296,9 +218,9 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let incoming = Incoming {
+                let incoming = Inbound {
                     publish,
-                    ack: Ack::Broker,
+                    ack: Ack::Broker(client.clone()),
                     budget: None,
                 };
                 if inbox_tx.send(incoming).await.is_err() {

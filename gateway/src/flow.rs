@@ -1,0 +1,172 @@
+//! Everything that crosses a thread or a task, declared in one place (as rumqttd's router
+//! declares its events): a reader learns the whole traffic between the stages from this file.
+//!
+//! ```text
+//! front door / service link ──Inbound──▶ intake ──Job──▶ scheduler ──▶ workers
+//!        │                                 │                               │
+//!        └──────DeviceEvent──▶ outbox ◀────┴──────────FinalReply───────────┘
+//!                                │
+//! intake, outbox ──OutboundReply──▶ Replies (front door router | service link) ──▶ device
+//! intake, outbox, status ──announce──▶ Replies ──▶ broker (retained status, dead letters)
+//! ```
+//!
+//! The stage types that carry them (`Job`, `FinalReply`) live with their owners (`analytics`,
+//! `store`), since their fields are the store's rows; the channels' message enums and the two
+//! sinks that leave the gateway live here.
+//!
+//! **Invariant:** an [`Inbound`] is acknowledged ([`Inbound::ack`]) once, in receive order,
+//! only after intake committed what it carries.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::Publish;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::wire::{Correlation, DeviceId, RequestId, Status};
+
+/// Capacity of the inbox channel (well above any broker's inflight window).
+const INBOX: usize = 4096;
+
+/// A publish for the service, and whom to acknowledge once intake has handled it.
+pub struct Inbound {
+    /// The publish as received.
+    pub publish: Publish,
+    /// Where its acknowledgement goes.
+    pub ack: Ack,
+    /// The share of the front door's inbox budget it holds until handled; none from a broker,
+    /// whose inflight window bounds it.
+    pub budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Inbound {
+    /// Acknowledges the publish (PUBACK to the broker it came from, or the front door's own
+    /// PUBACK to its device). Call in receive order, after the commit.
+    pub async fn ack(self) {
+        match self.ack {
+            Ack::Broker(client) => {
+                if let Err(error) = client.ack(&self.publish).await {
+                    tracing::error!(%error, "ack not handed to the MQTT client");
+                }
+            }
+            Ack::Local(ack) => ack(),
+        }
+    }
+}
+
+/// How a handled publish is acknowledged.
+pub enum Ack {
+    /// A PUBACK to the broker it came from, through the service link's acking connection
+    /// (nothing for QoS 0).
+    Broker(rumqttc::v5::AsyncClient),
+    /// A publish the front door handed over directly: called once, after the commit.
+    Local(Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Broker(_) => "Broker",
+            Ack::Local(_) => "Local",
+        })
+    }
+}
+
+/// The channel intake reads: the service link and, in embedded mode, the front door feed it.
+pub fn inbox() -> (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>) {
+    mpsc::channel(INBOX)
+}
+
+/// What the rest of the gateway tells the outbox about devices.
+#[derive(Debug, Clone)]
+pub enum DeviceEvent {
+    /// The device published something: awake for this long.
+    Seen(DeviceId, Duration),
+    /// The device is connected through the front door and subscribed: awake until it leaves.
+    Connected(DeviceId),
+    /// The device's last connection ended.
+    Disconnected(DeviceId),
+    /// The device said it is going to sleep.
+    Asleep(DeviceId),
+    /// The device acknowledged a reply.
+    Acked(DeviceId, RequestId),
+    /// The device was answered with an error (`"code: message"`).
+    Rejected(DeviceId, String),
+}
+
+impl DeviceEvent {
+    /// The device the event is about.
+    pub fn device(&self) -> &DeviceId {
+        match self {
+            DeviceEvent::Seen(d, _)
+            | DeviceEvent::Connected(d)
+            | DeviceEvent::Disconnected(d)
+            | DeviceEvent::Asleep(d)
+            | DeviceEvent::Acked(d, _)
+            | DeviceEvent::Rejected(d, _) => d,
+        }
+    }
+}
+
+/// A reply on its way to a device: everything needed to encode it once, for its device.
+#[derive(Debug, Clone)]
+pub struct OutboundReply {
+    /// The device it is for (the reply topic is below `devices/{device}/reply`).
+    pub device: DeviceId,
+    /// The reply topic.
+    pub topic: String,
+    /// The CBOR payload.
+    pub payload: Vec<u8>,
+    /// The request's Correlation Data, copied.
+    pub corr: Option<Correlation>,
+    /// The reply's status (the `status` user property).
+    pub status: Status,
+    /// The time left of the reply TTL (Message Expiry Interval).
+    pub expiry: Duration,
+    /// An MQTT 3.1.1 device: no properties (its payload carries `corr`).
+    pub envelope: bool,
+}
+
+/// A boxed future, for the object-safe [`Sink`].
+pub type Sent<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// Where the gateway's outgoing messages leave it: replies to devices, and JSON for operators
+/// (retained status, dead letters). Implemented by the service link (external mode: both go
+/// to the broker) and by the embedded wiring (replies to the front door's router, JSON to
+/// rumqttd through the service link).
+pub trait Sink: Send + Sync + 'static {
+    /// Sends a reply to its device (never to another device: see `wire::topics`).
+    fn reply(&self, reply: OutboundReply) -> Sent<'_>;
+    /// Publishes JSON for operators, retained or not, without properties (MQTT 3.1.1
+    /// operators subscribe to these too).
+    fn announce(&self, topic: String, payload: Vec<u8>, retain: bool) -> Sent<'_>;
+}
+
+/// A cheap handle to the gateway's [`Sink`].
+#[derive(Clone)]
+pub struct Replies(Arc<dyn Sink>);
+
+impl Replies {
+    /// Wraps a sink.
+    pub fn new(sink: impl Sink) -> Replies {
+        Replies(Arc::new(sink))
+    }
+
+    /// See [`Sink::reply`].
+    pub async fn reply(&self, reply: OutboundReply) {
+        self.0.reply(reply).await;
+    }
+
+    /// See [`Sink::announce`].
+    pub async fn announce(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        self.0.announce(topic, payload, retain).await;
+    }
+}
+
+impl std::fmt::Debug for Replies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replies")
+    }
+}
