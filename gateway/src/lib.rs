@@ -16,7 +16,6 @@
 //! admits requests into the [`store`]; [`analytics`] runs them; [`outbox`] delivers replies;
 //! [`status`] reports to operators. [`wire`] is the protocol, shared with `device-sim`.
 
-pub mod admin;
 pub mod analytics;
 pub mod app;
 pub mod broker;
@@ -26,6 +25,7 @@ pub mod flow;
 pub mod frontdoor;
 pub mod intake;
 pub mod link;
+pub mod metrics;
 pub mod outbox;
 pub mod recovery;
 pub mod status;

@@ -3,8 +3,7 @@
 //! 3.1.1 translation and the SUBACK merge. No panic, no hang (every loop is bounded by input).
 
 use bytes::{Bytes, BytesMut};
-use gateway::frontdoor::codec::{self, PacketReader, Version};
-use gateway::frontdoor::{outgoing, translate};
+use gateway::wire::packet::{self as codec, outgoing, translate, PacketReader, Version};
 use proptest::prelude::*;
 
 /// Runs a whole stream through the reader as a session would; returns packets accepted.

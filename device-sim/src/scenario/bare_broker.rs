@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use gateway::broker::EmbeddedBroker;
 use gateway::config::{AuthConfig, Limits};
 use gateway::flow::{self, Inbound};
-use gateway::frontdoor::router::Router;
+use gateway::frontdoor::devices::router::Router;
 use gateway::frontdoor::{FrontDoor, Settings};
 use std::sync::Arc;
 use tokio::sync::mpsc;

@@ -87,7 +87,7 @@ pub struct Pool {
     /// Fatal faults (the store failed).
     pub fatal_tx: mpsc::UnboundedSender<String>,
     /// Counters.
-    pub metrics: Arc<crate::status::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Longest telemetry window an op may read (`limits.max_series_len`).
     max_series_len: usize,
     /// Jobs on workers now.
@@ -102,7 +102,7 @@ impl Pool {
         reply_ttl: Duration,
         done_tx: mpsc::UnboundedSender<FinalReply>,
         fatal_tx: mpsc::UnboundedSender<String>,
-        metrics: Arc<crate::status::Metrics>,
+        metrics: Arc<crate::metrics::Metrics>,
         max_series_len: usize,
     ) -> Pool {
         Pool {

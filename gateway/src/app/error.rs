@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::broker::BrokerError;
-use crate::frontdoor::{self, FrontDoorError};
+use crate::frontdoor::FrontDoorError;
 use crate::link::LinkError;
 use crate::store::StoreError;
 
@@ -34,7 +34,7 @@ pub enum AppError {
     FrontDoor(#[from] FrontDoorError),
     /// The embedded broker stopped answering health probes.
     #[error("{0}; exiting so the supervisor restarts the gateway")]
-    BrokerUnhealthy(#[from] frontdoor::watchdog::Unhealthy),
+    BrokerUnhealthy(#[from] crate::broker::health::Unhealthy),
     /// The data directory could not be created.
     #[error("cannot create data_dir {path} (config key gateway.data_dir): {source}")]
     DataDir {
@@ -55,9 +55,9 @@ impl AppError {
     /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Bind { .. } | AppError::DataDir { .. } => crate::cli::EXIT_CONFIG,
+            AppError::Bind { .. } | AppError::DataDir { .. } => crate::config::EXIT_CONFIG,
             AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
-                crate::cli::EXIT_CONFIG
+                crate::config::EXIT_CONFIG
             }
             _ => 1,
         }

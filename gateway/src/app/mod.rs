@@ -23,11 +23,12 @@ use crate::broker::EmbeddedBroker;
 use crate::config::{BrokerConfig, Config};
 use crate::flow::{self, Replies};
 use crate::frontdoor::{self, FrontDoor};
-use crate::intake::{Intake, IntakeStats};
+use crate::intake::Intake;
 use crate::link::{self, LinkConfig};
+use crate::metrics::{IntakeStats, Metrics};
 use crate::outbox::Outbox;
 use crate::status::http::{self, Health, HttpState};
-use crate::status::{GatewayStatus, Metrics};
+use crate::status::GatewayStatus;
 use crate::store::Store;
 use crate::wire::topics;
 use crate::{recovery, status};
@@ -269,7 +270,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let watchdog = async {
         match &broker {
             Some(broker) => {
-                frontdoor::watchdog::watch(broker.v5, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
+                crate::broker::health::watch(broker.v5, HEALTH_PROBE_PERIOD, HEALTH_PROBE_PERIOD)
                     .await
             }
             None => std::future::pending().await,

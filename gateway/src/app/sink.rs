@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::flow::{OutboundReply, Sent, Sink};
-use crate::frontdoor::router::Router;
+use crate::frontdoor::devices::router::Router;
 use crate::link::Publisher;
 
 /// See the module doc.

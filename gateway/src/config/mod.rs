@@ -4,6 +4,9 @@
 //! Feeds every stage: each gets its own section by value. A mistake is a [`ConfigError`] naming
 //! the key, which `main` turns into a one-line message and exit code 2.
 
+/// Exit code for configuration mistakes (a bad key or value, a port already taken).
+pub const EXIT_CONFIG: u8 = 2;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};

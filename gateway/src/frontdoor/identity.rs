@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use super::acl::Principal;
-use super::codec::ConnectInfo;
-use super::outgoing::reason;
 use super::secrets;
 use crate::config::AuthConfig;
 use crate::store::credentials::{self, Kind};
 use crate::wire::ids::is_valid_id;
+use crate::wire::packet::outgoing::reason;
+use crate::wire::packet::ConnectInfo;
 use crate::wire::DeviceId;
 
 /// The front door's view of who may connect.

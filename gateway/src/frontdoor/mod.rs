@@ -14,25 +14,13 @@
 //! connection.
 
 pub mod acl;
-pub mod admin;
-pub mod codec;
-pub mod connect;
-pub mod downstream;
-pub mod hub;
+pub mod devices;
 pub mod identity;
 pub mod limits;
-pub mod link;
-pub mod outgoing;
-pub mod presence;
-pub mod relay;
-pub mod relayed;
-pub mod router;
+pub mod operators;
 pub mod secrets;
 pub mod session;
-pub mod terminated;
 pub mod tls;
-pub mod translate;
-pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,9 +35,9 @@ use tokio_util::task::TaskTracker;
 use crate::broker::EmbeddedBroker;
 use crate::config::{AuthConfig, Limits, TlsConfig};
 use crate::flow::DeviceEvent;
-pub use codec::Version;
+pub use crate::wire::packet::Version;
+pub use devices::presence::{FrontDoorEvent, Presence};
 pub use limits::FrontDoorStats;
-pub use presence::{FrontDoorEvent, Presence};
 
 /// Room for the topic and properties around the largest payload: a packet up to
 /// `limits.max_payload_bytes` + this passes, so intake can answer a slightly large payload with
@@ -98,7 +86,7 @@ pub struct FrontDoor {
     identity: identity::Identity,
     tls: Option<tls::Tls>,
     stats: Arc<FrontDoorStats>,
-    router: Arc<router::Router>,
+    router: Arc<devices::router::Router>,
 }
 
 impl FrontDoor {
@@ -121,7 +109,7 @@ impl FrontDoor {
             settings,
             identity,
             tls,
-            router: Arc::new(router::Router::new(stats.clone())),
+            router: Arc::new(devices::router::Router::new(stats.clone())),
             stats,
         })
     }
@@ -137,7 +125,7 @@ impl FrontDoor {
     }
 
     /// The device sessions by client id: the service hands replies for devices to it.
-    pub fn router(&self) -> Arc<router::Router> {
+    pub fn router(&self) -> Arc<devices::router::Router> {
         self.router.clone()
     }
 
@@ -151,14 +139,14 @@ impl FrontDoor {
         shutdown: CancellationToken,
     ) -> Result<(), FrontDoorError> {
         let (presence_tx, presence_rx) = mpsc::channel(1024);
-        tokio::spawn(presence::bridge(presence_rx, events_tx));
+        tokio::spawn(devices::presence::bridge(presence_rx, events_tx));
         let events_tx = presence_tx;
         let limits = &self.settings.limits;
         let max_packet = limits.max_payload_bytes + PACKET_OVERHEAD_BYTES;
-        let hub = hub::Hub {
+        let hub = devices::hub::Hub {
             router: self.router.clone(),
             service_tx,
-            budget: hub::Hub::inbox_budget(),
+            budget: devices::hub::Hub::inbox_budget(),
             addr: broker.v5,
             max_packet,
         };

@@ -3,10 +3,10 @@
 //! Fed by the accept loop (a TCP or TLS stream, and the client certificate's CN); feeds one of
 //! the two ways a connection is served. Phases:
 //!
-//! 1. CONNECT within `limits.connect_timeout_ms`, checked ([`super::connect`]);
+//! 1. CONNECT within `limits.connect_timeout_ms`, checked ([`crate::wire::packet::connect`]);
 //! 2. identity ([`super::identity`]) and the Will ACL; a refusal is a CONNACK with its code;
-//! 3. a device is terminated here, its publishes handed to the service ([`super::terminated`]);
-//!    an operator or viewer is relayed to a broker connection of its own ([`super::relayed`]).
+//! 3. a device is terminated here, its publishes handed to the service ([`super::devices::session`]);
+//!    an operator or viewer is relayed to a broker connection of its own ([`super::operators`]).
 //!
 //! **Invariant:** nothing the device sends reaches the service or rumqttd unless it parsed and
 //! passed the ACL.
@@ -20,12 +20,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::codec::{ConnectInfo, PacketReader, Version, Violation};
 use super::identity::Identity;
 use super::limits::{FrontDoorStats, IdGates};
-use super::outgoing::{self, reason};
 use super::FrontDoorEvent;
 use crate::broker::EmbeddedBroker;
+use crate::wire::packet::outgoing::{self, reason};
+use crate::wire::packet::{ConnectInfo, PacketReader, Version, Violation};
 
 /// What every session shares.
 #[derive(Debug)]
@@ -47,7 +47,7 @@ pub struct Shared {
     /// Numbers connections in presence events.
     pub next_connection: AtomicU64,
     /// The service's inbox and reply router device sessions use.
-    pub hub: super::hub::Hub,
+    pub hub: super::devices::hub::Hub,
 }
 
 /// How a session ended, other than cleanly.
@@ -140,10 +140,12 @@ where
     // Devices are terminated here and talk to the service; operators and viewers (few, and
     // they need rumqttd's retained messages) keep a broker connection each.
     if principal.device().is_some() && !connect.client_id.is_empty() {
-        return super::terminated::serve(device_rx, device_tx, reader, connect, principal, shared)
-            .await;
+        return super::devices::session::serve(
+            device_rx, device_tx, reader, connect, principal, shared,
+        )
+        .await;
     }
-    super::relayed::serve(
+    super::operators::serve(
         device_rx, device_tx, reader, connect, frame, principal, shared,
     )
     .await

@@ -8,7 +8,7 @@
 pub mod classify;
 mod plan;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
+use crate::metrics::IntakeStats;
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply, Status};
@@ -25,21 +26,6 @@ use classify::Address;
 
 /// Most publishes handled in one batch.
 const MAX_BATCH: usize = 1024;
-
-/// Counters intake keeps for status and metrics.
-#[derive(Debug, Default)]
-pub struct IntakeStats {
-    /// Requests accepted (new, stored).
-    pub accepted: AtomicU64,
-    /// Duplicates answered from the store.
-    pub duplicates: AtomicU64,
-    /// Requests refused at intake with 4xx (dead-lettered).
-    pub rejected: AtomicU64,
-    /// Requests refused with 429.
-    pub over_quota: AtomicU64,
-    /// Requests refused with 503.
-    pub unavailable: AtomicU64,
-}
 
 /// The intake stage.
 pub struct Intake {

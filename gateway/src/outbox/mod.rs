@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, OutboundReply, Replies};
+use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
-use crate::status::Metrics;
 use crate::store::requests::{self, FinalReply};
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
@@ -225,7 +225,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::flow::{Sent, Sink};
-    use crate::frontdoor::router::{Route, Router};
+    use crate::frontdoor::devices::router::{Route, Router};
     use crate::wire::{Correlation, RequestId};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
@@ -332,7 +332,7 @@ mod tests {
         done.store(true, Relaxed);
         let sent = sent.load(Relaxed);
         assert_eq!(
-            crate::frontdoor::downstream::topic(&frame),
+            crate::frontdoor::devices::downstream::topic(&frame),
             Some("devices/d/reply")
         );
         assert!(

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::GatewayStatus;
-use crate::intake::IntakeStats;
+use crate::metrics::IntakeStats;
 use crate::store::{self, devices, requests};
 
 /// What the stages report about their own health.

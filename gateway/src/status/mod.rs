@@ -6,10 +6,9 @@
 //! publishes through the service link.
 
 pub mod device;
-pub mod histogram;
 pub mod http;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::analytics::scheduler::Scheduler;
 use crate::flow::Replies;
+use crate::metrics::Metrics;
 use crate::store::{now_ms, requests, Store};
 use crate::wire::topics;
 
@@ -25,39 +25,6 @@ use crate::wire::topics;
 pub fn rfc3339_ms(ms: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(time).to_string()
-}
-
-/// Counters the stages keep for status and metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Requests finished with `200` since start.
-    pub done_total: AtomicU64,
-    /// Requests finished with `500` or `504` since start.
-    pub failed_total: AtomicU64,
-    /// Replies dead-lettered (TTL passed) since start.
-    pub dead_total: AtomicU64,
-    /// Devices seen since start.
-    pub devices_known: AtomicUsize,
-    /// Devices awake now.
-    pub devices_awake: AtomicUsize,
-    /// Request received → final reply committed.
-    pub request_latency: histogram::Histogram,
-    /// Final replies by op and status code.
-    finished: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
-}
-
-impl Metrics {
-    /// Counts a final reply.
-    pub fn finished(&self, op: &'static str, status: u16) {
-        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
-        *finished.entry((op, status)).or_insert(0) += 1;
-    }
-
-    /// Final replies by (op, status) so far.
-    pub fn finished_by_op(&self) -> Vec<((&'static str, u16), u64)> {
-        let finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
-        finished.iter().map(|(k, v)| (*k, *v)).collect()
-    }
 }
 
 /// Publishes the gateway's retained status.

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
-use crate::status::histogram::Histogram;
+use crate::metrics::Histogram;
 
 /// The database file name inside `data_dir`.
 pub const DB_FILE: &str = "roost.db";

@@ -3,7 +3,6 @@
 
 use rusqlite::{params, Connection};
 
-use crate::analytics::ops::Series;
 use crate::wire::DeviceId;
 
 /// One reading.
@@ -15,6 +14,15 @@ pub struct Reading {
     pub ts: i64,
     /// Value.
     pub value: f64,
+}
+
+/// A time series: values, with timestamps (ms since epoch) when known.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Series {
+    /// The readings, in time order.
+    pub values: Vec<f64>,
+    /// Their timestamps, same length, when given.
+    pub ts: Option<Vec<u64>>,
 }
 
 /// Stores readings of one device.

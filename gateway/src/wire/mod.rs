@@ -5,6 +5,7 @@
 
 pub mod envelope;
 pub mod ids;
+pub mod packet;
 pub mod status;
 pub mod topics;
 

@@ -56,14 +56,7 @@ pub const OPS: &[(&str, PrepareFn)] = &[
     ("spectrum", spectrum::prepare),
 ];
 
-/// A time series: values, with timestamps (ms since epoch) when known.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Series {
-    /// The readings, in time order.
-    pub values: Vec<f64>,
-    /// Their timestamps, same length, when given.
-    pub ts: Option<Vec<u64>>,
-}
+pub use crate::store::telemetry::Series;
 
 /// Where an op's series comes from.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,11 +1,5 @@
-//! The broker → device direction, and the socket options that keep a request→reply round trip
-//! free of Nagle stalls.
-//!
-//! rumqttd never sets `TCP_NODELAY` on its sockets, so when it writes a PUBACK and then a reply
-//! back to back, Nagle's algorithm holds the second write until the peer's delayed ACK (~40 ms).
-//! We own the other end of every rumqttd socket: we set `TCP_NODELAY` on all our sockets and
-//! re-arm `TCP_QUICKACK` on the broker side after each read, so rumqttd's segments are ACKed at
-//! once and Nagle never waits.
+//! An operator's connection, broker → operator direction (`TCP_QUICKACK` re-armed after each
+//! read, see `broker::socket`).
 //!
 //! Fed by the broker socket and by [`Control`] messages from the device → broker side; feeds the
 //! device socket. Broker bytes pass through untouched in whole frames, except a SUBACK we must
@@ -14,18 +8,17 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::codec::{frame_len, Version};
-use super::outgoing;
-use super::translate;
-use super::Presence;
+use crate::broker::socket::rearm_quickack;
+
+use crate::wire::packet::outgoing;
+use crate::wire::packet::translate;
+use crate::wire::packet::{frame_len, Version};
 
 /// What the device → broker side asks of this side.
 #[derive(Debug)]
@@ -34,7 +27,7 @@ pub enum Control {
     Write(Bytes),
     /// Write these bytes to the device, then close it.
     Final(Bytes),
-    /// The SUBACK for `pkid` needs our denials merged in and/or announces a reply subscription.
+    /// The SUBACK for `pkid` needs our denials merged in.
     Watch {
         /// The SUBSCRIBE's packet id.
         pkid: u16,
@@ -50,56 +43,9 @@ pub enum Control {
 pub enum Slot {
     /// Denied by us with this code (not forwarded).
     Denied(u8),
-    /// Forwarded; `reply` when it is one of the device's reply filters.
-    Forwarded {
-        /// A reply filter: a grant means held replies can be delivered.
-        reply: bool,
-    },
+    /// Forwarded to the broker, which answers for it.
+    Forwarded,
 }
-
-/// Connects to a broker listener with `TCP_NODELAY` set.
-pub async fn connect_upstream(addr: SocketAddr) -> io::Result<TcpStream> {
-    let upstream = TcpStream::connect(addr).await?;
-    upstream.set_nodelay(true)?;
-    Ok(upstream)
-}
-
-/// Relays bytes both ways, unchecked, first sending `already_read` upstream: only for the
-/// gateway's own service connection (the internal relay in `app`), never for devices.
-pub async fn relay(device: TcpStream, upstream: TcpStream, already_read: &[u8]) -> io::Result<()> {
-    let (mut device_rx, mut device_tx) = device.into_split();
-    let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
-    upstream_tx.write_all(already_read).await?;
-    let up = tokio::io::copy(&mut device_rx, &mut upstream_tx);
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = upstream_rx.read(&mut buf).await?;
-            if n == 0 {
-                device_tx.shutdown().await.ok();
-                return Ok::<(), io::Error>(());
-            }
-            rearm_quickack(&upstream_rx);
-            device_tx.write_all(&buf[..n]).await?;
-        }
-    };
-    // Whichever direction ends first ends the connection.
-    tokio::select! {
-        r = up => r.map(|_| ()),
-        r = down => r,
-    }
-}
-
-/// Linux clears `TCP_QUICKACK` after it fires; set it again so the next segment is ACKed at once.
-#[cfg(target_os = "linux")]
-pub fn rearm_quickack(stream: &OwnedReadHalf) {
-    let socket = socket2::SockRef::from(stream.as_ref());
-    let _ = socket.set_quickack(true);
-}
-
-/// No-op where `TCP_QUICKACK` does not exist.
-#[cfg(not(target_os = "linux"))]
-pub fn rearm_quickack(_stream: &OwnedReadHalf) {}
 
 /// State of the broker → device pump.
 pub struct Downstream<W> {
@@ -111,8 +57,6 @@ pub struct Downstream<W> {
     pub control_rx: mpsc::Receiver<Control>,
     /// The device's protocol version (the broker side is always MQTT 5).
     pub version: Version,
-    /// Where a granted reply subscription is announced, for a device.
-    pub presence: Option<Presence>,
     watches: HashMap<u16, Vec<Slot>>,
     pings_expected: u32,
 }
@@ -129,14 +73,12 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
         buf: BytesMut,
         control_rx: mpsc::Receiver<Control>,
         version: Version,
-        presence: Option<Presence>,
     ) -> Self {
         Downstream {
             device_tx,
             buf,
             control_rx,
             version,
-            presence,
             watches: HashMap::new(),
             pings_expected: 0,
         }
@@ -249,42 +191,12 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
             .iter()
             .map(|slot| match slot {
                 Slot::Denied(code) => Some(*code),
-                Slot::Forwarded { .. } => None,
+                Slot::Forwarded => None,
             })
             .collect();
         // The broker side always speaks MQTT 5.
         let merged = outgoing::merge_suback(Version::V5, frame, &codes)
             .unwrap_or_else(|| Bytes::copy_from_slice(frame));
-        // The merged SUBACK's codes line up with the plan: a granted reply filter is < 0x80.
-        let codes_start = merged.len() - plan.len();
-        let reply_granted = plan
-            .iter()
-            .zip(&merged[codes_start..])
-            .any(|(slot, code)| matches!(slot, Slot::Forwarded { reply: true }) && *code < 0x80);
-        if reply_granted {
-            if let Some(presence) = &self.presence {
-                presence.subscribed().await;
-            }
-        }
         merged
-    }
-}
-
-/// Reads from `from` into `buf` until it holds one complete frame; returns its length.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    from: &mut R,
-    buf: &mut BytesMut,
-) -> io::Result<usize> {
-    loop {
-        if let Some(len) =
-            frame_len(buf, usize::MAX).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
-        {
-            if buf.len() >= len {
-                return Ok(len);
-            }
-        }
-        if from.read_buf(buf).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
     }
 }

@@ -7,11 +7,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWrite;
 
 use super::{Session, SIDE_TIMEOUT};
-use crate::frontdoor::codec::Subscription;
-use crate::frontdoor::downstream;
+use crate::frontdoor::devices::downstream;
+use crate::frontdoor::devices::link::{Link, LinkSpec};
 use crate::frontdoor::limits::FrontDoorStats;
-use crate::frontdoor::link::{Link, LinkSpec};
-use crate::frontdoor::outgoing;
+use crate::wire::packet::outgoing;
+use crate::wire::packet::Subscription;
 use crate::wire::topics;
 
 impl<W: AsyncWrite + Unpin> Session<W> {

@@ -3,6 +3,9 @@
 //! Exit codes: 0 after a clean drain, 2 for a configuration mistake (naming the key or address),
 //! 1 for a fatal fault while running (store unwritable, broker gone).
 
+mod credentials;
+mod requests;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -144,8 +147,7 @@ pub enum OperatorAction {
     List,
 }
 
-/// Exit code for configuration mistakes.
-pub const EXIT_CONFIG: u8 = 2;
+pub use crate::config::EXIT_CONFIG;
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
@@ -153,11 +155,11 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Device { action, config } => match load(&config) {
-            Ok(config) => crate::frontdoor::admin::device(&config, action),
+            Ok(config) => credentials::device(&config, action),
             Err(code) => code,
         },
         Command::Operator { action, config } => match load(&config) {
-            Ok(config) => crate::frontdoor::admin::operator(&config, action),
+            Ok(config) => credentials::operator(&config, action),
             Err(code) => code,
         },
         Command::Requests { action } => match action {
@@ -168,13 +170,7 @@ pub fn main() -> ExitCode {
                 limit,
                 json,
             } => with_config(&config, |config| {
-                crate::admin::list_requests(
-                    config,
-                    device.as_deref(),
-                    state.as_deref(),
-                    limit,
-                    json,
-                )
+                requests::list_requests(config, device.as_deref(), state.as_deref(), limit, json)
             }),
         },
         Command::Deadletters { action } => match action {
@@ -183,11 +179,11 @@ pub fn main() -> ExitCode {
                 limit,
                 json,
             } => with_config(&config, |config| {
-                crate::admin::list_dead_letters(config, limit, json)
+                requests::list_dead_letters(config, limit, json)
             }),
-            DeadlettersAction::Requeue { config, id } => with_config(&config, |config| {
-                crate::admin::requeue_dead_letter(config, id)
-            }),
+            DeadlettersAction::Requeue { config, id } => {
+                with_config(&config, |config| requests::requeue_dead_letter(config, id))
+            }
         },
     }
 }

@@ -15,7 +15,10 @@ use tokio::net::TcpListener as TokioListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::frontdoor::relay;
+pub mod health;
+pub mod socket;
+
+use socket as relay;
 
 use crate::config::Limits;
 

@@ -12,6 +12,10 @@
 //! second CONNECT, MQTT 3.1 (`MQIsdp`) and AUTH refused, valid short v5 DISCONNECTs (`e0 00`,
 //! `e0 01 rc`) accepted, UTF-8 and wildcard-free PUBLISH topics, filter syntax, topic aliases.
 
+pub mod connect;
+pub mod outgoing;
+pub mod translate;
+
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
@@ -19,7 +23,7 @@ use rumqttc::v5::mqttbytes::QoS;
 
 use crate::wire::topics;
 
-pub use super::connect::{parse_connect, ConnectInfo};
+pub use connect::{parse_connect, ConnectInfo};
 
 /// The two protocol versions the front door speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

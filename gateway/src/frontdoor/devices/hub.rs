@@ -74,7 +74,7 @@ pub fn parse_publish(frame: Bytes) -> Option<Publish> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontdoor::link::publish_frame;
+    use crate::frontdoor::devices::link::publish_frame;
     use rumqttc::v5::mqttbytes::QoS;
 
     #[test]

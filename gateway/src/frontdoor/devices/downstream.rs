@@ -6,13 +6,13 @@
 //! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
 //! Data, Message Expiry and user properties pass byte-exact.
 
-use super::codec::{header_len, put_varint};
+use crate::wire::packet::{header_len, put_varint};
 use std::collections::{HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::Version;
-use super::translate;
+use crate::wire::packet::translate;
+use crate::wire::packet::Version;
 
 /// Appends `frame` (a checked MQTT 5 PUBLISH) re-framed: DUP cleared, the retain flag kept,
 /// QoS 1 with packet id `pkid` when `Some`, QoS 0 without a packet id when `None`.

@@ -4,7 +4,7 @@
 //!
 //! Fed by `drive` in [`super`]; feeds the broker socket and the session's callback.
 
-use crate::frontdoor::codec::header_len;
+use crate::wire::packet::header_len;
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,8 +17,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Inflight, OnMessage, Request, KEEP_ALIVE_S};
-use crate::frontdoor::codec::frame_len;
-use crate::frontdoor::relay::rearm_quickack;
+use crate::broker::socket::rearm_quickack;
+use crate::wire::packet::frame_len;
 
 pub(super) async fn write_loop(
     mut tx: OwnedWriteHalf,
@@ -50,7 +50,7 @@ pub(super) async fn write_loop(
                     }
                 }
             }
-            _ = ping.tick() => out.extend_from_slice(&crate::frontdoor::outgoing::PINGREQ),
+            _ = ping.tick() => out.extend_from_slice(&crate::wire::packet::outgoing::PINGREQ),
         }
         while let Ok(bytes) = control_rx.try_recv() {
             out.extend_from_slice(&bytes);

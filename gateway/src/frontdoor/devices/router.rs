@@ -19,8 +19,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::FrontDoorStats;
 use crate::flow::OutboundReply;
+use crate::frontdoor::limits::FrontDoorStats;
 #[cfg(test)]
 use crate::wire::DeviceId;
 
@@ -123,7 +123,7 @@ fn bump_dropped(counter: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontdoor::downstream;
+    use crate::frontdoor::devices::downstream;
 
     fn reply(device: &str, topic: &str) -> OutboundReply {
         OutboundReply {

@@ -5,10 +5,10 @@
 //! Fed by the session; feeds the device socket (through the broker→device pump, so injected
 //! packets never split one of the broker's). Pure byte building, no I/O.
 
-use super::codec::{header_len, put_varint};
+use super::{header_len, put_varint};
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::Version;
+use super::Version;
 
 /// MQTT 5 reason codes the front door uses.
 pub mod reason {

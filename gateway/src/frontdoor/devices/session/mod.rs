@@ -25,18 +25,18 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::acl::Principal;
-use super::codec::{ConnectInfo, Inbound, PacketReader, Version, Violation};
 use super::downstream::Window;
 use super::hub::parse_publish;
-use super::limits::FrontDoorStats;
 use super::link::Link;
-use super::outgoing::{self, reason};
+use super::presence::Presence;
 use super::router::Route;
-use super::session::{linger, read_more, SessionError, Shared};
-use super::translate;
-use super::Presence;
 use crate::flow::Ack;
+use crate::frontdoor::acl::Principal;
+use crate::frontdoor::limits::FrontDoorStats;
+use crate::frontdoor::session::{linger, read_more, SessionError, Shared};
+use crate::wire::packet::outgoing::{self, reason};
+use crate::wire::packet::translate;
+use crate::wire::packet::{ConnectInfo, Inbound, PacketReader, Version, Violation};
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;

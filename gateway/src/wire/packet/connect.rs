@@ -1,7 +1,7 @@
 //! The CONNECT packet: version detection, the checks rumqttc's codecs skip, and the fields the
 //! session needs (client id, credentials, Will topic, keep-alive and where it sits in the frame).
 //!
-//! Fed by [`super::codec::PacketReader::next_connect`]; feeds identity and the session.
+//! Fed by [`super::PacketReader::next_connect`]; feeds identity and the session.
 //! Guarantees: MQTT 3.1 (`MQIsdp`) and unknown protocol levels are [`Violation::UnsupportedProtocol`];
 //! reserved connect flags, a Will QoS of 3 or Will bits without a Will are malformed; MQTT 5
 //! enhanced authentication (an Authentication Method) is refused.
@@ -10,7 +10,7 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
-use super::codec::{header_len, Version, Violation};
+use super::{header_len, Version, Violation};
 
 /// What the session needs from a CONNECT.
 #[derive(Debug, Clone)]

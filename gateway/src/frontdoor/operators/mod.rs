@@ -1,17 +1,16 @@
 //! An operator's or viewer's connection, relayed 1:1 to rumqttd: operators are few, and they
 //! need rumqttd's retained messages (`gateway/#`, `devices/+/status`) straight from the broker.
 //!
-//! Fed by [`super::session`] once the CONNECT passed identity; feeds the broker's loopback
+//! Fed by [`crate::frontdoor::session`] once the CONNECT passed identity; feeds the broker's loopback
 //! listener and the client. Phases:
 //!
 //! 1. upstream: CONNECT forwarded (Keep Alive 0 rewritten, since rumqttd refuses it), CONNACK
-//!    awaited and relayed, all under the client id's gate ([`super::limits::IdGates`]);
+//!    awaited and relayed, all under the client id's gate ([`crate::frontdoor::limits::IdGates`]);
 //! 2. relay: client → broker here, every packet checked before a byte of it is forwarded;
-//!    broker → client in [`super::relay::Downstream`].
+//!    broker → client in [`downstream::Downstream`].
 //!
 //! **Invariant:** nothing the client sends reaches rumqttd unless it parsed and passed the ACL.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +20,18 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Interval;
 
-use super::acl::Principal;
-use super::codec::{
+use crate::frontdoor::acl::Principal;
+use crate::frontdoor::limits::FrontDoorStats;
+use crate::wire::packet::outgoing::{self, reason};
+use crate::wire::packet::{
     header_len, ConnectInfo, Inbound, PacketReader, Subscription, Version, Violation,
 };
-use super::limits::FrontDoorStats;
-use super::outgoing::{self, reason};
-use super::relay::{self, Control, Downstream, Slot};
-use super::session::{linger, read_more, refuse, SessionError, Shared};
-use super::translate;
-use super::Presence;
-use crate::wire::topics;
+pub mod downstream;
+
+use crate::broker::socket as relay;
+use crate::frontdoor::session::{linger, read_more, refuse, SessionError, Shared};
+use crate::wire::packet::translate;
+use downstream::{Control, Downstream, Slot};
 
 /// Keep Alive forwarded for a client that asked for none (rumqttd refuses 0); we ping upstream
 /// at half of it on the client's behalf.
@@ -108,17 +108,8 @@ where
     }
     FrontDoorStats::bump(&stats.connected);
 
-    let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let presence = principal.device().map(|device| Presence {
-        device: device.clone(),
-        connection,
-        events_tx: shared.events_tx.clone(),
-    });
-    if let Some(presence) = &presence {
-        presence.connected(version).await;
-    }
     let (control_tx, control_rx) = mpsc::channel(64);
-    let down = Downstream::new(device_tx, down_buf, control_rx, version, presence.clone());
+    let down = Downstream::new(device_tx, down_buf, control_rx, version);
     let mut down_task = tokio::spawn(down.run(upstream_rx));
     let ping = (connect.keep_alive == 0).then(|| {
         let period = Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE_S) / 2);
@@ -147,9 +138,6 @@ where
     }
     if let Err(SessionError::Violation(_)) = &outcome {
         linger(&mut device_rx).await;
-    }
-    if let Some(presence) = &presence {
-        presence.disconnected().await;
     }
     outcome
 }
@@ -291,11 +279,7 @@ impl Upstream {
             .iter()
             .map(|filter| {
                 if self.principal.may_subscribe(filter) {
-                    let reply = self
-                        .principal
-                        .device()
-                        .is_some_and(|device| topics::is_reply_filter(device, filter));
-                    Slot::Forwarded { reply }
+                    Slot::Forwarded
                 } else {
                     Slot::Denied(denied_code)
                 }
@@ -303,24 +287,18 @@ impl Upstream {
             .collect();
         let keep: Vec<bool> = plan
             .iter()
-            .map(|slot| matches!(slot, Slot::Forwarded { .. }))
+            .map(|slot| matches!(slot, Slot::Forwarded))
             .collect();
         let denied = keep.iter().filter(|kept| !**kept).count();
         for _ in 0..denied {
             FrontDoorStats::bump(&self.stats.denied_subscribe);
         }
-        let watch_reply = plan
-            .iter()
-            .any(|slot| matches!(slot, Slot::Forwarded { reply: true }));
         let pkid = subscription.pkid;
         if denied == plan.len() {
             let codes = vec![denied_code; plan.len()];
             let suback = outgoing::suback(self.version, pkid, &codes);
             self.control(Control::Write(suback)).await;
         } else if denied == 0 && self.version == Version::V5 {
-            if watch_reply {
-                self.control(Control::Watch { pkid, plan }).await;
-            }
             out.extend_from_slice(&frame);
         } else {
             // Registered before the SUBSCRIBE goes upstream, so it is queued before the SUBACK.

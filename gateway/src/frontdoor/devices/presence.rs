@@ -4,8 +4,8 @@
 
 use tokio::sync::mpsc;
 
-use super::Version;
 use crate::flow::DeviceEvent;
+use crate::frontdoor::Version;
 use crate::wire::DeviceId;
 
 /// Presence as the front door sees it. A device is awake while it has a connection that sent
@@ -81,7 +81,7 @@ impl Presence {
 /// Turns the front door's per-connection presence into the outbox's per-device events: a
 /// device is connected once one of its connections has a granted reply subscription, and
 /// disconnected when its last connection ends (a reconnect can overtake the old one's end).
-pub(super) async fn bridge(
+pub(crate) async fn bridge(
     mut presence_rx: mpsc::Receiver<FrontDoorEvent>,
     events_tx: mpsc::UnboundedSender<DeviceEvent>,
 ) {

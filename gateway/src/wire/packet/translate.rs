@@ -12,13 +12,13 @@
 //! PINGREQ and DISCONNECT are the same bytes in both versions. Down: properties and reason codes
 //! are dropped, SUBACK failures become 0x80, a server DISCONNECT (3.1.1 has none) is dropped.
 
-use super::codec::put_varint;
+use super::put_varint;
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::QoS;
 
-use super::codec::Violation;
+use super::Violation;
 
 fn qos5(qos: rumqttc::mqttbytes::QoS) -> QoS {
     match qos {

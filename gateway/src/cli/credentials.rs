@@ -7,9 +7,9 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use super::secrets;
 use crate::cli::{DeviceAction, OperatorAction};
 use crate::config::Config;
+use crate::frontdoor::secrets;
 use crate::store::credentials::{self, Kind};
 use crate::store::DB_FILE;
 use crate::wire::ids::is_valid_id;
@@ -84,7 +84,7 @@ fn open(config: &Config) -> Result<rusqlite::Connection, ExitCode> {
     let dir = &config.gateway.data_dir;
     if let Err(error) = std::fs::create_dir_all(dir) {
         eprintln!("gateway: cannot create data_dir {}: {error}", dir.display());
-        return Err(ExitCode::from(crate::cli::EXIT_CONFIG));
+        return Err(ExitCode::from(crate::config::EXIT_CONFIG));
     }
     credentials::open_writer(&dir.join(DB_FILE)).map_err(|error| {
         eprintln!("gateway: cannot open the store: {error}");

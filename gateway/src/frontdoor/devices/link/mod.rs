@@ -22,7 +22,7 @@ use rumqttc::v5::mqttbytes::v5::{Connect, Packet};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::relay::connect_upstream;
+use crate::broker::socket::connect_upstream;
 
 /// Keep Alive of a link's CONNECT; it pings at half of it.
 const KEEP_ALIVE_S: u16 = 60;
@@ -166,7 +166,7 @@ use wire::{encode, next_frame, read_loop, write_loop};
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frontdoor::codec::frame_len;
+    use crate::wire::packet::frame_len;
     use rumqttc::v5::mqttbytes::v5;
     use rumqttc::v5::mqttbytes::QoS;
     use tokio::io::AsyncReadExt;
