@@ -195,8 +195,7 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
             })
             .collect();
         // The broker side always speaks MQTT 5.
-        let merged = outgoing::merge_suback(Version::V5, frame, &codes)
-            .unwrap_or_else(|| Bytes::copy_from_slice(frame));
-        merged
+        outgoing::merge_suback(Version::V5, frame, &codes)
+            .unwrap_or_else(|| Bytes::copy_from_slice(frame))
     }
 }
