@@ -62,10 +62,10 @@ load() { # $1 = label, $2 = broker, $3 = shape, rest = extra flags
 }
 
 # 1. The yardstick: echo on the gateway's own front door, nothing behind it but a responder.
-"$bin/device-sim" echo --serve 127.0.0.1:0 > "$out/echo.log" 2>&1 &
+"$bin/gateway" echo --listen 127.0.0.1:0 > "$out/echo.log" 2>&1 &
 pids+=($!)
 echo_pid=${pids[0]}
-echo_addr=$(wait_addr "$out/echo.log" "echo ready")
+echo_addr=$(wait_addr "$out/echo.log" "echo listening")
 for shape in "${shapes[@]}"; do
     load echo "$echo_addr" "$shape" --expect-202 false --gateway-pid "$echo_pid"
 done

@@ -23,9 +23,9 @@ use crate::workload::Mix;
 ///   load  offered load to find saturation: open loop at --rate req/s, or --closed with
 ///         --inflight requests outstanding per device. Replies are verified as in `run`.
 ///   echo  a trivial responder answering each request at once with a final 200 (no store, no
-///         workers): the message path's own round-trip ceiling. `echo --serve 127.0.0.1:0`
-///         hosts the gateway's front door itself and answers where the gateway's service would
-///         (its inbox and reply router); measure it with `load --expect-202 false`.
+///         workers), over any broker. For the gateway's own message path with nothing behind
+///         it, run `gateway echo --listen 127.0.0.1:0` and measure it with
+///         `load --expect-202 false`.
 ///
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
@@ -44,7 +44,7 @@ Examples:
       --telemetry-every 5 --duration 5m
   device-sim load --devices 100 --inflight 4 --closed --duration 10s --gateway-pid $(pidof gateway)
   device-sim load --devices 100 --rate 5000 --duration 30s
-  device-sim echo --serve 127.0.0.1:0      # then: load --broker <printed addr> --expect-202 false
+  gateway echo --listen 127.0.0.1:0        # then: load --broker <printed addr> --expect-202 false
   device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds";
 
 /// The scenarios.
@@ -168,11 +168,6 @@ pub struct EchoArgs {
     /// The broker to serve on.
     #[arg(long, default_value = "127.0.0.1:1883", value_name = "HOST:PORT")]
     pub broker: String,
-    /// Instead of --broker, host the gateway's own front door (and embedded rumqttd) on this
-    /// address (port 0 = any), answering on the front door's inbox instead of a gateway service,
-    /// and print `device-sim echo listening mqtt=ADDR`. This is the yardstick setup.
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "broker")]
-    pub serve: Option<std::net::SocketAddr>,
     /// Stop after this long (default: until Ctrl-C).
     #[arg(long, value_parser = duration)]
     pub duration: Option<Duration>,

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! Both sides speak one protocol definition: topics, ids, status codes and the CBOR envelope all
-//! come from [`gateway::wire`].
+//! come from [`wire`].
 
 pub mod cli;
 pub mod connection;

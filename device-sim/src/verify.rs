@@ -6,7 +6,7 @@
 //! 1e-9; the other ops are checked for shape.
 
 use ciborium::Value;
-use gateway::wire::envelope::map_get;
+use wire::envelope::map_get;
 
 use crate::workload::Expect;
 

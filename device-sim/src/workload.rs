@@ -2,15 +2,15 @@
 //!
 //! Feeds [`crate::tracker`] (which remembers what each request expects) and the device loops
 //! (which publish the encoded payload). Payloads are encoded with the gateway's own
-//! [`gateway::wire::envelope::encode_value`], so both sides speak one CBOR definition.
+//! [`wire::envelope::encode_value`], so both sides speak one CBOR definition.
 
 use std::fmt;
 use std::str::FromStr;
 
 use bytes::Bytes;
 use ciborium::Value;
-use gateway::wire::envelope::encode_value;
 use rand::Rng;
+use wire::envelope::encode_value;
 
 /// The ops device-sim knows how to ask for and check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -238,8 +238,8 @@ pub fn parse_correlation(corr: &[u8]) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway::wire::envelope::{decode_value, map_get};
     use rand::SeedableRng;
+    use wire::envelope::{decode_value, map_get};
 
     #[test]
     fn mix_parses_and_picks_by_weight() {

@@ -30,4 +30,4 @@ pub mod outbox;
 pub mod recovery;
 pub mod status;
 pub mod store;
-pub mod wire;
+pub use wire;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gateway::wire::DeviceId;
+use wire::DeviceId;
 
 use crate::workload::Mix;
 

@@ -33,7 +33,7 @@ pub async fn run(
         drop(ready_tx);
         return failed();
     };
-    let reply_topic = gateway::wire::topics::reply(&id);
+    let reply_topic = wire::topics::reply(&id);
     let mut options = LinkOptions::new(&config.host, config.port, id.to_string());
     options.inflight = u16::try_from(config.pacing.inflight() * 2 + 4).unwrap_or(u16::MAX);
     let mut device = Device {

@@ -4,7 +4,7 @@
 //! Fed by [`crate::fleet`], which spawns one task per device on the shared runtime; feeds it back
 //! one [`DeviceStats`]. Two rhythms: [`connected`] (stays connected, paced open or closed loop) and
 //! [`sleepy`] (wakes, listens, sleeps, with a persistent session). All topics come from
-//! [`gateway::wire::topics`].
+//! [`wire::topics`].
 
 mod config;
 pub mod connected;
@@ -15,11 +15,11 @@ pub use config::{DeviceConfig, Pacing, Schedule, Sleepy};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway::wire::{topics, DeviceId};
 use rand::rngs::StdRng;
 use rumqttc::v5::mqttbytes::v5::{Filter, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
+use wire::{topics, DeviceId};
 
 use crate::connection::{Link, LinkEvent};
 use crate::metrics::{DeviceStats, Live};

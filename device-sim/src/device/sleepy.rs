@@ -9,10 +9,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::wire::topics;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::time::sleep_until;
+use wire::topics;
 
 use super::{now_ms, Device, DeviceConfig, Schedule, Sleepy};
 use crate::connection::{Link, LinkEvent, LinkOptions};

@@ -5,22 +5,20 @@
 //! real result (16 values cost microseconds); other ops get `404`. So `load --expect-202 false`
 //! against it measures the broker's own round-trip ceiling.
 //!
-//! Against a running gateway the gateway would answer too, so for the yardstick use `--serve
-//! ADDR`: the echo then hosts the gateway's front door and rumqttd itself ([`super::bare_broker`])
-//! and answers where the gateway's service does, on the front door's inbox and router.
+//! Against a running gateway the gateway would answer too, so for the yardstick of the gateway's
+//! own message path use `gateway echo --listen ADDR` (the front door and rumqttd with nothing
+//! behind them) instead.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ciborium::Value;
-use gateway::wire::envelope::{decode_value, map_get};
-use gateway::wire::topics::{self, DeviceTopic};
-use gateway::wire::{Reply, RequestId, State, Status};
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
-
-use gateway::flow::{Ack, OutboundReply};
+use wire::envelope::{decode_value, map_get};
+use wire::topics::{self, DeviceTopic};
+use wire::{Reply, RequestId, State, Status};
 
 use crate::cli::EchoArgs;
 use crate::connection::{Link, LinkEvent, LinkOptions};
@@ -32,15 +30,6 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         Ok(ok) => ok,
         Err(message) => return super::usage(message),
     };
-    if let Some(listen) = args.serve {
-        return match super::bare_broker::start(listen).await {
-            Ok(bare) => serve(bare, args.duration).await,
-            Err(message) => {
-                eprintln!("device-sim echo: {message}");
-                ExitCode::from(super::EXIT_USAGE)
-            }
-        };
-    }
     let mut options = LinkOptions::new(&host, port, args.client_id.clone());
     options.inflight = 512;
     let mut link = Link::open(&options);
@@ -84,32 +73,6 @@ pub async fn run(args: EchoArgs) -> ExitCode {
         }
     }
     link.close(Duration::from_secs(2)).await;
-    println!("device-sim echo: answered {answered} requests");
-    ExitCode::SUCCESS
-}
-
-/// Answers on an in-process front door until Ctrl-C, SIGTERM or `duration`.
-async fn serve(mut bare: super::bare_broker::BareBroker, duration: Option<Duration>) -> ExitCode {
-    println!("device-sim echo listening mqtt={}", bare.addr);
-    println!("device-sim echo ready on {}", bare.addr);
-    let stop = stop_signal(duration);
-    tokio::pin!(stop);
-    let mut answered = 0u64;
-    loop {
-        let incoming = tokio::select! {
-            incoming = bare.inbox_rx.recv() => incoming,
-            _ = &mut stop => break,
-        };
-        let Some(incoming) = incoming else { break };
-        if let Some(reply) = outbound_for(&incoming.publish) {
-            bare.router.reply(reply);
-            answered += 1;
-        }
-        if let Ack::Local(ack) = incoming.ack {
-            ack();
-        }
-    }
-    bare.stop.cancel();
     println!("device-sim echo: answered {answered} requests");
     ExitCode::SUCCESS
 }
@@ -178,22 +141,6 @@ fn reply_for(publish: &Publish) -> Option<(String, Reply, PublishProperties)> {
         ..PublishProperties::default()
     };
     Some((reply_topic, reply, properties))
-}
-
-/// [`reply_for`], addressed to the request's device, for the front door's router.
-fn outbound_for(publish: &Publish) -> Option<OutboundReply> {
-    let topic = std::str::from_utf8(&publish.topic).ok()?;
-    let (device, _) = topics::parse_device_topic(topic)?;
-    let (topic, reply, properties) = reply_for(publish)?;
-    Some(OutboundReply {
-        device,
-        topic,
-        payload: reply.encode(),
-        corr: properties.correlation_data.map(gateway::wire::Correlation),
-        status: reply.status,
-        expiry: Duration::from_secs(3600),
-        envelope: false,
-    })
 }
 
 /// The `values` of a request's argument map.

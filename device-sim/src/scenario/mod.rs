@@ -2,7 +2,6 @@
 //! ([`DeviceConfig`] + [`Plan`]) and share [`execute`] for the report and the exit code;
 //! [`echo`] is the trivial responder.
 
-pub mod bare_broker;
 pub mod echo;
 pub mod load;
 pub mod run;
@@ -12,8 +11,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use gateway::wire::DeviceId;
 use rand::Rng;
+use wire::DeviceId;
 
 use crate::cli::{Command, FleetArgs};
 use crate::device::{DeviceConfig, Pacing, Sleepy};

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use gateway::wire::{Reply, State, Status};
+use wire::{Reply, State, Status};
 
 use super::{Awaiting, Incoming, Outcome, Tracker};
 use crate::verify;

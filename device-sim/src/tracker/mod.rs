@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway::wire::{RequestId, Status};
+use wire::{RequestId, Status};
 
 use crate::workload::{correlation, parse_correlation, Expect};
 

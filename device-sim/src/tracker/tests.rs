@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::verify::stats_value;
-use gateway::wire::{Reply, State};
+use wire::{Reply, State};
 
 const TOPIC: &str = "devices/d1/reply";
 

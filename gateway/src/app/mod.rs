@@ -339,6 +339,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -351,6 +358,4 @@ async fn signal_shutdown(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutdown requested");
-    shutdown.cancel();
 }

@@ -4,6 +4,7 @@
 //! 1 for a fatal fault while running (store unwritable, broker gone).
 
 mod credentials;
+mod echo;
 mod requests;
 
 use std::path::PathBuf;
@@ -48,6 +49,16 @@ pub enum Command {
         /// The configuration file (for `gateway.data_dir`).
         #[arg(long, default_value = "config/gateway.toml", global = true)]
         config: PathBuf,
+    },
+    /// Benchmark yardstick: the front door and rumqttd answering every request at once (no
+    /// store, no workers), for `device-sim load --expect-202 false`.
+    Echo {
+        /// Where devices connect (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Stop after this long (e.g. `30s`); default: until SIGINT/SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
     },
     /// List stored requests (newest first).
     Requests {
@@ -162,6 +173,7 @@ pub fn main() -> ExitCode {
             Ok(config) => credentials::operator(&config, action),
             Err(code) => code,
         },
+        Command::Echo { listen, duration } => echo::run(listen, duration),
         Command::Requests { action } => match action {
             RequestsAction::List {
                 config,

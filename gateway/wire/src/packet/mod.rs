@@ -21,7 +21,7 @@ use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::wire::topics;
+use crate::topics;
 
 pub use connect::{parse_connect, ConnectInfo};
 
@@ -277,7 +277,7 @@ fn disconnect_reason(code: u8) -> Result<Inbound, Violation> {
 }
 
 /// Length of a frame's fixed header: the type byte and its 1 to 4 remaining-length bytes.
-pub(crate) fn header_len(frame: &[u8]) -> usize {
+pub fn header_len(frame: &[u8]) -> usize {
     1 + frame
         .iter()
         .skip(1)
@@ -407,7 +407,7 @@ fn unsubscription(pkid: u16, filters: Vec<String>) -> Result<Inbound, Violation>
 }
 
 /// Appends an MQTT variable byte integer (a remaining length or a property length).
-pub(crate) fn put_varint(out: &mut bytes::BytesMut, mut value: usize) {
+pub fn put_varint(out: &mut bytes::BytesMut, mut value: usize) {
     use bytes::BufMut;
     loop {
         let mut byte = (value % 128) as u8;

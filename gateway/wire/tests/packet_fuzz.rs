@@ -3,8 +3,8 @@
 //! 3.1.1 translation and the SUBACK merge. No panic, no hang (every loop is bounded by input).
 
 use bytes::{Bytes, BytesMut};
-use gateway::wire::packet::{self as codec, outgoing, translate, PacketReader, Version};
 use proptest::prelude::*;
+use wire::packet::{self as codec, outgoing, translate, PacketReader, Version};
 
 /// Runs a whole stream through the reader as a session would; returns packets accepted.
 fn feed(stream: &[u8], chunk: usize) -> usize {

@@ -122,7 +122,7 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
         }
     };
     if let Some(topic) = &info.will_topic {
-        if !crate::wire::topics::is_valid_topic_name(topic) {
+        if !crate::topics::is_valid_topic_name(topic) {
             return Err(Violation::TopicName);
         }
     }

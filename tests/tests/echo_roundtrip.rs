@@ -1,5 +1,5 @@
-//! device-sim against its own echo responder, as processes: `echo --serve` hosts the gateway's
-//! front door + rumqttd, `run`/`load` verify every reply and write the JSON report the end-to-end
+//! device-sim against the benchmark yardstick, as processes: `gateway echo` hosts the gateway's
+//! front door + rumqttd and answers every request at once; `run`/`load` verify every reply and write the JSON report the end-to-end
 //! tests rely on. Waits on output lines with timeouts, never on sleeps.
 
 use std::io::{BufRead, BufReader};
@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_device-sim");
+const BIN: &str = env!("CARGO_BIN_EXE_roost-device-sim");
+const GATEWAY: &str = env!("CARGO_BIN_EXE_roost-gateway");
 
 /// An echo process, killed on drop.
 struct Echo {
@@ -23,8 +24,8 @@ impl Drop for Echo {
 }
 
 fn start_echo() -> Echo {
-    let mut child = Command::new(BIN)
-        .args(["echo", "--serve", "127.0.0.1:0"])
+    let mut child = Command::new(GATEWAY)
+        .args(["echo", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -38,22 +39,15 @@ fn start_echo() -> Echo {
             }
         }
     });
-    let mut addr = None;
-    loop {
+    let addr = loop {
         let line = line_rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("echo reports ready within 30 s");
-        if let Some(rest) = line.strip_prefix("device-sim echo listening mqtt=") {
-            addr = Some(rest.trim().to_owned());
+            .expect("echo reports listening within 30 s");
+        if let Some(rest) = line.strip_prefix("gateway echo listening mqtt=") {
+            break rest.trim().to_owned();
         }
-        if line.starts_with("device-sim echo ready") {
-            break;
-        }
-    }
-    Echo {
-        child,
-        addr: addr.expect("listening line before ready"),
-    }
+    };
+    Echo { child, addr }
 }
 
 fn run_sim(args: &[&str]) -> (bool, serde_json::Value) {
