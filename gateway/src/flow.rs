@@ -25,7 +25,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::Publish;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::wire::{Correlation, DeviceId, RequestId, Status};
+use crate::wire::{Correlation, DeviceId, Status};
 
 /// Capacity of the inbox channel (well above any broker's inflight window).
 const INBOX: usize = 4096;
@@ -36,8 +36,9 @@ pub struct Inbound {
     pub publish: Publish,
     /// Where its acknowledgement goes.
     pub ack: Ack,
-    /// The share of the front door's inbox budget it holds until handled; none from a broker,
-    /// whose inflight window bounds it.
+    /// The share of the front door's inbox budget it holds until handled (released when it
+    /// is dropped); none from a broker, whose inflight window bounds it.
+    #[allow(dead_code, reason = "held for its Drop")]
     pub budget: Option<OwnedSemaphorePermit>,
 }
 
@@ -91,8 +92,9 @@ pub enum DeviceEvent {
     /// The device said it is going to sleep.
     Asleep(DeviceId),
     /// The device acknowledged a reply.
-    Acked(DeviceId, RequestId),
-    /// The device was answered with an error (`"code: message"`).
+    Acked(DeviceId),
+    /// The device was answered with an error (`"code: message"`): its status's `last_error`.
+    #[allow(dead_code, reason = "issue 12: device rejections set last_error")]
     Rejected(DeviceId, String),
 }
 
@@ -104,7 +106,7 @@ impl DeviceEvent {
             | DeviceEvent::Connected(d)
             | DeviceEvent::Disconnected(d)
             | DeviceEvent::Asleep(d)
-            | DeviceEvent::Acked(d, _)
+            | DeviceEvent::Acked(d)
             | DeviceEvent::Rejected(d, _) => d,
         }
     }

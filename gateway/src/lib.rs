@@ -17,17 +17,17 @@
 //! [`status`] reports to operators. [`wire`] is the protocol, shared with `device-sim`.
 
 pub mod analytics;
-pub mod app;
-pub mod broker;
+pub(crate) mod app;
+pub(crate) mod broker;
 pub mod cli;
-pub mod config;
-pub mod flow;
-pub mod frontdoor;
-pub mod intake;
-pub mod link;
-pub mod metrics;
-pub mod outbox;
-pub mod recovery;
-pub mod status;
-pub mod store;
+pub(crate) mod config;
+pub(crate) mod flow;
+pub(crate) mod frontdoor;
+pub(crate) mod intake;
+pub(crate) mod link;
+pub(crate) mod metrics;
+pub(crate) mod outbox;
+pub(crate) mod recovery;
+pub(crate) mod status;
+pub(crate) mod store;
 pub use wire;

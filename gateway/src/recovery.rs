@@ -6,6 +6,7 @@
 //! the start nor fills memory. Ops are pure, so a run a crash interrupted simply runs again; only
 //! a committed completion counts as an execution.
 
+use crate::wire::ErrorCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,8 +120,8 @@ impl Backlog {
             Err(message) => {
                 // The stored arguments no longer make a valid call (e.g. an op was removed):
                 // the request still ends in exactly one final reply.
-                let mut reply =
-                    Reply::new(Status::Failed, State::Failed).with_error("op_failed", message);
+                let mut reply = Reply::new(Status::Failed, State::Failed)
+                    .with_error(ErrorCode::OpFailed, message);
                 reply.request_id = Some(stored.id);
                 if stored.envelope {
                     reply.corr = Some(stored.corr.clone());

@@ -11,6 +11,7 @@
 
 use std::process::ExitCode;
 use std::time::Duration;
+use wire::ErrorCode;
 
 use ciborium::Value;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
@@ -125,14 +126,10 @@ fn reply_for(publish: &Publish) -> Option<(String, Reply, PublishProperties)> {
                 reply.result = Some(result);
                 reply
             }
-            None => Reply::rejected(Status::BadRequest, "bad_args", "the series is empty"),
+            None => Reply::rejected(ErrorCode::BadArgs, "the series is empty"),
         },
-        ("stats", None) => Reply::rejected(Status::BadRequest, "bad_args", "no `values` array"),
-        _ => Reply::rejected(
-            Status::NotFound,
-            "unknown_op",
-            "device-sim echo answers stats only",
-        ),
+        ("stats", None) => Reply::rejected(ErrorCode::BadArgs, "no `values` array"),
+        _ => Reply::rejected(ErrorCode::UnknownOp, "device-sim echo answers stats only"),
     };
     let properties = PublishProperties {
         correlation_data: Some(corr),

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::verify::stats_value;
+use wire::ErrorCode;
 use wire::{Reply, State};
 
 const TOPIC: &str = "devices/d1/reply";
@@ -150,7 +151,7 @@ fn strictness_about_the_202() {
 fn intake_rejections_are_final_errors() {
     let mut t = tracker(true);
     let corr = t.start(Expect::Stats(VALUES.to_vec()), Instant::now());
-    let busy = Reply::rejected(Status::Unavailable, "queue_full", "try later");
+    let busy = Reply::rejected(ErrorCode::QueueFull, "try later");
     let outcome = deliver(&mut t, &corr, &busy);
     assert!(
         matches!(outcome, Outcome::Final { status: 503, .. }),

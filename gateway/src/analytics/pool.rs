@@ -7,6 +7,7 @@
 //! once, frees the device's slot and starts a replacement worker; the abandoned worker's late
 //! result is discarded (its completion finds the request no longer queued) and its thread ends.
 
+use crate::wire::ErrorCode;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +69,7 @@ impl Running {
 
 fn expired_reply() -> Reply {
     Reply::new(Status::Timeout, State::Expired).with_error(
-        "deadline_exceeded",
+        ErrorCode::DeadlineExceeded,
         "the request's deadline passed before it finished",
     )
 }
@@ -205,7 +206,7 @@ impl Pool {
             Err(error) => {
                 tracing::info!(request_id = %job.id, device_id = %job.device, %error, "op failed");
                 let reply = Reply::new(Status::Failed, State::Failed)
-                    .with_error("op_failed", error.to_string());
+                    .with_error(ErrorCode::OpFailed, error.to_string());
                 (State::Failed, reply, true)
             }
         }

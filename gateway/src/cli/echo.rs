@@ -6,6 +6,7 @@
 //! `stats` gets its real result; other ops get `404`. So `device-sim load --expect-202 false`
 //! against it measures the front door's own round-trip ceiling on this machine.
 
+use crate::wire::ErrorCode;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,11 +116,7 @@ fn answer(publish: &rumqttc::v5::mqttbytes::v5::Publish) -> Option<OutboundReply
     };
     let reply = match op.as_str() {
         "stats" => stats(&publish.payload),
-        _ => Reply::rejected(
-            Status::NotFound,
-            "unknown_op",
-            "gateway echo answers stats only",
-        ),
+        _ => Reply::rejected(ErrorCode::UnknownOp, "gateway echo answers stats only"),
     };
     Some(OutboundReply {
         device,
@@ -148,7 +145,7 @@ fn stats(payload: &[u8]) -> Reply {
             reply.result = Some(result);
             reply
         }
-        Err(message) => Reply::rejected(Status::BadRequest, "bad_args", &message),
+        Err(message) => Reply::rejected(ErrorCode::BadArgs, &message),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 mod raw;
 
-pub use raw::{RawAuth, RawBroker, RawConfig, RawGateway, RawHttp, RawLimits, RawStore, RawTls};
+pub use raw::{RawConfig, RawLimits, RawTls};
 
 /// A configuration mistake, naming the key (or file) it is about.
 #[derive(Debug, thiserror::Error)]

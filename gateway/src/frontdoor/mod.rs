@@ -36,7 +36,7 @@ use crate::broker::EmbeddedBroker;
 use crate::config::{AuthConfig, Limits, TlsConfig};
 use crate::flow::DeviceEvent;
 pub use crate::wire::packet::Version;
-pub use devices::presence::{FrontDoorEvent, Presence};
+pub use devices::presence::FrontDoorEvent;
 pub use limits::FrontDoorStats;
 
 /// Room for the topic and properties around the largest payload: a packet up to

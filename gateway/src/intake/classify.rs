@@ -1,6 +1,7 @@
 //! Turns one incoming PUBLISH into what intake must do with it, with no I/O: decode, validate,
 //! and pick the contract's error for bad input. Every decoder a device can reach starts here.
 
+use crate::wire::ErrorCode;
 use bytes::Bytes;
 use ciborium::Value;
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -14,7 +15,7 @@ use crate::wire::envelope::{
     decode_ack_envelope, decode_request, decode_value, map_get, WireError,
 };
 use crate::wire::topics::{self, DeviceTopic};
-use crate::wire::{Correlation, DeviceId, Reply, Status};
+use crate::wire::{Correlation, DeviceId, Reply};
 
 /// Where and how to answer a request.
 #[derive(Debug, Clone)]
@@ -120,19 +121,19 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
         corr: corr_property.clone().map(Correlation),
         envelope: false,
     };
-    let reject = |address: Address, status: Status, code: &str, message: String| {
+    let reject = |address: Address, code: ErrorCode, message: String| {
         let dead = DeadLetter {
             at_ms: now_ms(),
             device: Some(address.device.to_string()),
             request_id: None,
             corr: address.corr.as_ref().map(|c| c.to_string()),
             op: Some(op.clone()),
-            status: status.code(),
+            status: code.status().code(),
             reason: format!("{code}: {message}"),
         };
         Incoming::Rejected(Rejection {
             address,
-            reply: Reply::rejected(status, code, message),
+            reply: Reply::rejected(code, message),
             dead: Some(dead),
         })
     };
@@ -142,7 +143,7 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
             publish.payload.len(),
             limits.max_payload_bytes
         );
-        return reject(address, Status::TooLarge, "too_large", message);
+        return reject(address, ErrorCode::TooLarge, message);
     }
     let body = match decode_request(&publish.payload, corr_property) {
         Ok(body) => body,
@@ -152,12 +153,7 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
             | WireError::NoCorrelation
             | WireError::BadReply(_)),
         ) => {
-            return reject(
-                address,
-                Status::BadRequest,
-                "bad_request",
-                error.to_string(),
-            );
+            return reject(address, ErrorCode::BadRequest, error.to_string());
         }
     };
     address.corr = Some(body.corr.clone());
@@ -165,7 +161,7 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
     if let Some(topic) = props.and_then(|p| p.response_topic.as_deref()) {
         if !topics::is_own_reply_topic(&device, topic) {
             let message = format!("Response Topic {topic:?} is outside devices/{device}/reply");
-            return reject(address, Status::Forbidden, "forbidden_reply_topic", message);
+            return reject(address, ErrorCode::ForbiddenReplyTopic, message);
         }
         address.topic = topic.to_owned();
     }
@@ -177,20 +173,20 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
                 let message = format!(
                     "{op} needs {{\"of\": bstr}}, the Correlation Data of an earlier request"
                 );
-                return reject(address, Status::BadRequest, "bad_args", message);
+                return reject(address, ErrorCode::BadArgs, message);
             }
         },
         _ => match ops::prepare(&op, &body.args, limits.max_series_len) {
             Ok(call) => RequestKind::Analytics(call),
             Err(PrepareError::UnknownOp(_)) => {
                 let message = format!("unknown op {op:?}");
-                return reject(address, Status::NotFound, "unknown_op", message);
+                return reject(address, ErrorCode::UnknownOp, message);
             }
             Err(PrepareError::Op(OpError::TooLarge(message))) => {
-                return reject(address, Status::TooLarge, "too_large", message);
+                return reject(address, ErrorCode::TooLarge, message);
             }
             Err(PrepareError::Op(OpError::BadArgs(message) | OpError::Failed(message))) => {
-                return reject(address, Status::BadRequest, "bad_args", message);
+                return reject(address, ErrorCode::BadArgs, message);
             }
         },
     };

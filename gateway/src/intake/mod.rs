@@ -8,6 +8,7 @@
 pub mod classify;
 mod plan;
 
+use crate::wire::ErrorCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
-use crate::wire::{topics, Reply, Status};
+use crate::wire::{topics, Reply};
 
 use classify::Address;
 
@@ -112,14 +113,8 @@ impl Intake {
             .await;
     }
 
-    fn refusal_reply(
-        &self,
-        status: Status,
-        code: &str,
-        message: &str,
-        retry_after_ms: u64,
-    ) -> Reply {
-        let mut reply = Reply::rejected(status, code, message);
+    fn refusal_reply(&self, code: ErrorCode, message: &str, retry_after_ms: u64) -> Reply {
+        let mut reply = Reply::rejected(code, message);
         reply.retry_after_ms = Some(retry_after_ms);
         reply
     }

@@ -2,6 +2,7 @@
 //! and picks the store work), the store work itself ([`Db::run`], inside the batch's
 //! transaction), and what to publish after the commit ([`Plan::finish`]).
 
+use crate::wire::ErrorCode;
 use ciborium::Value;
 use rumqttc::v5::mqttbytes::v5::Publish;
 
@@ -55,7 +56,7 @@ impl Db {
                 let outcome =
                     requests::cancel(txn, &device, &of, now_ms(), expires_ms, |id, envelope| {
                         let mut reply = Reply::new(Status::Gone, State::Cancelled)
-                            .with_error("cancelled", "the device cancelled this request");
+                            .with_error(ErrorCode::Cancelled, "the device cancelled this request");
                         reply.request_id = Some(id);
                         if envelope {
                             reply.corr = Some(of.clone());
@@ -116,8 +117,7 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
                 RequestKind::Analytics(call) => {
                     if draining {
                         let reply = intake.refusal_reply(
-                            Status::Unavailable,
-                            "draining",
+                            ErrorCode::Draining,
                             "the gateway is shutting down",
                             1000,
                         );
@@ -125,15 +125,11 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
                     }
                     if let Err(refusal) = intake.scheduler.reserve(&device) {
                         let reply = match refusal {
-                            Refusal::DeviceQuota { retry_after_ms } => intake.refusal_reply(
-                                Status::TooMany,
-                                "too_many_pending",
+                            Refusal::DeviceQuota { retry_after_ms } => intake.refusal_reply(ErrorCode::TooManyPending,
                                 &format!("the device has limits.max_pending_per_device = {} requests pending", intake.limits.max_pending_per_device),
                                 retry_after_ms,
                             ),
-                            Refusal::QueueFull { retry_after_ms } => intake.refusal_reply(
-                                Status::Unavailable,
-                                "queue_full",
+                            Refusal::QueueFull { retry_after_ms } => intake.refusal_reply(ErrorCode::QueueFull,
                                 "the gateway's queue is full",
                                 retry_after_ms,
                             ),
@@ -277,8 +273,7 @@ impl Plan {
                         reply
                     }
                     CancelOutcome::AlreadyFinished(state) => Reply::rejected(
-                        Status::Conflict,
-                        "already_finished",
+                        ErrorCode::AlreadyFinished,
                         format!("the request has already finished ({})", state.as_str()),
                     ),
                     CancelOutcome::NotFound => unknown_request(),
@@ -313,7 +308,7 @@ impl Plan {
                 seen(&device, None);
                 if let Some(id) = acked {
                     tracing::debug!(request_id = %id, device_id = %device, "acked");
-                    let _ = intake.events_tx.send(DeviceEvent::Acked(device, id));
+                    let _ = intake.events_tx.send(DeviceEvent::Acked(device));
                 }
             }
             (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
@@ -360,8 +355,7 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
 
 fn unknown_request() -> Reply {
     Reply::rejected(
-        Status::NotFound,
-        "unknown_request",
+        ErrorCode::UnknownRequest,
         "no request of this device has that correlation",
     )
 }

@@ -83,10 +83,10 @@ impl Presence {
                 entry.until = now;
                 entry.connected = false;
             }
-            DeviceEvent::Acked(_, _) if !entry.front_door => {
+            DeviceEvent::Acked(_) if !entry.front_door => {
                 entry.until = entry.until.max(now + Duration::from_millis(1))
             }
-            DeviceEvent::Acked(_, _) => {}
+            DeviceEvent::Acked(_) => {}
             DeviceEvent::Rejected(_, _) => {}
         }
         entry.was_awake = entry.is_awake(now);
@@ -109,7 +109,6 @@ impl Presence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::RequestId;
 
     fn dev(id: &str) -> DeviceId {
         DeviceId::parse(id).expect("valid")
@@ -161,7 +160,7 @@ mod tests {
         // Its ack's `Seen`, committed after it left.
         let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(5));
         assert_eq!(presence.apply(&seen, t0), None);
-        presence.apply(&DeviceEvent::Acked(d.clone(), RequestId::new()), t0);
+        presence.apply(&DeviceEvent::Acked(d.clone()), t0);
         assert!(!presence.is_awake(&d));
         assert_eq!(
             presence.apply(&DeviceEvent::Connected(d.clone()), t0),

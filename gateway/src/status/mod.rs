@@ -94,11 +94,6 @@ impl GatewayStatus {
             .await;
     }
 
-    /// The Last Will: retained `offline`.
-    pub fn will(&self) -> rumqttc::v5::mqttbytes::v5::LastWill {
-        offline_will(&self.gateway_id, self.started_at_ms)
-    }
-
     /// Republishes `online` on change (at most once a second) and at least every 30 s.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -4,6 +4,7 @@
 //! Correlation Data property; MQTT 3.1.1 devices (no properties) wrap it as
 //! `{"corr": bstr, "args": map}` and get `"corr"` back inside the reply.
 
+use crate::ErrorCode;
 use bytes::Bytes;
 use ciborium::Value;
 
@@ -146,14 +147,15 @@ impl Reply {
     }
 
     /// An error reply for a request refused at intake.
-    pub fn rejected(status: Status, code: &str, message: impl Into<String>) -> Reply {
-        Reply::new(status, State::Rejected).with_error(code, message)
+    pub fn rejected(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply::new(code.status(), State::Rejected).with_error(code, message)
     }
 
-    /// Adds an `error` member.
-    pub fn with_error(mut self, code: &str, message: impl Into<String>) -> Reply {
+    /// Adds an `error` member, and the status that goes with its code.
+    pub fn with_error(mut self, code: ErrorCode, message: impl Into<String>) -> Reply {
+        self.status = code.status();
         self.error = Some(ReplyError {
-            code: code.to_owned(),
+            code: code.as_str().to_owned(),
             message: message.into(),
         });
         self
@@ -328,7 +330,7 @@ mod tests {
         reply.retry_after_ms = Some(12);
         reply.corr = Some(Correlation(Bytes::from_static(b"x")));
         assert_eq!(Reply::decode(&reply.encode()), Ok(reply));
-        let err = Reply::rejected(Status::NotFound, "unknown_op", "no op named foo");
+        let err = Reply::rejected(ErrorCode::UnknownOp, "no op named foo");
         assert_eq!(Reply::decode(&err.encode()), Ok(err));
     }
 }

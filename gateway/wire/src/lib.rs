@@ -4,11 +4,13 @@
 //! there is one protocol definition.
 
 pub mod envelope;
+pub mod errors;
 pub mod ids;
 pub mod packet;
 pub mod status;
 pub mod topics;
 
 pub use envelope::{Reply, ReplyError, RequestBody, WireError};
+pub use errors::ErrorCode;
 pub use ids::{Correlation, DeviceId, RequestId};
 pub use status::{State, Status};

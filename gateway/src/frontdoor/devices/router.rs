@@ -106,13 +106,9 @@ impl Router {
     }
 
     /// Sessions registered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.routes.lock().map(|r| r.len()).unwrap_or(0)
-    }
-
-    /// Whether no session is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
