@@ -286,11 +286,18 @@ impl TestDevice {
 impl TestDevice {
     /// Waits for the next message and parses it as JSON (status and dead-letter topics).
     pub async fn next_json(&mut self) -> serde_json::Value {
-        let (publish, _) = tokio::time::timeout(WAIT, self.rx.recv())
+        self.next_json_within(WAIT)
             .await
             .expect("a message in time")
+    }
+
+    /// Waits up to `wait` for the next message and parses it as JSON.
+    pub async fn next_json_within(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        let (publish, _) = tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()?
             .expect("event loop alive");
-        serde_json::from_slice(&publish.payload).expect("JSON payload")
+        Some(serde_json::from_slice(&publish.payload).expect("JSON payload"))
     }
 }
 
