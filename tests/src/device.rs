@@ -75,16 +75,34 @@ impl TestDevice {
 
     /// Connects with custom options; subscribes to the reply topics when `subscribe`.
     pub async fn connect_with(options: MqttOptions, id: &str, subscribe: bool) -> TestDevice {
+        let parsed = DeviceId::parse(id).expect("valid device id");
+        // `devices/{id}/reply/#` also matches `devices/{id}/reply` itself; subscribing to both
+        // makes the broker deliver every reply twice (once per matching subscription).
+        let filter = subscribe.then(|| topics::reply_filter(&parsed));
+        TestDevice::connect_subscribed(options, id, filter.as_deref()).await
+    }
+
+    /// Connects as client `id` and subscribes to `filter` (an operator's view, or every reply
+    /// on an external broker); returns once the subscription is acknowledged, so nothing
+    /// published after this returns is missed.
+    pub async fn watch(addr: SocketAddr, id: &str, filter: &str) -> TestDevice {
+        TestDevice::connect_subscribed(options(id, addr), id, Some(filter)).await
+    }
+
+    /// Connects; when `filter` is given, subscribes to it at QoS 1 and waits for its SUBACK.
+    async fn connect_subscribed(
+        options: MqttOptions,
+        id: &str,
+        filter: Option<&str>,
+    ) -> TestDevice {
         let id = DeviceId::parse(id).expect("valid device id");
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        // `devices/{id}/reply/#` also matches `devices/{id}/reply` itself; subscribing to both
-        // makes the broker deliver every reply twice (once per matching subscription).
-        let expect_subacks = if subscribe { 1 } else { 0 };
-        if subscribe {
+        let expect_subacks = usize::from(filter.is_some());
+        if let Some(filter) = filter {
             client
-                .subscribe(topics::reply_filter(&id), QoS::AtLeastOnce)
+                .subscribe(filter, QoS::AtLeastOnce)
                 .await
                 .expect("subscribe");
         }
@@ -268,11 +286,18 @@ impl TestDevice {
 impl TestDevice {
     /// Waits for the next message and parses it as JSON (status and dead-letter topics).
     pub async fn next_json(&mut self) -> serde_json::Value {
-        let (publish, _) = tokio::time::timeout(WAIT, self.rx.recv())
+        self.next_json_within(WAIT)
             .await
             .expect("a message in time")
+    }
+
+    /// Waits up to `wait` for the next message and parses it as JSON.
+    pub async fn next_json_within(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        let (publish, _) = tokio::time::timeout(wait, self.rx.recv())
+            .await
+            .ok()?
             .expect("event loop alive");
-        serde_json::from_slice(&publish.payload).expect("JSON payload")
+        Some(serde_json::from_slice(&publish.payload).expect("JSON payload"))
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod device;
 pub mod store_view;
+pub mod workload;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

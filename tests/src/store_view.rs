@@ -10,6 +10,8 @@ pub struct Row {
     pub id: String,
     /// Correlation, hex.
     pub corr: String,
+    /// The op.
+    pub op: String,
     /// State.
     pub state: String,
     /// Final status.

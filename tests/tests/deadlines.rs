@@ -31,23 +31,49 @@ async fn expired_requests_get_504_and_a_queued_one_never_runs() {
         .request("stats", &values(&[1.0, 2.0, 3.0]), b"queued", None)
         .await;
 
-    let mut finals = Vec::new();
+    let mut finals = std::collections::HashMap::new();
     while finals.len() < 2 {
         let got = device.next().await;
         if got.reply.status == Status::Accepted {
             continue;
         }
         assert_eq!(got.reply.status, Status::Timeout, "{:?}", got.reply);
-        finals.push(got.corr.expect("correlated").to_vec());
+        let id = got
+            .reply
+            .request_id
+            .expect("a stored request's id")
+            .to_string();
+        let corr = got.corr.expect("correlated").to_vec();
+        assert!(finals.insert(corr, id).is_none(), "one final reply each");
     }
-    finals.sort();
-    assert_eq!(finals, vec![b"heavy".to_vec(), b"queued".to_vec()]);
+    let final_id = |corr: &[u8]| finals.get(corr).cloned().expect("answered");
 
-    for row in requests_of(&gateway, "deadline-1") {
+    // The store holds exactly these two requests, each expired with its 504 held for delivery;
+    // the queued one never ran. (The heavy one may have finished running after its deadline,
+    // then its result was discarded: it ran at most once.)
+    let mut rows = requests_of(&gateway, "deadline-1");
+    rows.sort_by(|a, b| a.corr.cmp(&b.corr));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (heavy, queued) = (&rows[0], &rows[1]);
+    assert_eq!(heavy.corr, hex(b"heavy"), "{rows:?}");
+    assert_eq!(queued.corr, hex(b"queued"), "{rows:?}");
+    for (row, op, corr) in [
+        (heavy, "spectrum", b"heavy".as_slice()),
+        (queued, "stats", b"queued"),
+    ] {
+        assert_eq!(row.op, op, "{row:?}");
+        assert_eq!(
+            row.id,
+            final_id(corr),
+            "the 504 names this request: {row:?}"
+        );
         assert_eq!(row.state, "expired", "{row:?}");
         assert_eq!(row.status, Some(504), "{row:?}");
-        if row.corr == hex(b"queued") {
-            assert_eq!(row.executions, 0, "the queued request never ran: {row:?}");
-        }
+        assert_eq!(row.delivery.as_deref(), Some("held"), "{row:?}");
     }
+    assert!(heavy.executions <= 1, "{heavy:?}");
+    assert_eq!(
+        queued.executions, 0,
+        "the queued request never ran: {queued:?}"
+    );
 }

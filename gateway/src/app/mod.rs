@@ -202,7 +202,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
     gateway_status.publish("online").await;
     let status_stop = CancellationToken::new();
-    tokio::spawn(gateway_status.clone().run(status_stop.clone()));
+    let status_task = tokio::spawn(gateway_status.clone().run(status_stop.clone()));
     let health = Arc::new(Health::default());
     // The HTTP API serves through the drain (so `/healthz` and `/api/status` show it) until exit.
     let http_stop = CancellationToken::new();
@@ -317,7 +317,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     tracing::info!("draining");
     draining.store(true, Ordering::Relaxed);
     health.workers.store(false, Ordering::Relaxed);
+    // The periodic `online` may be between its count and its publish: let it finish first, so
+    // `draining` is never followed by a stale `online`.
     status_stop.cancel();
+    let _ = status_task.await;
     gateway_status.publish("draining").await;
     shutdown.cancel();
     if let Some(front_task) = front_task {

@@ -226,8 +226,8 @@ mod tests {
     use super::*;
     use crate::flow::{Sent, Sink};
     use crate::frontdoor::devices::router::{Route, Router};
-    use crate::wire::{Correlation, RequestId};
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use crate::store::requests::{Completion, NewRequest};
+    use crate::wire::{Correlation, RequestId, State};
 
     /// Replies to the router, announcements nowhere: the outbox as wired in embedded mode,
     /// without rumqttd.
@@ -244,77 +244,78 @@ mod tests {
         }
     }
 
-    /// Most events the flood sends; the reply must arrive long before.
-    const FLOOD: usize = 500_000;
-    /// Wakes the flood sends between two yields.
-    const WAKES_PER_TURN: usize = 64;
+    /// Turns of the outbox's loop the flood fills, at most [`MAX_TURN`] events each.
+    const FLOOD_TURNS: usize = 16;
 
-    /// A stream of wakes (each costs the outbox a store round trip) must not hold back a final
-    /// reply: it is published while the events keep coming, not after they stop.
+    /// Stores a final reply for `device` that was published once and is held: what a wake of
+    /// `device` redelivers.
+    async fn held_reply(store: &Store, device: &DeviceId) {
+        let id = RequestId::new();
+        let now = now_ms();
+        let request = NewRequest {
+            id,
+            device: device.clone(),
+            corr: Correlation(bytes::Bytes::from_static(b"held")),
+            op: "stats".into(),
+            args: Vec::new(),
+            reply_topic: topics::reply(device),
+            envelope: false,
+            received_ms: now,
+            deadline_ms: now + 60_000,
+        };
+        let done = Completion {
+            id,
+            state: State::Done,
+            status: 200,
+            payload: b"held".to_vec(),
+            finished_ms: now,
+            expires_ms: now + 60_000,
+            executed: true,
+        };
+        store
+            .call(move |txn| {
+                requests::admit(txn, &request, 0)?;
+                requests::complete(txn, &done)?;
+                requests::mark_published(txn, id)
+            })
+            .await
+            .expect("held reply stored");
+    }
+
+    /// A stream of wakes (each turn of them costs the outbox a store round trip) must not hold
+    /// back a final reply. Deterministic by construction: before the outbox starts, its event
+    /// queue already holds [`FLOOD_TURNS`] full turns of wakes and the final reply is waiting.
+    /// The flood's last event wakes a device with a held reply, so that redelivery marks the
+    /// moment the outbox reached the end of the flood: the final reply must come before it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_wakes_does_not_starve_final_replies() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), false).expect("store opens");
         let router = Arc::new(Router::new(Arc::default()));
         let (deliveries_tx, mut deliveries_rx) = mpsc::channel(16);
-        router.register(
-            "d",
-            Route {
-                connection: 1,
-                deliveries_tx,
+        let (device, last) = (DeviceId::parse("d"), DeviceId::parse("last"));
+        let (device, last) = (device.expect("valid"), last.expect("valid"));
+        for (connection, client) in [(1, &device), (2, &last)] {
+            let route = Route {
+                connection,
+                deliveries_tx: deliveries_tx.clone(),
                 taken_over: CancellationToken::new(),
-            },
-        );
-        let outbox = Outbox {
-            replies: Replies::new(RouterOnly(router.clone())),
-            store,
-            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
-            metrics: Arc::default(),
-            gateway_id: "gw-test".into(),
-            limits: Limits::default(),
-            presence: Presence::default(),
-            board: StatusBoard::default(),
-        };
+            };
+            router.register(client.as_str(), route);
+        }
+        held_reply(&store, &last).await;
+
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let stop = CancellationToken::new();
-        let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
-
-        let (sent, done) = (
-            Arc::new(AtomicUsize::new(0)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (flooding_tx, flooding_rx) = tokio::sync::oneshot::channel();
-        let flood = tokio::spawn({
-            let (sent, done) = (sent.clone(), done.clone());
-            async move {
-                let mut flooding_tx = Some(flooding_tx);
-                let devices: Vec<DeviceId> = (0..50)
-                    .map(|n| DeviceId::parse(&format!("w{n}")).expect("valid"))
-                    .collect();
-                for n in 0..FLOOD / (2 * WAKES_PER_TURN) {
-                    if done.load(Relaxed) {
-                        break;
-                    }
-                    // Many wakes per turn of this task: the outbox, one store round trip per
-                    // turn of its own, never sees the queue empty.
-                    for k in 0..WAKES_PER_TURN {
-                        let device = devices[(n + k) % devices.len()].clone();
-                        let _ = events_tx.send(DeviceEvent::Connected(device.clone()));
-                        let _ = events_tx.send(DeviceEvent::Disconnected(device));
-                    }
-                    sent.fetch_add(2 * WAKES_PER_TURN, Relaxed);
-                    if n == 4 {
-                        if let Some(tx) = flooding_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
-        });
-        flooding_rx.await.expect("the flood is under way");
-        let device = DeviceId::parse("d").expect("valid");
+        let waking: Vec<DeviceId> = (0..50)
+            .map(|n| DeviceId::parse(&format!("w{n}")).expect("valid"))
+            .collect();
+        for n in 0..FLOOD_TURNS * MAX_TURN / 2 {
+            let waker = waking[n % waking.len()].clone();
+            let _ = events_tx.send(DeviceEvent::Connected(waker.clone()));
+            let _ = events_tx.send(DeviceEvent::Disconnected(waker));
+        }
+        let _ = events_tx.send(DeviceEvent::Connected(last.clone()));
         let _ = done_tx.send(FinalReply {
             id: RequestId::new(),
             reply_topic: topics::reply(&device),
@@ -325,22 +326,35 @@ mod tests {
             expires_ms: now_ms() + 60_000,
             envelope: false,
         });
-        let frame = tokio::time::timeout(Duration::from_secs(20), deliveries_rx.recv())
-            .await
-            .expect("the reply came in time")
-            .expect("a frame");
-        done.store(true, Relaxed);
-        let sent = sent.load(Relaxed);
+
+        let outbox = Outbox {
+            replies: Replies::new(RouterOnly(router.clone())),
+            store,
+            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
+            metrics: Arc::default(),
+            gateway_id: "gw-test".into(),
+            limits: Limits::default(),
+            presence: Presence::default(),
+            board: StatusBoard::default(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
+        let mut topics_in_order = Vec::new();
+        for _ in 0..2 {
+            let frame = tokio::time::timeout(Duration::from_secs(20), deliveries_rx.recv())
+                .await
+                .expect("a reply in time")
+                .expect("a frame");
+            let topic = crate::frontdoor::devices::downstream::topic(&frame).map(str::to_owned);
+            topics_in_order.push(topic.expect("a publish"));
+        }
         assert_eq!(
-            crate::frontdoor::devices::downstream::topic(&frame),
-            Some("devices/d/reply")
+            topics_in_order,
+            ["devices/d/reply", "devices/last/reply"],
+            "the final reply waited for the whole flood"
         );
-        assert!(
-            sent < FLOOD,
-            "the reply came only after the whole flood ({sent} events)"
-        );
-        flood.await.expect("flood ends");
         stop.cancel();
+        drop((events_tx, done_tx));
         running.await.expect("outbox ends");
     }
 }
