@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::Publish;
+use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::wire::{Correlation, DeviceId, Status};
@@ -129,6 +129,21 @@ pub struct OutboundReply {
     pub expiry: Duration,
     /// An MQTT 3.1.1 device: no properties (its payload carries `corr`).
     pub envelope: bool,
+}
+
+impl OutboundReply {
+    /// The contract's properties on every reply to an MQTT 5 device.
+    pub fn properties(&self) -> PublishProperties {
+        PublishProperties {
+            correlation_data: self.corr.as_ref().map(|c| c.0.clone()),
+            content_type: Some("application/cbor".into()),
+            user_properties: vec![("status".into(), self.status.code().to_string())],
+            message_expiry_interval: Some(
+                self.expiry.as_secs().clamp(1, u64::from(u32::MAX)) as u32
+            ),
+            ..Default::default()
+        }
+    }
 }
 
 /// A boxed future, for the object-safe [`Sink`].

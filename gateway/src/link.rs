@@ -94,7 +94,7 @@ impl Sink for Publisher {
     /// (`envelope`): such a device could not read them (its reply carries `corr` in the payload).
     fn reply(&self, reply: OutboundReply) -> Sent<'_> {
         Box::pin(async move {
-            let properties = (!reply.envelope).then(|| reply_properties(&reply));
+            let properties = (!reply.envelope).then(|| reply.properties());
             self.publish(reply.topic, reply.payload, false, properties)
                 .await;
         })
@@ -102,17 +102,6 @@ impl Sink for Publisher {
 
     fn announce(&self, topic: String, payload: Vec<u8>, retain: bool) -> Sent<'_> {
         Box::pin(self.publish(topic, payload, retain, None))
-    }
-}
-
-/// The contract's properties on every reply to an MQTT 5 device.
-pub fn reply_properties(reply: &OutboundReply) -> PublishProperties {
-    PublishProperties {
-        correlation_data: reply.corr.as_ref().map(|c| c.0.clone()),
-        content_type: Some("application/cbor".into()),
-        user_properties: vec![("status".into(), reply.status.code().to_string())],
-        message_expiry_interval: Some(reply.expiry.as_secs().clamp(1, u64::from(u32::MAX)) as u32),
-        ..Default::default()
     }
 }
 
@@ -281,9 +270,4 @@ async fn publisher_loop(
             },
         }
     }
-}
-
-/// A Last Will: retained JSON on `topic`.
-pub fn retained_will(topic: String, payload: Vec<u8>) -> LastWill {
-    LastWill::new(topic, payload, QoS::AtLeastOnce, true, None)
 }

@@ -88,7 +88,9 @@ impl ProbeLink {
         let client_id = format!(
             "roost-watchdog-{}-{}",
             std::process::id(),
-            crate::store::now_ms()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
         );
         let (rx, tx) = connect_upstream(broker).await?.into_split();
         let mut link = ProbeLink {

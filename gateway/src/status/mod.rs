@@ -129,7 +129,13 @@ pub fn offline_will(gateway_id: &str, started_at_ms: i64) -> rumqttc::v5::mqttby
         "updated_at": rfc3339_ms(now),
     });
     let payload = serde_json::to_vec(&document).expect("a JSON value always serialises");
-    crate::link::retained_will(topics::gateway_status(gateway_id), payload)
+    rumqttc::v5::mqttbytes::v5::LastWill::new(
+        topics::gateway_status(gateway_id),
+        payload,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        true,
+        None,
+    )
 }
 
 /// The JSON message for `gateway/{gw}/deadletter`.

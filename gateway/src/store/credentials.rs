@@ -4,7 +4,7 @@
 //! process on the same database file (WAL mode, so it never blocks the gateway); read by the front
 //! door on every CONNECT with a user name, through its own read-only connection, so a removed
 //! device is refused on its very next connect. Hashing is the front door's business
-//! ([`crate::frontdoor::secrets`]): this file stores and returns opaque strings.
+//! (the front door's `secrets`): this file stores and returns opaque strings.
 
 use std::path::Path;
 use std::time::Duration;

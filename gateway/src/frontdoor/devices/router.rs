@@ -80,7 +80,7 @@ impl Router {
     /// encoded here, once, as the MQTT 5 PUBLISH frame the session sends on (at QoS 1 where the
     /// device subscribed at 1; translated for an MQTT 3.1.1 device).
     pub fn reply(&self, reply: OutboundReply) {
-        let properties = (!reply.envelope).then(|| crate::link::reply_properties(&reply));
+        let properties = (!reply.envelope).then(|| reply.properties());
         let mut publish = Publish::new(reply.topic, QoS::AtLeastOnce, reply.payload, properties);
         publish.pkid = 1;
         let mut frame = BytesMut::with_capacity(publish.size());
