@@ -1,20 +1,22 @@
 //! Roost: an edge gateway for sleepy MQTT devices.
 //!
 //! ```text
-//! device ──TCP──▶ frontdoor ──▶ broker (rumqttd, loopback) ──▶ mqtt (service connection)
-//!                                                                  │
-//!            ┌──────────────── intake: decode, validate, dedupe ◀──┘
-//!            ▼
-//!          store (SQLite: committed before any reply) ──▶ 202 ──▶ device
-//!            │
-//!            ▼
-//!          analytics (fair scheduler + worker pool) ──▶ store ──▶ outbox ──▶ device reply
+//! device ──TCP──▶ frontdoor (devices/: sessions end here) ──Inbound──▶ intake ──▶ store
+//!                  ▲ router                                   (one commit per batch, then acks,
+//!                  │                                           202s and errors)
+//!                  │                                               │ Job
+//!                  │                                               ▼
+//!                  │                       analytics (fair scheduler + worker pool) ──▶ store
+//!                  │                                               │ FinalReply
+//!                  └──────────── flow::Replies ◀──── outbox (held until acked, on every wake)
+//! external broker ◀──▶ link (external mode: all of it; embedded: status and dead letters)
 //! ```
 //!
-//! Modules in flow order: [`config`] and [`cli`] start everything through [`app`];
-//! [`frontdoor`] and [`broker`] carry MQTT; [`mqtt`] is the service's own connection; [`intake`]
-//! admits requests into the [`store`]; [`analytics`] runs them; [`outbox`] delivers replies;
-//! [`status`] reports to operators. [`wire`] is the protocol, shared with `device-sim`.
+//! Modules in flow order: [`cli`] starts everything through `app` from `config`; `frontdoor`
+//! and `broker` carry MQTT, `link` is the service's own connection to a broker; `flow` declares
+//! what crosses threads; `intake` admits requests into the `store`; [`analytics`] runs them;
+//! `outbox` delivers replies; `status` reports to operators from `metrics`. [`wire`] is the
+//! protocol (its own crate, shared with `device-sim`). ARCHITECTURE.md has the layer rules.
 
 pub mod analytics;
 pub(crate) mod app;

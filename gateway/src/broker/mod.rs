@@ -67,7 +67,7 @@ impl EmbeddedBroker {
     }
 
     /// A loopback listener for the gateway service's own connection, relayed to rumqttd with
-    /// the front door's socket care (no Nagle stalls, see [`relay`]) and no checks: only this
+    /// the front door's socket care (no Nagle stalls, see `socket`) and no checks: only this
     /// process connects to it. Returns its address.
     pub async fn service_relay(&self, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
         let listener = TokioListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;

@@ -4,7 +4,7 @@
 //! rumqttd never sets `TCP_NODELAY` on its sockets, so when it writes a PUBACK and then a reply
 //! back to back, Nagle's algorithm holds the second write until the peer's delayed ACK (~40 ms).
 //! We own the other end of every rumqttd socket (operators' relayed connections, devices' side
-//! links, the service link through [`relay`], the health probe): we set `TCP_NODELAY` on all of
+//! links, the service link through `relay`, the health probe): we set `TCP_NODELAY` on all of
 //! them and re-arm `TCP_QUICKACK` after each read, so rumqttd's segments are ACKed at once and
 //! Nagle never waits.
 

@@ -1,13 +1,11 @@
-//! The front door: the device-facing MQTT listener on `[broker] listen`.
+//! The front door: the device-facing MQTT listener on `[broker] listen`, in two parts.
 //!
-//! Fed by device TCP (or TLS) connections; feeds the gateway service's inbox, the embedded
-//! broker and the gateway's presence tracking through [`FrontDoorEvent`]s. Each connection is
-//! one [`session`]: [`connect`] and [`identity`] say who it is, [`acl`] what it may do, [`codec`]
-//! checks every packet. A device is then terminated by the front door itself ([`terminated`]):
-//! its publishes go straight to the service ([`hub`]) and the service's replies come back by
-//! device id ([`router`], [`downstream`]); only its other subscriptions use a side link to the
-//! broker ([`link`]). An operator or viewer is relayed to a broker connection of its own
-//! ([`relayed`], [`relay`]).
+//! Fed by device TCP (or TLS) connections. Each connection is one [`session`]: the packet layer
+//! (`wire::packet`) checks every packet, [`identity`] says who it is, [`acl`] what it may do.
+//! A device is then terminated by the front door itself ([`devices`]): its publishes go
+//! straight to the service's inbox as `flow::Inbound`, replies come back by device id through
+//! the router, and presence leaves as `flow::DeviceEvent`s. An operator or viewer is relayed to a
+//! rumqttd connection of its own ([`operators`]).
 //!
 //! **Invariant:** nothing a device sends reaches the service or rumqttd unless it parsed and
 //! passed the checks; one device's bad input or stalled socket affects only that device's

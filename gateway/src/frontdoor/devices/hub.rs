@@ -1,6 +1,6 @@
 //! What every device session shares: the way in to the gateway service and the way back.
 //!
-//! Used by every device session ([`super::terminated`]). A device's publishes (requests, acks,
+//! Used by every device session ([`super::session`]). A device's publishes (requests, acks,
 //! presence, telemetry: the only topics a device may publish to) go straight into the service's
 //! inbox ([`crate::flow::inbox`]), and the service's replies come back through [`Router`]. None
 //! of it crosses rumqttd: no client other than the device and the service may see those topics

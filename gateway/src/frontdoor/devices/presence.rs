@@ -1,6 +1,6 @@
 //! Presence as the front door sees it: per connection ([`FrontDoorEvent`], sent by each
 //! session through its [`Presence`]), turned into per-device `flow::DeviceEvent`s for the
-//! outbox by [`bridge`]: a device is awake while connected (and subscribed to its replies).
+//! outbox by `bridge`: a device is awake while connected (and subscribed to its replies).
 
 use tokio::sync::mpsc;
 

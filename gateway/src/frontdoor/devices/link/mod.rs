@@ -7,7 +7,7 @@
 //!
 //! A link's reader and writer are two futures polled side by side, so a broker that is busy
 //! writing to us can never deadlock against us writing to it. The socket gets `TCP_NODELAY` and
-//! `TCP_QUICKACK` re-armed after every read (see [`super::relay`]: rumqttd's Nagle stalls
+//! `TCP_QUICKACK` re-armed after every read (see `broker::socket`: rumqttd's Nagle stalls
 //! otherwise add ~40 ms). A link ends with its broker connection or its last handle.
 
 use std::collections::HashMap;
