@@ -199,6 +199,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         metrics: metrics.clone(),
         gateway_id: gateway_id.clone(),
         started_at_ms: started_at,
+        logins: front.as_ref().map(|front| front.stats().login.clone()),
     };
     gateway_status.publish("online").await;
     let status_stop = CancellationToken::new();

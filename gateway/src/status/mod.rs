@@ -42,6 +42,8 @@ pub struct GatewayStatus {
     pub gateway_id: String,
     /// When this run started.
     pub started_at_ms: i64,
+    /// The front door's login counters (embedded mode), published as `"logins"`.
+    pub logins: Option<Arc<crate::frontdoor::login::LoginStats>>,
 }
 
 impl GatewayStatus {
@@ -53,7 +55,7 @@ impl GatewayStatus {
             .await
             .unwrap_or(0);
         let counts = self.scheduler.counts();
-        json!({
+        let mut document = json!({
             "state": state,
             "requests": {
                 "queued": counts.queued,
@@ -67,7 +69,11 @@ impl GatewayStatus {
                 "known": self.metrics.devices_known.load(Relaxed),
                 "awake": self.metrics.devices_awake.load(Relaxed),
             },
-        })
+        });
+        if let Some(logins) = &self.logins {
+            document["logins"] = logins.status_json();
+        }
+        document
     }
 
     fn document(&self, mut counts: serde_json::Value) -> Vec<u8> {
