@@ -40,9 +40,20 @@ fn a_login_flood_is_throttled_and_neither_the_fleet_nor_the_operator_notice() {
                 &["--devices", "10", "--duration", "8s", "--interval", "100ms"],
             )
         });
-        // Once the throttle refuses the flood, the operator logs in from 127.0.0.1, an address
-        // the flood does not use (it sends from 127.0.0.2 to 127.0.0.5).
-        let refused = wait_for_counter(http, "roost_frontdoor_throttled_total{action=\"refused\"}");
+        // Once the throttle refuses the flood and the name itself has reached the default
+        // limits.max_auth_failures (10), the operator logs in from 127.0.0.1, an address the
+        // flood does not use (it sends from 127.0.0.2 to 127.0.0.5).
+        let refused = wait_for(http, |metrics| {
+            let refused = counter(
+                metrics,
+                "roost_frontdoor_throttled_total{action=\"refused\"}",
+            );
+            let failed = counter(
+                metrics,
+                "roost_frontdoor_auth_failures_total{reason=\"bad_password\"}",
+            );
+            (refused > 0 && failed >= 10).then_some(refused)
+        });
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let code = runtime.block_on(async {
             let mut operator = Raw::open(gateway.mqtt).await;
@@ -145,15 +156,15 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls `/metrics` until `name` is above zero (at most 60 s); returns its value.
-fn wait_for_counter(http: SocketAddr, name: &str) -> u64 {
+/// Polls `/metrics` until `ready` says so (at most 60 s).
+fn wait_for<T>(http: SocketAddr, ready: impl Fn(&str) -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let value = counter(&http_get(http, "/metrics").1, name);
-        if value > 0 {
+        let metrics = http_get(http, "/metrics").1;
+        if let Some(value) = ready(&metrics) {
             return value;
         }
-        assert!(Instant::now() < deadline, "{name} stayed 0");
+        assert!(Instant::now() < deadline, "never ready:\n{metrics}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
