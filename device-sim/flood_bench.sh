@@ -53,7 +53,7 @@ summary() { # $1 = label, $2 = gateway CPU seconds during the run
     python3 - "$out/fleet-$1.json" "$1" "$2" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); l = r["latency_ms"]
-print(f'{sys.argv[2]:<12} {r["throughput_rps"]:.0f} req/s  p50 {l["p50"]:.2f} ms  p90 {l["p90"]:.2f} ms  '
+print(f'{sys.argv[2]:<6} {r["throughput_rps"]:.0f} req/s  p50 {l["p50"]:.2f} ms  p90 {l["p90"]:.2f} ms  '
       f'p99 {l["p99"]:.2f} ms  max {l["max"]:.1f} ms  ok {r["replies_ok"]}  lost {r["lost"]}  '
       f'mismatched {r["mismatched"]}  gateway CPU {float(sys.argv[3]):.1f} s')
 PY
@@ -70,7 +70,7 @@ pids+=("$flood_pid")
 fleet flood
 wait "$flood_pid" || true
 after=$(cpu_s)
-summary "under flood" "$(awk "BEGIN{print $after - $before}")"
+summary flood "$(awk "BEGIN{print $after - $before}")"
 cat "$out/flood.log"
 curl -s "http://$http/metrics" | grep -E '^roost_(frontdoor_(auth|throttl|connections_total)|auth)' || true
 echo "reports in $out"
