@@ -42,8 +42,9 @@ pub struct GatewayStatus {
     pub gateway_id: String,
     /// When this run started.
     pub started_at_ms: i64,
-    /// The front door's login counters (embedded mode), published as `"logins"`.
-    pub logins: Option<Arc<crate::frontdoor::login::LoginStats>>,
+    /// The front door's login counters as JSON (embedded mode), published as `"logins"`. A
+    /// closure, since status sits below the front door.
+    pub logins: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl GatewayStatus {
@@ -71,7 +72,7 @@ impl GatewayStatus {
             },
         });
         if let Some(logins) = &self.logins {
-            document["logins"] = logins.status_json();
+            document["logins"] = logins();
         }
         document
     }
