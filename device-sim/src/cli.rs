@@ -26,6 +26,9 @@ use crate::workload::Mix;
 ///         workers), over any broker. For the gateway's own message path with nothing behind
 ///         it, run `gateway echo --listen 127.0.0.1:0` and measure it with
 ///         `load --expect-202 false`.
+///   flood wrong operator passwords from --connections loops over --sources loopback addresses,
+///         for --duration or --attempts: the login flood a gateway must shrug off. Loopback
+///         only; reports the answers (CONNACK codes, closes) and their latency.
 ///
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
@@ -45,7 +48,8 @@ Examples:
   device-sim load --devices 100 --inflight 4 --closed --duration 10s --gateway-pid $(pidof gateway)
   device-sim load --devices 100 --rate 5000 --duration 30s
   gateway echo --listen 127.0.0.1:0        # then: load --broker <printed addr> --expect-202 false
-  device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds";
+  device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds
+  device-sim flood --broker 127.0.0.1:1883 --user admin --connections 32 --duration 15s";
 
 /// The scenarios.
 #[derive(Debug, Subcommand)]
@@ -56,6 +60,8 @@ pub enum Command {
     Load(LoadArgs),
     /// A trivial responder: a final 200 to every request at once (the broker's ceiling).
     Echo(EchoArgs),
+    /// Wrong operator passwords from many connections: the login flood, loopback only.
+    Flood(FloodArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -174,6 +180,35 @@ pub struct EchoArgs {
     /// MQTT client id of the responder.
     #[arg(long, default_value = "device-sim-echo")]
     pub client_id: String,
+}
+
+/// `device-sim flood`.
+#[derive(Debug, Args)]
+pub struct FloodArgs {
+    /// The gateway's device-facing address: a loopback IP:PORT.
+    #[arg(long, default_value = "127.0.0.1:1883", value_name = "IP:PORT")]
+    pub broker: String,
+    /// The user name to try (an existing operator's: names are not secret).
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// The (wrong) password sent with every attempt.
+    #[arg(long, default_value = "not-the-password")]
+    pub password: String,
+    /// Concurrent connections, each a loop of connect → CONNECT → answer → close.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Loopback source addresses the connections are spread over (127.0.0.2 and up; 1 to 250).
+    #[arg(long, default_value_t = 1)]
+    pub sources: usize,
+    /// Stop after this long.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub duration: Duration,
+    /// Stop after this many attempts in total.
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub attempts: u64,
+    /// Write the JSON report here ('-' = stdout).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// Parses the command line and runs the scenario.

@@ -2,7 +2,7 @@
 //! the load generator and the end-to-end checker: it verifies every reply it receives.
 //!
 //! ```text
-//! cli ─▶ scenario (run | load | echo [--serve: bare_broker = the gateway's front door + rumqttd])
+//! cli ─▶ scenario (run | load | flood | echo [--serve: bare_broker = the gateway's front door + rumqttd])
 //!          │ run, load
 //!          ▼
 //!        fleet ─spawns─▶ device (connected | sleepy), one task each on a shared runtime

@@ -1,8 +1,9 @@
 //! The scenarios behind the subcommands: [`run`] and [`load`] turn their flags into a fleet
 //! ([`DeviceConfig`] + [`Plan`]) and share [`execute`] for the report and the exit code;
-//! [`echo`] is the trivial responder.
+//! [`echo`] is the trivial responder; [`flood`] the login flood.
 
 pub mod echo;
+pub mod flood;
 pub mod load;
 pub mod run;
 
@@ -29,6 +30,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Run(args) => run::run(args).await,
         Command::Load(args) => load::run(args).await,
         Command::Echo(args) => echo::run(args).await,
+        Command::Flood(args) => flood::run(args).await,
     }
 }
 

@@ -199,6 +199,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         metrics: metrics.clone(),
         gateway_id: gateway_id.clone(),
         started_at_ms: started_at,
+        logins: front.as_ref().map(|front| {
+            let logins = front.stats().login.clone();
+            Arc::new(move || logins.status_json())
+                as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
+        }),
     };
     gateway_status.publish("online").await;
     let status_stop = CancellationToken::new();

@@ -173,6 +173,17 @@ pub struct Limits {
     pub dedupe_window: Duration,
     pub telemetry_retention: Duration,
     pub max_telemetry_rows_per_device: usize,
+    /// New connections per second across all sources; 0 = no limit.
+    pub max_connect_rate: u64,
+    /// Password check threads; 0 = a quarter of the cores, at least one.
+    pub password_threads: usize,
+    /// Password checks that may wait for a thread.
+    pub password_queue: usize,
+    pub max_auth_failures: u32,
+    pub auth_delay: Duration,
+    pub auth_max_delay: Duration,
+    pub auth_lockout: Duration,
+    pub auth_tracked_max: usize,
 }
 
 impl Default for Limits {
@@ -396,6 +407,24 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             "limits.max_telemetry_rows_per_device",
             raw.max_telemetry_rows_per_device,
         )?,
+        max_connect_rate: raw.max_connect_rate,
+        password_threads: usize::try_from(raw.password_threads)
+            .ok()
+            .filter(|n| *n <= 1024)
+            .ok_or_else(|| invalid("limits.password_threads", "must be at most 1024"))?,
+        password_queue: usize::try_from(raw.password_queue)
+            .ok()
+            .filter(|n| *n <= 1_000_000)
+            .ok_or_else(|| invalid("limits.password_queue", "must be at most 1000000"))?,
+        max_auth_failures: u32::try_from(positive(
+            "limits.max_auth_failures",
+            raw.max_auth_failures,
+        )?)
+        .map_err(|_| invalid("limits.max_auth_failures", "is too large"))?,
+        auth_delay: Duration::from_millis(raw.auth_delay_ms),
+        auth_max_delay: Duration::from_millis(raw.auth_max_delay_ms),
+        auth_lockout: Duration::from_secs(positive("limits.auth_lockout_s", raw.auth_lockout_s)?),
+        auth_tracked_max: count("limits.auth_tracked_max", raw.auth_tracked_max)?,
     })
 }
 

@@ -155,6 +155,14 @@ pub struct RawLimits {
     pub dedupe_window_s: u64,
     pub telemetry_retention_s: u64,
     pub max_telemetry_rows_per_device: u64,
+    pub max_connect_rate: u64,
+    pub password_threads: u64,
+    pub password_queue: u64,
+    pub max_auth_failures: u64,
+    pub auth_delay_ms: u64,
+    pub auth_max_delay_ms: u64,
+    pub auth_lockout_s: u64,
+    pub auth_tracked_max: u64,
 }
 
 impl Default for RawLimits {
@@ -173,6 +181,14 @@ impl Default for RawLimits {
             dedupe_window_s: 86_400,
             telemetry_retention_s: 604_800,
             max_telemetry_rows_per_device: 100_000,
+            max_connect_rate: 20_000,
+            password_threads: 0,
+            password_queue: 4,
+            max_auth_failures: 10,
+            auth_delay_ms: 250,
+            auth_max_delay_ms: 4_000,
+            auth_lockout_s: 300,
+            auth_tracked_max: 10_000,
         }
     }
 }

@@ -60,6 +60,16 @@ fn bad_values_name_their_key() {
         ("[gateway]\nid = \"a/b\"", "gateway.id"),
         ("[http]\nlisten = \"8080\"", "http.listen"),
         ("[store]\nsynchronous = \"off\"", "store.synchronous"),
+        (
+            "[limits]\nmax_auth_failures = 0",
+            "limits.max_auth_failures",
+        ),
+        ("[limits]\nauth_lockout_s = 0", "limits.auth_lockout_s"),
+        ("[limits]\nauth_tracked_max = 0", "limits.auth_tracked_max"),
+        (
+            "[limits]\npassword_threads = 5000",
+            "limits.password_threads",
+        ),
     ] {
         let err = parse(text).expect_err(text);
         assert!(err.to_string().contains(key), "{text}: {err}");

@@ -10,7 +10,10 @@
 //! 2. MQTT 5 enhanced authentication is not supported → 0x8C (3.1.1: rc 5);
 //! 3. a client certificate's CN is the device id; the client id must equal it → else 0x87;
 //! 4. a user name must name a credential whose hash matches the password → else 0x86 (rc 4);
-//!    a device's client id must equal its name → else 0x85;
+//!    a device's client id must equal its name → else 0x85. A device secret (one SHA-256) is
+//!    checked at once; an operator's password (argon2) and a name nobody has go through the
+//!    login guard ([`super::login`]): throttled per source and name, checked on the bounded
+//!    password pool, refused with 0x9F (rc 3) when throttled or when the pool is full;
 //! 5. no credentials: anonymous, if `[auth]` allows it on this listener → else 0x87 (rc 5).
 
 use std::path::Path;
@@ -19,11 +22,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::Connection;
 
 use super::acl::Principal;
+use super::login::{Attempt, LoginGuard, Refusal};
 use super::secrets;
 use crate::config::AuthConfig;
 use crate::store::credentials::{self, Kind};
 use crate::wire::ids::is_valid_id;
-use crate::wire::packet::outgoing::reason;
 use crate::wire::packet::ConnectInfo;
 use crate::wire::DeviceId;
 
@@ -33,80 +36,131 @@ pub struct Identity {
     auth: AuthConfig,
     listener_loopback: bool,
     reader: Arc<Mutex<Connection>>,
+    guard: Arc<LoginGuard>,
 }
 
 impl Identity {
-    /// Opens the credentials reader on `db_path` (creating the file and table if missing).
+    /// Opens the credentials reader on `db_path` (creating the file and table if missing);
+    /// slow password checks go through `guard`.
     pub fn open(
         db_path: &Path,
         auth: AuthConfig,
         listener_loopback: bool,
+        guard: Arc<LoginGuard>,
     ) -> rusqlite::Result<Identity> {
         Ok(Identity {
             auth,
             listener_loopback,
             reader: Arc::new(Mutex::new(credentials::open_reader(db_path)?)),
+            guard,
         })
     }
 
-    /// Who this CONNECT is, or the v5 reason code to refuse it with.
+    /// Who this CONNECT is, or why it is refused.
     pub async fn authenticate(
         &self,
         connect: &ConnectInfo,
         cert_cn: Option<&str>,
-    ) -> Result<Principal, u8> {
+        attempt: Attempt,
+    ) -> Result<Principal, Refusal> {
         if connect.client_id.is_empty() {
-            return self.without_client_id(connect).await;
+            return self.without_client_id(connect, attempt).await;
         }
         if !is_valid_id(&connect.client_id) {
-            return Err(reason::BAD_CLIENT_ID);
+            return Err(Refusal::BadClientId);
         }
         if connect.auth_method {
-            return Err(reason::BAD_AUTH_METHOD);
+            return Err(Refusal::BadAuthMethod);
         }
         if let Some(cn) = cert_cn {
             return match DeviceId::parse(cn) {
                 Some(device) if device.as_str() == connect.client_id => {
                     Ok(Principal::Device(device))
                 }
-                _ => Err(reason::NOT_AUTHORIZED),
+                _ => Err(Refusal::NotAuthorized),
             };
         }
         match (&connect.username, &connect.password) {
             (Some(username), Some(password)) => {
-                let reader = self.reader.clone();
-                let (username, password) = (username.clone(), password.clone());
-                let client_id = connect.client_id.clone();
-                tokio::task::spawn_blocking(move || {
-                    check_password(&reader, &username, &password, &client_id)
-                })
-                .await
-                .unwrap_or(Err(reason::SERVER_UNAVAILABLE))
+                self.password(username, password, &connect.client_id, attempt)
+                    .await
             }
-            (Some(_), None) | (None, Some(_)) => Err(reason::BAD_CREDENTIALS),
+            (Some(_), None) | (None, Some(_)) => Err(Refusal::BadPassword),
             (None, None) => self.anonymous(&connect.client_id),
         }
     }
 
+    /// A user name and password: a device's secret is checked here, at once; an operator's
+    /// password (slow) and a name nobody has go through the login guard.
+    async fn password(
+        &self,
+        username: &str,
+        password: &str,
+        client_id: &str,
+        attempt: Attempt,
+    ) -> Result<Principal, Refusal> {
+        let reader = self.reader.clone();
+        let name = username.to_owned();
+        let found = tokio::task::spawn_blocking(move || lookup(&reader, &name))
+            .await
+            .unwrap_or(Err(Refusal::Unavailable))?;
+        match found {
+            Some((Kind::Device, hash)) if !secrets::is_slow(&hash) => {
+                if !secrets::verify(&hash, password) {
+                    return Err(Refusal::BadSecret);
+                }
+                match DeviceId::parse(username) {
+                    Some(device) if username == client_id => Ok(Principal::Device(device)),
+                    _ => Err(Refusal::BadClientId),
+                }
+            }
+            Some((kind, hash)) => {
+                let presented = password.to_owned();
+                self.guard
+                    .check_password(attempt, username, Some(hash), presented)
+                    .await?;
+                match kind {
+                    Kind::Operator => Ok(Principal::Operator(username.to_owned())),
+                    Kind::Device => match DeviceId::parse(username) {
+                        Some(device) if username == client_id => Ok(Principal::Device(device)),
+                        _ => Err(Refusal::BadClientId),
+                    },
+                }
+            }
+            None => {
+                // Nobody has this name, so the guard never lets it through.
+                let unknown = self
+                    .guard
+                    .check_password(attempt, username, None, String::new());
+                unknown.await?;
+                Err(Refusal::UnknownUser)
+            }
+        }
+    }
+
     /// An empty client id: an operator, or an anonymous viewer on a loopback listener.
-    async fn without_client_id(&self, connect: &ConnectInfo) -> Result<Principal, u8> {
+    async fn without_client_id(
+        &self,
+        connect: &ConnectInfo,
+        attempt: Attempt,
+    ) -> Result<Principal, Refusal> {
         if connect.username.is_none() && connect.password.is_none() {
             let allowed = self.auth.allow_anonymous && self.listener_loopback;
             return if allowed {
                 Ok(Principal::Viewer)
             } else {
-                Err(reason::BAD_CLIENT_ID)
+                Err(Refusal::BadClientId)
             };
         }
         let mut named = connect.clone();
         named.client_id = connect.username.clone().unwrap_or_default();
-        match Box::pin(self.authenticate(&named, None)).await? {
+        match Box::pin(self.authenticate(&named, None, attempt)).await? {
             operator @ Principal::Operator(_) => Ok(operator),
-            _ => Err(reason::BAD_CLIENT_ID),
+            _ => Err(Refusal::BadClientId),
         }
     }
 
-    fn anonymous(&self, client_id: &str) -> Result<Principal, u8> {
+    fn anonymous(&self, client_id: &str) -> Result<Principal, Refusal> {
         let allowed = self.auth.allow_anonymous
             && (self.listener_loopback || self.auth.allow_anonymous_remote);
         match DeviceId::parse(client_id) {
@@ -114,37 +168,16 @@ impl Identity {
                 device,
                 operator_view: self.listener_loopback,
             }),
-            _ => Err(reason::NOT_AUTHORIZED),
+            _ => Err(Refusal::NotAuthorized),
         }
     }
 }
 
-fn check_password(
-    reader: &Mutex<Connection>,
-    username: &str,
-    password: &str,
-    client_id: &str,
-) -> Result<Principal, u8> {
-    let found = {
-        let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-        credentials::lookup(&conn, username)
-    };
-    let (kind, hash) = match found {
-        Ok(Some(found)) => found,
-        Ok(None) => return Err(reason::BAD_CREDENTIALS),
-        Err(error) => {
-            tracing::error!(%error, "credentials lookup failed");
-            return Err(reason::SERVER_UNAVAILABLE);
-        }
-    };
-    if !secrets::verify(&hash, password) {
-        return Err(reason::BAD_CREDENTIALS);
-    }
-    match kind {
-        Kind::Operator => Ok(Principal::Operator(username.to_owned())),
-        Kind::Device => match DeviceId::parse(username) {
-            Some(device) if username == client_id => Ok(Principal::Device(device)),
-            _ => Err(reason::BAD_CLIENT_ID),
-        },
-    }
+/// The stored credential of `username`, if any.
+fn lookup(reader: &Mutex<Connection>, username: &str) -> Result<Option<(Kind, String)>, Refusal> {
+    let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
+    credentials::lookup(&conn, username).map_err(|error| {
+        tracing::error!(%error, "credentials lookup failed");
+        Refusal::Unavailable
+    })
 }

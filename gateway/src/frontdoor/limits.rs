@@ -1,4 +1,5 @@
-//! Per-client-id connect serialisation and the connection counters.
+//! Per-client-id connect serialisation and the connection counters (the login counters are
+//! [`super::login::LoginStats`], rendered with them).
 //!
 //! Fed by the session (one [`IdGates::lock`] per CONNECT) and the accept loop; feeds the lead's
 //! status and metrics through [`FrontDoorStats`].
@@ -43,6 +44,8 @@ pub struct FrontDoorStats {
     /// Broker messages for a device whose session could not take them (not reading): the
     /// outbox redelivers replies on the next wake.
     pub deliveries_dropped: AtomicU64,
+    /// Authentication failures by reason, throttled and rate-limited logins and connections.
+    pub login: Arc<super::login::LoginStats>,
 }
 
 impl FrontDoorStats {
@@ -98,6 +101,7 @@ impl FrontDoorStats {
             );
         }
         self.render_deliveries(out);
+        self.login.render(out);
     }
 
     /// Appends the dropped-deliveries counter in Prometheus text format.

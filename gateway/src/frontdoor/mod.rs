@@ -5,7 +5,9 @@
 //! A device is then terminated by the front door itself ([`devices`]): its publishes go
 //! straight to the service's inbox as `flow::Inbound`, replies come back by device id through
 //! the router, and presence leaves as `flow::DeviceEvent`s. An operator or viewer is relayed to a
-//! rumqttd connection of its own ([`operators`]).
+//! rumqttd connection of its own ([`operators`]). Logins cannot take the gateway down
+//! ([`login`]): slow password checks run on a bounded pool, failures are throttled per source
+//! and name, and new connections are rate-limited at accept.
 //!
 //! **Invariant:** nothing a device sends reaches the service or rumqttd unless it parsed and
 //! passed the checks; one device's bad input or stalled socket affects only that device's
@@ -15,12 +17,13 @@ pub mod acl;
 pub mod devices;
 pub mod identity;
 pub mod limits;
+pub mod login;
 pub mod operators;
 pub mod secrets;
 pub mod session;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -74,6 +77,9 @@ pub enum FrontDoorError {
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The password pool's threads could not be started.
+    #[error("cannot start the password check threads: {0}")]
+    Threads(#[from] std::io::Error),
 }
 
 /// The device-facing listener, bound but not yet serving.
@@ -92,8 +98,10 @@ impl FrontDoor {
     pub async fn bind(settings: Settings) -> Result<FrontDoor, FrontDoorError> {
         let tls = settings.tls.as_ref().map(tls::Tls::load).transpose()?;
         let loopback = settings.listen.ip().is_loopback();
+        let stats = Arc::<FrontDoorStats>::default();
+        let guard = Arc::new(login_guard(&settings.limits, stats.login.clone())?);
         let identity =
-            identity::Identity::open(&settings.db_path, settings.auth.clone(), loopback)?;
+            identity::Identity::open(&settings.db_path, settings.auth.clone(), loopback, guard)?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -101,7 +109,6 @@ impl FrontDoor {
                     addr: settings.listen,
                     source,
                 })?;
-        let stats = Arc::<FrontDoorStats>::default();
         Ok(FrontDoor {
             listener,
             settings,
@@ -160,6 +167,7 @@ impl FrontDoor {
             next_connection: AtomicU64::new(1),
         });
         let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let mut rate = login::rate::ConnectRate::new(limits.max_connect_rate);
         let tracker = TaskTracker::new();
         loop {
             let accepted = tokio::select! {
@@ -175,6 +183,12 @@ impl FrontDoor {
                     continue;
                 }
             };
+            if !rate.admit(std::time::Instant::now()) {
+                login::LoginStats::bump(&self.stats.login.rate_limited);
+                tracing::debug!(%peer, "refused: limits.max_connect_rate reached");
+                drop(stream);
+                continue;
+            }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 FrontDoorStats::bump(&self.stats.over_limit);
                 tracing::debug!(%peer, "refused: limits.max_connections reached");
@@ -190,7 +204,7 @@ impl FrontDoor {
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
                 let outcome = tokio::select! {
                     _ = shutdown.cancelled() => Ok(()),
-                    outcome = serve(stream, tls, shared.clone()) => outcome,
+                    outcome = serve(stream, tls, peer.ip(), shared.clone()) => outcome,
                 };
                 shared.stats.open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);
@@ -205,13 +219,31 @@ impl FrontDoor {
     }
 }
 
+/// The password pool and failure tables for `limits`.
+fn login_guard(
+    limits: &Limits,
+    stats: Arc<login::LoginStats>,
+) -> std::io::Result<login::LoginGuard> {
+    let threads = login::pool::threads_for(limits.password_threads);
+    let pool = login::pool::PasswordPool::start(threads, limits.password_queue)?;
+    let throttle = login::throttle::ThrottleConfig {
+        max_failures: limits.max_auth_failures,
+        delay: limits.auth_delay,
+        max_delay: limits.auth_max_delay,
+        lockout: limits.auth_lockout,
+        capacity: limits.auth_tracked_max,
+    };
+    Ok(login::LoginGuard::start(pool, throttle, stats))
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     tls: Option<tls::Tls>,
+    source: IpAddr,
     shared: Arc<session::Shared>,
 ) -> Result<(), session::SessionError> {
     match tls {
-        None => session::serve(stream, None, shared).await,
+        None => session::serve(stream, None, source, shared).await,
         Some(tls) => {
             let (stream, cert_cn) =
                 match tokio::time::timeout(shared.connect_timeout, tls.accept(stream)).await {
@@ -219,7 +251,7 @@ async fn serve(
                     Ok(Err(error)) => return Err(error.into()),
                     Err(_) => return Err(session::SessionError::ConnectTimeout),
                 };
-            session::serve(stream, cert_cn, shared).await
+            session::serve(stream, cert_cn, source, shared).await
         }
     }
 }

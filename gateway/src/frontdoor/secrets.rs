@@ -41,6 +41,12 @@ pub fn hash_operator_password(password: &str) -> Result<String, HashError> {
         .map_err(|e| HashError(e.to_string()))
 }
 
+/// Whether checking a password against `stored` is slow (argon2: operators) rather than one
+/// SHA-256 (device secrets). Unknown forms count as slow, so they never skip the login guard.
+pub fn is_slow(stored: &str) -> bool {
+    !stored.starts_with("sha256$")
+}
+
 /// Whether `presented` matches `stored` (either form). Unknown forms never match.
 pub fn verify(stored: &str, presented: &str) -> bool {
     if let Some(rest) = stored.strip_prefix("sha256$") {
@@ -93,6 +99,7 @@ mod tests {
         let stored = hash_device_secret(&secret);
         assert_ne!(stored, hash_device_secret(&secret), "salted");
         assert!(verify(&stored, &secret));
+        assert!(!is_slow(&stored));
         assert!(!verify(&stored, "wrong"));
         assert!(!verify(&stored, &secret[..63]));
         assert!(!verify("sha256$zz$00", &secret));
@@ -103,6 +110,7 @@ mod tests {
     fn operator_passwords_use_argon2() {
         let stored = hash_operator_password("correct horse").expect("hash");
         assert!(stored.starts_with("$argon2id$"));
+        assert!(is_slow(&stored));
         assert!(verify(&stored, "correct horse"));
         assert!(!verify(&stored, "battery staple"));
     }

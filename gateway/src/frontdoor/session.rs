@@ -4,7 +4,8 @@
 //! the two ways a connection is served. Phases:
 //!
 //! 1. CONNECT within `limits.connect_timeout_ms`, checked ([`crate::wire::packet::connect`]);
-//! 2. identity ([`super::identity`]) and the Will ACL; a refusal is a CONNACK with its code;
+//! 2. identity ([`super::identity`], slow password checks bounded by [`super::login`]) and the
+//!    Will ACL; a refusal is a CONNACK with its code;
 //! 3. a device is terminated here, its publishes handed to the service ([`super::devices::session`]);
 //!    an operator or viewer is relayed to a broker connection of its own ([`super::operators`]).
 //!
@@ -12,6 +13,7 @@
 //! passed the ACL.
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tokio::sync::mpsc;
 
 use super::identity::Identity;
 use super::limits::{FrontDoorStats, IdGates};
+use super::login::Attempt;
 use super::FrontDoorEvent;
 use crate::broker::EmbeddedBroker;
 use crate::wire::packet::outgoing::{self, reason};
@@ -76,16 +79,21 @@ pub enum SessionError {
     Upstream,
 }
 
-/// Serves one device connection until it closes.
+/// Serves one device connection from `source` until it closes.
 pub async fn serve<S>(
     stream: S,
     cert_cn: Option<String>,
+    source: IpAddr,
     shared: Arc<Shared>,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let stats = &shared.stats;
+    let attempt = Attempt {
+        source,
+        deadline: tokio::time::Instant::now() + shared.connect_timeout,
+    };
     let (mut device_rx, mut device_tx) = tokio::io::split(stream);
     let mut reader = PacketReader::new(shared.max_packet);
     let read = tokio::time::timeout(
@@ -115,13 +123,14 @@ where
     let version = connect.version;
     let principal = match shared
         .identity
-        .authenticate(&connect, cert_cn.as_deref())
+        .authenticate(&connect, cert_cn.as_deref(), attempt)
         .await
     {
         Ok(principal) => principal,
-        Err(code) => {
+        Err(refusal) => {
             FrontDoorStats::bump(&stats.refused);
-            return refuse(&mut device_rx, &mut device_tx, version, code).await;
+            stats.login.failed(refusal);
+            return refuse(&mut device_rx, &mut device_tx, version, refusal.code()).await;
         }
     };
     if let Some(topic) = &connect.will_topic {

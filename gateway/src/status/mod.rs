@@ -42,6 +42,9 @@ pub struct GatewayStatus {
     pub gateway_id: String,
     /// When this run started.
     pub started_at_ms: i64,
+    /// The front door's login counters as JSON (embedded mode), published as `"logins"`. A
+    /// closure, since status sits below the front door.
+    pub logins: Option<Arc<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 impl GatewayStatus {
@@ -53,7 +56,7 @@ impl GatewayStatus {
             .await
             .unwrap_or(0);
         let counts = self.scheduler.counts();
-        json!({
+        let mut document = json!({
             "state": state,
             "requests": {
                 "queued": counts.queued,
@@ -67,7 +70,11 @@ impl GatewayStatus {
                 "known": self.metrics.devices_known.load(Relaxed),
                 "awake": self.metrics.devices_awake.load(Relaxed),
             },
-        })
+        });
+        if let Some(logins) = &self.logins {
+            document["logins"] = logins();
+        }
+        document
     }
 
     fn document(&self, mut counts: serde_json::Value) -> Vec<u8> {

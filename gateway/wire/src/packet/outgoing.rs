@@ -26,6 +26,9 @@ pub mod reason {
     pub const BAD_AUTH_METHOD: u8 = 0x8C;
     /// Quota exceeded (`limits.max_connections`).
     pub const QUOTA_EXCEEDED: u8 = 0x97;
+    /// Connection rate exceeded: a login refused by the throttle, or no place in the password
+    /// pool within `limits.connect_timeout_ms`.
+    pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
 }
 
 /// The MQTT 3.1.1 CONNACK return code for a v5 reason code, when 3.1.1 has one; otherwise
@@ -34,7 +37,9 @@ fn v4_return_code(code: u8) -> Option<u8> {
     match code {
         reason::UNSUPPORTED_PROTOCOL => Some(1),
         reason::BAD_CLIENT_ID => Some(2),
-        reason::SERVER_UNAVAILABLE | reason::QUOTA_EXCEEDED => Some(3),
+        reason::SERVER_UNAVAILABLE | reason::QUOTA_EXCEEDED | reason::CONNECTION_RATE_EXCEEDED => {
+            Some(3)
+        }
         reason::BAD_CREDENTIALS => Some(4),
         reason::NOT_AUTHORIZED | reason::BAD_AUTH_METHOD => Some(5),
         _ => None,
