@@ -16,7 +16,7 @@ use crate::analytics::ops::{self, PrepareError};
 use crate::analytics::scheduler::Scheduler;
 use crate::analytics::Job;
 use crate::config::Limits;
-use crate::store::requests::{self, Completion, FinalReply, StoredRequest};
+use crate::store::requests::{Completion, FinalReply, StoredRequest};
 use crate::store::{now_ms, Store, StoreError};
 use crate::wire::envelope::decode_value;
 use crate::wire::{Reply, RequestId, State, Status};
@@ -33,7 +33,7 @@ pub async fn republish(
     store: &Store,
     done_tx: &mpsc::UnboundedSender<FinalReply>,
 ) -> Result<usize, StoreError> {
-    let unpublished = store.call(|txn| requests::unpublished(txn)).await?;
+    let unpublished = store.unpublished().await?;
     let count = unpublished.len();
     for reply in unpublished {
         let _ = done_tx.send(reply);
@@ -65,7 +65,7 @@ impl Backlog {
         limits: &Limits,
         done_tx: &mpsc::UnboundedSender<FinalReply>,
     ) -> Result<(Backlog, usize), StoreError> {
-        let (size, until) = store.call(|txn| requests::queued_extent(txn)).await?;
+        let (size, until) = store.queued_extent().await?;
         let backlog = Backlog {
             store: store.clone(),
             scheduler: scheduler.clone(),
@@ -94,10 +94,7 @@ impl Backlog {
                 tokio::time::sleep(TOP_UP_EVERY).await;
             }
             let page = self.page;
-            let rows = self
-                .store
-                .call(move |txn| requests::queued_after(txn, after, until, page))
-                .await?;
+            let rows = self.store.queued_after(after, until, page).await?;
             let last_page = rows.len() < self.page;
             after = rows.last().map(|row| row.id).or(after);
             for stored in rows {
@@ -146,10 +143,7 @@ impl Backlog {
                     expires_ms: final_reply.expires_ms,
                     executed: false,
                 };
-                if store
-                    .call(move |txn| requests::complete(txn, &completion))
-                    .await?
-                {
+                if store.complete(completion).await? {
                     let _ = done_tx.send(final_reply);
                 }
                 Ok(false)
@@ -202,10 +196,7 @@ mod tests {
 
     async fn admit(store: &Store, new: NewRequest) -> RequestId {
         let id = new.id;
-        store
-            .call(move |txn| requests::admit(txn, &new, 0))
-            .await
-            .expect("admitted");
+        store.admit(new, 0).await.expect("admitted");
         id
     }
 
@@ -214,7 +205,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_backlog_is_fed_a_page_at_a_time() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), false).expect("store opens");
+        let store = Store::open(&Default::default(), dir.path())
+            .await
+            .expect("store opens");
         let limits = Limits::default();
         let scheduler = Arc::new(Scheduler::new(1_000, 1_000, 1));
         let (done_tx, _done_rx) = mpsc::unbounded_channel();

@@ -4,6 +4,7 @@
 //! on sleeps.
 
 pub mod device;
+pub mod postgres;
 pub mod store_view;
 pub mod workload;
 

@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         None => None,
     };
 
-    let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
+    let store = Store::open(&config.store, &config.gateway.data_dir).await?;
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
         limits.queue_capacity,
@@ -210,12 +210,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let http_addr = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let mut state = HttpState::new(
-                gateway_status.clone(),
-                intake_stats.clone(),
-                health.clone(),
-                store.path().to_owned(),
-            );
+            let mut state =
+                HttpState::new(gateway_status.clone(), intake_stats.clone(), health.clone());
             if let Some(stats) = front.as_ref().map(FrontDoor::stats) {
                 state.extra_metrics = Arc::new(move |out: &mut String| stats.render(out));
             }

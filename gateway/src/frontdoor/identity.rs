@@ -1,8 +1,8 @@
 //! Identity: turns a CONNECT (and a TLS client certificate, if any) into a [`Principal`] or a
 //! CONNACK refusal code.
 //!
-//! Fed by the session after the CONNECT was parsed; reads the `credentials` table through the
-//! front door's own read-only SQLite connection (WAL: the CLI's writes are visible to the very
+//! Fed by the session after the CONNECT was parsed; reads credentials through the store's
+//! [`CredentialReader`] (its own read-only connection: the CLI's writes are visible to the very
 //! next CONNECT). Order of checks:
 //!
 //! 1. the client id must follow the id rule → else 0x85 (3.1.1: rc 2); an empty client id
@@ -14,14 +14,12 @@
 //! 5. no credentials: anonymous, if `[auth]` allows it on this listener → else 0x87 (rc 5).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use rusqlite::Connection;
 
 use super::acl::Principal;
 use super::secrets;
 use crate::config::AuthConfig;
-use crate::store::credentials::{self, Kind};
+use crate::store::credentials::{CredentialReader, Kind};
+use crate::store::StoreError;
 use crate::wire::ids::is_valid_id;
 use crate::wire::packet::outgoing::reason;
 use crate::wire::packet::ConnectInfo;
@@ -32,7 +30,7 @@ use crate::wire::DeviceId;
 pub struct Identity {
     auth: AuthConfig,
     listener_loopback: bool,
-    reader: Arc<Mutex<Connection>>,
+    reader: CredentialReader,
 }
 
 impl Identity {
@@ -41,11 +39,11 @@ impl Identity {
         db_path: &Path,
         auth: AuthConfig,
         listener_loopback: bool,
-    ) -> rusqlite::Result<Identity> {
+    ) -> Result<Identity, StoreError> {
         Ok(Identity {
             auth,
             listener_loopback,
-            reader: Arc::new(Mutex::new(credentials::open_reader(db_path)?)),
+            reader: CredentialReader::open(db_path)?,
         })
     }
 
@@ -120,15 +118,12 @@ impl Identity {
 }
 
 fn check_password(
-    reader: &Mutex<Connection>,
+    reader: &CredentialReader,
     username: &str,
     password: &str,
     client_id: &str,
 ) -> Result<Principal, u8> {
-    let found = {
-        let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-        credentials::lookup(&conn, username)
-    };
+    let found = reader.lookup(username);
     let (kind, hash) = match found {
         Ok(Some(found)) => found,
         Ok(None) => return Err(reason::BAD_CREDENTIALS),

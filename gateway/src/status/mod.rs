@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::scheduler::Scheduler;
 use crate::flow::Replies;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, requests, Store};
+use crate::store::{now_ms, Store};
 use crate::wire::topics;
 
 /// Formats ms since the epoch as RFC 3339 UTC text with milliseconds.
@@ -47,11 +47,7 @@ pub struct GatewayStatus {
 impl GatewayStatus {
     /// The status document without the time fields, to tell whether anything changed.
     async fn counts(&self, state: &str) -> serde_json::Value {
-        let held = self
-            .store
-            .call(|txn| requests::held_counts(txn, None))
-            .await
-            .unwrap_or(0);
+        let held = self.store.held_total().await.unwrap_or(0);
         let counts = self.scheduler.counts();
         json!({
             "state": state,
