@@ -26,4 +26,8 @@ if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   python3 -m pip install -q 'paho-mqtt>=2,<3' >/dev/null
 fi
 
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+# The guarantee tests again with every gateway's state in PostgreSQL (a throwaway cluster each).
+ROOST_TEST_ENGINE=postgres exec cargo test -p roost-tests "$@" \
+  --test roundtrip --test dedupe --test control_ops --test crash_restart \
+  --test sleepy_delivery --test errors --test deadlines --test http_api

@@ -108,46 +108,64 @@ impl Backlog {
 
     /// Queues one stored request; false when its call no longer prepares (it then fails).
     async fn requeue(&self, stored: StoredRequest) -> Result<bool, StoreError> {
-        let (store, limits, done_tx) = (&self.store, &self.limits, &self.done_tx);
-        match job(&stored, limits) {
-            Ok(job) => {
-                self.scheduler.push_recovered(job);
-                Ok(true)
+        requeue(
+            &self.store,
+            &self.scheduler,
+            &self.limits,
+            &self.done_tx,
+            stored,
+        )
+        .await
+    }
+}
+
+/// Queues one stored request (from the backlog, or taken over from a dead gateway); false when
+/// its call no longer prepares (it then fails with `500`, still exactly one final reply).
+pub async fn requeue(
+    store: &Store,
+    scheduler: &Scheduler,
+    limits: &Limits,
+    done_tx: &mpsc::UnboundedSender<FinalReply>,
+    stored: StoredRequest,
+) -> Result<bool, StoreError> {
+    match job(&stored, limits) {
+        Ok(job) => {
+            scheduler.push_recovered(job);
+            Ok(true)
+        }
+        Err(message) => {
+            // The stored arguments no longer make a valid call (e.g. an op was removed):
+            // the request still ends in exactly one final reply.
+            let mut reply =
+                Reply::new(Status::Failed, State::Failed).with_error(ErrorCode::OpFailed, message);
+            reply.request_id = Some(stored.id);
+            if stored.envelope {
+                reply.corr = Some(stored.corr.clone());
             }
-            Err(message) => {
-                // The stored arguments no longer make a valid call (e.g. an op was removed):
-                // the request still ends in exactly one final reply.
-                let mut reply = Reply::new(Status::Failed, State::Failed)
-                    .with_error(ErrorCode::OpFailed, message);
-                reply.request_id = Some(stored.id);
-                if stored.envelope {
-                    reply.corr = Some(stored.corr.clone());
-                }
-                let now = now_ms();
-                let final_reply = FinalReply {
-                    id: stored.id,
-                    device: stored.device,
-                    corr: stored.corr,
-                    reply_topic: stored.reply_topic,
-                    status: 500,
-                    payload: reply.encode(),
-                    expires_ms: now + limits.reply_ttl.as_millis() as i64,
-                    envelope: stored.envelope,
-                };
-                let completion = Completion {
-                    id: final_reply.id,
-                    state: State::Failed,
-                    status: 500,
-                    payload: final_reply.payload.clone(),
-                    finished_ms: now,
-                    expires_ms: final_reply.expires_ms,
-                    executed: false,
-                };
-                if store.complete(completion).await? {
-                    let _ = done_tx.send(final_reply);
-                }
-                Ok(false)
+            let now = now_ms();
+            let final_reply = FinalReply {
+                id: stored.id,
+                device: stored.device,
+                corr: stored.corr,
+                reply_topic: stored.reply_topic,
+                status: 500,
+                payload: reply.encode(),
+                expires_ms: now + limits.reply_ttl.as_millis() as i64,
+                envelope: stored.envelope,
+            };
+            let completion = Completion {
+                id: final_reply.id,
+                state: State::Failed,
+                status: 500,
+                payload: final_reply.payload.clone(),
+                finished_ms: now,
+                expires_ms: final_reply.expires_ms,
+                executed: false,
+            };
+            if store.complete(completion).await? {
+                let _ = done_tx.send(final_reply);
             }
+            Ok(false)
         }
     }
 }

@@ -290,7 +290,7 @@ impl RawConfig {
                 ))
             }
         };
-        let store = store::validate(&self.store, sync_full)?;
+        let store = store::validate(&self.store, sync_full, &id)?;
         Ok(Config {
             gateway: GatewayConfig {
                 id,

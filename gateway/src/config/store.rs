@@ -13,6 +13,8 @@ pub struct StoreConfig {
     pub sync_full: bool,
     /// PostgreSQL: how long a claim on queued or running work lasts unless renewed.
     pub lease: Duration,
+    /// `[gateway] id`: whose claims these are (PostgreSQL), whose heartbeat.
+    pub gateway_id: String,
 }
 
 impl Default for StoreConfig {
@@ -22,6 +24,7 @@ impl Default for StoreConfig {
             engine: StoreEngine::Sqlite,
             sync_full: false,
             lease: Duration::from_secs(10),
+            gateway_id: "gw-1".into(),
         }
     }
 }
@@ -40,7 +43,11 @@ pub enum StoreEngine {
     },
 }
 
-pub(super) fn validate(raw: &RawStore, sync_full: bool) -> Result<StoreConfig, ConfigError> {
+pub(super) fn validate(
+    raw: &RawStore,
+    sync_full: bool,
+    gateway_id: &str,
+) -> Result<StoreConfig, ConfigError> {
     if !(1_000..=3_600_000).contains(&raw.lease_ms) {
         return Err(invalid(
             "store.lease_ms",
@@ -85,6 +92,6 @@ pub(super) fn validate(raw: &RawStore, sync_full: bool) -> Result<StoreConfig, C
         engine,
         sync_full,
         lease: Duration::from_millis(raw.lease_ms),
+        gateway_id: gateway_id.to_owned(),
     })
 }
-

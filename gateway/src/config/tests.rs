@@ -126,7 +126,10 @@ fn store_engine_keys_are_checked_by_name() {
     for (text, key) in [
         ("[store]\nengine = \"mysql\"\n", "store.engine"),
         ("[store]\nengine = \"postgres\"\n", "store.url"),
-        ("[store]\nengine = \"postgres\"\nurl = \"mysql://x\"\n", "store.url"),
+        (
+            "[store]\nengine = \"postgres\"\nurl = \"mysql://x\"\n",
+            "store.url",
+        ),
         (
             "[store]\nengine = \"postgres\"\nurl = \"postgres://h:notaport/db\"\n",
             "store.url",

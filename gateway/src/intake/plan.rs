@@ -53,6 +53,7 @@ pub(super) enum Plan {
     },
     Ack(DeviceId),
     Seen(DeviceId, Option<u64>),
+    Awake(DeviceId, u64),
     Asleep(DeviceId),
     Ignored,
 }
@@ -153,7 +154,7 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
             Plan::Seen(device.clone(), None),
             Some(Command::Telemetry(device, readings)),
         ),
-        Incoming::Presence(device, Some(listen_ms)) => (Plan::Seen(device, Some(listen_ms)), None),
+        Incoming::Presence(device, Some(listen_ms)) => (Plan::Awake(device, listen_ms), None),
         Incoming::Presence(device, None) => (Plan::Asleep(device), None),
         Incoming::Ignored => (Plan::Ignored, None),
     }
@@ -271,6 +272,15 @@ impl Plan {
                 }
             }
             (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            // On a shared store another gateway may have seen this device fall asleep (its
+            // `asleep` went there): an explicit wake is a wake here too, whatever this
+            // gateway's own view says, so its held replies come now.
+            (Plan::Awake(device, listen_ms), _) => {
+                if intake.store.lease().is_some() {
+                    let _ = intake.events_tx.send(DeviceEvent::Asleep(device.clone()));
+                }
+                seen(&device, Some(listen_ms));
+            }
             // Sent here, in receive order, after the events of earlier publishes.
             (Plan::Asleep(device), _) => {
                 let _ = intake.events_tx.send(DeviceEvent::Asleep(device));

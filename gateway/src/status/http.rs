@@ -190,6 +190,35 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             ("{state=\"awake\"}", m.devices_awake.load(Relaxed) as u64),
         ],
     );
+    if let Some(view) = state.status.store.cluster_view() {
+        let now = crate::store::now_ms();
+        let age = |at: Option<i64>| at.map_or(0, |at| ((now - at).max(0) / 1000) as u64);
+        let alive = view.alive() as u64;
+        gauge(
+            "roost_cluster_gateways",
+            "Gateways sharing this store, by whether their heartbeat lease is fresh.",
+            &[
+                ("{state=\"alive\"}", alive),
+                ("{state=\"dead\"}", view.gateways.len() as u64 - alive),
+            ],
+        );
+        gauge(
+            "roost_cluster_requests",
+            "Requests queued or running, and final replies held, cluster-wide.",
+            &[
+                ("{state=\"queued\"}", view.queued),
+                ("{state=\"held\"}", view.held),
+            ],
+        );
+        gauge(
+            "roost_cluster_oldest_age_seconds",
+            "Age of the oldest queued request and held reply, cluster-wide.",
+            &[
+                ("{state=\"queued\"}", age(view.oldest_queued_ms)),
+                ("{state=\"held\"}", age(view.oldest_held_ms)),
+            ],
+        );
+    }
     let _ = writeln!(out, "# HELP roost_intake_total Requests at intake by outcome.\n# TYPE roost_intake_total counter");
     for (outcome, counter) in [
         ("accepted", &i.accepted),

@@ -72,6 +72,24 @@ impl GatewayStatus {
         counts["started_at"] = json!(rfc3339_ms(self.started_at_ms));
         counts["uptime_s"] = json!((now - self.started_at_ms).max(0) / 1000);
         counts["updated_at"] = json!(rfc3339_ms(now));
+        if let Some(view) = self.store.cluster_view() {
+            let age_s = |at: Option<i64>| at.map(|at| (now - at).max(0) / 1000);
+            let gateways: Vec<_> = view
+                .gateways
+                .iter()
+                .map(
+                    |g| json!({ "id": g.id, "alive": g.alive, "last_seen": rfc3339_ms(g.seen_ms) }),
+                )
+                .collect();
+            counts["cluster"] = json!({
+                "gateways": gateways,
+                "alive": view.alive(),
+                "queued": view.queued,
+                "held": view.held,
+                "oldest_queued_age_s": age_s(view.oldest_queued_ms),
+                "oldest_held_age_s": age_s(view.oldest_held_ms),
+            });
+        }
         serde_json::to_vec(&counts).expect("a JSON value always serialises")
     }
 

@@ -12,6 +12,7 @@
 //! (delivery state), recovery, the status publisher and the HTTP API; feeds them rows. No
 //! rusqlite or tokio-postgres type leaves this module.
 
+pub mod cluster;
 pub mod commands;
 pub mod credentials;
 pub mod deadletters;
@@ -22,12 +23,14 @@ mod sqlite;
 pub mod telemetry;
 
 use std::path::Path;
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::store::telemetry::Series;
 use crate::config::{StoreConfig, StoreEngine};
 use crate::metrics::Histogram;
 use crate::wire::{Correlation, DeviceId, RequestId};
+use cluster::{ClusterView, Takeover};
 use commands::{Command, Outcome};
 use deadletters::{DeadLetter, DeadLetterRow, Requeue};
 use devices::DeviceRow;
@@ -108,7 +111,8 @@ impl Store {
                 Engine::Sqlite(sqlite::SqliteStore::open(data_dir, config.sync_full)?)
             }
             StoreEngine::Postgres { url, pool_size } => {
-                Engine::Postgres(postgres::PgStore::open(url, *pool_size).await?)
+                let me = &config.gateway_id;
+                Engine::Postgres(postgres::PgStore::open(url, *pool_size, me, config.lease).await?)
             }
         };
         Ok(Store { engine })
@@ -252,6 +256,39 @@ impl Store {
         id: String,
     ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
         dispatch!(self.device(id).await)
+    }
+
+    /// The lease of a shared store (PostgreSQL); `None` when this gateway is alone (SQLite).
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(engine) => engine.lease(),
+        }
+    }
+
+    /// Renews this gateway's lease on its work and reads the cluster view (shared store only).
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres(engine) => engine.heartbeat().await,
+        }
+    }
+
+    /// The cluster as of the last heartbeat (shared store only).
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(engine) => engine.cluster_view(),
+        }
+    }
+
+    /// Claims work of gateways whose lease ran out (shared store only; at most `limit` of each
+    /// kind).
+    pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(Takeover::default()),
+            Engine::Postgres(engine) => engine.take_over(limit).await,
+        }
     }
 
     /// A reader for one worker thread (blocking reads of telemetry windows).

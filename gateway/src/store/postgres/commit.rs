@@ -1,8 +1,10 @@
 //! Group commit on PostgreSQL. Writers (intake's batches, workers' completions, the outbox's
-//! publish counts) queue their typed work; the committer takes everything waiting, borrows a
-//! connection, and runs it as one transaction whose statements are **pipelined** (sent without
-//! waiting for each answer), then commits once and only then answers each writer. With
-//! `pool_size` connections, that many transactions can be in flight at once.
+//! publish counts and its redelivery reads) queue their typed work; the committer takes
+//! everything waiting, borrows a connection, and runs it as one transaction whose statements are
+//! **pipelined** (sent without waiting for each answer), then commits once and only then answers
+//! each writer. Transactions run one after another, in queue order, as on SQLite's store thread:
+//! work sees everything queued before it (a wake's redelivery read sees the publish count the
+//! outbox queued just before), and what waits meanwhile makes the next batch larger.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,9 +16,9 @@ use super::pool::{Conn, Pool};
 use super::{delivery, requests, tables};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
-use crate::store::requests::Completion;
+use crate::store::requests::{Completion, FinalReply};
 use crate::store::StoreError;
-use crate::wire::RequestId;
+use crate::wire::{DeviceId, RequestId};
 
 /// Most pieces of work in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -32,6 +34,8 @@ pub enum Work {
     Complete(Completion),
     /// A reply was handed to the broker.
     Published(RequestId),
+    /// Held replies of these devices, at most this many each (a wake's redelivery).
+    HeldFor(Vec<DeviceId>, usize),
 }
 
 /// What a piece of work found.
@@ -43,6 +47,8 @@ pub enum Done {
     Completed(bool),
     /// For [`Work::Published`].
     Published,
+    /// For [`Work::HeldFor`].
+    Held(Vec<FinalReply>),
 }
 
 /// A writer's work, and what to call once it committed (or failed).
@@ -58,6 +64,7 @@ pub async fn run(
     mut jobs_rx: mpsc::UnboundedReceiver<Job>,
     pool: Arc<Pool>,
     latency: Arc<Histogram>,
+    me: Arc<str>,
 ) {
     let mut waiting = Vec::new();
     while jobs_rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
@@ -66,14 +73,13 @@ pub async fn run(
             .map(|job| (job.work, job.then))
             .unzip();
         let conn = pool.get().await;
-        let latency = latency.clone();
-        tokio::spawn(async move {
+        {
             let started = Instant::now();
             let outcome = match conn {
                 Ok(mut conn) => {
                     let mut tries = 1;
                     loop {
-                        match transaction(&mut conn, &work).await {
+                        match transaction(&mut conn, &me, &work).await {
                             // Another transaction (this gateway's or another's) locked rows in
                             // the other order: run the whole batch again.
                             Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
@@ -88,7 +94,7 @@ pub async fn run(
             };
             latency.observe(started.elapsed());
             deliver(thens, outcome);
-        });
+        }
     }
 }
 
@@ -98,13 +104,14 @@ type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
 
 async fn transaction(
     conn: &mut super::pool::Pooled,
+    me: &str,
     jobs: &[Vec<Option<Work>>],
 ) -> Result<Outcomes, StoreError> {
     let conn: &Conn = conn;
     let work = jobs.iter().map(|job| {
         join_all(job.iter().map(|work| async move {
             match work {
-                Some(work) => run_work(conn, work).await.map(Some),
+                Some(work) => run_work(conn, me, work).await.map(Some),
                 None => Ok(None),
             }
         }))
@@ -146,23 +153,26 @@ fn deliver(thens: Vec<Then>, outcome: Result<Outcomes, StoreError>) {
     }
 }
 
-async fn run_work(conn: &Conn, work: &Work) -> Result<Done, StoreError> {
+async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError> {
     Ok(match work {
-        Work::Command(command) => Done::Command(run_command(conn, command).await?),
+        Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
         Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
         Work::Published(id) => {
             delivery::mark_published(conn, *id).await?;
             Done::Published
         }
+        Work::HeldFor(devices, limit) => {
+            Done::Held(delivery::held_for(conn, devices, *limit).await?)
+        }
     })
 }
 
-async fn run_command(conn: &Conn, command: &Command) -> Result<Outcome, StoreError> {
+async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome, StoreError> {
     Ok(match command {
         Command::Admit {
             request,
             dedupe_after_ms,
-        } => Outcome::Admitted(requests::admit(conn, request, *dedupe_after_ms).await?),
+        } => Outcome::Admitted(requests::admit(conn, me, request, *dedupe_after_ms).await?),
         Command::Find(device, corr) => Outcome::Found(requests::find(conn, device, corr).await?),
         Command::Cancel {
             device,
@@ -170,9 +180,9 @@ async fn run_command(conn: &Conn, command: &Command) -> Result<Outcome, StoreErr
             now_ms,
             expires_ms,
             reply,
-        } => {
-            Outcome::Cancel(requests::cancel(conn, device, of, *now_ms, *expires_ms, *reply).await?)
-        }
+        } => Outcome::Cancel(
+            requests::cancel(conn, me, device, of, *now_ms, *expires_ms, *reply).await?,
+        ),
         Command::Dead(letter) => {
             tables::insert_dead_letter(conn, letter).await?;
             Outcome::Done

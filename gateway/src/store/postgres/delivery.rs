@@ -11,7 +11,7 @@ use crate::store::requests::FinalReply;
 use crate::store::StoreError;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
-fn final_reply(row: &Row) -> Result<FinalReply, StoreError> {
+pub(super) fn final_reply(row: &Row) -> Result<FinalReply, StoreError> {
     let status: i32 = row.try_get(4)?;
     Ok(FinalReply {
         id: request_id(row, 0)?,
@@ -26,14 +26,14 @@ fn final_reply(row: &Row) -> Result<FinalReply, StoreError> {
 }
 
 /// Held final replies that were never handed to the broker.
-pub async fn unpublished(conn: &Conn) -> Result<Vec<FinalReply>, StoreError> {
+pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, StoreError> {
     let statement = conn
         .statement(
             "SELECT id, device, corr, reply_topic, status, reply, expires_ms, envelope
-             FROM requests WHERE delivery = 'held' AND published = 0 ORDER BY id",
+             FROM requests WHERE delivery = 'held' AND published = 0 AND owner = $1 ORDER BY id",
         )
         .await?;
-    let rows = conn.client.query(&statement, &[]).await?;
+    let rows = conn.client.query(&statement, &[&owner]).await?;
     rows.iter().map(final_reply).collect()
 }
 

@@ -6,6 +6,7 @@
 //! under an advisory lock), each table's statements in [`requests`], [`delivery`] and
 //! [`tables`].
 
+mod cluster;
 mod commit;
 mod delivery;
 mod pool;
@@ -13,20 +14,22 @@ mod requests;
 mod schema;
 mod tables;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::telemetry::Series;
 use crate::metrics::Histogram;
+use crate::store::cluster::{ClusterView, Takeover};
+use crate::store::telemetry::Series;
 use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
 use crate::store::devices::DeviceRow;
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
-use crate::store::StoreError;
+use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 use commit::{Done, Job, Work};
 use pool::Pool;
@@ -73,6 +76,10 @@ pub struct PgStore {
     jobs_tx: mpsc::UnboundedSender<Job>,
     commit_latency: Arc<Histogram>,
     runtime: Handle,
+    me: Arc<str>,
+    lease: Duration,
+    started_ms: i64,
+    view: Arc<Mutex<Option<ClusterView>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -82,21 +89,76 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Connects, migrates (one gateway at a time) and starts the committer.
-    pub async fn open(url: &str, pool_size: usize) -> Result<PgStore, StoreError> {
+    /// Connects, migrates (one gateway at a time), joins the cluster as `me` with a fresh
+    /// lease (before anything is admitted, so nothing of this gateway looks abandoned) and starts
+    /// the committer.
+    pub async fn open(
+        url: &str,
+        pool_size: usize,
+        me: &str,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
         let pool = Pool::new(url, pool_size)?;
         let mut conn = pool.connect().await?;
         schema::migrate(&mut conn.client).await?;
+        let started_ms = now_ms();
+        cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
         drop(conn);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let commit_latency = Arc::new(Histogram::default());
-        tokio::spawn(commit::run(jobs_rx, pool.clone(), commit_latency.clone()));
+        tokio::spawn(commit::run(
+            jobs_rx,
+            pool.clone(),
+            commit_latency.clone(),
+            me.into(),
+        ));
         Ok(PgStore {
             pool,
             jobs_tx,
             commit_latency,
             runtime: Handle::current(),
+            me: me.into(),
+            lease,
+            started_ms,
+            view: Arc::default(),
         })
+    }
+
+    /// See [`crate::store::Store::lease`].
+    pub fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    /// See [`crate::store::Store::heartbeat`].
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let now = now_ms();
+        let lease_ms = self.lease.as_millis() as i64;
+        cluster::heartbeat(&conn, &self.me, self.started_ms, now, lease_ms).await?;
+        let view = cluster::view(&conn, now).await?;
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
+        Ok(())
+    }
+
+    /// See [`crate::store::Store::cluster_view`].
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// See [`crate::store::Store::take_over`].
+    pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
+        let conn = self.pool.get().await?;
+        conn.client.batch_execute("BEGIN").await?;
+        match cluster::take_over(&conn, &self.me, now_ms(), limit).await {
+            Ok(taken) => {
+                conn.client.batch_execute("COMMIT").await?;
+                Ok(taken)
+            }
+            Err(error) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
     }
 
     /// How long group commits take.
@@ -202,12 +264,12 @@ impl PgStore {
 
     /// See [`crate::store::Store::unpublished`].
     pub async fn unpublished(&self) -> Result<Vec<FinalReply>, StoreError> {
-        delivery::unpublished(&*self.pool.get().await?).await
+        delivery::unpublished(&*self.pool.get().await?, &self.me).await
     }
 
     /// See [`crate::store::Store::queued_extent`].
     pub async fn queued_extent(&self) -> Result<(usize, Option<RequestId>), StoreError> {
-        requests::queued_extent(&*self.pool.get().await?).await
+        requests::queued_extent(&*self.pool.get().await?, &self.me).await
     }
 
     /// See [`crate::store::Store::queued_after`].
@@ -217,7 +279,7 @@ impl PgStore {
         until: RequestId,
         limit: usize,
     ) -> Result<Vec<StoredRequest>, StoreError> {
-        requests::queued_after(&*self.pool.get().await?, after, until, limit).await
+        requests::queued_after(&*self.pool.get().await?, &self.me, after, until, limit).await
     }
 
     /// See [`crate::store::Store::held_for`].
@@ -226,7 +288,15 @@ impl PgStore {
         devices: Vec<DeviceId>,
         limit: usize,
     ) -> Result<Vec<FinalReply>, StoreError> {
-        delivery::held_for(&*self.pool.get().await?, &devices, limit).await
+        // Through the commit queue: it must see the publish counts queued before it.
+        match self
+            .commit(vec![Some(Work::HeldFor(devices, limit))])
+            .await?
+            .pop()
+        {
+            Some(Some(Done::Held(held))) => Ok(held),
+            _ => Err(StoreError::Sql("store answered out of kind".into())),
+        }
     }
 
     /// See [`crate::store::Store::held_counts`].

@@ -42,11 +42,11 @@ fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
 }
 
 const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
-        received_ms, deadline_ms, state)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued')
+        received_ms, deadline_ms, state, owner)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10)
     ON CONFLICT (device, corr) DO NOTHING";
 
-async fn insert(conn: &Conn, request: &NewRequest) -> Result<bool, StoreError> {
+async fn insert(conn: &Conn, request: &NewRequest, owner: &str) -> Result<bool, StoreError> {
     let statement = conn.statement(INSERT).await?;
     let inserted = conn
         .client
@@ -62,6 +62,7 @@ async fn insert(conn: &Conn, request: &NewRequest) -> Result<bool, StoreError> {
                 &request.envelope,
                 &request.received_ms,
                 &request.deadline_ms,
+                &owner,
             ],
         )
         .await?;
@@ -73,10 +74,11 @@ async fn insert(conn: &Conn, request: &NewRequest) -> Result<bool, StoreError> {
 /// then finds its row (read committed), so both answer with one request id.
 pub async fn admit(
     conn: &Conn,
+    owner: &str,
     request: &NewRequest,
     dedupe_after_ms: i64,
 ) -> Result<Admission, StoreError> {
-    if insert(conn, request).await? {
+    if insert(conn, request, owner).await? {
         return Ok(Admission::New);
     }
     let forget = conn
@@ -96,7 +98,7 @@ pub async fn admit(
             ],
         )
         .await?;
-    if forgotten == 1 && insert(conn, request).await? {
+    if forgotten == 1 && insert(conn, request, owner).await? {
         return Ok(Admission::New);
     }
     find(conn, &request.device, &request.corr)
@@ -165,6 +167,7 @@ pub async fn complete(conn: &Conn, done: &Completion) -> Result<bool, StoreError
 /// Cancels a queued request (the row is locked while deciding), recording its `410`.
 pub async fn cancel(
     conn: &Conn,
+    owner: &str,
     device: &DeviceId,
     corr: &Correlation,
     now_ms: i64,
@@ -200,6 +203,13 @@ pub async fn cancel(
         executed: false,
     };
     complete(conn, &done).await?;
+    // The gateway that cancels publishes the 410: it holds the claim on it.
+    conn.client
+        .execute(
+            "UPDATE requests SET owner = $2 WHERE id = $1",
+            &[&id.as_bytes().as_slice(), &owner],
+        )
+        .await?;
     Ok(CancelOutcome::Cancelled(FinalReply {
         id,
         device: device.clone(),
@@ -215,6 +225,7 @@ pub async fn cancel(
 /// Up to `limit` requests still queued with ids after `after` and up to `until`, oldest first.
 pub async fn queued_after(
     conn: &Conn,
+    owner: &str,
     after: Option<RequestId>,
     until: RequestId,
     limit: usize,
@@ -223,14 +234,20 @@ pub async fn queued_after(
     let statement = conn
         .statement(
             "SELECT id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms
-             FROM requests WHERE state = 'queued' AND id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+             FROM requests WHERE state = 'queued' AND owner = $4 AND id > $1 AND id <= $2
+             ORDER BY id LIMIT $3",
         )
         .await?;
     let rows = conn
         .client
         .query(
             &statement,
-            &[&after, &until.as_bytes().as_slice(), &(limit as i64)],
+            &[
+                &after,
+                &until.as_bytes().as_slice(),
+                &(limit as i64),
+                &owner,
+            ],
         )
         .await?;
     rows.iter()
@@ -251,12 +268,18 @@ pub async fn queued_after(
 }
 
 /// How many requests are queued, and the newest queued id.
-pub async fn queued_extent(conn: &Conn) -> Result<(usize, Option<RequestId>), StoreError> {
+pub async fn queued_extent(
+    conn: &Conn,
+    owner: &str,
+) -> Result<(usize, Option<RequestId>), StoreError> {
     let statement = conn
-        .statement("SELECT COUNT(*), (SELECT id FROM requests WHERE state = 'queued' ORDER BY id DESC LIMIT 1)
-             FROM requests WHERE state = 'queued'")
+        .statement(
+            "SELECT COUNT(*), (SELECT id FROM requests WHERE state = 'queued' AND owner = $1
+                               ORDER BY id DESC LIMIT 1)
+             FROM requests WHERE state = 'queued' AND owner = $1",
+        )
         .await?;
-    let row = conn.client.query_one(&statement, &[]).await?;
+    let row = conn.client.query_one(&statement, &[&owner]).await?;
     let count: i64 = row.try_get(0)?;
     let newest: Option<Vec<u8>> = row.try_get(1)?;
     Ok((

@@ -58,6 +58,18 @@ const MIGRATIONS: &[&str] = &[
         value   DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX telemetry_series ON telemetry (device, metric, ts);",
+    // 2: the cluster. Each request is claimed by the gateway that admitted (or took over) it;
+    // the claim holds while that gateway's heartbeat lease is fresh.
+    "ALTER TABLE requests ADD COLUMN owner TEXT;
+    CREATE INDEX requests_owner_queued ON requests (owner, id) WHERE state = 'queued';
+    CREATE INDEX requests_unpublished ON requests (owner, id)
+        WHERE delivery = 'held' AND published = 0;
+    CREATE TABLE gateways (
+        id              TEXT PRIMARY KEY,   -- [gateway] id
+        started_ms      BIGINT NOT NULL,
+        seen_ms         BIGINT NOT NULL,    -- its last heartbeat
+        lease_until_ms  BIGINT NOT NULL     -- its claims hold until then
+    );",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.
