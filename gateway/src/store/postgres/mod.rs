@@ -8,6 +8,7 @@
 
 mod cluster;
 mod commit;
+mod console;
 mod delivery;
 mod pool;
 mod requests;
@@ -22,9 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Histogram;
 use crate::store::cluster::{ClusterView, Takeover};
-use crate::store::telemetry::Series;
 use crate::store::commands::{Command, Outcome};
-use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
+use crate::store::deadletters::DeadLetter;
 use crate::store::devices::DeviceRow;
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
@@ -32,6 +32,7 @@ use crate::store::requests::{
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 use commit::{Done, Job, Work};
+pub use console::{PgConsole, PgReader};
 use pool::Pool;
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -375,96 +376,5 @@ impl PgStore {
             pool: self.pool.clone(),
             runtime: self.runtime.clone(),
         }
-    }
-}
-
-/// One worker thread's reads: blocking calls onto the runtime the store was opened on.
-#[derive(Clone)]
-pub struct PgReader {
-    pool: Arc<Pool>,
-    runtime: Handle,
-}
-
-impl std::fmt::Debug for PgReader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgReader").finish_non_exhaustive()
-    }
-}
-
-impl PgReader {
-    /// See [`crate::store::Reader::telemetry_window`].
-    pub fn telemetry_window(
-        &self,
-        device: &DeviceId,
-        metric: &str,
-        from_ms: i64,
-        to_ms: i64,
-        limit: usize,
-    ) -> Result<Series, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
-            tables::window(&conn, device, metric, from_ms, to_ms, limit).await
-        })
-    }
-}
-
-/// The operator CLI's connection to PostgreSQL, with a runtime of its own.
-pub struct PgConsole {
-    runtime: tokio::runtime::Runtime,
-    pool: Arc<Pool>,
-}
-
-impl std::fmt::Debug for PgConsole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgConsole").finish_non_exhaustive()
-    }
-}
-
-impl PgConsole {
-    /// Connects to `url`.
-    pub fn open(url: &str) -> Result<PgConsole, StoreError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
-        let pool = Pool::new(url, 1)?;
-        runtime.block_on(async { pool.get().await.map(drop) })?;
-        Ok(PgConsole { runtime, pool })
-    }
-
-    /// See [`crate::store::Console::requests`].
-    pub fn requests(
-        &self,
-        device: Option<&str>,
-        state: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RequestSummary>, StoreError> {
-        self.runtime.block_on(async {
-            tables::list_requests(&*self.pool.get().await?, device, state, limit).await
-        })
-    }
-
-    /// See [`crate::store::Console::dead_letters`].
-    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.runtime
-            .block_on(async { tables::dead_letters(&*self.pool.get().await?, limit).await })
-    }
-
-    /// See [`crate::store::Console::requeue`].
-    pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
-            conn.client.batch_execute("BEGIN").await?;
-            match tables::requeue(&conn, id, expires_ms).await {
-                Ok(outcome) => {
-                    conn.client.batch_execute("COMMIT").await?;
-                    Ok(outcome)
-                }
-                Err(error) => {
-                    let _ = conn.client.batch_execute("ROLLBACK").await;
-                    Err(error)
-                }
-            }
-        })
     }
 }

@@ -2,12 +2,12 @@
 //! operator API and CLI list.
 
 use super::pool::Conn;
-use crate::store::telemetry::Series;
 use crate::store::deadletters::{
     request_id_bytes, request_id_text, DeadLetter, DeadLetterRow, Requeue,
 };
 use crate::store::devices::DeviceRow;
 use crate::store::telemetry::Reading;
+use crate::store::telemetry::Series;
 use crate::store::StoreError;
 use crate::wire::DeviceId;
 

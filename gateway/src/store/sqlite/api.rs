@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, Transaction};
 
 use super::{connect, connect_read_only, deadletters, devices, requests, telemetry, SqliteStore};
-use crate::store::telemetry::Series;
 use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
 use crate::store::devices::DeviceRow;
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
+use crate::store::telemetry::Series;
 use crate::store::StoreError;
 use crate::wire::{Correlation, DeviceId, RequestId};
 

@@ -3,8 +3,8 @@
 
 use rusqlite::{params, Connection};
 
-use crate::store::telemetry::Series;
 use crate::store::telemetry::Reading;
+use crate::store::telemetry::Series;
 use crate::wire::DeviceId;
 
 /// Stores readings of one device.
