@@ -69,7 +69,7 @@ pub(super) fn validate(
                     format!("{:?} is not a postgres://user@host:port/db URL", raw.url),
                 ));
             }
-            crate::store::check_url(&raw.url).map_err(|message| invalid("store.url", message))?;
+            check_url(&raw.url)?;
             if !(1..=64).contains(&raw.pool_size) {
                 return Err(invalid(
                     "store.pool_size",
@@ -94,4 +94,28 @@ pub(super) fn validate(
         lease: Duration::from_millis(raw.lease_ms),
         gateway_id: gateway_id.to_owned(),
     })
+}
+
+/// `postgres://[user[:password]@]host[:port]/db`: the shape checked here (the store's driver
+/// parses it fully when it connects).
+fn check_url(url: &str) -> Result<(), ConfigError> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split_once('?').map_or(rest, |(rest, _)| rest);
+    let (authority, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let bad = |why: &str| invalid("store.url", format!("{url:?}: {why}"));
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if let Some((_, port)) = host.rsplit_once(':').filter(|_| !host.ends_with(']')) {
+        if port.parse::<u16>().is_err() {
+            return Err(bad("the port is not a number"));
+        }
+    }
+    if db.is_empty() {
+        return Err(bad("no database name"));
+    }
+    Ok(())
 }

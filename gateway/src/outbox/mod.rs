@@ -256,14 +256,11 @@ mod tests {
             expires_ms: now + 60_000,
             executed: true,
         };
-        store
-            .call(move |txn| {
-                requests::admit(txn, &request, 0)?;
-                requests::complete(txn, &done)?;
-                requests::mark_published(txn, id)
-            })
-            .await
-            .expect("held reply stored");
+        store.admit(request, 0).await.expect("held request stored");
+        store.complete(done).await.expect("held reply stored");
+        store.mark_published(id);
+        // SQLite runs store work in queue order: once this commits, so has the count above.
+        store.ping().await.expect("publish count stored");
     }
 
     /// A stream of wakes (each turn of them costs the outbox a store round trip) must not hold

@@ -65,11 +65,6 @@ pub enum StoreError {
     Closed,
 }
 
-/// Checks that `url` is a PostgreSQL connection string (for config validation).
-pub fn check_url(url: &str) -> Result<(), String> {
-    postgres::check_url(url)
-}
-
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
         StoreError::Sql(error.to_string())

@@ -63,13 +63,6 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// Checks that `url` is a connection string tokio-postgres understands.
-pub fn check_url(url: &str) -> Result<(), String> {
-    url.parse::<tokio_postgres::Config>()
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 /// A handle to the PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
