@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the interop tests drive, if missing: Debian's
 # mosquitto (the broker, for external-broker mode) and mosquitto-clients (mosquitto_rr,
-# mosquitto_pub, mosquitto_sub), and Python's paho-mqtt.
+# mosquitto_pub, mosquitto_sub), Debian's postgresql (the server the store's PostgreSQL engine is
+# tested against; tests start throwaway clusters as user postgres), and Python's paho-mqtt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,9 +15,19 @@ if ! command -v mosquitto_rr >/dev/null 2>&1 || ! [ -x /usr/sbin/mosquitto ]; th
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     mosquitto mosquitto-clients >/dev/null
 fi
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "tests/run.sh: installing postgresql" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    postgresql >/dev/null
+fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "tests/run.sh: installing paho-mqtt" >&2
   python3 -m pip install -q 'paho-mqtt>=2,<3' >/dev/null
 fi
 
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+# The guarantee tests again with every gateway's state in PostgreSQL (a throwaway cluster each).
+ROOST_TEST_ENGINE=postgres exec cargo test -p roost-tests "$@" \
+  --test roundtrip --test dedupe --test control_ops --test crash_restart \
+  --test sleepy_delivery --test errors --test deadlines --test http_api

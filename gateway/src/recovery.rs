@@ -16,7 +16,7 @@ use crate::analytics::ops::{self, PrepareError};
 use crate::analytics::scheduler::Scheduler;
 use crate::analytics::Job;
 use crate::config::Limits;
-use crate::store::requests::{self, Completion, FinalReply, StoredRequest};
+use crate::store::requests::{Completion, FinalReply, StoredRequest};
 use crate::store::{now_ms, Store, StoreError};
 use crate::wire::envelope::decode_value;
 use crate::wire::{Reply, RequestId, State, Status};
@@ -33,7 +33,7 @@ pub async fn republish(
     store: &Store,
     done_tx: &mpsc::UnboundedSender<FinalReply>,
 ) -> Result<usize, StoreError> {
-    let unpublished = store.call(|txn| requests::unpublished(txn)).await?;
+    let unpublished = store.unpublished().await?;
     let count = unpublished.len();
     for reply in unpublished {
         let _ = done_tx.send(reply);
@@ -65,7 +65,7 @@ impl Backlog {
         limits: &Limits,
         done_tx: &mpsc::UnboundedSender<FinalReply>,
     ) -> Result<(Backlog, usize), StoreError> {
-        let (size, until) = store.call(|txn| requests::queued_extent(txn)).await?;
+        let (size, until) = store.queued_extent().await?;
         let backlog = Backlog {
             store: store.clone(),
             scheduler: scheduler.clone(),
@@ -94,10 +94,7 @@ impl Backlog {
                 tokio::time::sleep(TOP_UP_EVERY).await;
             }
             let page = self.page;
-            let rows = self
-                .store
-                .call(move |txn| requests::queued_after(txn, after, until, page))
-                .await?;
+            let rows = self.store.queued_after(after, until, page).await?;
             let last_page = rows.len() < self.page;
             after = rows.last().map(|row| row.id).or(after);
             for stored in rows {
@@ -111,49 +108,64 @@ impl Backlog {
 
     /// Queues one stored request; false when its call no longer prepares (it then fails).
     async fn requeue(&self, stored: StoredRequest) -> Result<bool, StoreError> {
-        let (store, limits, done_tx) = (&self.store, &self.limits, &self.done_tx);
-        match job(&stored, limits) {
-            Ok(job) => {
-                self.scheduler.push_recovered(job);
-                Ok(true)
+        requeue(
+            &self.store,
+            &self.scheduler,
+            &self.limits,
+            &self.done_tx,
+            stored,
+        )
+        .await
+    }
+}
+
+/// Queues one stored request (from the backlog, or taken over from a dead gateway); false when
+/// its call no longer prepares (it then fails with `500`, still exactly one final reply).
+pub async fn requeue(
+    store: &Store,
+    scheduler: &Scheduler,
+    limits: &Limits,
+    done_tx: &mpsc::UnboundedSender<FinalReply>,
+    stored: StoredRequest,
+) -> Result<bool, StoreError> {
+    match job(&stored, limits) {
+        Ok(job) => {
+            scheduler.push_recovered(job);
+            Ok(true)
+        }
+        Err(message) => {
+            // The stored arguments no longer make a valid call (e.g. an op was removed):
+            // the request still ends in exactly one final reply.
+            let mut reply =
+                Reply::new(Status::Failed, State::Failed).with_error(ErrorCode::OpFailed, message);
+            reply.request_id = Some(stored.id);
+            if stored.envelope {
+                reply.corr = Some(stored.corr.clone());
             }
-            Err(message) => {
-                // The stored arguments no longer make a valid call (e.g. an op was removed):
-                // the request still ends in exactly one final reply.
-                let mut reply = Reply::new(Status::Failed, State::Failed)
-                    .with_error(ErrorCode::OpFailed, message);
-                reply.request_id = Some(stored.id);
-                if stored.envelope {
-                    reply.corr = Some(stored.corr.clone());
-                }
-                let now = now_ms();
-                let final_reply = FinalReply {
-                    id: stored.id,
-                    device: stored.device,
-                    corr: stored.corr,
-                    reply_topic: stored.reply_topic,
-                    status: 500,
-                    payload: reply.encode(),
-                    expires_ms: now + limits.reply_ttl.as_millis() as i64,
-                    envelope: stored.envelope,
-                };
-                let completion = Completion {
-                    id: final_reply.id,
-                    state: State::Failed,
-                    status: 500,
-                    payload: final_reply.payload.clone(),
-                    finished_ms: now,
-                    expires_ms: final_reply.expires_ms,
-                    executed: false,
-                };
-                if store
-                    .call(move |txn| requests::complete(txn, &completion))
-                    .await?
-                {
-                    let _ = done_tx.send(final_reply);
-                }
-                Ok(false)
+            let now = now_ms();
+            let final_reply = FinalReply {
+                id: stored.id,
+                device: stored.device,
+                corr: stored.corr,
+                reply_topic: stored.reply_topic,
+                status: 500,
+                payload: reply.encode(),
+                expires_ms: now + limits.reply_ttl.as_millis() as i64,
+                envelope: stored.envelope,
+            };
+            let completion = Completion {
+                id: final_reply.id,
+                state: State::Failed,
+                status: 500,
+                payload: final_reply.payload.clone(),
+                finished_ms: now,
+                expires_ms: final_reply.expires_ms,
+                executed: false,
+            };
+            if store.complete(completion).await? {
+                let _ = done_tx.send(final_reply);
             }
+            Ok(false)
         }
     }
 }
@@ -202,10 +214,7 @@ mod tests {
 
     async fn admit(store: &Store, new: NewRequest) -> RequestId {
         let id = new.id;
-        store
-            .call(move |txn| requests::admit(txn, &new, 0))
-            .await
-            .expect("admitted");
+        store.admit(new, 0).await.expect("admitted");
         id
     }
 
@@ -214,7 +223,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_backlog_is_fed_a_page_at_a_time() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), false).expect("store opens");
+        let store = Store::open(&Default::default(), dir.path())
+            .await
+            .expect("store opens");
         let limits = Limits::default();
         let scheduler = Arc::new(Scheduler::new(1_000, 1_000, 1));
         let (done_tx, _done_rx) = mpsc::unbounded_channel();

@@ -2,8 +2,14 @@
 //! package as `roost-gateway`) on free loopback ports with a temp data dir, and talks to it with
 //! real MQTT 5 clients ([`device::TestDevice`]). Everything waits on events with timeouts, never
 //! on sleeps.
+//!
+//! With `ROOST_TEST_ENGINE=postgres` in the environment, every gateway the harness starts keeps
+//! its state in a throwaway PostgreSQL cluster of its own ([`postgres::PgCluster`]) instead of
+//! SQLite: the same guarantee tests then run against the other engine (`tests/run.sh` does a
+//! second pass of them that way).
 
 pub mod device;
+pub mod postgres;
 pub mod store_view;
 pub mod workload;
 
@@ -27,6 +33,13 @@ pub struct Gateway {
     /// The operator HTTP address, when enabled.
     pub http: Option<SocketAddr>,
     restarts: usize,
+    /// The PostgreSQL cluster this gateway's store lives in, under `ROOST_TEST_ENGINE=postgres`.
+    pub postgres: Option<postgres::PgCluster>,
+}
+
+/// Whether the harness runs gateways on PostgreSQL (`ROOST_TEST_ENGINE=postgres`).
+pub fn on_postgres() -> bool {
+    std::env::var("ROOST_TEST_ENGINE").is_ok_and(|engine| engine == "postgres")
 }
 
 impl Gateway {
@@ -45,7 +58,13 @@ impl Gateway {
             mqtt: "127.0.0.1:0".parse().expect("addr"),
             http: None,
             restarts: 0,
+            postgres: None,
         };
+        if on_postgres() {
+            let cluster = postgres::PgCluster::start();
+            cluster.create_database("roost");
+            gateway.postgres = Some(cluster);
+        }
         gateway.spawn().expect("gateway starts");
         gateway
     }
@@ -87,6 +106,13 @@ impl Gateway {
             mqtt = self.mqtt,
         );
         let mut config: toml::Table = base.parse().expect("base config");
+        if let Some(cluster) = &self.postgres {
+            let engine = format!(
+                "[store]\nengine = \"postgres\"\nurl = \"{}\"\n",
+                cluster.url("roost")
+            );
+            merge(&mut config, engine.parse().expect("engine config"));
+        }
         let extra: toml::Table = self.extra_config.parse().expect("extra config is TOML");
         merge(&mut config, extra);
         std::fs::write(self.config_path(), config.to_string()).expect("write config");

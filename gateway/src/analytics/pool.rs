@@ -19,8 +19,8 @@ use tokio::sync::mpsc;
 use super::ops::{OpError, Series, Source};
 use super::scheduler::Scheduler;
 use super::Job;
-use crate::store::requests::{self, Completion, FinalReply};
-use crate::store::{now_ms, telemetry, Store};
+use crate::store::requests::{Completion, FinalReply};
+use crate::store::{now_ms, Reader, Store};
 use crate::wire::{Correlation, DeviceId, Reply, RequestId, State, Status};
 
 /// How often the reaper looks for overrunning jobs.
@@ -141,7 +141,7 @@ impl Pool {
     }
 
     fn work(self, slot: u64) {
-        let mut reader = None;
+        let mut reader = self.store.reader();
         while let Some(job) = self.scheduler.pop() {
             let ticket = Ticket::from(&job);
             self.running.lock().insert(slot, (ticket.clone(), false));
@@ -182,11 +182,7 @@ impl Pool {
     }
 
     /// Runs the job unless its deadline has passed; returns the final state and reply.
-    fn execute(
-        &self,
-        job: &Job,
-        reader: &mut Option<rusqlite::Connection>,
-    ) -> (State, Reply, bool) {
+    fn execute(&self, job: &Job, reader: &mut Reader) -> (State, Reply, bool) {
         let expired = expired_reply;
         if now_ms() > job.deadline_ms {
             return (State::Expired, expired(), false);
@@ -213,24 +209,15 @@ impl Pool {
     }
 
     /// The job's series: borrowed when inline, read from the store for a telemetry window.
-    fn series<'a>(
-        &self,
-        job: &'a Job,
-        reader: &mut Option<rusqlite::Connection>,
-    ) -> Result<Cow<'a, Series>, OpError> {
+    fn series<'a>(&self, job: &'a Job, reader: &mut Reader) -> Result<Cow<'a, Series>, OpError> {
         let (metric, window_s) = match &job.call.source {
             Source::Inline(series) => return Ok(Cow::Borrowed(series)),
             Source::Telemetry { metric, window_s } => (metric, *window_s),
         };
-        if reader.is_none() {
-            let conn = crate::store::connect_read_only(self.store.path())
-                .map_err(|e| OpError::Failed(e.to_string()))?;
-            *reader = Some(conn);
-        }
-        let conn = reader.as_ref().expect("opened above");
         let from_ms = job.received_ms - (window_s as i64).saturating_mul(1000);
         let limit = self.max_series_len + 1;
-        let series = telemetry::window(conn, &job.device, metric, from_ms, job.received_ms, limit)
+        let series = reader
+            .telemetry_window(&job.device, metric, from_ms, job.received_ms, limit)
             .map_err(|e| OpError::Failed(format!("reading telemetry: {e}")))?;
         if series.values.len() > self.max_series_len {
             return Err(OpError::TooLarge(format!(
@@ -281,33 +268,30 @@ impl Pool {
         let metrics = self.metrics.clone();
         let scheduler = self.scheduler.clone();
         let ticket = job.clone();
-        self.store.submit(
-            move |txn| requests::complete(txn, &completion),
-            move |result| {
-                scheduler.finished(ticket.id, &ticket.device, ticket.op, elapsed);
-                match result {
-                    Ok(true) => {
-                        let counter = if state == State::Done {
-                            &metrics.done_total
-                        } else {
-                            &metrics.failed_total
-                        };
-                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        metrics.finished(ticket.op, final_reply.status);
-                        let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
-                        metrics
-                            .request_latency
-                            .observe(Duration::from_millis(latency_ms));
-                        let _ = done_tx.send(final_reply);
-                    }
-                    // Cancelled while running: the cancel already recorded the final reply.
-                    Ok(false) => {}
-                    Err(error) => {
-                        let _ = fatal_tx.send(error.to_string());
-                    }
+        self.store.complete_then(completion, move |result| {
+            scheduler.finished(ticket.id, &ticket.device, ticket.op, elapsed);
+            match result {
+                Ok(true) => {
+                    let counter = if state == State::Done {
+                        &metrics.done_total
+                    } else {
+                        &metrics.failed_total
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    metrics.finished(ticket.op, final_reply.status);
+                    let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
+                    metrics
+                        .request_latency
+                        .observe(Duration::from_millis(latency_ms));
+                    let _ = done_tx.send(final_reply);
                 }
-            },
-        );
+                // Cancelled while running: the cancel already recorded the final reply.
+                Ok(false) => {}
+                Err(error) => {
+                    let _ = fatal_tx.send(error.to_string());
+                }
+            }
+        });
     }
 }
 
@@ -320,6 +304,7 @@ mod tests {
 
     struct Rig {
         _dir: tempfile::TempDir,
+        runtime: tokio::runtime::Runtime,
         store: Store,
         scheduler: Arc<Scheduler>,
         done_rx: mpsc::UnboundedReceiver<FinalReply>,
@@ -328,7 +313,10 @@ mod tests {
 
     fn rig(workers: usize) -> Rig {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), false).expect("store opens");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let store = runtime
+            .block_on(Store::open(&Default::default(), dir.path()))
+            .expect("store opens");
         let scheduler = Arc::new(Scheduler::new(100, 100, workers));
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (fatal_tx, _fatal_rx) = mpsc::unbounded_channel();
@@ -344,6 +332,7 @@ mod tests {
         let threads = pool.start(workers);
         Rig {
             _dir: dir,
+            runtime,
             store,
             scheduler,
             done_rx,
@@ -370,10 +359,9 @@ mod tests {
             received_ms: now_ms(),
             deadline_ms,
         };
-        let admitted = new.clone();
         let admission = rig
-            .store
-            .call_blocking(move |txn| requests::admit(txn, &admitted, 0))
+            .runtime
+            .block_on(rig.store.admit(new.clone(), 0))
             .expect("stored");
         assert!(matches!(admission, Admission::New));
         rig.scheduler.reserve(&device).expect("slot");
@@ -421,8 +409,8 @@ mod tests {
         let device = reply.device.clone();
         let corr = reply.corr.clone();
         let row = rig
-            .store
-            .call_blocking(move |txn| requests::find(txn, &device, &corr))
+            .runtime
+            .block_on(rig.store.find(device, corr))
             .expect("read")
             .expect("row");
         assert_eq!(row.state, State::Expired);

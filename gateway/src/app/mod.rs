@@ -77,7 +77,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         None => None,
     };
 
-    let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
+    let store = Store::open(&config.store, &config.gateway.data_dir).await?;
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
         limits.queue_capacity,
@@ -89,6 +89,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     let republished = recovery::republish(&store, &done_tx).await?;
     let (backlog, queued) = recovery::Backlog::open(&store, &scheduler, &limits, &done_tx).await?;
+    let cluster_done_tx = done_tx.clone();
 
     let (link_host, link_port, broker, filters) = match (&config.broker, front.as_ref()) {
         (BrokerConfig::Embedded { .. }, Some(_)) => {
@@ -124,13 +125,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         (BrokerConfig::Embedded { .. }, None) => unreachable!("embedded mode binds its front door"),
     };
     let mut filters = filters;
+    // On a shared store (PostgreSQL) the gateways act as one: acks, presence and telemetry are
+    // handled once, by whichever gateway the broker picks. Alone, a gateway needs them all.
+    let share_group = match (&config.broker, store.lease()) {
+        (BrokerConfig::External { share_group, .. }, Some(_)) => Some(share_group.clone()),
+        _ => None,
+    };
     filters.extend(
         [
             topics::ACK_FILTER,
             topics::PRESENCE_FILTER,
             topics::TELEMETRY_FILTER,
         ]
-        .map(String::from),
+        .map(|filter| match &share_group {
+            Some(group) => topics::shared(group, filter),
+            None => filter.to_owned(),
+        }),
     );
     let started_at = crate::store::now_ms();
     let metrics = Arc::new(Metrics::default());
@@ -215,12 +225,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let http_addr = match http_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
-            let mut state = HttpState::new(
-                gateway_status.clone(),
-                intake_stats.clone(),
-                health.clone(),
-                store.path().to_owned(),
-            );
+            let mut state =
+                HttpState::new(gateway_status.clone(), intake_stats.clone(), health.clone());
             if let Some(stats) = front.as_ref().map(FrontDoor::stats) {
                 state.extra_metrics = Arc::new(move |out: &mut String| stats.render(out));
             }
@@ -255,6 +261,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         recovered.republished = republished,
         "serving"
     );
+    tokio::spawn(crate::cluster::run(
+        store.clone(),
+        scheduler.clone(),
+        limits.clone(),
+        cluster_done_tx,
+        shutdown.child_token(),
+    ));
     let backlog_fatal = fatal_tx.clone();
     tokio::spawn(async move {
         match backlog.run().await {

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use crate::cli::{DeviceAction, OperatorAction};
 use crate::config::Config;
 use crate::frontdoor::secrets;
-use crate::store::credentials::{self, Kind};
+use crate::store::credentials::{CredentialWriter, Kind};
+use crate::store::StoreError;
 use crate::store::DB_FILE;
 use crate::wire::ids::is_valid_id;
 
@@ -29,15 +30,17 @@ pub fn device(config: &Config, action: DeviceAction) -> ExitCode {
             }
             let secret = secrets::generate_device_secret();
             let hash = secrets::hash_device_secret(&secret);
-            credentials::insert(&conn, &id, Kind::Device, &hash, now_ms()).map(|added| {
-                if added {
-                    println!("{secret}");
-                    eprintln!("device {id} added: user name {id}, password above (shown once)");
-                }
-                added.then_some(()).ok_or(format!("{id} already exists"))
-            })
+            conn.insert(&id, Kind::Device, &hash, now_ms())
+                .map(|added| {
+                    if added {
+                        println!("{secret}");
+                        eprintln!("device {id} added: user name {id}, password above (shown once)");
+                    }
+                    added.then_some(()).ok_or(format!("{id} already exists"))
+                })
         }
-        DeviceAction::Remove { id } => credentials::remove(&conn, &id, Kind::Device)
+        DeviceAction::Remove { id } => conn
+            .remove(&id, Kind::Device)
             .map(|removed| removed.then_some(()).ok_or(format!("no device {id}"))),
         DeviceAction::List => list(&conn, Kind::Device),
     };
@@ -66,34 +69,36 @@ pub fn operator(config: &Config, action: OperatorAction) -> ExitCode {
                 Ok(hash) => hash,
                 Err(error) => return fail(&error.to_string()),
             };
-            credentials::insert(&conn, &name, Kind::Operator, &hash, now_ms()).map(|added| {
-                if added {
-                    eprintln!("operator {name} added");
-                }
-                added.then_some(()).ok_or(format!("{name} already exists"))
-            })
+            conn.insert(&name, Kind::Operator, &hash, now_ms())
+                .map(|added| {
+                    if added {
+                        eprintln!("operator {name} added");
+                    }
+                    added.then_some(()).ok_or(format!("{name} already exists"))
+                })
         }
-        OperatorAction::Remove { name } => credentials::remove(&conn, &name, Kind::Operator)
+        OperatorAction::Remove { name } => conn
+            .remove(&name, Kind::Operator)
             .map(|removed| removed.then_some(()).ok_or(format!("no operator {name}"))),
         OperatorAction::List => list(&conn, Kind::Operator),
     };
     finish(outcome)
 }
 
-fn open(config: &Config) -> Result<rusqlite::Connection, ExitCode> {
+fn open(config: &Config) -> Result<CredentialWriter, ExitCode> {
     let dir = &config.gateway.data_dir;
     if let Err(error) = std::fs::create_dir_all(dir) {
         eprintln!("gateway: cannot create data_dir {}: {error}", dir.display());
         return Err(ExitCode::from(crate::config::EXIT_CONFIG));
     }
-    credentials::open_writer(&dir.join(DB_FILE)).map_err(|error| {
+    CredentialWriter::open(&dir.join(DB_FILE)).map_err(|error| {
         eprintln!("gateway: cannot open the store: {error}");
         ExitCode::FAILURE
     })
 }
 
-fn list(conn: &rusqlite::Connection, kind: Kind) -> rusqlite::Result<Result<(), String>> {
-    for entry in credentials::list(conn, kind)? {
+fn list(conn: &CredentialWriter, kind: Kind) -> Result<Result<(), String>, StoreError> {
+    for entry in conn.list(kind)? {
         println!(
             "{}\t{}",
             entry.name,
@@ -103,7 +108,7 @@ fn list(conn: &rusqlite::Connection, kind: Kind) -> rusqlite::Result<Result<(), 
     Ok(Ok(()))
 }
 
-fn finish(outcome: rusqlite::Result<Result<(), String>>) -> ExitCode {
+fn finish(outcome: Result<Result<(), String>, StoreError>) -> ExitCode {
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(message)) => fail(&message),

@@ -1,19 +1,14 @@
-//! Operator subcommands over the same config and database as a running gateway (SQLite in WAL
-//! mode lets them read while it serves). Human tables by default, `--json` for scripts.
+//! Operator subcommands over the same config and store as a running gateway (the store's
+//! [`Console`]: SQLite in WAL mode, or PostgreSQL, lets them read while it serves). Human tables
+//! by default, `--json` for scripts.
 
 use crate::config::Config;
 use crate::status::rfc3339_ms;
-use crate::store::{self, deadletters, requests};
+use crate::store::deadletters::Requeue;
+use crate::store::{self, Console};
 
-fn open_read_only(config: &Config) -> Result<rusqlite::Connection, String> {
-    let path = config.gateway.data_dir.join(store::DB_FILE);
-    if !path.exists() {
-        return Err(format!(
-            "no database at {} (has the gateway run with this config?)",
-            path.display()
-        ));
-    }
-    store::connect_read_only(&path).map_err(|e| e.to_string())
+fn open(config: &Config, write: bool) -> Result<Console, String> {
+    Console::open(&config.store, &config.gateway.data_dir, write).map_err(|e| e.to_string())
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
@@ -30,8 +25,9 @@ pub fn list_requests(
     limit: usize,
     json: bool,
 ) -> Result<(), String> {
-    let conn = open_read_only(config)?;
-    let rows = requests::list(&conn, device, state, limit).map_err(|e| e.to_string())?;
+    let rows = open(config, false)?
+        .requests(device, state, limit)
+        .map_err(|e| e.to_string())?;
     if json {
         return print_json(&rows);
     }
@@ -57,8 +53,9 @@ pub fn list_requests(
 
 /// `gateway deadletters list`
 pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<(), String> {
-    let conn = open_read_only(config)?;
-    let rows = deadletters::list(&conn, limit).map_err(|e| e.to_string())?;
+    let rows = open(config, false)?
+        .dead_letters(limit)
+        .map_err(|e| e.to_string())?;
     if json {
         return print_json(&rows);
     }
@@ -81,22 +78,18 @@ pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<()
 
 /// `gateway deadletters requeue ID`
 pub fn requeue_dead_letter(config: &Config, id: i64) -> Result<(), String> {
-    let path = config.gateway.data_dir.join(store::DB_FILE);
-    if !path.exists() {
-        return Err(format!("no database at {}", path.display()));
-    }
-    let conn = store::connect(&path, config.store.sync_full).map_err(|e| e.to_string())?;
+    let console = open(config, true)?;
     let expires_ms = store::now_ms() + config.limits.reply_ttl.as_millis() as i64;
-    match deadletters::requeue(&conn, id, expires_ms).map_err(|e| e.to_string())? {
-        deadletters::Requeue::Requeued(request) => {
+    match console.requeue(id, expires_ms).map_err(|e| e.to_string())? {
+        Requeue::Requeued(request) => {
             println!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes");
             Ok(())
         }
-        deadletters::Requeue::NotStored => Err(format!(
+        Requeue::NotStored => Err(format!(
             "dead letter {id} is a request refused at intake; it was never stored, so the device must send it again"
         )),
-        deadletters::Requeue::AlreadyRequeued => Err(format!("dead letter {id} was already requeued")),
-        deadletters::Requeue::NotDead => Err(format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
-        deadletters::Requeue::NotFound => Err(format!("no dead letter {id}")),
+        Requeue::AlreadyRequeued => Err(format!("dead letter {id} was already requeued")),
+        Requeue::NotDead => Err(format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
+        Requeue::NotFound => Err(format!("no dead letter {id}")),
     }
 }

@@ -13,8 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod raw;
+mod store;
 
-pub use raw::{RawConfig, RawLimits, RawTls};
+pub use raw::{RawConfig, RawLimits, RawStore, RawTls};
+pub use store::{StoreConfig, StoreEngine};
 
 /// A configuration mistake, naming the key (or file) it is about.
 #[derive(Debug, thiserror::Error)]
@@ -147,13 +149,6 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// Anonymous devices on other listeners too.
     pub allow_anonymous_remote: bool,
-}
-
-/// `[store]`, validated.
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// fsync on every commit (`synchronous = FULL`) or only at WAL checkpoints (`NORMAL`).
-    pub sync_full: bool,
 }
 
 /// `[limits]`, validated, with units in the types.
@@ -306,6 +301,7 @@ impl RawConfig {
                 ))
             }
         };
+        let store = store::validate(&self.store, sync_full, &id)?;
         Ok(Config {
             gateway: GatewayConfig {
                 id,
@@ -318,7 +314,7 @@ impl RawConfig {
                 allow_anonymous_remote: self.auth.allow_anonymous_remote,
             },
             http,
-            store: StoreConfig { sync_full },
+            store,
             limits: validate_limits(&self.limits)?,
             tls,
         })

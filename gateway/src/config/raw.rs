@@ -125,14 +125,26 @@ impl Default for RawHttp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
+    /// `"sqlite"` (in `data_dir`) or `"postgres"` (several gateways share it).
+    pub engine: String,
     /// SQLite `synchronous`: `"full"` (survives power loss) or `"normal"` (survives a process crash).
     pub synchronous: String,
+    /// PostgreSQL: `postgres://user@host:port/db`.
+    pub url: String,
+    /// PostgreSQL: connections per gateway.
+    pub pool_size: u64,
+    /// PostgreSQL: a dead gateway's claimed work moves on after this.
+    pub lease_ms: u64,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
         RawStore {
+            engine: "sqlite".into(),
             synchronous: "full".into(),
+            url: String::new(),
+            pool_size: 4,
+            lease_ms: 10_000,
         }
     }
 }

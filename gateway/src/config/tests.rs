@@ -114,3 +114,43 @@ fn tls_keys_are_checked() {
     let err = parse("[broker.tls]\nciphers = 1").expect_err("unknown key");
     assert!(err.to_string().contains("ciphers"), "{err}");
 }
+
+#[test]
+fn store_engine_keys_are_checked_by_name() {
+    let config = parse("").expect("defaults");
+    assert_eq!(config.store.engine, StoreEngine::Sqlite);
+    assert_eq!(config.store.lease, Duration::from_secs(10));
+    let pg = parse(
+        "[store]\nengine = \"postgres\"\nurl = \"postgres://roost@127.0.0.1:5432/roost\"\n\
+         pool_size = 8\nlease_ms = 5000\n",
+    )
+    .expect("a postgres store");
+    assert_eq!(
+        pg.store.engine,
+        StoreEngine::Postgres {
+            url: "postgres://roost@127.0.0.1:5432/roost".into(),
+            pool_size: 8
+        }
+    );
+    assert_eq!(pg.store.lease, Duration::from_secs(5));
+    for (text, key) in [
+        ("[store]\nengine = \"mysql\"\n", "store.engine"),
+        ("[store]\nengine = \"postgres\"\n", "store.url"),
+        (
+            "[store]\nengine = \"postgres\"\nurl = \"mysql://x\"\n",
+            "store.url",
+        ),
+        (
+            "[store]\nengine = \"postgres\"\nurl = \"postgres://h:notaport/db\"\n",
+            "store.url",
+        ),
+        (
+            "[store]\nengine = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0\n",
+            "store.pool_size",
+        ),
+        ("[store]\nlease_ms = 10\n", "store.lease_ms"),
+    ] {
+        let err = parse(text).expect_err(text);
+        assert!(err.to_string().contains(key), "{text}: {err}");
+    }
+}

@@ -1,8 +1,8 @@
 //! Identity: turns a CONNECT (and a TLS client certificate, if any) into a [`Principal`] or a
 //! CONNACK refusal code.
 //!
-//! Fed by the session after the CONNECT was parsed; reads the `credentials` table through the
-//! front door's own read-only SQLite connection (WAL: the CLI's writes are visible to the very
+//! Fed by the session after the CONNECT was parsed; reads credentials through the store's
+//! [`CredentialReader`] (its own read-only connection: the CLI's writes are visible to the very
 //! next CONNECT). Order of checks:
 //!
 //! 1. the client id must follow the id rule → else 0x85 (3.1.1: rc 2); an empty client id
@@ -17,15 +17,14 @@
 //! 5. no credentials: anonymous, if `[auth]` allows it on this listener → else 0x87 (rc 5).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-
-use rusqlite::Connection;
+use std::sync::Arc;
 
 use super::acl::Principal;
 use super::login::{Attempt, LoginGuard, Refusal};
 use super::secrets;
 use crate::config::AuthConfig;
-use crate::store::credentials::{self, Kind};
+use crate::store::credentials::{CredentialReader, Kind};
+use crate::store::StoreError;
 use crate::wire::ids::is_valid_id;
 use crate::wire::packet::ConnectInfo;
 use crate::wire::DeviceId;
@@ -35,7 +34,7 @@ use crate::wire::DeviceId;
 pub struct Identity {
     auth: AuthConfig,
     listener_loopback: bool,
-    reader: Arc<Mutex<Connection>>,
+    reader: CredentialReader,
     guard: Arc<LoginGuard>,
 }
 
@@ -47,11 +46,11 @@ impl Identity {
         auth: AuthConfig,
         listener_loopback: bool,
         guard: Arc<LoginGuard>,
-    ) -> rusqlite::Result<Identity> {
+    ) -> Result<Identity, StoreError> {
         Ok(Identity {
             auth,
             listener_loopback,
-            reader: Arc::new(Mutex::new(credentials::open_reader(db_path)?)),
+            reader: CredentialReader::open(db_path)?,
             guard,
         })
     }
@@ -174,9 +173,8 @@ impl Identity {
 }
 
 /// The stored credential of `username`, if any.
-fn lookup(reader: &Mutex<Connection>, username: &str) -> Result<Option<(Kind, String)>, Refusal> {
-    let conn = reader.lock().unwrap_or_else(|e| e.into_inner());
-    credentials::lookup(&conn, username).map_err(|error| {
+fn lookup(reader: &CredentialReader, username: &str) -> Result<Option<(Kind, String)>, Refusal> {
+    reader.lookup(username).map_err(|error| {
         tracing::error!(%error, "credentials lookup failed");
         Refusal::Unavailable
     })

@@ -73,7 +73,7 @@ pub enum FrontDoorError {
     },
     /// The credentials table could not be opened.
     #[error("cannot open the credentials store: {0}")]
-    Credentials(#[from] rusqlite::Error),
+    Credentials(#[from] crate::store::StoreError),
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),

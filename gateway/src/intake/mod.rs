@@ -19,6 +19,7 @@ use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
+use crate::store::commands::Outcome;
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply};
@@ -69,16 +70,10 @@ impl Intake {
             plans.push((incoming, plan));
             work.push(db);
         }
-        let outcomes: Vec<Option<plan::Outcome>> = if work.iter().all(Option::is_none) {
+        let outcomes: Vec<Option<Outcome>> = if work.iter().all(Option::is_none) {
             work.into_iter().map(|_| None).collect()
         } else {
-            self.store
-                .call(move |txn| {
-                    work.into_iter()
-                        .map(|w| w.map(|w| w.run(txn)).transpose())
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                })
-                .await?
+            self.store.batch(work).await?
         };
         for ((incoming, plan), outcome) in plans.into_iter().zip(outcomes) {
             incoming.ack().await;

@@ -1,6 +1,6 @@
 //! One publish's path through a batch: what to do before the commit ([`plan`] reserves a slot
-//! and picks the store work), the store work itself ([`Db::run`], inside the batch's
-//! transaction), and what to publish after the commit ([`Plan::finish`]).
+//! and picks the store work, a typed [`Command`] the store runs in the batch's transaction), and
+//! what to publish after the commit ([`Plan::finish`]).
 
 use crate::wire::ErrorCode;
 use ciborium::Value;
@@ -11,71 +11,22 @@ use super::Intake;
 use crate::analytics::scheduler::Refusal;
 use crate::analytics::Job;
 use crate::flow::{DeviceEvent, OutboundReply};
-use crate::store::deadletters::{self, DeadLetter};
+use crate::store::commands::{Command, Outcome};
+use crate::store::deadletters::DeadLetter;
 use crate::store::now_ms;
-use crate::store::requests::{self, Admission, CancelOutcome, Existing, NewRequest};
-use crate::store::telemetry::{self, Reading};
+use crate::store::requests::{Admission, CancelOutcome, Existing, NewRequest};
 use crate::wire::envelope::decode_value;
 use crate::wire::{Correlation, DeviceId, Reply, RequestId, State, Status};
 
-/// Store work for one publish.
-pub(super) enum Db {
-    Admit(NewRequest, i64),
-    Find(DeviceId, Correlation),
-    Cancel {
-        device: DeviceId,
-        of: Correlation,
-        expires_ms: i64,
-    },
-    Dead(DeadLetter),
-    Ack(DeviceId, Correlation),
-    Telemetry(DeviceId, Vec<Reading>),
-}
-
-/// What the store work found.
-pub(super) enum Outcome {
-    Admitted(Admission),
-    Found(Option<Existing>),
-    Cancel(CancelOutcome),
-    Acked(Option<RequestId>),
-    Done,
-}
-
-impl Db {
-    pub(super) fn run(self, txn: &rusqlite::Transaction<'_>) -> rusqlite::Result<Outcome> {
-        Ok(match self {
-            Db::Admit(new, dedupe_after_ms) => {
-                Outcome::Admitted(requests::admit(txn, &new, dedupe_after_ms)?)
-            }
-            Db::Find(device, corr) => Outcome::Found(requests::find(txn, &device, &corr)?),
-            Db::Cancel {
-                device,
-                of,
-                expires_ms,
-            } => {
-                let outcome =
-                    requests::cancel(txn, &device, &of, now_ms(), expires_ms, |id, envelope| {
-                        let mut reply = Reply::new(Status::Gone, State::Cancelled)
-                            .with_error(ErrorCode::Cancelled, "the device cancelled this request");
-                        reply.request_id = Some(id);
-                        if envelope {
-                            reply.corr = Some(of.clone());
-                        }
-                        reply.encode()
-                    })?;
-                Outcome::Cancel(outcome)
-            }
-            Db::Dead(letter) => {
-                deadletters::insert(txn, &letter)?;
-                Outcome::Done
-            }
-            Db::Ack(device, corr) => Outcome::Acked(requests::ack(txn, &device, &corr)?),
-            Db::Telemetry(device, readings) => {
-                telemetry::insert(txn, &device, &readings)?;
-                Outcome::Done
-            }
-        })
+/// The 410 a cancel records (the store calls this inside its transaction).
+fn cancelled_reply(id: RequestId, envelope: bool, of: &Correlation) -> Vec<u8> {
+    let mut reply = Reply::new(Status::Gone, State::Cancelled)
+        .with_error(ErrorCode::Cancelled, "the device cancelled this request");
+    reply.request_id = Some(id);
+    if envelope {
+        reply.corr = Some(of.clone());
     }
+    reply.encode()
 }
 
 /// What to do after the commit. Every device event is sent from here, so the outbox sees them
@@ -102,13 +53,14 @@ pub(super) enum Plan {
     },
     Ack(DeviceId),
     Seen(DeviceId, Option<u64>),
+    Awake(DeviceId, u64),
     Asleep(DeviceId),
     Ignored,
 }
 
 /// Plans one publish: classifies it, reserves a scheduler slot for a new request, and picks
 /// the store work.
-pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan, Option<Db>) {
+pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan, Option<Command>) {
     match classify(publish, &intake.limits) {
         Incoming::Request(valid) => {
             let address = valid.address;
@@ -160,28 +112,34 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
                     };
                     (
                         Plan::Admit { address, job },
-                        Some(Db::Admit(
-                            new,
-                            received_ms - intake.limits.dedupe_window.as_millis() as i64,
-                        )),
+                        Some(Command::Admit {
+                            request: new,
+                            dedupe_after_ms: received_ms
+                                - intake.limits.dedupe_window.as_millis() as i64,
+                        }),
                     )
                 }
-                RequestKind::Status(of) => (Plan::Status { address }, Some(Db::Find(device, of))),
+                RequestKind::Status(of) => {
+                    (Plan::Status { address }, Some(Command::Find(device, of)))
+                }
                 RequestKind::Cancel(of) => {
-                    let expires_ms = now_ms() + intake.limits.reply_ttl.as_millis() as i64;
+                    let now = now_ms();
+                    let expires_ms = now + intake.limits.reply_ttl.as_millis() as i64;
                     (
                         Plan::Cancel { address },
-                        Some(Db::Cancel {
+                        Some(Command::Cancel {
                             device,
                             of,
+                            now_ms: now,
                             expires_ms,
+                            reply: cancelled_reply,
                         }),
                     )
                 }
             }
         }
         Incoming::Rejected(rejection) => {
-            let db = rejection.dead.clone().map(Db::Dead);
+            let db = rejection.dead.clone().map(Command::Dead);
             let plan = Plan::Reject {
                 address: rejection.address,
                 reply: rejection.reply,
@@ -189,12 +147,14 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
             };
             (plan, db)
         }
-        Incoming::Ack(device, corr) => (Plan::Ack(device.clone()), Some(Db::Ack(device, corr))),
+        Incoming::Ack(device, corr) => {
+            (Plan::Ack(device.clone()), Some(Command::Ack(device, corr)))
+        }
         Incoming::Telemetry(device, readings) => (
             Plan::Seen(device.clone(), None),
-            Some(Db::Telemetry(device, readings)),
+            Some(Command::Telemetry(device, readings)),
         ),
-        Incoming::Presence(device, Some(listen_ms)) => (Plan::Seen(device, Some(listen_ms)), None),
+        Incoming::Presence(device, Some(listen_ms)) => (Plan::Awake(device, listen_ms), None),
         Incoming::Presence(device, None) => (Plan::Asleep(device), None),
         Incoming::Ignored => (Plan::Ignored, None),
     }
@@ -312,6 +272,15 @@ impl Plan {
                 }
             }
             (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            // On a shared store another gateway may have seen this device fall asleep (its
+            // `asleep` went there): an explicit wake is a wake here too, whatever this
+            // gateway's own view says, so its held replies come now.
+            (Plan::Awake(device, listen_ms), _) => {
+                if intake.store.lease().is_some() {
+                    let _ = intake.events_tx.send(DeviceEvent::Asleep(device.clone()));
+                }
+                seen(&device, Some(listen_ms));
+            }
             // Sent here, in receive order, after the events of earlier publishes.
             (Plan::Asleep(device), _) => {
                 let _ = intake.events_tx.send(DeviceEvent::Asleep(device));

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::Outbox;
-use crate::store::{now_ms, requests, telemetry};
+use crate::store::now_ms;
 use crate::wire::topics;
 
 /// Held replies expired per tick at most (the rest wait for the next tick).
@@ -17,11 +17,7 @@ const PRUNE_EVERY: u64 = 10;
 impl Outbox {
     pub(super) async fn housekeeping(&mut self, tick: u64) {
         let now = now_ms();
-        match self
-            .store
-            .call(move |txn| requests::expire_held(txn, now, EXPIRE_PER_TICK))
-            .await
-        {
+        match self.store.expire_held(now, EXPIRE_PER_TICK).await {
             Ok(letters) => {
                 let topic = topics::deadletter(&self.gateway_id);
                 for letter in letters {
@@ -61,12 +57,7 @@ impl Outbox {
             let keep = self.limits.max_telemetry_rows_per_device;
             let pruned = self
                 .store
-                .call(move |txn| {
-                    Ok((
-                        requests::prune(txn, dedupe_before)?,
-                        telemetry::prune(txn, telemetry_before, keep)?,
-                    ))
-                })
+                .prune(dedupe_before, telemetry_before, keep)
                 .await;
             match pruned {
                 Ok((requests, readings)) if requests + readings > 0 => {

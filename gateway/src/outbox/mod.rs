@@ -25,7 +25,7 @@ use crate::config::Limits;
 use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
-use crate::store::requests::{self, FinalReply};
+use crate::store::requests::FinalReply;
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
 
@@ -144,16 +144,7 @@ impl Outbox {
             return;
         }
         let limit = self.limits.max_held_replies_per_device;
-        let held = self
-            .store
-            .call(move |txn| {
-                let mut held = Vec::new();
-                for device in &devices {
-                    held.extend(requests::held_for(txn, device, limit)?);
-                }
-                Ok(held)
-            })
-            .await;
+        let held = self.store.held_for(devices, limit).await;
         let held = match held {
             Ok(held) => held,
             Err(error) => {
@@ -184,8 +175,7 @@ impl Outbox {
             .await;
         tracing::debug!(request_id = %reply.id, device_id = %reply.device, "replied");
         let id = reply.id;
-        self.store
-            .submit(move |txn| requests::mark_published(txn, id), |_| {});
+        self.store.mark_published(id);
     }
 
     /// Publishes `devices/{id}/status` for every device whose status changed and is due (one
@@ -195,15 +185,9 @@ impl Outbox {
         if due.is_empty() {
             return;
         }
-        let lookup = due.clone();
         let held = self
             .store
-            .call(move |txn| {
-                lookup
-                    .iter()
-                    .map(|d| requests::held_counts(txn, Some(d)))
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
+            .held_counts(due.clone())
             .await
             .unwrap_or_else(|_| vec![0; due.len()]);
         for (device, held) in due.into_iter().zip(held) {
@@ -272,14 +256,11 @@ mod tests {
             expires_ms: now + 60_000,
             executed: true,
         };
-        store
-            .call(move |txn| {
-                requests::admit(txn, &request, 0)?;
-                requests::complete(txn, &done)?;
-                requests::mark_published(txn, id)
-            })
-            .await
-            .expect("held reply stored");
+        store.admit(request, 0).await.expect("held request stored");
+        store.complete(done).await.expect("held reply stored");
+        store.mark_published(id);
+        // SQLite runs store work in queue order: once this commits, so has the count above.
+        store.ping().await.expect("publish count stored");
     }
 
     /// A stream of wakes (each turn of them costs the outbox a store round trip) must not hold
@@ -290,7 +271,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_flood_of_wakes_does_not_starve_final_replies() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), false).expect("store opens");
+        let store = Store::open(&Default::default(), dir.path())
+            .await
+            .expect("store opens");
         let router = Arc::new(Router::new(Arc::default()));
         let (deliveries_tx, mut deliveries_rx) = mpsc::channel(16);
         let (device, last) = (DeviceId::parse("d"), DeviceId::parse("last"));

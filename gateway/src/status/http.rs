@@ -1,12 +1,11 @@
 //! The operator HTTP API, read-only: `GET /healthz`, `/metrics` (Prometheus text), `/api/status`,
 //! `/api/devices` (paged), `/api/devices/{id}`, and `/`, a small live dashboard of the same data.
 //!
-//! Database reads use their own read-only SQLite connection on a blocking thread (WAL lets them
-//! run beside the store thread's writes); nothing here can write.
+//! Database reads go through the store's read methods (with SQLite, a read-only connection on a
+//! blocking thread, beside the store thread's writes); nothing here can write.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::GatewayStatus;
 use crate::metrics::IntakeStats;
-use crate::store::{self, devices, requests};
 
 /// What the stages report about their own health.
 #[derive(Debug)]
@@ -53,41 +51,16 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// Extra Prometheus text from other stages (the front door's counters).
     pub extra_metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
-    db_path: PathBuf,
 }
 
 impl HttpState {
-    /// Handler state over the store at `db_path`.
-    pub fn new(
-        status: GatewayStatus,
-        intake: Arc<IntakeStats>,
-        health: Arc<Health>,
-        db_path: PathBuf,
-    ) -> HttpState {
+    /// Handler state (the store is the status publisher's).
+    pub fn new(status: GatewayStatus, intake: Arc<IntakeStats>, health: Arc<Health>) -> HttpState {
         HttpState {
             status,
             intake,
             health,
             extra_metrics: Arc::new(|_| {}),
-            db_path,
-        }
-    }
-
-    /// Runs a read on a fresh read-only connection, off the async runtime.
-    async fn read<T: Send + 'static>(
-        &self,
-        query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, Response> {
-        let path = self.db_path.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let conn = store::connect_read_only(&path).map_err(|e| e.to_string())?;
-            query(&conn).map_err(|e| e.to_string())
-        })
-        .await;
-        match outcome {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(internal(error)),
-            Err(error) => Err(internal(error.to_string())),
         }
     }
 }
@@ -125,10 +98,9 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 }
 
 async fn healthz(State(state): State<HttpState>) -> Response {
-    let store_up =
-        tokio::time::timeout(Duration::from_secs(2), state.status.store.call(|_| Ok(())))
-            .await
-            .is_ok_and(|r| r.is_ok());
+    let store_up = tokio::time::timeout(Duration::from_secs(2), state.status.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
     let broker_up = state.health.broker.load(Relaxed);
     let workers_up = state.health.workers.load(Relaxed);
     let up = |ok: bool| if ok { "up" } else { "down" };
@@ -161,28 +133,17 @@ fn default_limit() -> usize {
 async fn api_devices(State(state): State<HttpState>, Query(page): Query<Page>) -> Response {
     let limit = page.limit.clamp(1, 1000);
     let offset = page.offset;
-    match state
-        .read(move |conn| Ok((devices::count(conn)?, devices::list(conn, offset, limit)?)))
-        .await
-    {
+    match state.status.store.devices_page(offset, limit).await {
         Ok((total, rows)) => {
             Json(json!({ "total": total, "offset": offset, "limit": limit, "devices": rows }))
                 .into_response()
         }
-        Err(response) => response,
+        Err(error) => internal(error.to_string()),
     }
 }
 
 async fn api_device(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let lookup = id.clone();
-    let found = state
-        .read(move |conn| {
-            Ok((
-                devices::get(conn, &lookup)?,
-                requests::list(conn, Some(&lookup), None, 20)?,
-            ))
-        })
-        .await;
+    let found = state.status.store.device(id.clone()).await;
     match found {
         Ok((Some(device), recent)) => {
             Json(json!({ "device": device, "recent_requests": recent })).into_response()
@@ -192,19 +153,14 @@ async fn api_device(State(state): State<HttpState>, Path(id): Path<String>) -> R
             Json(json!({ "error": format!("unknown device {id:?}") })),
         )
             .into_response(),
-        Err(response) => response,
+        Err(error) => internal(error.to_string()),
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     let mut out = String::with_capacity(4096);
     let counts = state.status.scheduler.counts();
-    let held = state
-        .status
-        .store
-        .call(|txn| requests::held_counts(txn, None))
-        .await
-        .unwrap_or(0);
+    let held = state.status.store.held_total().await.unwrap_or(0);
     let m = &state.status.metrics;
     let i = &state.intake;
     let mut gauge = |name: &str, help: &str, samples: &[(&str, u64)]| {
@@ -234,6 +190,35 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             ("{state=\"awake\"}", m.devices_awake.load(Relaxed) as u64),
         ],
     );
+    if let Some(view) = state.status.store.cluster_view() {
+        let now = crate::store::now_ms();
+        let age = |at: Option<i64>| at.map_or(0, |at| ((now - at).max(0) / 1000) as u64);
+        let alive = view.alive() as u64;
+        gauge(
+            "roost_cluster_gateways",
+            "Gateways sharing this store, by whether their heartbeat lease is fresh.",
+            &[
+                ("{state=\"alive\"}", alive),
+                ("{state=\"dead\"}", view.gateways.len() as u64 - alive),
+            ],
+        );
+        gauge(
+            "roost_cluster_requests",
+            "Requests queued or running, and final replies held, cluster-wide.",
+            &[
+                ("{state=\"queued\"}", view.queued),
+                ("{state=\"held\"}", view.held),
+            ],
+        );
+        gauge(
+            "roost_cluster_oldest_age_seconds",
+            "Age of the oldest queued request and held reply, cluster-wide.",
+            &[
+                ("{state=\"queued\"}", age(view.oldest_queued_ms)),
+                ("{state=\"held\"}", age(view.oldest_held_ms)),
+            ],
+        );
+    }
     let _ = writeln!(out, "# HELP roost_intake_total Requests at intake by outcome.\n# TYPE roost_intake_total counter");
     for (outcome, counter) in [
         ("accepted", &i.accepted),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::scheduler::Scheduler;
 use crate::flow::Replies;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, requests, Store};
+use crate::store::{now_ms, Store};
 use crate::wire::topics;
 
 /// Formats ms since the epoch as RFC 3339 UTC text with milliseconds.
@@ -50,11 +50,7 @@ pub struct GatewayStatus {
 impl GatewayStatus {
     /// The status document without the time fields, to tell whether anything changed.
     async fn counts(&self, state: &str) -> serde_json::Value {
-        let held = self
-            .store
-            .call(|txn| requests::held_counts(txn, None))
-            .await
-            .unwrap_or(0);
+        let held = self.store.held_total().await.unwrap_or(0);
         let counts = self.scheduler.counts();
         let mut document = json!({
             "state": state,
@@ -83,6 +79,24 @@ impl GatewayStatus {
         counts["started_at"] = json!(rfc3339_ms(self.started_at_ms));
         counts["uptime_s"] = json!((now - self.started_at_ms).max(0) / 1000);
         counts["updated_at"] = json!(rfc3339_ms(now));
+        if let Some(view) = self.store.cluster_view() {
+            let age_s = |at: Option<i64>| at.map(|at| (now - at).max(0) / 1000);
+            let gateways: Vec<_> = view
+                .gateways
+                .iter()
+                .map(
+                    |g| json!({ "id": g.id, "alive": g.alive, "last_seen": rfc3339_ms(g.seen_ms) }),
+                )
+                .collect();
+            counts["cluster"] = json!({
+                "gateways": gateways,
+                "alive": view.alive(),
+                "queued": view.queued,
+                "held": view.held,
+                "oldest_queued_age_s": age_s(view.oldest_queued_ms),
+                "oldest_held_age_s": age_s(view.oldest_held_ms),
+            });
+        }
         serde_json::to_vec(&counts).expect("a JSON value always serialises")
     }
 

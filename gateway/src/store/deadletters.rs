@@ -1,6 +1,4 @@
-//! The `dead_letters` table: one row per request or reply the gateway gave up on, with why.
-
-use rusqlite::{params, Connection};
+//! Dead letters: one record per request or reply the gateway gave up on, with why.
 
 /// A dead letter to record.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,55 +31,6 @@ pub struct DeadLetterRow {
     pub requeued: bool,
 }
 
-/// Records a dead letter.
-pub fn insert(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
-    let request_id = letter
-        .request_id
-        .as_deref()
-        .and_then(|t| uuid::Uuid::parse_str(t).ok());
-    conn.prepare_cached(
-        "INSERT INTO dead_letters (at_ms, device, request_id, corr, op, status, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        letter.at_ms,
-        letter.device,
-        request_id.as_ref().map(|u| u.as_bytes().to_vec()),
-        letter.corr,
-        letter.op,
-        letter.status,
-        letter.reason,
-    ])?;
-    Ok(())
-}
-
-/// Dead letters, newest first.
-pub fn list(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetterRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, at_ms, device, request_id, corr, op, status, reason, requeued
-         FROM dead_letters ORDER BY id DESC LIMIT ?1",
-    )?;
-    let rows = stmt.query_map(params![limit as i64], |row| {
-        let request_id: Option<Vec<u8>> = row.get(3)?;
-        Ok(DeadLetterRow {
-            id: row.get(0)?,
-            letter: DeadLetter {
-                at_ms: row.get(1)?,
-                device: row.get(2)?,
-                request_id: request_id
-                    .and_then(|b| uuid::Uuid::from_slice(&b).ok())
-                    .map(|u| u.to_string()),
-                corr: row.get(4)?,
-                op: row.get(5)?,
-                status: row.get(6)?,
-                reason: row.get(7)?,
-            },
-            requeued: row.get(8)?,
-        })
-    })?;
-    rows.collect()
-}
-
 /// What `requeue` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requeue {
@@ -97,43 +46,16 @@ pub enum Requeue {
     NotFound,
 }
 
-/// Puts a dead-lettered reply back into the outbox: `held` again, expiring `expires_ms`, so it
-/// is published the next time its device wakes.
-pub fn requeue(conn: &Connection, id: i64, expires_ms: i64) -> rusqlite::Result<Requeue> {
-    let row: Option<(Option<Vec<u8>>, bool)> = conn
-        .query_row(
-            "SELECT request_id, requeued FROM dead_letters WHERE id = ?1",
-            params![id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    let Some((request_id, requeued)) = row else {
-        return Ok(Requeue::NotFound);
-    };
-    let Some(request_id) = request_id else {
-        return Ok(Requeue::NotStored);
-    };
-    if requeued {
-        return Ok(Requeue::AlreadyRequeued);
-    }
-    let changed = conn.execute(
-        "UPDATE requests SET delivery = 'held', expires_ms = ?2
-         WHERE id = ?1 AND delivery = 'dead'",
-        params![request_id, expires_ms],
-    )?;
-    if changed == 0 {
-        return Ok(Requeue::NotDead);
-    }
-    conn.execute(
-        "UPDATE dead_letters SET requeued = 1 WHERE id = ?1",
-        params![id],
-    )?;
-    let text = uuid::Uuid::from_slice(&request_id)
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    Ok(Requeue::Requeued(text))
+/// The request id of a letter as the 16 bytes the tables keep, when it has one.
+pub(crate) fn request_id_bytes(letter: &DeadLetter) -> Option<Vec<u8>> {
+    letter
+        .request_id
+        .as_deref()
+        .and_then(|text| uuid::Uuid::parse_str(text).ok())
+        .map(|id| id.as_bytes().to_vec())
+}
+
+/// The text form of a stored request id.
+pub(crate) fn request_id_text(bytes: &[u8]) -> Option<String> {
+    uuid::Uuid::from_slice(bytes).ok().map(|id| id.to_string())
 }

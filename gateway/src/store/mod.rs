@@ -1,45 +1,65 @@
-//! The store: SQLite, and the only place SQL exists.
+//! The store: the gateway's durable state behind one typed interface, and the only place SQL
+//! exists. Two engines, one contract: [`sqlite`] (embedded, `data_dir/roost.db`, the default) and
+//! [`postgres`] (several gateways share one database).
 //!
-//! One thread owns the write connection. Callers hand it closures over a transaction; the thread
-//! drains whatever is waiting, runs it all in one transaction, commits once (group commit, so
-//! throughput does not hinge on one fsync per request), and only then delivers each result. So
-//! a caller that sees a result knows it is durable: **a request row is committed before any
-//! reply about it is published.** The async runtime never waits on SQLite: it awaits a oneshot.
+//! Callers hand the store plain values ([`requests::NewRequest`], [`commands::Command`],
+//! [`requests::Completion`]...) and get plain values back once the work has **committed**: so
+//! a caller that sees a result knows it is durable, and **a request row is committed before any
+//! reply about it is published.** Writes are group-committed (many callers' work in one
+//! transaction). The async runtime never waits on a database call: it awaits a oneshot.
 //!
-//! Fed by intake (admissions, acks, telemetry, dead letters), the workers (completions) and the
-//! outbox (delivery state); feeds them rows. The schema is in [`schema`]; each table's queries
-//! live in their own file.
+//! Fed by intake (a batch of commands per inbox batch), the workers (completions), the outbox
+//! (delivery state), recovery, the status publisher and the HTTP API; feeds them rows. No
+//! rusqlite or tokio-postgres type leaves this module.
 
+mod access;
+pub mod cluster;
+pub mod commands;
 pub mod credentials;
 pub mod deadletters;
 pub mod devices;
+mod postgres;
 pub mod requests;
-pub mod schema;
+mod sqlite;
 pub mod telemetry;
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+pub use access::{Console, Reader};
 
-use rusqlite::{Connection, OpenFlags, Transaction};
-use tokio::sync::oneshot;
+use std::path::Path;
+use std::time::Duration;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::config::{StoreConfig, StoreEngine};
 use crate::metrics::Histogram;
+use crate::wire::{Correlation, DeviceId, RequestId};
+use cluster::{ClusterView, Takeover};
+use commands::{Command, Outcome};
+use deadletters::DeadLetter;
+use devices::DeviceRow;
+use requests::{
+    Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
+};
 
-/// The database file name inside `data_dir`.
+/// The SQLite database file name inside `data_dir` (also where credentials live, whatever the
+/// engine: see [`credentials`]).
 pub const DB_FILE: &str = "roost.db";
 
-/// Most closures run in one transaction.
-const MAX_BATCH: usize = 2048;
-
-/// A store failure. Both variants are fatal for the gateway: it exits and its supervisor
-/// restarts it, and the committed state makes the restart lose nothing.
+/// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite refused (disk full, file unwritable, corrupt).
+    /// The database refused (disk full, file unwritable, corrupt, a constraint): fatal, the
+    /// gateway exits and its supervisor restarts it; the committed state makes the restart lose
+    /// nothing.
     #[error("store: {0}")]
     Sql(String),
+    /// The database cannot be reached now (PostgreSQL stopped, restarting, the network): a
+    /// transient fault; nothing of the failed work was committed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The transaction met another one (deadlock, serialization failure) and was rolled back;
+    /// running it again may succeed.
+    #[error("store conflict: {0}")]
+    Conflict(String),
     /// The store thread is gone.
     #[error("store is closed")]
     Closed,
@@ -51,168 +71,228 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Runs after the batch's commit with its outcome.
-type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// Runs inside the batch's transaction.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> Finish + Send>;
+#[derive(Clone, Debug)]
+enum Engine {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
 
-/// A handle to the store thread. Cheap to clone.
-#[derive(Clone)]
+/// Calls the same method on whichever engine this store runs.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* ) .await) => {
+        match &$self.engine {
+            Engine::Sqlite(engine) => engine.$method($($arg),*).await,
+            Engine::Postgres(engine) => engine.$method($($arg),*).await,
+        }
+    };
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.engine {
+            Engine::Sqlite(engine) => engine.$method($($arg),*),
+            Engine::Postgres(engine) => engine.$method($($arg),*),
+        }
+    };
+}
+
+/// A handle to the store. Cheap to clone.
+#[derive(Clone, Debug)]
 pub struct Store {
-    jobs_tx: std_mpsc::Sender<Job>,
-    path: PathBuf,
-    commit_latency: Arc<Histogram>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
-    }
-}
-
-/// Opens a connection with the pragmas every connection uses.
-pub fn connect(path: &Path, sync_full: bool) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(
-        None,
-        "synchronous",
-        if sync_full { "FULL" } else { "NORMAL" },
-    )?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-/// Opens a read-only connection (for workers reading telemetry, the HTTP API, the CLI).
-pub fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(conn)
+    engine: Engine,
 }
 
 impl Store {
-    /// Opens (creating if missing) `data_dir/roost.db`, migrates it, and starts the store thread.
-    pub fn open(data_dir: &Path, sync_full: bool) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            StoreError::Sql(format!(
-                "cannot create data_dir {}: {e}",
-                data_dir.display()
-            ))
-        })?;
-        let path = data_dir.join(DB_FILE);
-        let mut conn = connect(&path, sync_full)?;
-        schema::migrate(&mut conn)?;
-        let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
-        let commit_latency = Arc::new(Histogram::default());
-        let latency = commit_latency.clone();
-        std::thread::Builder::new()
-            .name("store".into())
-            .spawn(move || run_thread(conn, jobs_rx, &latency))
-            .map_err(|e| StoreError::Sql(format!("cannot start the store thread: {e}")))?;
-        Ok(Store {
-            jobs_tx,
-            path,
-            commit_latency,
-        })
+    /// Opens the configured engine (creating and migrating its schema) and starts its commit
+    /// loop.
+    pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
+        let engine = match &config.engine {
+            StoreEngine::Sqlite => {
+                Engine::Sqlite(sqlite::SqliteStore::open(data_dir, config.sync_full)?)
+            }
+            StoreEngine::Postgres { url, pool_size } => {
+                let me = &config.gateway_id;
+                Engine::Postgres(postgres::PgStore::open(url, *pool_size, me, config.lease).await?)
+            }
+        };
+        Ok(Store { engine })
     }
 
     /// How long group commits take.
     pub fn commit_latency(&self) -> &Histogram {
-        &self.commit_latency
+        dispatch!(self.commit_latency())
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Runs `work` in the next batch; `then` gets its result once the batch has committed.
-    /// For synchronous callers (worker threads) that must not block on the commit.
-    pub fn submit<T: Send + 'static>(
+    /// Runs intake's commands (one per publish, `None` for a publish without store work) in
+    /// one transaction; the outcomes come back in the same order once it has committed.
+    pub async fn batch(
         &self,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
-        then: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+        commands: Vec<Option<Command>>,
+    ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        dispatch!(self.batch(commands).await)
+    }
+
+    /// Stores a request unless its (device, correlation) was seen within the dedupe window
+    /// (received after `dedupe_after_ms`).
+    pub async fn admit(
+        &self,
+        request: NewRequest,
+        dedupe_after_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        dispatch!(self.admit(request, dedupe_after_ms).await)
+    }
+
+    /// Looks a request up by its dedupe key.
+    pub async fn find(
+        &self,
+        device: DeviceId,
+        corr: Correlation,
+    ) -> Result<Option<Existing>, StoreError> {
+        dispatch!(self.find(device, corr).await)
+    }
+
+    /// Records a queued request's final reply and starts holding it: `true` once committed,
+    /// `false` (nothing changed) when it was no longer queued. **At most once per request.**
+    pub async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
+        dispatch!(self.complete(completion).await)
+    }
+
+    /// [`Store::complete`] for threads outside the runtime that must not block on the commit:
+    /// `then` runs with the outcome once committed.
+    pub fn complete_then(
+        &self,
+        completion: Completion,
+        then: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
     ) {
-        let job: Job = Box::new(move |txn| {
-            let result = work(txn);
-            Box::new(move |commit| {
-                then(match (commit, result) {
-                    (Ok(()), Ok(value)) => Ok(value),
-                    (Err(e), _) => Err(e),
-                    (Ok(()), Err(e)) => Err(e.into()),
-                })
-            })
-        });
-        if let Err(std_mpsc::SendError(job)) = self.jobs_tx.send(job) {
-            // The thread is gone: tell the caller through the same path.
-            drop(job);
-        }
+        dispatch!(self.complete_then(completion, then))
     }
 
-    /// Runs `work` in the next batch and returns its result once committed.
-    pub async fn call<T: Send + 'static>(
+    /// Held final replies never handed to the broker (a crash came between).
+    pub async fn unpublished(&self) -> Result<Vec<FinalReply>, StoreError> {
+        dispatch!(self.unpublished().await)
+    }
+
+    /// How many requests are queued, and the newest queued id.
+    pub async fn queued_extent(&self) -> Result<(usize, Option<RequestId>), StoreError> {
+        dispatch!(self.queued_extent().await)
+    }
+
+    /// Up to `limit` queued requests with ids after `after` and up to `until`, oldest first.
+    pub async fn queued_after(
         &self,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (done_tx, done_rx) = oneshot::channel();
-        self.submit(work, move |result| {
-            let _ = done_tx.send(result);
-        });
-        done_rx.await.unwrap_or(Err(StoreError::Closed))
+        after: Option<RequestId>,
+        until: RequestId,
+        limit: usize,
+    ) -> Result<Vec<StoredRequest>, StoreError> {
+        dispatch!(self.queued_after(after, until, limit).await)
     }
 
-    /// Blocking form of [`Store::call`], for threads outside the async runtime.
-    pub fn call_blocking<T: Send + 'static>(
+    /// Held final replies of these devices that were published at least once, oldest first per
+    /// device, at most `limit` per device: what their wakes redeliver.
+    pub async fn held_for(
         &self,
-        work: impl FnOnce(&Transaction<'_>) -> Result<T, rusqlite::Error> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (done_tx, done_rx) = std_mpsc::channel();
-        self.submit(work, move |result| {
-            let _ = done_tx.send(result);
-        });
-        done_rx.recv().unwrap_or(Err(StoreError::Closed))
+        devices: Vec<DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        dispatch!(self.held_for(devices, limit).await)
     }
-}
 
-fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>, latency: &Histogram) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = jobs_rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs_rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+    /// Counts that a final reply was handed to the broker (in the next commit; nobody waits).
+    pub fn mark_published(&self, id: RequestId) {
+        dispatch!(self.mark_published(id))
+    }
+
+    /// Held replies of each of these devices.
+    pub async fn held_counts(&self, devices: Vec<DeviceId>) -> Result<Vec<usize>, StoreError> {
+        dispatch!(self.held_counts(devices).await)
+    }
+
+    /// Held replies of all devices.
+    pub async fn held_total(&self) -> Result<usize, StoreError> {
+        dispatch!(self.held_total().await)
+    }
+
+    /// Held replies whose TTL has passed become dead letters (at most `limit`); returns them.
+    pub async fn expire_held(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        dispatch!(self.expire_held(now_ms, limit).await)
+    }
+
+    /// Forgets finished requests received before `dedupe_before_ms` whose replies were acked or
+    /// dead-lettered, and telemetry older than `telemetry_before_ms` or beyond the newest
+    /// `keep` per device; returns (requests, readings) deleted.
+    pub async fn prune(
+        &self,
+        dedupe_before_ms: i64,
+        telemetry_before_ms: i64,
+        keep: usize,
+    ) -> Result<(usize, usize), StoreError> {
+        dispatch!(
+            self.prune(dedupe_before_ms, telemetry_before_ms, keep)
+                .await
+        )
+    }
+
+    /// Succeeds once an empty commit went through (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self.ping().await)
+    }
+
+    /// A page of devices in id order, and how many there are.
+    pub async fn devices_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
+        dispatch!(self.devices_page(offset, limit).await)
+    }
+
+    /// One device, if known, and its 20 newest requests.
+    pub async fn device(
+        &self,
+        id: String,
+    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
+        dispatch!(self.device(id).await)
+    }
+
+    /// The lease of a shared store (PostgreSQL); `None` when this gateway is alone (SQLite).
+    pub fn lease(&self) -> Option<Duration> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(engine) => engine.lease(),
         }
-        let finishes: Vec<Finish>;
-        let started = std::time::Instant::now();
-        let commit = match conn.transaction() {
-            Ok(txn) => {
-                finishes = batch.drain(..).map(|job| job(&txn)).collect();
-                txn.commit().map_err(StoreError::from)
-            }
-            Err(e) => {
-                finishes = Vec::new();
-                batch.clear();
-                Err(StoreError::from(e))
-            }
-        };
-        latency.observe(started.elapsed());
-        if let Err(error) = &commit {
-            tracing::error!(%error, "store commit failed");
+    }
+
+    /// Renews this gateway's lease on its work and reads the cluster view (shared store only).
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres(engine) => engine.heartbeat().await,
         }
-        for finish in finishes {
-            finish(commit.clone());
+    }
+
+    /// The cluster as of the last heartbeat (shared store only).
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(engine) => engine.cluster_view(),
+        }
+    }
+
+    /// Claims work of gateways whose lease ran out (shared store only; at most `limit` of each
+    /// kind).
+    pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(Takeover::default()),
+            Engine::Postgres(engine) => engine.take_over(limit).await,
+        }
+    }
+
+    /// A reader for one worker thread (blocking reads of telemetry windows).
+    pub fn reader(&self) -> Reader {
+        match &self.engine {
+            Engine::Sqlite(engine) => Reader::Sqlite(engine.reader()),
+            Engine::Postgres(engine) => Reader::Postgres(engine.reader()),
         }
     }
 }

@@ -103,7 +103,12 @@ pub const TELEMETRY_FILTER: &str = "devices/+/telemetry";
 
 /// The request filter shared by a group of gateways on an external broker.
 pub fn shared_request_filter(group: &str) -> String {
-    format!("$share/{group}/{REQUEST_FILTER}")
+    shared(group, REQUEST_FILTER)
+}
+
+/// `filter` shared by a group of gateways: the broker hands each message to one of them.
+pub fn shared(group: &str, filter: &str) -> String {
+    format!("$share/{group}/{filter}")
 }
 
 /// The device id of a reply topic (`devices/{id}/reply` or below it), for routing replies to

@@ -3,116 +3,18 @@
 //! **Invariant:** `complete` only moves a `queued` row, so a request's op result is recorded at
 //! most once (`executions` ≤ 1) whatever the races between workers, cancels and restarts.
 
-mod delivery;
-
-pub use delivery::{ack, expire_held, held_counts, held_for, mark_published, unpublished};
+pub use super::delivery::{ack, expire_held, held_counts, held_for, mark_published, unpublished};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use crate::store::requests::{
+    Admission, CancelOutcome, Completion, Existing, FinalReply, NewRequest, RequestSummary,
+    StoredRequest,
+};
 use crate::wire::{Correlation, DeviceId, RequestId, State};
 
-/// A request to admit.
-#[derive(Debug, Clone)]
-pub struct NewRequest {
-    /// Its fresh id.
-    pub id: RequestId,
-    /// The device that sent it.
-    pub device: DeviceId,
-    /// Its correlation.
-    pub corr: Correlation,
-    /// The op name.
-    pub op: String,
-    /// The op's arguments, CBOR.
-    pub args: Vec<u8>,
-    /// Where replies go.
-    pub reply_topic: String,
-    /// 3.1.1 envelope form.
-    pub envelope: bool,
-    /// When it was received.
-    pub received_ms: i64,
-    /// When it must be finished by.
-    pub deadline_ms: i64,
-}
-
-/// What admission found.
-#[derive(Debug, Clone)]
-pub enum Admission {
-    /// Stored as new.
-    New,
-    /// A request with the same (device, correlation) exists.
-    Existing(Existing),
-}
-
-/// The state of an existing request, for answering duplicates and `status`.
-#[derive(Debug, Clone)]
-pub struct Existing {
-    /// Its id.
-    pub id: RequestId,
-    /// Its op.
-    pub op: String,
-    /// Its state in the store (`queued` or a final state).
-    pub state: State,
-    /// The final reply's payload, once there is one.
-    pub reply: Option<Vec<u8>>,
-    /// The final reply's status code.
-    pub status: Option<u16>,
-    /// The end of the final reply's TTL.
-    pub expires_ms: Option<i64>,
-    /// Where its replies go.
-    pub reply_topic: String,
-}
-
-/// A stored, unfinished request (for recovery after a restart): what was admitted.
-pub type StoredRequest = NewRequest;
-
-/// A final reply that is held for its device until acknowledged.
-#[derive(Debug, Clone)]
-pub struct FinalReply {
-    /// The request's id.
-    pub id: RequestId,
-    /// The device.
-    pub device: DeviceId,
-    /// The correlation.
-    pub corr: Correlation,
-    /// Where it goes.
-    pub reply_topic: String,
-    /// Its status code.
-    pub status: u16,
-    /// Its payload, byte for byte.
-    pub payload: Vec<u8>,
-    /// The end of its TTL.
-    pub expires_ms: i64,
-    /// For an MQTT 3.1.1 device (published without properties).
-    pub envelope: bool,
-}
-
-/// One line of `gateway requests list`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RequestSummary {
-    /// Id (text).
-    pub id: String,
-    /// Device.
-    pub device: String,
-    /// Correlation, hex.
-    pub corr: String,
-    /// Op.
-    pub op: String,
-    /// State.
-    pub state: String,
-    /// Final status code.
-    pub status: Option<u16>,
-    /// Delivery of the final reply.
-    pub delivery: Option<String>,
-    /// Completed runs of the op.
-    pub executions: u32,
-    /// Times the final reply was published.
-    pub published: u32,
-    /// Received at (ms since epoch).
-    pub received_ms: i64,
-}
-
-fn request_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<RequestId> {
+pub(super) fn request_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<RequestId> {
     let bytes: Vec<u8> = row.get(idx)?;
     RequestId::from_slice(&bytes).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -123,7 +25,7 @@ fn request_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<RequestId> {
     })
 }
 
-fn device_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<DeviceId> {
+pub(super) fn device_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<DeviceId> {
     let text: String = row.get(idx)?;
     DeviceId::parse(&text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -134,7 +36,7 @@ fn device_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<DeviceId> {
     })
 }
 
-fn state(row: &Row<'_>, idx: usize) -> rusqlite::Result<State> {
+pub(super) fn state(row: &Row<'_>, idx: usize) -> rusqlite::Result<State> {
     let text: String = row.get(idx)?;
     State::parse(&text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -145,7 +47,7 @@ fn state(row: &Row<'_>, idx: usize) -> rusqlite::Result<State> {
     })
 }
 
-fn correlation(row: &Row<'_>, idx: usize) -> rusqlite::Result<Correlation> {
+pub(super) fn correlation(row: &Row<'_>, idx: usize) -> rusqlite::Result<Correlation> {
     let bytes: Vec<u8> = row.get(idx)?;
     Ok(Correlation(Bytes::from(bytes)))
 }
@@ -220,25 +122,6 @@ pub fn find(
         })
     })
     .optional()
-}
-
-/// A finished request's final reply, to record.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The request.
-    pub id: RequestId,
-    /// Its final state.
-    pub state: State,
-    /// The final reply's status code.
-    pub status: u16,
-    /// The final reply's payload.
-    pub payload: Vec<u8>,
-    /// When it finished.
-    pub finished_ms: i64,
-    /// The end of the reply TTL.
-    pub expires_ms: i64,
-    /// Whether the op actually ran (false for a deadline passed in the queue).
-    pub executed: bool,
 }
 
 /// Records a queued request's final reply and starts holding it. Returns false (and changes
@@ -332,17 +215,6 @@ pub fn list(
     rows.collect()
 }
 
-/// What a `cancel` found.
-#[derive(Debug, Clone)]
-pub enum CancelOutcome {
-    /// The request was queued and is now cancelled; its final `410` reply is held.
-    Cancelled(FinalReply),
-    /// The request had already finished, in this state.
-    AlreadyFinished(State),
-    /// No request with that correlation.
-    NotFound,
-}
-
 /// Cancels a queued request, recording the final reply `make_reply(id, envelope)` builds.
 pub fn cancel(
     conn: &Connection,
@@ -350,7 +222,7 @@ pub fn cancel(
     corr: &Correlation,
     now_ms: i64,
     expires_ms: i64,
-    make_reply: impl FnOnce(RequestId, bool) -> Vec<u8>,
+    make_reply: crate::store::requests::CancelReply,
 ) -> rusqlite::Result<CancelOutcome> {
     let row = conn
         .prepare_cached(
@@ -371,7 +243,7 @@ pub fn cancel(
     if current != State::Queued {
         return Ok(CancelOutcome::AlreadyFinished(current));
     }
-    let payload = make_reply(id, envelope);
+    let payload = make_reply(id, envelope, corr);
     let done = Completion {
         id,
         state: State::Cancelled,

@@ -3,8 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{correlation, device_id, request_id, FinalReply};
-use crate::store::deadletters::{self, DeadLetter};
+use super::deadletters;
+use super::requests::{correlation, device_id, request_id};
+use crate::store::deadletters::DeadLetter;
+use crate::store::requests::FinalReply;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
 const FINAL_REPLY_COLUMNS: &str =

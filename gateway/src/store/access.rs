@@ -1,0 +1,98 @@
+//! The store's other ways in: [`Reader`], blocking reads for worker threads (telemetry
+//! windows), and [`Console`], the operator CLI's view from a separate process. Both wrap the
+//! configured engine; no engine type shows through.
+
+use std::path::Path;
+
+use super::deadletters::{DeadLetterRow, Requeue};
+use super::requests::RequestSummary;
+use super::telemetry::Series;
+use super::{postgres, sqlite, StoreError};
+use crate::config::{StoreConfig, StoreEngine};
+use crate::wire::DeviceId;
+
+/// One worker thread's reads. Blocking: for threads outside the async runtime.
+#[derive(Debug)]
+pub enum Reader {
+    /// Over SQLite.
+    #[doc(hidden)]
+    Sqlite(sqlite::SqliteReader),
+    /// Over PostgreSQL.
+    #[doc(hidden)]
+    Postgres(postgres::PgReader),
+}
+
+impl Reader {
+    /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
+    /// `limit` of them (the oldest).
+    pub fn telemetry_window(
+        &mut self,
+        device: &DeviceId,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Series, StoreError> {
+        match self {
+            Reader::Sqlite(reader) => {
+                reader.telemetry_window(device, metric, from_ms, to_ms, limit)
+            }
+            Reader::Postgres(reader) => {
+                reader.telemetry_window(device, metric, from_ms, to_ms, limit)
+            }
+        }
+    }
+}
+
+/// The operator CLI's view of the store: a separate process over the same config.
+#[derive(Debug)]
+pub enum Console {
+    /// Over SQLite.
+    #[doc(hidden)]
+    Sqlite(sqlite::SqliteConsole),
+    /// Over PostgreSQL.
+    #[doc(hidden)]
+    Postgres(postgres::PgConsole),
+}
+
+impl Console {
+    /// Opens the configured store read-only, or for writing (`write`), without creating it.
+    pub fn open(config: &StoreConfig, data_dir: &Path, write: bool) -> Result<Console, StoreError> {
+        Ok(match &config.engine {
+            StoreEngine::Sqlite => {
+                let sync = write.then_some(config.sync_full);
+                Console::Sqlite(sqlite::SqliteConsole::open(data_dir, sync)?)
+            }
+            StoreEngine::Postgres { url, .. } => Console::Postgres(postgres::PgConsole::open(url)?),
+        })
+    }
+
+    /// Requests, newest first, optionally of one device and in one state.
+    pub fn requests(
+        &self,
+        device: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RequestSummary>, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.requests(device, state, limit),
+            Console::Postgres(console) => console.requests(device, state, limit),
+        }
+    }
+
+    /// Dead letters, newest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.dead_letters(limit),
+            Console::Postgres(console) => console.dead_letters(limit),
+        }
+    }
+
+    /// Puts a dead-lettered reply back into the outbox: held again, expiring `expires_ms`.
+    pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.requeue(id, expires_ms),
+            Console::Postgres(console) => console.requeue(id, expires_ms),
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The cluster as the store sees it (PostgreSQL only: with SQLite a gateway is alone). Every
+//! gateway renews a heartbeat lease in the database; a request belongs to the gateway that
+//! admitted it (or took it over) for as long as that lease is fresh. When it is not, any other
+//! gateway takes the request over: queued and running work runs again there (ops are pure, and
+//! a result is recorded at most once), committed-but-unpublished replies are published there.
+
+use super::requests::{FinalReply, StoredRequest};
+
+/// One gateway in the database's `gateways` table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Member {
+    /// `[gateway] id`.
+    pub id: String,
+    /// When its current run started (ms since epoch).
+    pub started_ms: i64,
+    /// Its last heartbeat (ms since epoch).
+    pub seen_ms: i64,
+    /// Whether its lease is fresh.
+    pub alive: bool,
+}
+
+/// The cluster's state, read with each heartbeat.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ClusterView {
+    /// Every gateway that ever joined, by id.
+    pub gateways: Vec<Member>,
+    /// Requests queued or running, cluster-wide.
+    pub queued: u64,
+    /// Final replies held, cluster-wide.
+    pub held: u64,
+    /// When the oldest queued request was received (ms since epoch).
+    pub oldest_queued_ms: Option<i64>,
+    /// When the oldest held reply was finished (ms since epoch).
+    pub oldest_held_ms: Option<i64>,
+}
+
+impl ClusterView {
+    /// Gateways whose lease is fresh.
+    pub fn alive(&self) -> usize {
+        self.gateways.iter().filter(|g| g.alive).count()
+    }
+}
+
+/// Work a gateway just took over from gateways whose lease ran out.
+#[derive(Debug, Default)]
+pub struct Takeover {
+    /// Requests still queued (or running when their gateway died): run them here.
+    pub queued: Vec<StoredRequest>,
+    /// Final replies committed but never published: publish them here.
+    pub unpublished: Vec<FinalReply>,
+}

@@ -1,0 +1,57 @@
+//! Intake's batch: the typed store work of each publish ([`Command`]) and what it found
+//! ([`Outcome`]). A batch runs in one transaction; its outcomes come back in command order, and
+//! only once the transaction has committed.
+
+use super::deadletters::DeadLetter;
+use super::requests::{Admission, CancelOutcome, CancelReply, Existing, NewRequest};
+use super::telemetry::Reading;
+use crate::wire::{Correlation, DeviceId, RequestId};
+
+/// Store work for one publish.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Store a new request unless its (device, correlation) is known within the dedupe window
+    /// (received after `dedupe_after_ms`).
+    Admit {
+        /// The request.
+        request: NewRequest,
+        /// Start of the dedupe window.
+        dedupe_after_ms: i64,
+    },
+    /// Look a request up by its dedupe key (`status`, duplicates).
+    Find(DeviceId, Correlation),
+    /// Cancel a queued request, recording its final `410`.
+    Cancel {
+        /// The device.
+        device: DeviceId,
+        /// The correlation of the request to cancel.
+        of: Correlation,
+        /// Now.
+        now_ms: i64,
+        /// End of the `410`'s TTL.
+        expires_ms: i64,
+        /// Builds the `410`'s payload.
+        reply: CancelReply,
+    },
+    /// Record a dead letter.
+    Dead(DeadLetter),
+    /// The device acknowledged a final reply.
+    Ack(DeviceId, Correlation),
+    /// Store telemetry readings.
+    Telemetry(DeviceId, Vec<Reading>),
+}
+
+/// What a [`Command`] found, once committed.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// For [`Command::Admit`].
+    Admitted(Admission),
+    /// For [`Command::Find`].
+    Found(Option<Existing>),
+    /// For [`Command::Cancel`].
+    Cancel(CancelOutcome),
+    /// For [`Command::Ack`]: the request whose held reply was acknowledged.
+    Acked(Option<RequestId>),
+    /// For [`Command::Dead`] and [`Command::Telemetry`].
+    Done,
+}

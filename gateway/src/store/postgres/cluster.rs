@@ -1,0 +1,137 @@
+//! Heartbeats, the cluster view and takeover on PostgreSQL (see [`crate::store::cluster`]).
+//! Takeover claims rows with `FOR UPDATE SKIP LOCKED`, so two gateways never take the same row.
+
+use super::delivery::final_reply;
+use super::pool::Conn;
+use super::requests::{correlation, device_id, request_id};
+use crate::store::cluster::{ClusterView, Member, Takeover};
+use crate::store::requests::StoredRequest;
+use crate::store::StoreError;
+
+/// Renews this gateway's lease until `now_ms + lease_ms`.
+pub async fn heartbeat(
+    conn: &Conn,
+    id: &str,
+    started_ms: i64,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<(), StoreError> {
+    let statement = conn
+        .statement(
+            "INSERT INTO gateways (id, started_ms, seen_ms, lease_until_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET started_ms = EXCLUDED.started_ms,
+                 seen_ms = EXCLUDED.seen_ms, lease_until_ms = EXCLUDED.lease_until_ms",
+        )
+        .await?;
+    conn.client
+        .execute(
+            &statement,
+            &[&id, &started_ms, &now_ms, &(now_ms + lease_ms)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The gateways and the cluster-wide totals.
+pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
+    let members = conn
+        .statement("SELECT id, started_ms, seen_ms, lease_until_ms FROM gateways ORDER BY id")
+        .await?;
+    let totals = conn
+        .statement(
+            "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'queued'),
+                    (SELECT COUNT(*) FROM requests WHERE delivery = 'held'),
+                    (SELECT received_ms FROM requests WHERE state = 'queued' ORDER BY id LIMIT 1),
+                    (SELECT finished_ms FROM requests WHERE delivery = 'held'
+                        ORDER BY expires_ms LIMIT 1)",
+        )
+        .await?;
+    let (members, totals) = tokio::join!(
+        conn.client.query(&members, &[]),
+        conn.client.query_one(&totals, &[])
+    );
+    let (members, totals) = (members?, totals?);
+    let gateways = members
+        .iter()
+        .map(|row| {
+            let lease_until: i64 = row.try_get(3)?;
+            Ok(Member {
+                id: row.try_get(0)?,
+                started_ms: row.try_get(1)?,
+                seen_ms: row.try_get(2)?,
+                alive: lease_until >= now_ms,
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    let count = |idx: usize| -> Result<u64, StoreError> {
+        Ok(totals.try_get::<_, i64>(idx)?.max(0) as u64)
+    };
+    Ok(ClusterView {
+        gateways,
+        queued: count(0)?,
+        held: count(1)?,
+        oldest_queued_ms: totals.try_get(2)?,
+        oldest_held_ms: totals.try_get(3)?,
+    })
+}
+
+/// Claims up to `limit` queued requests and up to `limit` unpublished replies of gateways
+/// whose lease ran out before `now_ms` (call inside a transaction).
+pub async fn take_over(
+    conn: &Conn,
+    me: &str,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Takeover, StoreError> {
+    let queued = conn
+        .statement(
+            "UPDATE requests SET owner = $1 WHERE id IN (
+                SELECT r.id FROM requests r WHERE r.state = 'queued' AND (r.owner IS NULL
+                    OR r.owner IN (SELECT id FROM gateways WHERE lease_until_ms < $2 AND id <> $1))
+                ORDER BY r.id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms",
+        )
+        .await?;
+    let unpublished = conn
+        .statement(
+            "UPDATE requests SET owner = $1 WHERE id IN (
+                SELECT r.id FROM requests r WHERE r.delivery = 'held' AND r.published = 0
+                    AND (r.owner IS NULL OR r.owner IN (
+                        SELECT id FROM gateways WHERE lease_until_ms < $2 AND id <> $1))
+                ORDER BY r.id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, device, corr, reply_topic, status, reply, expires_ms, envelope",
+        )
+        .await?;
+    let limit = limit as i64;
+    let queued = conn.client.query(&queued, &[&me, &now_ms, &limit]).await?;
+    let unpublished = conn
+        .client
+        .query(&unpublished, &[&me, &now_ms, &limit])
+        .await?;
+    let mut queued = queued
+        .iter()
+        .map(|row| {
+            Ok(StoredRequest {
+                id: request_id(row, 0)?,
+                device: device_id(row, 1)?,
+                corr: correlation(row, 2)?,
+                op: row.try_get(3)?,
+                args: row.try_get(4)?,
+                reply_topic: row.try_get(5)?,
+                envelope: row.try_get(6)?,
+                received_ms: row.try_get(7)?,
+                deadline_ms: row.try_get(8)?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    queued.sort_by_key(|request| request.id);
+    let mut unpublished = unpublished
+        .iter()
+        .map(final_reply)
+        .collect::<Result<Vec<_>, _>>()?;
+    unpublished.sort_by_key(|reply| reply.id);
+    Ok(Takeover {
+        queued,
+        unpublished,
+    })
+}

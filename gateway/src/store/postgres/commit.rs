@@ -1,0 +1,196 @@
+//! Group commit on PostgreSQL. Writers (intake's batches, workers' completions, the outbox's
+//! publish counts and its redelivery reads) queue their typed work; the committer takes
+//! everything waiting, borrows a connection, and runs it as one transaction whose statements are
+//! **pipelined** (sent without waiting for each answer), then commits once and only then answers
+//! each writer. Transactions run one after another, in queue order, as on SQLite's store thread:
+//! work sees everything queued before it (a wake's redelivery read sees the publish count the
+//! outbox queued just before), and what waits meanwhile makes the next batch larger.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+
+use super::pool::{Conn, Pool};
+use super::{delivery, requests, tables};
+use crate::metrics::Histogram;
+use crate::store::commands::{Command, Outcome};
+use crate::store::requests::{Completion, FinalReply};
+use crate::store::StoreError;
+use crate::wire::{DeviceId, RequestId};
+
+/// Most pieces of work in one transaction.
+const MAX_BATCH: usize = 2048;
+/// Runs of a batch that meets deadlocks or serialization failures before it fails.
+const MAX_TRIES: u32 = 5;
+
+/// One piece of write work.
+#[derive(Debug)]
+pub enum Work {
+    /// One of intake's commands.
+    Command(Command),
+    /// A worker's completion.
+    Complete(Completion),
+    /// A reply was handed to the broker.
+    Published(RequestId),
+    /// Held replies of these devices, at most this many each (a wake's redelivery).
+    HeldFor(Vec<DeviceId>, usize),
+}
+
+/// What a piece of work found.
+#[derive(Debug)]
+pub enum Done {
+    /// For [`Work::Command`].
+    Command(Outcome),
+    /// For [`Work::Complete`]: whether the request was still queued.
+    Completed(bool),
+    /// For [`Work::Published`].
+    Published,
+    /// For [`Work::HeldFor`].
+    Held(Vec<FinalReply>),
+}
+
+/// A writer's work, and what to call once it committed (or failed).
+pub struct Job {
+    /// The work, in order; `None` entries stay `None`.
+    pub work: Vec<Option<Work>>,
+    /// Called with the outcomes after the commit.
+    pub then: Then,
+}
+
+/// Runs jobs until every sender is gone.
+pub async fn run(
+    mut jobs_rx: mpsc::UnboundedReceiver<Job>,
+    pool: Arc<Pool>,
+    latency: Arc<Histogram>,
+    me: Arc<str>,
+) {
+    let mut waiting = Vec::new();
+    while jobs_rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
+        let (work, thens): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
+            .into_iter()
+            .map(|job| (job.work, job.then))
+            .unzip();
+        let conn = pool.get().await;
+        {
+            let started = Instant::now();
+            let outcome = match conn {
+                Ok(mut conn) => {
+                    let mut tries = 1;
+                    loop {
+                        match transaction(&mut conn, &me, &work).await {
+                            // Another transaction (this gateway's or another's) locked rows in
+                            // the other order: run the whole batch again.
+                            Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
+                                tracing::debug!(%error, tries, "store batch retried");
+                                tries += 1;
+                            }
+                            outcome => break outcome,
+                        }
+                    }
+                }
+                Err(error) => Err(error),
+            };
+            latency.observe(started.elapsed());
+            deliver(thens, outcome);
+        }
+    }
+}
+
+type Outcomes = Vec<Vec<Option<Done>>>;
+
+type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
+
+async fn transaction(
+    conn: &mut super::pool::Pooled,
+    me: &str,
+    jobs: &[Vec<Option<Work>>],
+) -> Result<Outcomes, StoreError> {
+    let conn: &Conn = conn;
+    let work = jobs.iter().map(|job| {
+        join_all(job.iter().map(|work| async move {
+            match work {
+                Some(work) => run_work(conn, me, work).await.map(Some),
+                None => Ok(None),
+            }
+        }))
+    });
+    // BEGIN goes first on the wire; the statements follow without waiting for its answer.
+    let (begun, done) = tokio::join!(conn.client.batch_execute("BEGIN"), join_all(work));
+    begun?;
+    let mut outcomes = Vec::with_capacity(done.len());
+    let mut failed = None;
+    for job in done {
+        match job.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(error) => {
+                failed.get_or_insert(error);
+            }
+        }
+    }
+    if let Some(error) = failed {
+        let _ = conn.client.batch_execute("ROLLBACK").await;
+        return Err(error);
+    }
+    conn.client.batch_execute("COMMIT").await?;
+    Ok(outcomes)
+}
+
+fn deliver(thens: Vec<Then>, outcome: Result<Outcomes, StoreError>) {
+    match outcome {
+        Ok(outcomes) => {
+            for (then, outcome) in thens.into_iter().zip(outcomes) {
+                then(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, "store commit failed");
+            for then in thens {
+                then(Err(error.clone()));
+            }
+        }
+    }
+}
+
+async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError> {
+    Ok(match work {
+        Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
+        Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
+        Work::Published(id) => {
+            delivery::mark_published(conn, *id).await?;
+            Done::Published
+        }
+        Work::HeldFor(devices, limit) => {
+            Done::Held(delivery::held_for(conn, devices, *limit).await?)
+        }
+    })
+}
+
+async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome, StoreError> {
+    Ok(match command {
+        Command::Admit {
+            request,
+            dedupe_after_ms,
+        } => Outcome::Admitted(requests::admit(conn, me, request, *dedupe_after_ms).await?),
+        Command::Find(device, corr) => Outcome::Found(requests::find(conn, device, corr).await?),
+        Command::Cancel {
+            device,
+            of,
+            now_ms,
+            expires_ms,
+            reply,
+        } => Outcome::Cancel(
+            requests::cancel(conn, me, device, of, *now_ms, *expires_ms, *reply).await?,
+        ),
+        Command::Dead(letter) => {
+            tables::insert_dead_letter(conn, letter).await?;
+            Outcome::Done
+        }
+        Command::Ack(device, corr) => Outcome::Acked(delivery::ack(conn, device, corr).await?),
+        Command::Telemetry(device, readings) => {
+            tables::insert_readings(conn, device, readings).await?;
+            Outcome::Done
+        }
+    })
+}

@@ -1,0 +1,105 @@
+//! The PostgreSQL engine's blocking ways in: [`PgReader`] for worker threads (telemetry
+//! windows) and [`PgConsole`] for the operator CLI, a separate process with a runtime of its own.
+
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use super::pool::Pool;
+use super::tables;
+use crate::store::deadletters::{DeadLetterRow, Requeue};
+use crate::store::requests::RequestSummary;
+use crate::store::telemetry::Series;
+use crate::store::StoreError;
+use crate::wire::DeviceId;
+
+/// One worker thread's reads: blocking calls onto the runtime the store was opened on.
+#[derive(Clone)]
+pub struct PgReader {
+    pub(super) pool: Arc<Pool>,
+    pub(super) runtime: Handle,
+}
+
+impl std::fmt::Debug for PgReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReader").finish_non_exhaustive()
+    }
+}
+
+impl PgReader {
+    /// See [`crate::store::Reader::telemetry_window`].
+    pub fn telemetry_window(
+        &self,
+        device: &DeviceId,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Series, StoreError> {
+        self.runtime.block_on(async {
+            let conn = self.pool.get().await?;
+            tables::window(&conn, device, metric, from_ms, to_ms, limit).await
+        })
+    }
+}
+
+/// The operator CLI's connection to PostgreSQL, with a runtime of its own.
+pub struct PgConsole {
+    runtime: tokio::runtime::Runtime,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for PgConsole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConsole").finish_non_exhaustive()
+    }
+}
+
+impl PgConsole {
+    /// Connects to `url`.
+    pub fn open(url: &str) -> Result<PgConsole, StoreError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
+        let pool = Pool::new(url, 1)?;
+        runtime.block_on(async { pool.get().await.map(drop) })?;
+        Ok(PgConsole { runtime, pool })
+    }
+
+    /// See [`crate::store::Console::requests`].
+    pub fn requests(
+        &self,
+        device: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RequestSummary>, StoreError> {
+        self.runtime.block_on(async {
+            tables::list_requests(&*self.pool.get().await?, device, state, limit).await
+        })
+    }
+
+    /// See [`crate::store::Console::dead_letters`].
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
+        self.runtime
+            .block_on(async { tables::dead_letters(&*self.pool.get().await?, limit).await })
+    }
+
+    /// See [`crate::store::Console::requeue`].
+    pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
+        self.runtime.block_on(async {
+            let conn = self.pool.get().await?;
+            conn.client.batch_execute("BEGIN").await?;
+            match tables::requeue(&conn, id, expires_ms).await {
+                Ok(outcome) => {
+                    conn.client.batch_execute("COMMIT").await?;
+                    Ok(outcome)
+                }
+                Err(error) => {
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                    Err(error)
+                }
+            }
+        })
+    }
+}

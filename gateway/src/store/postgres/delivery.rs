@@ -1,0 +1,158 @@
+//! A final reply's delivery on PostgreSQL: published (and counted), held until the device acks
+//! it (through any gateway), redelivered on wake, dead-lettered when its TTL passes.
+
+use tokio_postgres::Row;
+
+use super::pool::Conn;
+use super::requests::{correlation, device_id, request_id};
+use super::tables;
+use crate::store::deadletters::DeadLetter;
+use crate::store::requests::FinalReply;
+use crate::store::StoreError;
+use crate::wire::{Correlation, DeviceId, RequestId};
+
+pub(super) fn final_reply(row: &Row) -> Result<FinalReply, StoreError> {
+    let status: i32 = row.try_get(4)?;
+    Ok(FinalReply {
+        id: request_id(row, 0)?,
+        device: device_id(row, 1)?,
+        corr: correlation(row, 2)?,
+        reply_topic: row.try_get(3)?,
+        status: status as u16,
+        payload: row.try_get(5)?,
+        expires_ms: row.try_get(6)?,
+        envelope: row.try_get(7)?,
+    })
+}
+
+/// Held final replies that were never handed to the broker.
+pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, StoreError> {
+    let statement = conn
+        .statement(
+            "SELECT id, device, corr, reply_topic, status, reply, expires_ms, envelope
+             FROM requests WHERE delivery = 'held' AND published = 0 AND owner = $1 ORDER BY id",
+        )
+        .await?;
+    let rows = conn.client.query(&statement, &[&owner]).await?;
+    rows.iter().map(final_reply).collect()
+}
+
+/// Held final replies of these devices that were published at least once, oldest first, at
+/// most `limit` per device.
+pub async fn held_for(
+    conn: &Conn,
+    devices: &[DeviceId],
+    limit: usize,
+) -> Result<Vec<FinalReply>, StoreError> {
+    let statement = conn
+        .statement(
+            "SELECT r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
+                    r.envelope
+             FROM UNNEST($1::text[]) AS d(device)
+             CROSS JOIN LATERAL (
+                SELECT * FROM requests q
+                WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
+                ORDER BY q.id LIMIT $2) r
+             ORDER BY r.device, r.id",
+        )
+        .await?;
+    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+    let rows = conn
+        .client
+        .query(&statement, &[&names, &(limit as i64)])
+        .await?;
+    rows.iter().map(final_reply).collect()
+}
+
+/// Counts that a final reply was handed to the broker.
+pub async fn mark_published(conn: &Conn, id: RequestId) -> Result<(), StoreError> {
+    let statement = conn
+        .statement("UPDATE requests SET published = published + 1 WHERE id = $1")
+        .await?;
+    conn.client
+        .execute(&statement, &[&id.as_bytes().as_slice()])
+        .await?;
+    Ok(())
+}
+
+/// The device acknowledged its final reply: stop holding it.
+pub async fn ack(
+    conn: &Conn,
+    device: &DeviceId,
+    corr: &Correlation,
+) -> Result<Option<RequestId>, StoreError> {
+    let statement = conn
+        .statement(
+            "UPDATE requests SET delivery = 'acked'
+             WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id",
+        )
+        .await?;
+    let row = conn
+        .client
+        .query_opt(&statement, &[&device.as_str(), &corr.as_bytes()])
+        .await?;
+    row.map(|row| request_id(&row, 0)).transpose()
+}
+
+/// Held replies whose TTL has passed become `dead` and dead letters (at most `limit`). Rows
+/// another gateway is expiring at the same moment are skipped, so each is lettered once.
+pub async fn expire_held(
+    conn: &Conn,
+    now_ms: i64,
+    limit: usize,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let statement = conn
+        .statement(
+            "UPDATE requests SET delivery = 'dead' WHERE id IN (
+                SELECT id FROM requests WHERE delivery = 'held' AND expires_ms <= $1
+                ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING id, device, corr, op, status",
+        )
+        .await?;
+    let rows = conn
+        .client
+        .query(&statement, &[&now_ms, &(limit as i64)])
+        .await?;
+    let mut letters = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let status: Option<i32> = row.try_get(4)?;
+        let letter = DeadLetter {
+            at_ms: now_ms,
+            device: Some(row.try_get(1)?),
+            request_id: Some(request_id(row, 0)?.to_string()),
+            corr: Some(correlation(row, 2)?.to_string()),
+            op: Some(row.try_get(3)?),
+            status: status.unwrap_or(0) as u16,
+            reason: "reply_ttl: the final reply was not acknowledged within limits.reply_ttl_s"
+                .into(),
+        };
+        tables::insert_dead_letter(conn, &letter).await?;
+        letters.push(letter);
+    }
+    Ok(letters)
+}
+
+/// Held replies of each of these devices.
+pub async fn held_counts(conn: &Conn, devices: &[DeviceId]) -> Result<Vec<usize>, StoreError> {
+    let statement = conn
+        .statement(
+            "SELECT (SELECT COUNT(*) FROM requests q WHERE q.device = d.device
+                        AND q.delivery = 'held')
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS d(device, n) ORDER BY d.n",
+        )
+        .await?;
+    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+    let rows = conn.client.query(&statement, &[&names]).await?;
+    rows.iter()
+        .map(|row| Ok(row.try_get::<_, i64>(0)?.max(0) as usize))
+        .collect()
+}
+
+/// Held replies of all devices.
+pub async fn held_total(conn: &Conn) -> Result<usize, StoreError> {
+    let statement = conn
+        .statement("SELECT COUNT(*) FROM requests WHERE delivery = 'held'")
+        .await?;
+    let row = conn.client.query_one(&statement, &[]).await?;
+    Ok(row.try_get::<_, i64>(0)?.max(0) as usize)
+}

@@ -1,0 +1,373 @@
+//! The PostgreSQL engine (`[store] engine = "postgres"`): one database that several gateways
+//! share, through tokio-postgres.
+//!
+//! Writes go through [`commit`] (group commit, pipelined, one transaction per batch); reads
+//! borrow a connection from the [`pool`]. The schema is in [`schema`] (versioned, migrated
+//! under an advisory lock), each table's statements in [`requests`], [`delivery`] and
+//! [`tables`].
+
+mod cluster;
+mod commit;
+mod console;
+mod delivery;
+mod pool;
+mod requests;
+mod schema;
+mod tables;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Histogram;
+use crate::store::cluster::{ClusterView, Takeover};
+use crate::store::commands::{Command, Outcome};
+use crate::store::deadletters::DeadLetter;
+use crate::store::devices::DeviceRow;
+use crate::store::requests::{
+    Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
+};
+use crate::store::{now_ms, StoreError};
+use crate::wire::{Correlation, DeviceId, RequestId};
+use commit::{Done, Job, Work};
+pub use console::{PgConsole, PgReader};
+use pool::Pool;
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        use tokio_postgres::error::SqlState;
+        let text = match (error.as_db_error(), std::error::Error::source(&error)) {
+            (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+            (None, Some(source)) => format!("{error}: {source}"),
+            (None, None) => error.to_string(),
+        };
+        match error.code() {
+            Some(code)
+                if *code == SqlState::T_R_DEADLOCK_DETECTED
+                    || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
+            {
+                StoreError::Conflict(text)
+            }
+            Some(code)
+                if code.code().starts_with("08")
+                    || code.code().starts_with("57")
+                    || code.code().starts_with("53") =>
+            {
+                StoreError::Unavailable(text)
+            }
+            Some(_) => StoreError::Sql(text),
+            None => StoreError::Unavailable(text),
+        }
+    }
+}
+
+/// A handle to the PostgreSQL store. Cheap to clone.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Arc<Pool>,
+    jobs_tx: mpsc::UnboundedSender<Job>,
+    commit_latency: Arc<Histogram>,
+    runtime: Handle,
+    me: Arc<str>,
+    lease: Duration,
+    started_ms: i64,
+    view: Arc<Mutex<Option<ClusterView>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, migrates (one gateway at a time), joins the cluster as `me` with a fresh
+    /// lease (before anything is admitted, so nothing of this gateway looks abandoned) and starts
+    /// the committer.
+    pub async fn open(
+        url: &str,
+        pool_size: usize,
+        me: &str,
+        lease: Duration,
+    ) -> Result<PgStore, StoreError> {
+        let pool = Pool::new(url, pool_size)?;
+        let mut conn = pool.connect().await?;
+        schema::migrate(&mut conn.client).await?;
+        let started_ms = now_ms();
+        cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
+        drop(conn);
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
+        let commit_latency = Arc::new(Histogram::default());
+        tokio::spawn(commit::run(
+            jobs_rx,
+            pool.clone(),
+            commit_latency.clone(),
+            me.into(),
+        ));
+        Ok(PgStore {
+            pool,
+            jobs_tx,
+            commit_latency,
+            runtime: Handle::current(),
+            me: me.into(),
+            lease,
+            started_ms,
+            view: Arc::default(),
+        })
+    }
+
+    /// See [`crate::store::Store::lease`].
+    pub fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    /// See [`crate::store::Store::heartbeat`].
+    pub async fn heartbeat(&self) -> Result<(), StoreError> {
+        let conn = self.pool.get().await?;
+        let now = now_ms();
+        let lease_ms = self.lease.as_millis() as i64;
+        cluster::heartbeat(&conn, &self.me, self.started_ms, now, lease_ms).await?;
+        let view = cluster::view(&conn, now).await?;
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
+        Ok(())
+    }
+
+    /// See [`crate::store::Store::cluster_view`].
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// See [`crate::store::Store::take_over`].
+    pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
+        let conn = self.pool.get().await?;
+        conn.client.batch_execute("BEGIN").await?;
+        match cluster::take_over(&conn, &self.me, now_ms(), limit).await {
+            Ok(taken) => {
+                conn.client.batch_execute("COMMIT").await?;
+                Ok(taken)
+            }
+            Err(error) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// How long group commits take.
+    pub fn commit_latency(&self) -> &Histogram {
+        &self.commit_latency
+    }
+
+    fn submit(
+        &self,
+        work: Vec<Option<Work>>,
+        then: impl FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send + 'static,
+    ) {
+        let job = Job {
+            work,
+            then: Box::new(then),
+        };
+        if let Err(mpsc::error::SendError(job)) = self.jobs_tx.send(job) {
+            (job.then)(Err(StoreError::Closed));
+        }
+    }
+
+    async fn commit(&self, work: Vec<Option<Work>>) -> Result<Vec<Option<Done>>, StoreError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.submit(work, move |outcome| {
+            let _ = done_tx.send(outcome);
+        });
+        done_rx.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    async fn command(&self, command: Command) -> Result<Outcome, StoreError> {
+        match self.commit(vec![Some(Work::Command(command))]).await?.pop() {
+            Some(Some(Done::Command(outcome))) => Ok(outcome),
+            _ => Err(StoreError::Sql("store answered out of kind".into())),
+        }
+    }
+
+    /// See [`crate::store::Store::batch`].
+    pub async fn batch(
+        &self,
+        commands: Vec<Option<Command>>,
+    ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        let work = commands.into_iter().map(|c| c.map(Work::Command)).collect();
+        self.commit(work)
+            .await?
+            .into_iter()
+            .map(|done| match done {
+                Some(Done::Command(outcome)) => Ok(Some(outcome)),
+                None => Ok(None),
+                Some(_) => Err(StoreError::Sql("store answered out of kind".into())),
+            })
+            .collect()
+    }
+
+    /// See [`crate::store::Store::admit`].
+    pub async fn admit(
+        &self,
+        request: NewRequest,
+        dedupe_after_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        match self
+            .command(Command::Admit {
+                request,
+                dedupe_after_ms,
+            })
+            .await?
+        {
+            Outcome::Admitted(admission) => Ok(admission),
+            _ => Err(StoreError::Sql("store answered out of kind".into())),
+        }
+    }
+
+    /// See [`crate::store::Store::find`].
+    pub async fn find(
+        &self,
+        device: DeviceId,
+        corr: Correlation,
+    ) -> Result<Option<Existing>, StoreError> {
+        let conn = self.pool.get().await?;
+        requests::find(&conn, &device, &corr).await
+    }
+
+    /// See [`crate::store::Store::complete_then`].
+    pub fn complete_then(
+        &self,
+        completion: Completion,
+        then: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
+    ) {
+        self.submit(vec![Some(Work::Complete(completion))], move |outcome| {
+            then(outcome.map(|mut done| matches!(done.pop(), Some(Some(Done::Completed(true))))))
+        });
+    }
+
+    /// See [`crate::store::Store::complete`].
+    pub async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
+        let done = self.commit(vec![Some(Work::Complete(completion))]).await?;
+        Ok(matches!(done.last(), Some(Some(Done::Completed(true)))))
+    }
+
+    /// See [`crate::store::Store::mark_published`].
+    pub fn mark_published(&self, id: RequestId) {
+        self.submit(vec![Some(Work::Published(id))], |_| {});
+    }
+
+    /// See [`crate::store::Store::unpublished`].
+    pub async fn unpublished(&self) -> Result<Vec<FinalReply>, StoreError> {
+        delivery::unpublished(&*self.pool.get().await?, &self.me).await
+    }
+
+    /// See [`crate::store::Store::queued_extent`].
+    pub async fn queued_extent(&self) -> Result<(usize, Option<RequestId>), StoreError> {
+        requests::queued_extent(&*self.pool.get().await?, &self.me).await
+    }
+
+    /// See [`crate::store::Store::queued_after`].
+    pub async fn queued_after(
+        &self,
+        after: Option<RequestId>,
+        until: RequestId,
+        limit: usize,
+    ) -> Result<Vec<StoredRequest>, StoreError> {
+        requests::queued_after(&*self.pool.get().await?, &self.me, after, until, limit).await
+    }
+
+    /// See [`crate::store::Store::held_for`].
+    pub async fn held_for(
+        &self,
+        devices: Vec<DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        // Through the commit queue: it must see the publish counts queued before it.
+        match self
+            .commit(vec![Some(Work::HeldFor(devices, limit))])
+            .await?
+            .pop()
+        {
+            Some(Some(Done::Held(held))) => Ok(held),
+            _ => Err(StoreError::Sql("store answered out of kind".into())),
+        }
+    }
+
+    /// See [`crate::store::Store::held_counts`].
+    pub async fn held_counts(&self, devices: Vec<DeviceId>) -> Result<Vec<usize>, StoreError> {
+        delivery::held_counts(&*self.pool.get().await?, &devices).await
+    }
+
+    /// See [`crate::store::Store::held_total`].
+    pub async fn held_total(&self) -> Result<usize, StoreError> {
+        delivery::held_total(&*self.pool.get().await?).await
+    }
+
+    /// See [`crate::store::Store::expire_held`].
+    pub async fn expire_held(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let conn = self.pool.get().await?;
+        conn.client.batch_execute("BEGIN").await?;
+        match delivery::expire_held(&conn, now_ms, limit).await {
+            Ok(letters) => {
+                conn.client.batch_execute("COMMIT").await?;
+                Ok(letters)
+            }
+            Err(error) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                Err(error)
+            }
+        }
+    }
+
+    /// See [`crate::store::Store::prune`].
+    pub async fn prune(
+        &self,
+        dedupe_before_ms: i64,
+        telemetry_before_ms: i64,
+        keep: usize,
+    ) -> Result<(usize, usize), StoreError> {
+        let conn = self.pool.get().await?;
+        Ok((
+            requests::prune(&conn, dedupe_before_ms).await?,
+            tables::prune_readings(&conn, telemetry_before_ms, keep).await?,
+        ))
+    }
+
+    /// See [`crate::store::Store::ping`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.commit(Vec::new()).await.map(drop)
+    }
+
+    /// See [`crate::store::Store::devices_page`].
+    pub async fn devices_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
+        tables::devices_page(&*self.pool.get().await?, offset, limit).await
+    }
+
+    /// See [`crate::store::Store::device`].
+    pub async fn device(
+        &self,
+        id: String,
+    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
+        let conn = self.pool.get().await?;
+        Ok((
+            tables::device(&conn, &id).await?,
+            tables::list_requests(&conn, Some(&id), None, 20).await?,
+        ))
+    }
+
+    /// A reader for one worker thread.
+    pub fn reader(&self) -> PgReader {
+        PgReader {
+            pool: self.pool.clone(),
+            runtime: self.runtime.clone(),
+        }
+    }
+}

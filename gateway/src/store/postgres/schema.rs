@@ -1,0 +1,103 @@
+//! The PostgreSQL schema, applied in order on open; the `roost_schema` table records how far a
+//! database got. Append new steps; never edit a shipped one.
+//!
+//! Several gateways may start at once on one database: the whole migration runs in one
+//! transaction under a transaction-scoped advisory lock, so exactly one of them migrates and the
+//! others then find the schema current.
+
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+/// The advisory lock key migrations take ("roost" in ASCII).
+const MIGRATION_LOCK: i64 = 0x0072_6f6f_7374;
+
+/// Migration steps; step i brings the database to version i + 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: requests (with their final reply and delivery state), dead letters, telemetry.
+    "CREATE TABLE requests (
+        id          BYTEA PRIMARY KEY,      -- RequestId, UUID v7 (time-ordered)
+        device      TEXT NOT NULL,
+        corr        BYTEA NOT NULL,         -- Correlation Data: (device, corr) is the dedupe key
+        op          TEXT NOT NULL,
+        args        BYTEA NOT NULL,         -- the op's arguments, CBOR
+        reply_topic TEXT NOT NULL,
+        envelope    BOOLEAN NOT NULL,       -- MQTT 3.1.1 envelope form
+        received_ms BIGINT NOT NULL,
+        deadline_ms BIGINT NOT NULL,
+        state       TEXT NOT NULL,          -- queued | done | failed | expired | cancelled
+        status      INTEGER,                -- the final reply's status code
+        reply       BYTEA,                  -- the final reply's payload, byte for byte
+        finished_ms BIGINT,
+        expires_ms  BIGINT,                 -- end of the reply TTL
+        delivery    TEXT,                   -- NULL until final; held | acked | dead
+        published   INTEGER NOT NULL DEFAULT 0,  -- times the final reply was handed to the broker
+        executions  INTEGER NOT NULL DEFAULT 0,  -- completed runs of the op: at most 1
+        UNIQUE (device, corr)
+    );
+    CREATE INDEX requests_queued ON requests (id) WHERE state = 'queued';
+    CREATE INDEX requests_held ON requests (device, id) WHERE delivery = 'held';
+    CREATE INDEX requests_held_expiry ON requests (expires_ms) WHERE delivery = 'held';
+    CREATE INDEX requests_received ON requests (received_ms);
+    CREATE TABLE dead_letters (
+        id          BIGSERIAL PRIMARY KEY,
+        at_ms       BIGINT NOT NULL,
+        device      TEXT,
+        request_id  BYTEA,
+        corr        TEXT,
+        op          TEXT,
+        status      INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        requeued    BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE telemetry (
+        id      BIGSERIAL PRIMARY KEY,
+        device  TEXT NOT NULL,
+        metric  TEXT NOT NULL,
+        ts      BIGINT NOT NULL,        -- ms since epoch
+        value   DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX telemetry_series ON telemetry (device, metric, ts);",
+    // 2: the cluster. Each request is claimed by the gateway that admitted (or took over) it;
+    // the claim holds while that gateway's heartbeat lease is fresh.
+    "ALTER TABLE requests ADD COLUMN owner TEXT;
+    CREATE INDEX requests_owner_queued ON requests (owner, id) WHERE state = 'queued';
+    CREATE INDEX requests_unpublished ON requests (owner, id)
+        WHERE delivery = 'held' AND published = 0;
+    CREATE TABLE gateways (
+        id              TEXT PRIMARY KEY,   -- [gateway] id
+        started_ms      BIGINT NOT NULL,
+        seen_ms         BIGINT NOT NULL,    -- its last heartbeat
+        lease_until_ms  BIGINT NOT NULL     -- its claims hold until then
+    );",
+];
+
+/// Brings the database up to the newest schema; safe when several gateways call it at once.
+pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let txn = client.transaction().await?;
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    txn.batch_execute("CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)")
+        .await?;
+    let version: i32 = txn
+        .query_opt("SELECT version FROM roost_schema", &[])
+        .await?
+        .map_or(0, |row| row.get(0));
+    let version = version.max(0) as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Sql(format!(
+            "the database has schema version {version}, newer than this gateway knows ({}); \
+             run a newer gateway",
+            MIGRATIONS.len()
+        )));
+    }
+    for step in &MIGRATIONS[version..] {
+        txn.batch_execute(step).await?;
+    }
+    let newest = MIGRATIONS.len() as i32;
+    txn.execute("DELETE FROM roost_schema", &[]).await?;
+    txn.execute("INSERT INTO roost_schema (version) VALUES ($1)", &[&newest])
+        .await?;
+    txn.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! The typed operations of the SQLite engine: each one a closure for the store thread's next
+//! group commit (writes) or a read-only connection on a blocking thread (operator reads), so
+//! no SQLite type leaves the store.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, Transaction};
+
+use super::{connect, connect_read_only, deadletters, devices, requests, telemetry, SqliteStore};
+use crate::store::commands::{Command, Outcome};
+use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
+use crate::store::devices::DeviceRow;
+use crate::store::requests::{
+    Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
+};
+use crate::store::telemetry::Series;
+use crate::store::StoreError;
+use crate::wire::{Correlation, DeviceId, RequestId};
+
+fn run_command(txn: &Transaction<'_>, command: Command) -> rusqlite::Result<Outcome> {
+    Ok(match command {
+        Command::Admit {
+            request,
+            dedupe_after_ms,
+        } => Outcome::Admitted(requests::admit(txn, &request, dedupe_after_ms)?),
+        Command::Find(device, corr) => Outcome::Found(requests::find(txn, &device, &corr)?),
+        Command::Cancel {
+            device,
+            of,
+            now_ms,
+            expires_ms,
+            reply,
+        } => Outcome::Cancel(requests::cancel(
+            txn, &device, &of, now_ms, expires_ms, reply,
+        )?),
+        Command::Dead(letter) => {
+            deadletters::insert(txn, &letter)?;
+            Outcome::Done
+        }
+        Command::Ack(device, corr) => Outcome::Acked(requests::ack(txn, &device, &corr)?),
+        Command::Telemetry(device, readings) => {
+            telemetry::insert(txn, &device, &readings)?;
+            Outcome::Done
+        }
+    })
+}
+
+impl SqliteStore {
+    /// Runs intake's commands in one transaction.
+    pub async fn batch(
+        &self,
+        commands: Vec<Option<Command>>,
+    ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        self.call(move |txn| {
+            commands
+                .into_iter()
+                .map(|command| command.map(|c| run_command(txn, c)).transpose())
+                .collect()
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::admit`].
+    pub async fn admit(
+        &self,
+        request: NewRequest,
+        dedupe_after_ms: i64,
+    ) -> Result<Admission, StoreError> {
+        self.call(move |txn| requests::admit(txn, &request, dedupe_after_ms))
+            .await
+    }
+
+    /// See [`crate::store::Store::find`].
+    pub async fn find(
+        &self,
+        device: DeviceId,
+        corr: Correlation,
+    ) -> Result<Option<Existing>, StoreError> {
+        self.call(move |txn| requests::find(txn, &device, &corr))
+            .await
+    }
+
+    /// See [`crate::store::Store::complete_then`].
+    pub fn complete_then(
+        &self,
+        completion: Completion,
+        then: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
+    ) {
+        self.submit(move |txn| requests::complete(txn, &completion), then);
+    }
+
+    /// See [`crate::store::Store::complete`].
+    pub async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
+        self.call(move |txn| requests::complete(txn, &completion))
+            .await
+    }
+
+    /// See [`crate::store::Store::unpublished`].
+    pub async fn unpublished(&self) -> Result<Vec<FinalReply>, StoreError> {
+        self.call(|txn| requests::unpublished(txn)).await
+    }
+
+    /// See [`crate::store::Store::queued_extent`].
+    pub async fn queued_extent(&self) -> Result<(usize, Option<RequestId>), StoreError> {
+        self.call(|txn| requests::queued_extent(txn)).await
+    }
+
+    /// See [`crate::store::Store::queued_after`].
+    pub async fn queued_after(
+        &self,
+        after: Option<RequestId>,
+        until: RequestId,
+        limit: usize,
+    ) -> Result<Vec<StoredRequest>, StoreError> {
+        self.call(move |txn| requests::queued_after(txn, after, until, limit))
+            .await
+    }
+
+    /// See [`crate::store::Store::held_for`].
+    pub async fn held_for(
+        &self,
+        devices: Vec<DeviceId>,
+        limit: usize,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        self.call(move |txn| {
+            let mut held = Vec::new();
+            for device in &devices {
+                held.extend(requests::held_for(txn, device, limit)?);
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::mark_published`].
+    pub fn mark_published(&self, id: RequestId) {
+        self.submit(move |txn| requests::mark_published(txn, id), |_| {});
+    }
+
+    /// See [`crate::store::Store::held_counts`].
+    pub async fn held_counts(&self, devices: Vec<DeviceId>) -> Result<Vec<usize>, StoreError> {
+        self.call(move |txn| {
+            devices
+                .iter()
+                .map(|device| requests::held_counts(txn, Some(device)))
+                .collect()
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::held_total`].
+    pub async fn held_total(&self) -> Result<usize, StoreError> {
+        self.call(|txn| requests::held_counts(txn, None)).await
+    }
+
+    /// See [`crate::store::Store::expire_held`].
+    pub async fn expire_held(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.call(move |txn| requests::expire_held(txn, now_ms, limit))
+            .await
+    }
+
+    /// See [`crate::store::Store::prune`].
+    pub async fn prune(
+        &self,
+        dedupe_before_ms: i64,
+        telemetry_before_ms: i64,
+        keep: usize,
+    ) -> Result<(usize, usize), StoreError> {
+        self.call(move |txn| {
+            Ok((
+                requests::prune(txn, dedupe_before_ms)?,
+                telemetry::prune(txn, telemetry_before_ms, keep)?,
+            ))
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::ping`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|_| Ok(())).await
+    }
+
+    /// Runs a read on a fresh read-only connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = connect_read_only(&path)?;
+            Ok(query(&conn)?)
+        })
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Sql(error.to_string())))
+    }
+
+    /// See [`crate::store::Store::devices_page`].
+    pub async fn devices_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
+        self.read(move |conn| Ok((devices::count(conn)?, devices::list(conn, offset, limit)?)))
+            .await
+    }
+
+    /// See [`crate::store::Store::device`].
+    pub async fn device(
+        &self,
+        id: String,
+    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
+        self.read(move |conn| {
+            Ok((
+                devices::get(conn, &id)?,
+                requests::list(conn, Some(&id), None, 20)?,
+            ))
+        })
+        .await
+    }
+
+    /// A reader for one worker thread.
+    pub fn reader(&self) -> SqliteReader {
+        SqliteReader {
+            path: self.path.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// One worker thread's read-only connection, opened on first use.
+#[derive(Debug)]
+pub struct SqliteReader {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl SqliteReader {
+    /// See [`crate::store::Reader::telemetry_window`].
+    pub fn telemetry_window(
+        &mut self,
+        device: &DeviceId,
+        metric: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Series, StoreError> {
+        if self.conn.is_none() {
+            self.conn = Some(connect_read_only(&self.path)?);
+        }
+        let conn = self.conn.as_ref().expect("opened above");
+        Ok(telemetry::window(
+            conn, device, metric, from_ms, to_ms, limit,
+        )?)
+    }
+}
+
+/// The operator CLI's connection (a separate process; WAL lets it read while a gateway serves).
+#[derive(Debug)]
+pub struct SqliteConsole {
+    conn: Connection,
+}
+
+impl SqliteConsole {
+    /// Opens `data_dir/roost.db`: read-only, or for writing with the configured durability.
+    pub fn open(data_dir: &Path, write: Option<bool>) -> Result<SqliteConsole, StoreError> {
+        let path = data_dir.join(crate::store::DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Sql(format!(
+                "no database at {} (has the gateway run with this config?)",
+                path.display()
+            )));
+        }
+        let conn = match write {
+            Some(sync_full) => connect(&path, sync_full)?,
+            None => connect_read_only(&path)?,
+        };
+        Ok(SqliteConsole { conn })
+    }
+
+    /// See [`crate::store::Console::requests`].
+    pub fn requests(
+        &self,
+        device: Option<&str>,
+        state: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RequestSummary>, StoreError> {
+        Ok(requests::list(&self.conn, device, state, limit)?)
+    }
+
+    /// See [`crate::store::Console::dead_letters`].
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
+        Ok(deadletters::list(&self.conn, limit)?)
+    }
+
+    /// See [`crate::store::Console::requeue`].
+    pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
+        Ok(deadletters::requeue(&self.conn, id, expires_ms)?)
+    }
+}

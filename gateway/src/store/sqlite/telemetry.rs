@@ -1,0 +1,152 @@
+//! The `telemetry` table: device readings, one row per (device, metric, ts), read back as the
+//! series of windowed ops.
+
+use rusqlite::{params, Connection};
+
+use crate::store::telemetry::Reading;
+use crate::store::telemetry::Series;
+use crate::wire::DeviceId;
+
+/// Stores readings of one device.
+pub fn insert(conn: &Connection, device: &DeviceId, readings: &[Reading]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO telemetry (device, metric, ts, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for reading in readings {
+        stmt.execute(params![
+            device.as_str(),
+            reading.metric,
+            reading.ts,
+            reading.value
+        ])?;
+    }
+    Ok(())
+}
+
+/// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
+/// `limit` of them (the oldest).
+pub fn window(
+    conn: &Connection,
+    device: &DeviceId,
+    metric: &str,
+    from_ms: i64,
+    to_ms: i64,
+    limit: usize,
+) -> rusqlite::Result<Series> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT ts, value FROM telemetry
+         WHERE device = ?1 AND metric = ?2 AND ts > ?3 AND ts <= ?4 ORDER BY ts LIMIT ?5",
+    )?;
+    let mut values = Vec::new();
+    let mut ts = Vec::new();
+    let mut rows = stmt.query(params![
+        device.as_str(),
+        metric,
+        from_ms,
+        to_ms,
+        limit as i64
+    ])?;
+    while let Some(row) = rows.next()? {
+        ts.push(row.get::<_, i64>(0)?.max(0) as u64);
+        values.push(row.get(1)?);
+    }
+    Ok(Series {
+        values,
+        ts: Some(ts),
+    })
+}
+
+/// Deletes readings older than `before_ms`, and beyond the newest `keep` per device.
+pub fn prune(conn: &Connection, before_ms: i64, keep: usize) -> rusqlite::Result<usize> {
+    let old = conn.execute("DELETE FROM telemetry WHERE ts < ?1", params![before_ms])?;
+    let over = conn.execute(
+        "DELETE FROM telemetry WHERE rowid IN (
+            SELECT rowid FROM (
+                SELECT rowid, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
+                FROM telemetry) WHERE n > ?1)",
+        params![keep as i64],
+    )?;
+    Ok(old + over)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(metric: &str, ts: i64, value: f64) -> Reading {
+        Reading {
+            metric: metric.into(),
+            ts,
+            value,
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = super::super::connect(&dir.path().join("t.db"), false).expect("open");
+        super::super::schema::migrate(&mut conn).expect("migrate");
+        (dir, conn)
+    }
+
+    #[test]
+    fn window_is_this_devices_metric_in_time_order_and_bounded() {
+        let (_dir, conn) = open();
+        let a = DeviceId::parse("a").expect("id");
+        let b = DeviceId::parse("b").expect("id");
+        insert(
+            &conn,
+            &a,
+            &[
+                reading("t", 30, 3.0),
+                reading("t", 10, 1.0),
+                reading("h", 20, 9.0),
+                reading("t", 20, 2.0),
+            ],
+        )
+        .expect("insert");
+        insert(&conn, &b, &[reading("t", 15, 7.0)]).expect("insert");
+        let series = window(&conn, &a, "t", 10, 30, 100).expect("read");
+        assert_eq!(
+            series.values,
+            vec![2.0, 3.0],
+            "from_ms is exclusive, to_ms inclusive"
+        );
+        assert_eq!(series.ts, Some(vec![20, 30]));
+        let all = window(&conn, &a, "t", 0, 100, 100).expect("read");
+        assert_eq!(
+            all.values,
+            vec![1.0, 2.0, 3.0],
+            "time order, whatever the arrival order"
+        );
+        assert_eq!(
+            window(&conn, &a, "t", 0, 100, 2)
+                .expect("read")
+                .values
+                .len(),
+            2,
+            "limit"
+        );
+    }
+
+    #[test]
+    fn prune_drops_old_readings_and_keeps_the_newest_per_device() {
+        let (_dir, conn) = open();
+        let a = DeviceId::parse("a").expect("id");
+        let b = DeviceId::parse("b").expect("id");
+        let many: Vec<Reading> = (0..10).map(|i| reading("t", 100 + i, i as f64)).collect();
+        insert(&conn, &a, &many).expect("insert");
+        insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
+        let deleted = prune(&conn, 50, 3).expect("prune");
+        assert_eq!(
+            deleted,
+            1 + 7,
+            "b's old reading, and a's beyond the newest 3"
+        );
+        let kept = window(&conn, &a, "t", 0, 1000, 100).expect("read");
+        assert_eq!(kept.ts, Some(vec![107, 108, 109]));
+        assert_eq!(
+            window(&conn, &b, "t", 0, 1000, 100).expect("read").values,
+            vec![1.0]
+        );
+    }
+}

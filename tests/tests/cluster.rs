@@ -1,0 +1,293 @@
+//! Several gateways on one PostgreSQL act as one gateway: three gateway processes in external
+//! mode behind Mosquitto (a shared subscription hands each message to one of them) sharing one
+//! database (a throwaway cluster). Duplicates, `status`, acks, presence and telemetry are
+//! answered the same whichever gateway takes them; a killed gateway's held replies and queued
+//! work are delivered and finished by the others.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use gateway::wire::Status;
+use roost_tests::device::{values, TestDevice};
+use roost_tests::postgres::PgCluster;
+use roost_tests::{http_get, Gateway, Mosquitto};
+
+/// One gateway of the cluster.
+fn member(mosquitto: &Mosquitto, url: &str, id: &str, extra: &str) -> Gateway {
+    Gateway::start_with(&format!(
+        "[gateway]\nid = \"{id}\"\nworkers = 1\n\
+         [broker]\nmode = \"external\"\nurl = \"mqtt://{}\"\nshare_group = \"roost\"\n\
+         [store]\nengine = \"postgres\"\nurl = \"{url}\"\nlease_ms = 1000\n\
+         [limits]\nmax_pending_per_device = 1000\nmax_payload_bytes = 4194304\n{extra}",
+        mosquitto.addr
+    ))
+}
+
+struct Rig {
+    mosquitto: Mosquitto,
+    postgres: PgCluster,
+    gateways: Vec<Gateway>,
+}
+
+async fn rig(extra: &str) -> Rig {
+    let (postgres, url) = tokio::task::spawn_blocking(|| {
+        let cluster = PgCluster::start();
+        let url = cluster.create_database("cluster");
+        (cluster, url)
+    })
+    .await
+    .expect("postgres");
+    let mosquitto = Mosquitto::start();
+    let gateways = ["gw-1", "gw-2", "gw-3"]
+        .iter()
+        .map(|id| member(&mosquitto, &url, id, extra))
+        .collect();
+    Rig {
+        mosquitto,
+        postgres,
+        gateways,
+    }
+}
+
+impl Rig {
+    fn sql(&self, query: &str) -> String {
+        self.postgres.query("cluster", query)
+    }
+}
+
+/// `roost_intake_total{outcome=...}` of one gateway.
+async fn intake_count(http: SocketAddr, outcome: &str) -> u64 {
+    let (_, body) = tokio::task::spawn_blocking(move || http_get(http, "/metrics"))
+        .await
+        .expect("join");
+    let prefix = format!("roost_intake_total{{outcome=\"{outcome}\"}} ");
+    body.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Guarantee 2 across gateways: retries of one request, spread by the broker over all three
+/// gateways, get the original's request id and its final reply byte for byte; the op runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_through_another_gateway_is_answered_as_the_original() {
+    let rig = rig("").await;
+    let mut device = TestDevice::connect(rig.mosquitto.addr, "dup-1").await;
+    device
+        .request("stats", &values(&[1.0, 2.0, 4.0]), b"once", None)
+        .await;
+    let accepted = device.reply_for(b"once").await;
+    assert_eq!(accepted.reply.status, Status::Accepted);
+    let id = accepted.reply.request_id.expect("request_id");
+    let first = loop {
+        let got = device.reply_for(b"once").await;
+        if got.reply.status == Status::Ok {
+            break got;
+        }
+    };
+    const RETRIES: usize = 9;
+    for _ in 0..RETRIES {
+        device
+            .request("stats", &values(&[9.0]), b"once", None)
+            .await;
+    }
+    for _ in 0..RETRIES {
+        let again = device.reply_for(b"once").await;
+        assert_eq!(
+            again.reply.request_id,
+            Some(id),
+            "the original's request id"
+        );
+        assert_eq!(
+            again.payload, first.payload,
+            "the same final reply, byte for byte"
+        );
+    }
+    let mut answered_by = 0;
+    for gateway in &rig.gateways {
+        if intake_count(gateway.http.expect("http"), "duplicate").await > 0 {
+            answered_by += 1;
+        }
+    }
+    assert!(
+        answered_by >= 2,
+        "duplicates reached more than one gateway ({answered_by})"
+    );
+    assert_eq!(
+        rig.sql("SELECT COUNT(*), MAX(executions) FROM requests"),
+        "1|1"
+    );
+}
+
+/// `status` answered by whichever gateway takes it; telemetry stored once, not once per gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_telemetry_are_handled_once_by_any_gateway() {
+    let rig = rig("").await;
+    let mut device = TestDevice::connect(rig.mosquitto.addr, "tel-1").await;
+    const READINGS: usize = 30;
+    for i in 0..READINGS {
+        let reading = ciborium::Value::Map(vec![
+            (
+                ciborium::Value::Text("ts".into()),
+                ciborium::Value::Integer((1_000 + i as u64).into()),
+            ),
+            (
+                ciborium::Value::Text("t".into()),
+                ciborium::Value::Float(i as f64),
+            ),
+        ]);
+        device
+            .publish_raw(
+                "devices/tel-1/telemetry",
+                gateway::wire::envelope::encode_value(&reading),
+                None,
+            )
+            .await;
+    }
+    device.request("stats", &values(&[1.0]), b"s", None).await;
+    while device.reply_for(b"s").await.reply.status != Status::Ok {}
+    let of = ciborium::Value::Map(vec![(
+        ciborium::Value::Text("of".into()),
+        ciborium::Value::Bytes(b"s".to_vec()),
+    )]);
+    for n in 0..6u8 {
+        let corr = [b'q', n];
+        device.request("status", &of, &corr, None).await;
+        let got = device.reply_for(&corr).await;
+        assert_eq!(
+            got.reply.status,
+            Status::Ok,
+            "status answered: {:?}",
+            got.reply
+        );
+    }
+    // Telemetry goes through the same ordered inbox as the requests after it, per gateway; give
+    // each gateway's earlier batches the time to commit by waiting on the count itself.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stored: usize = rig
+            .sql("SELECT COUNT(*) FROM telemetry")
+            .parse()
+            .expect("count");
+        assert!(
+            stored <= READINGS,
+            "telemetry stored more than once: {stored}"
+        );
+        if stored == READINGS {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "telemetry stored: {stored}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A gateway is killed (SIGKILL) holding an unacknowledged reply and with queued work: the
+/// device's next wake, taken by another gateway, redelivers the held reply; after `lease_ms`
+/// the others finish the queued work; every request ends with one final reply and `executions`
+/// ≤ 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_replies_and_work_are_taken_over() {
+    let mut rig = rig("").await;
+    // A held reply: the request is answered while the device listens, and never acked.
+    let mut device = TestDevice::connect(rig.mosquitto.addr, "fo-1").await;
+    device
+        .request("stats", &values(&[3.0, 5.0]), b"held", None)
+        .await;
+    let held = loop {
+        let got = device.reply_for(b"held").await;
+        if got.reply.status == Status::Ok {
+            break got;
+        }
+    };
+    // Queued work: heavy requests, many waiting behind one worker per gateway; the holder is
+    // killed (SIGKILL) while it still has some queued.
+    let holder = rig.sql("SELECT owner FROM requests WHERE corr = 'held'::bytea");
+    let index = ["gw-1", "gw-2", "gw-3"]
+        .iter()
+        .position(|id| *id == holder)
+        .expect("the holder is one of the three");
+    const HEAVY: usize = 24;
+    let series: Vec<f64> = (0..200_000).map(|i| ((i * 7919) % 10007) as f64).collect();
+    let args = values(&series);
+    for i in 0..HEAVY {
+        device
+            .request("stats", &args, format!("h{i}").as_bytes(), None)
+            .await;
+    }
+    let queued_at_holder = || -> usize {
+        rig.sql(&format!(
+            "SELECT COUNT(*) FROM requests WHERE owner = '{holder}' AND state = 'queued'"
+        ))
+        .parse()
+        .expect("count")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while queued_at_holder() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder queued nothing"
+        );
+    }
+    rig.gateways[index].kill();
+    device.disconnect().await;
+    let queued_there: usize = rig
+        .sql(&format!(
+            "SELECT COUNT(*) FROM requests WHERE owner = '{holder}' AND state = 'queued'"
+        ))
+        .parse()
+        .expect("count");
+    assert!(
+        queued_there > 0,
+        "the killed gateway had queued work to take over (the test needs heavier requests)"
+    );
+    // Accepted means committed: a request the holder had not committed when it died was never
+    // accepted (no 202; a device retries it, or the broker hands it to another gateway).
+    let accepted = || -> HashSet<Vec<u8>> {
+        rig.sql("SELECT convert_from(corr, 'UTF8') FROM requests WHERE corr <> 'held'::bytea")
+            .lines()
+            .map(|corr| corr.as_bytes().to_vec())
+            .collect()
+    };
+
+    // The device wakes, listens, sleeps, as sleepy devices do: whichever live gateway sees a
+    // wake redelivers what is held (a reply published while it slept comes on a later wake).
+    let mut finals: HashSet<Vec<u8>> = HashSet::new();
+    let mut redelivered = false;
+    for _wake in 0..30 {
+        let mut device = TestDevice::wake(rig.mosquitto.addr, "fo-1").await;
+        while let Some(got) = device.next_within(std::time::Duration::from_secs(2)).await {
+            let corr = got.corr.expect("corr").to_vec();
+            if corr == b"held" {
+                assert_eq!(got.reply.request_id, held.reply.request_id);
+                assert_eq!(got.payload, held.payload, "byte for byte");
+                redelivered = true;
+            } else if got.reply.status == Status::Ok {
+                finals.insert(corr);
+            }
+        }
+        if redelivered && finals.is_superset(&accepted()) {
+            device.ack(b"held").await;
+            device.sleep().await;
+            break;
+        }
+        device.sleep().await;
+    }
+    assert!(redelivered, "the held reply came from another gateway");
+    assert_eq!(
+        finals,
+        accepted(),
+        "every accepted request finished, and only those"
+    );
+    assert_eq!(
+        rig.sql("SELECT COUNT(*) FROM requests WHERE state <> 'done'"),
+        "0"
+    );
+    assert_eq!(
+        rig.sql("SELECT MAX(executions) FROM requests"),
+        "1",
+        "never recorded twice"
+    );
+}

@@ -1,0 +1,417 @@
+//! The store's contract, run against both engines: SQLite in a temp dir, and PostgreSQL in a
+//! throwaway cluster (Debian's server, started as user `postgres` on a free loopback port).
+//! Every scenario goes through the store's typed interface only, as the gateway does.
+
+use std::time::Duration;
+
+use gateway::config::{StoreConfig, StoreEngine};
+use gateway::store::commands::{Command, Outcome};
+use gateway::store::deadletters::{DeadLetter, Requeue};
+use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest};
+use gateway::store::telemetry::Reading;
+use gateway::store::{now_ms, Console, Store};
+use gateway::wire::{Correlation, DeviceId, RequestId, State};
+use roost_tests::postgres::PgCluster;
+
+fn device(name: &str) -> DeviceId {
+    DeviceId::parse(name).expect("valid id")
+}
+
+fn corr(text: &str) -> Correlation {
+    Correlation(bytes::Bytes::copy_from_slice(text.as_bytes()))
+}
+
+fn request(dev: &str, c: &str) -> NewRequest {
+    let now = now_ms();
+    NewRequest {
+        id: RequestId::new(),
+        device: device(dev),
+        corr: corr(c),
+        op: "stats".into(),
+        args: vec![0xa0],
+        reply_topic: format!("devices/{dev}/reply"),
+        envelope: false,
+        received_ms: now,
+        deadline_ms: now + 60_000,
+    }
+}
+
+fn completion(id: RequestId, payload: &[u8]) -> Completion {
+    Completion {
+        id,
+        state: State::Done,
+        status: 200,
+        payload: payload.to_vec(),
+        finished_ms: now_ms(),
+        expires_ms: now_ms() + 60_000,
+        executed: true,
+    }
+}
+
+fn cancelled(id: RequestId, _envelope: bool, _of: &Correlation) -> Vec<u8> {
+    id.as_bytes().to_vec()
+}
+
+fn postgres(url: &str) -> StoreConfig {
+    StoreConfig {
+        engine: StoreEngine::Postgres {
+            url: url.to_owned(),
+            pool_size: 4,
+        },
+        ..StoreConfig::default()
+    }
+}
+
+/// Everything the gateway asks of a store, with the answers the contract fixes.
+async fn keeps_the_contract(store: &Store, console: Console) {
+    // Admission and exact dedupe: the duplicate gets the original's id.
+    let first = request("d1", "a");
+    assert!(matches!(
+        store.admit(first.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    let mut again = request("d1", "a");
+    again.op = "histogram".into();
+    match store.admit(again, 0).await.expect("admit") {
+        Admission::Existing(existing) => {
+            assert_eq!(
+                existing.id, first.id,
+                "a duplicate is answered as the original"
+            );
+            assert_eq!(existing.state, State::Queued);
+            assert_eq!(existing.op, "stats");
+        }
+        Admission::New => panic!("a duplicate was stored twice"),
+    }
+
+    // A batch: outcomes in command order, `None` where a publish had no store work.
+    let second = request("d1", "b");
+    let outcomes = store
+        .batch(vec![
+            Some(Command::Admit {
+                request: second.clone(),
+                dedupe_after_ms: 0,
+            }),
+            None,
+            Some(Command::Find(device("d1"), corr("a"))),
+            Some(Command::Telemetry(
+                device("d1"),
+                vec![
+                    Reading {
+                        metric: "t".into(),
+                        ts: 30,
+                        value: 3.0,
+                    },
+                    Reading {
+                        metric: "t".into(),
+                        ts: 10,
+                        value: 1.0,
+                    },
+                    Reading {
+                        metric: "h".into(),
+                        ts: 20,
+                        value: 9.0,
+                    },
+                ],
+            )),
+            Some(Command::Find(device("d1"), corr("nope"))),
+        ])
+        .await
+        .expect("batch");
+    assert_eq!(outcomes.len(), 5);
+    assert!(matches!(
+        outcomes[0],
+        Some(Outcome::Admitted(Admission::New))
+    ));
+    assert!(outcomes[1].is_none());
+    assert!(matches!(&outcomes[2], Some(Outcome::Found(Some(e))) if e.id == first.id));
+    assert!(matches!(outcomes[3], Some(Outcome::Done)));
+    assert!(matches!(outcomes[4], Some(Outcome::Found(None))));
+
+    // Telemetry windows, read the way workers read them (a blocking reader off the runtime).
+    let mut reader = store.reader();
+    let series = tokio::task::spawn_blocking(move || {
+        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
+    })
+    .await
+    .expect("thread")
+    .expect("window");
+    assert_eq!(series.values, vec![1.0, 3.0], "this metric, in time order");
+
+    // Recovery's view of the queue.
+    let (queued, newest) = store.queued_extent().await.expect("extent");
+    assert_eq!((queued, newest), (2, Some(second.id)));
+    let page = store.queued_after(None, second.id, 1).await.expect("page");
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![first.id]
+    );
+    let page = store
+        .queued_after(Some(first.id), second.id, 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![second.id]
+    );
+
+    // Completion is recorded at most once; a cancel after it finds it finished.
+    assert!(store
+        .complete(completion(first.id, b"r1"))
+        .await
+        .expect("complete"));
+    assert!(
+        !store
+            .complete(completion(first.id, b"other"))
+            .await
+            .expect("complete"),
+        "a second completion changes nothing"
+    );
+    let found = store
+        .find(device("d1"), corr("a"))
+        .await
+        .expect("find")
+        .expect("row");
+    assert_eq!(
+        (found.state, found.reply.as_deref()),
+        (State::Done, Some(&b"r1"[..]))
+    );
+    let cancel = |of: &str| Command::Cancel {
+        device: device("d1"),
+        of: corr(of),
+        now_ms: now_ms(),
+        expires_ms: now_ms() + 60_000,
+        reply: cancelled,
+    };
+    let outcomes = store
+        .batch(vec![
+            Some(cancel("a")),
+            Some(cancel("b")),
+            Some(cancel("zz")),
+        ])
+        .await
+        .expect("cancels");
+    assert!(matches!(
+        outcomes[0],
+        Some(Outcome::Cancel(CancelOutcome::AlreadyFinished(State::Done)))
+    ));
+    match &outcomes[1] {
+        Some(Outcome::Cancel(CancelOutcome::Cancelled(reply))) => {
+            assert_eq!((reply.id, reply.status), (second.id, 410));
+            assert_eq!(
+                reply.payload,
+                second.id.as_bytes().to_vec(),
+                "the caller's 410 is stored"
+            );
+        }
+        other => panic!("queued request not cancelled: {other:?}"),
+    }
+    assert!(matches!(
+        outcomes[2],
+        Some(Outcome::Cancel(CancelOutcome::NotFound))
+    ));
+    assert!(
+        !store
+            .complete(completion(second.id, b"late"))
+            .await
+            .expect("complete"),
+        "a worker finishing a cancelled request records nothing"
+    );
+
+    // Held replies: unpublished until counted, redelivered on wake, ended by an ack.
+    let unpublished = store.unpublished().await.expect("unpublished");
+    assert_eq!(unpublished.len(), 2);
+    assert!(store
+        .held_for(vec![device("d1")], 10)
+        .await
+        .expect("held")
+        .is_empty());
+    store.mark_published(first.id);
+    store.mark_published(second.id);
+    // Nobody waits for the publish counts: they land with a later commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !store.unpublished().await.expect("unpublished").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publish counts never committed"
+        );
+        store.ping().await.expect("ping");
+    }
+    let held = store
+        .held_for(vec![device("d1"), device("d2")], 10)
+        .await
+        .expect("held");
+    assert_eq!(
+        held.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![first.id, second.id]
+    );
+    assert_eq!(
+        store
+            .held_counts(vec![device("d2"), device("d1")])
+            .await
+            .expect("counts"),
+        vec![0, 2]
+    );
+    let acked = store
+        .batch(vec![
+            Some(Command::Ack(device("d1"), corr("a"))),
+            Some(Command::Ack(device("d1"), corr("a"))),
+        ])
+        .await
+        .expect("acks");
+    assert!(matches!(acked[0], Some(Outcome::Acked(Some(id))) if id == first.id));
+    assert!(
+        matches!(acked[1], Some(Outcome::Acked(None))),
+        "an ack ends it once"
+    );
+    assert_eq!(store.held_total().await.expect("total"), 1);
+
+    // After an ack and the dedupe window, the same correlation is a new request.
+    let reused = request("d1", "a");
+    assert!(matches!(
+        store
+            .admit(reused.clone(), now_ms() + 1)
+            .await
+            .expect("admit"),
+        Admission::New
+    ));
+    assert!(store
+        .complete(completion(reused.id, b"r2"))
+        .await
+        .expect("complete"));
+
+    // TTL: an expired held reply becomes exactly one dead letter; an operator can requeue it.
+    let letters = store
+        .expire_held(now_ms() + 120_000, 100)
+        .await
+        .expect("expire");
+    assert_eq!(letters.len(), 2, "the cancelled one and the reused one");
+    assert!(store
+        .expire_held(now_ms() + 120_000, 100)
+        .await
+        .expect("expire")
+        .is_empty());
+    store
+        .batch(vec![Some(Command::Dead(DeadLetter {
+            at_ms: now_ms(),
+            device: Some("d9".into()),
+            request_id: None,
+            corr: Some("00".into()),
+            op: Some("stats".into()),
+            status: 400,
+            reason: "bad".into(),
+        }))])
+        .await
+        .expect("dead letter");
+    let console_rows = tokio::task::spawn_blocking(move || {
+        let rows = console.dead_letters(10).expect("dead letters");
+        let requeued = rows
+            .iter()
+            .find(|row| row.letter.request_id.is_some())
+            .map(|row| console.requeue(row.id, now_ms() + 60_000).expect("requeue"));
+        let refused = rows
+            .iter()
+            .find(|row| row.letter.request_id.is_none())
+            .map(|row| console.requeue(row.id, now_ms() + 60_000).expect("requeue"));
+        let listed = console.requests(Some("d1"), None, 10).expect("list");
+        (rows.len(), requeued, refused, listed)
+    })
+    .await
+    .expect("thread");
+    assert_eq!(console_rows.0, 3);
+    assert!(matches!(console_rows.1, Some(Requeue::Requeued(_))));
+    assert_eq!(console_rows.2, Some(Requeue::NotStored));
+    assert_eq!(console_rows.3.len(), 2, "a and b of d1");
+    assert!(console_rows.3.iter().all(|r| r.executions <= 1));
+
+    // Operator views.
+    let (total, page) = store.devices_page(0, 10).await.expect("devices");
+    assert_eq!(total, 1);
+    assert_eq!(page[0].id, "d1");
+    let (one, recent) = store.device("d1".into()).await.expect("device");
+    assert_eq!(one.expect("known").requests, 2);
+    assert_eq!(recent.len(), 2);
+    assert!(store
+        .device("nobody".into())
+        .await
+        .expect("device")
+        .0
+        .is_none());
+
+    // Pruning forgets acked requests past the window and old telemetry.
+    let (requests, readings) = store.prune(now_ms() + 1_000, 15, 100).await.expect("prune");
+    assert_eq!(
+        (requests, readings),
+        (1, 1),
+        "the dead request; the reading at ts 10"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlite_engine_keeps_the_store_contract() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = StoreConfig::default();
+    let store = Store::open(&config, dir.path()).await.expect("open");
+    let console = Console::open(&config, dir.path(), true).expect("console");
+    keeps_the_contract(&store, console).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_engine_keeps_the_store_contract() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("contract");
+    let config = postgres(&url);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&config, dir.path()).await.expect("open");
+    let console = {
+        let config = config.clone();
+        let path = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || Console::open(&config, &path, true))
+            .await
+            .expect("thread")
+            .expect("console")
+    };
+    keeps_the_contract(&store, console).await;
+    drop(store);
+    drop(cluster);
+}
+
+/// Several gateways starting at once on a fresh database: one migrates, all open, and the
+/// schema is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("race");
+    let config = postgres(&url);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let opens = (0..6).map(|_| {
+        let (config, path) = (config.clone(), dir.path().to_owned());
+        tokio::spawn(async move { Store::open(&config, &path).await })
+    });
+    for open in futures_join(opens).await {
+        open.expect("task").expect("every gateway opens");
+    }
+    let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
+    assert_eq!(versions, "1|2", "one row, the newest version");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        Store::open(&config, dir.path())
+            .await
+            .expect("reopens on a current schema")
+    })
+    .await
+    .expect("bounded");
+}
+
+async fn futures_join<T>(
+    handles: impl Iterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut results = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        results.push(handle.await);
+    }
+    results
+}
