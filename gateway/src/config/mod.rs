@@ -69,6 +69,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[broker.tls]`: TLS on the device listener (embedded mode only).
     pub tls: Option<TlsConfig>,
+    /// `[models.NAME]` as written; [`crate::models::Registry::load`] checks and loads them.
+    pub models: std::collections::BTreeMap<String, crate::models::RawModel>,
 }
 
 /// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).
@@ -321,6 +323,7 @@ impl RawConfig {
             store: StoreConfig { sync_full },
             limits: validate_limits(&self.limits)?,
             tls,
+            models: self.models,
         })
     }
 }
