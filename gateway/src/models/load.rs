@@ -179,19 +179,20 @@ pub fn load(name: &str, raw: &RawModel) -> Result<Model, ModelError> {
     let mut inputs = Vec::new();
     for (ix, name) in input_names.iter().enumerate() {
         let fact = typed.input_fact(ix).map_err(cannot_take)?;
-        let dtype =
-            match fact.datum_type {
-                DatumType::F32 => Dtype::F32,
-                DatumType::F64 => Dtype::F64,
-                DatumType::I32 => Dtype::I32,
-                DatumType::I64 => Dtype::I64,
-                other => return Err(ModelError::new(
+        let dtype = match fact.datum_type {
+            DatumType::F32 => Dtype::F32,
+            DatumType::F64 => Dtype::F64,
+            DatumType::I32 => Dtype::I32,
+            DatumType::I64 => Dtype::I64,
+            other => {
+                return Err(ModelError::new(
                     key("inputs"),
                     format!(
                         "input {name:?} is {other:?}: infer takes float32, float64, int32 or int64"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let dims = fact
             .shape
             .iter()

@@ -24,6 +24,8 @@ mod infer;
 pub mod list;
 pub mod load;
 mod tensor;
+#[cfg(test)]
+mod tests;
 
 pub use config::RawModel;
 pub use load::Model;

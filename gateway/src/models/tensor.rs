@@ -57,9 +57,11 @@ pub fn from_cbor(
     let count = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d));
     match count {
         Some(count) if count <= *budget => *budget -= count,
-        _ => return Err(OpError::TooLarge(format!(
+        _ => {
+            return Err(OpError::TooLarge(format!(
             "input {name:?} of shape {shape:?} has more elements than limits.max_series_len allows"
-        ))),
+        )))
+        }
     }
     let mut leaves = Vec::new();
     flatten(value, &shape, 0, &mut leaves)
@@ -309,7 +311,7 @@ mod tests {
         let text = Value::Array(vec![Value::Array(vec![Value::Text("a".into()); 4])]);
         assert!(bad(check(Dtype::F32, text, 100)));
         assert!(matches!(
-            check(Dtype::F32, rows(&[&[1.0, 2.0, 3.0, 4.0]; 3]), 11),
+            check(Dtype::F32, rows(&[&[1.0, 2.0, 3.0, 4.0] as &[f64]; 3]), 11),
             Err(OpError::TooLarge(_))
         ));
         let ints = Value::Array(vec![Value::Array(vec![Value::Integer(3.into()); 4])]);
@@ -323,7 +325,7 @@ mod tests {
         let mut budget = 100;
         let s = spec(Dtype::F32, n4());
         from_cbor(&s, &rows(&[&[1.0; 4]]), &mut free, &mut budget).expect("N = 1");
-        assert!(from_cbor(&s, &rows(&[&[1.0; 4]; 2]), &mut free, &mut budget).is_err());
+        assert!(from_cbor(&s, &rows(&[&[1.0; 4] as &[f64]; 2]), &mut free, &mut budget).is_err());
     }
 
     #[test]
