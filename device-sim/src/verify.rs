@@ -347,4 +347,33 @@ mod tests {
         assert!(check(&expect, Some(&result(&[1, 1]))).is_err());
         assert!(check(&expect, Some(&result(&[3]))).is_err());
     }
+
+    #[test]
+    fn infer_results_are_checked_for_model_hash_and_shapes() {
+        let t = |s: &str| Value::Text(s.into());
+        let output = |shape: &[u64], n: usize| {
+            Value::Map(vec![
+                (
+                    t("shape"),
+                    Value::Array(shape.iter().map(|d| Value::Integer((*d).into())).collect()),
+                ),
+                (t("data"), Value::Array(vec![Value::Float(0.5); n])),
+            ])
+        };
+        let result = |model: &str, out: Value| {
+            Value::Map(vec![
+                (t("model"), t(model)),
+                (t("sha256"), t(&"ab".repeat(32))),
+                (t("outputs"), Value::Map(vec![(t("score"), out)])),
+            ])
+        };
+        let expect = Expect::Infer {
+            model: "mlp".into(),
+            rows: 2,
+        };
+        assert!(check(&expect, Some(&result("mlp", output(&[2, 1], 2)))).is_ok());
+        assert!(check(&expect, Some(&result("other", output(&[2, 1], 2)))).is_err());
+        assert!(check(&expect, Some(&result("mlp", output(&[2, 1], 3)))).is_err());
+        assert!(check(&expect, Some(&result("mlp", output(&[3, 1], 3)))).is_err());
+    }
 }
