@@ -13,7 +13,7 @@ use ciborium::Value;
 use tract_onnx::prelude::{IntoTValue, TValue, TVec, Tensor};
 
 use super::config::Dim;
-use super::load::RunError;
+use super::run::RunError;
 use super::tensor::{self, FreeSizes};
 use super::{Model, Registry};
 use crate::analytics::ops::{self, Call, OpError, PrepareError, Prepared, Series, Source};

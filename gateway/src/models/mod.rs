@@ -23,6 +23,7 @@ pub mod config;
 mod infer;
 pub mod list;
 pub mod load;
+pub mod run;
 mod tensor;
 #[cfg(test)]
 mod tests;
