@@ -15,9 +15,10 @@ use tract_onnx::prelude::{IntoTValue, TValue, TVec, Tensor};
 
 const ROWS: usize = 1000;
 
-fn registry() -> Arc<Registry> {
+/// The MLP with its batch dimension free (`"N"`, as served) or fixed at a size.
+fn registry_with(batch: &str) -> Arc<Registry> {
     let toml = format!(
-        "path = {:?}\ninputs = [{{ name = \"x\", shape = [\"N\", 8], dtype = \"float32\" }}]\n",
+        "path = {:?}\ninputs = [{{ name = \"x\", shape = [{batch}, 8], dtype = \"float32\" }}]\n",
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/fixtures/models/mlp.onnx"
@@ -26,6 +27,10 @@ fn registry() -> Arc<Registry> {
     let raw: RawModel = toml::from_str(&toml).expect("model table");
     let models = BTreeMap::from([("mlp".to_owned(), raw)]);
     Arc::new(Registry::load(&models).expect("mlp.onnx loads"))
+}
+
+fn registry() -> Arc<Registry> {
+    registry_with("\"N\"")
 }
 
 /// 1,000 rows of 8 deterministic pseudo-random features (xorshift), as f32.
@@ -52,6 +57,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let inputs: TVec<TValue> = std::iter::once(tensor.clone().into_tvalue()).collect();
             model.run(inputs, None).expect("runs")
+        })
+    });
+    // The same graph optimised for exactly 1,000 rows: what a free batch dimension costs.
+    let fixed = registry_with(&ROWS.to_string());
+    let fixed_model = fixed.get("mlp").expect("mlp").clone();
+    group.bench_function("tract_run_batch_fixed_at_1000", |b| {
+        b.iter(|| {
+            let inputs: TVec<TValue> = std::iter::once(tensor.clone().into_tvalue()).collect();
+            fixed_model.run(inputs, None).expect("runs")
         })
     });
     let input = Value::Array(
