@@ -215,7 +215,7 @@ impl Pool {
             Err(OpError::TimedOut(message)) => {
                 tracing::info!(request_id = %job.id, device_id = %job.device, %message, "op timed out");
                 let reply = Reply::new(Status::Timeout, State::Expired)
-                    .with_error("deadline_exceeded", message);
+                    .with_error(ErrorCode::DeadlineExceeded, message);
                 (State::Expired, reply, true)
             }
             Err(error) => {

@@ -12,8 +12,10 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod models;
 mod raw;
 
+pub use models::{RawDim, RawModel, RawTensor};
 pub use raw::{RawConfig, RawLimits, RawTls};
 
 /// A configuration mistake, naming the key (or file) it is about.
@@ -69,8 +71,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[broker.tls]`: TLS on the device listener (embedded mode only).
     pub tls: Option<TlsConfig>,
-    /// `[models.NAME]` as written; [`crate::models::Registry::load`] checks and loads them.
-    pub models: std::collections::BTreeMap<String, crate::models::RawModel>,
+    /// `[models.NAME]` as written; `crate::models::Registry::load` checks and loads them.
+    pub models: std::collections::BTreeMap<String, RawModel>,
 }
 
 /// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).

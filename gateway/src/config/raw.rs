@@ -23,8 +23,8 @@ pub struct RawConfig {
     pub store: RawStore,
     /// `[limits]`
     pub limits: RawLimits,
-    /// `[models.NAME]`, one table per ONNX model (checked and loaded by [`crate::models`]).
-    pub models: BTreeMap<String, crate::models::RawModel>,
+    /// `[models.NAME]`, one table per ONNX model (checked and loaded by `crate::models`).
+    pub models: BTreeMap<String, super::models::RawModel>,
 }
 
 /// `[gateway]` as written.

@@ -1,53 +1,11 @@
-//! `[models.NAME]` as written in `gateway.toml`, and the checks that need no model file: names,
-//! dtypes, dimensions, fallbacks. Fed by [`crate::config`] (which parses the file); feeds
-//! [`super::load`], which opens each model.
+//! The checks of `[models.NAME]` tables (parsed as written by [`crate::config`]) that need no
+//! model file: names, dtypes, dimensions, fallbacks. Feeds [`super::load`], which opens each
+//! model.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-
-use serde::Deserialize;
 
 use super::ModelError;
-
-/// One `[models.NAME]` table as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawModel {
-    /// The `.onnx` file (relative to the working directory, like `gateway.data_dir`).
-    pub path: PathBuf,
-    /// Inputs whose shape or dtype the file leaves open (or that the operator wants pinned).
-    #[serde(default)]
-    pub inputs: Vec<RawTensor>,
-    /// Outputs whose shape or dtype the file leaves open.
-    #[serde(default)]
-    pub outputs: Vec<RawTensor>,
-    /// A run of this model longer than this is cut off: `504`, or its fallback answers.
-    pub timeout_ms: Option<u64>,
-    /// Another model to retry on once when this one fails (runtime error or timeout).
-    pub fallback: Option<String>,
-}
-
-/// A declared input or output: `{ name = "x", shape = ["N", 4], dtype = "float32" }`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTensor {
-    /// The tensor's name in the graph.
-    pub name: String,
-    /// Dimensions: a positive integer is fixed, a text names a free dimension (batch, length).
-    pub shape: Option<Vec<RawDim>>,
-    /// `float32`, `float64`, `int32` or `int64`.
-    pub dtype: Option<String>,
-}
-
-/// One declared dimension.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum RawDim {
-    /// A fixed size.
-    Fixed(u64),
-    /// A free dimension, by symbol name.
-    Free(String),
-}
+pub use crate::config::{RawDim, RawModel, RawTensor};
 
 /// The element types `infer` takes and returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +190,7 @@ fn is_symbol(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde::Deserialize;
 
     fn parse(text: &str) -> BTreeMap<String, RawModel> {
         #[derive(Deserialize)]

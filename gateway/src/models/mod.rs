@@ -15,7 +15,7 @@
 //! async task; a model's own panic is caught and becomes a failed run, never a dead worker.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use ciborium::Value;
 
@@ -28,7 +28,7 @@ mod tensor;
 #[cfg(test)]
 mod tests;
 
-pub use config::RawModel;
+pub use crate::config::RawModel;
 pub use load::Model;
 
 use crate::analytics::ops::{Call, PrepareError};
@@ -113,19 +113,10 @@ impl Registry {
     }
 }
 
-static INSTALLED: OnceLock<Arc<Registry>> = OnceLock::new();
-
-/// Makes `registry` the one `infer` requests use, for the life of the process. Called once by
-/// `app::run` before serving; a second call is ignored (returns false).
+/// Makes `registry` the one `infer` requests use (through `ops::prepare`), for the life of the
+/// process. Called once by `app::run` before serving; a second call is ignored (false).
 pub fn install(registry: Arc<Registry>) -> bool {
-    INSTALLED.set(registry).is_ok()
-}
-
-/// Validates an `infer` request against the installed registry (no models when none is
-/// installed: every model name is then `404`).
-pub fn prepare(args: &Value, max_series_len: usize) -> Result<Call, PrepareError> {
-    match INSTALLED.get() {
-        Some(registry) => registry.prepare(args, max_series_len),
-        None => Arc::new(Registry::default()).prepare(args, max_series_len),
-    }
+    crate::analytics::ops::install_infer(Box::new(move |args, max_series_len| {
+        registry.prepare(args, max_series_len)
+    }))
 }

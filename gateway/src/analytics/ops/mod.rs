@@ -137,7 +137,10 @@ pub enum PrepareError {
 /// Validates a request's arguments (a CBOR map) for the named op.
 pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, PrepareError> {
     if op == "infer" {
-        return crate::models::prepare(args, max_series_len);
+        return match INFER.get() {
+            Some(prepare) => prepare(args, max_series_len),
+            None => Err(PrepareError::UnknownModel(model_name(args))),
+        };
     }
     let (name, prepare) = OPS
         .iter()
@@ -157,6 +160,28 @@ pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, Pr
         source,
         prepared,
     })
+}
+
+/// How `infer` requests are prepared: against the models loaded at start, which live in a stage
+/// above this one (`crate::models`), so it registers this once ([`install_infer`]).
+pub type InferPrepare = Box<dyn Fn(&Value, usize) -> Result<Call, PrepareError> + Send + Sync>;
+
+static INFER: std::sync::OnceLock<InferPrepare> = std::sync::OnceLock::new();
+
+/// Registers how `infer` is prepared, once per process (before serving); false if one was
+/// already registered. Without one, every model is unknown (`404`).
+pub fn install_infer(prepare: InferPrepare) -> bool {
+    INFER.set(prepare).is_ok()
+}
+
+fn model_name(args: &Value) -> String {
+    match args {
+        Value::Map(entries) => crate::wire::envelope::map_get(entries, "model")
+            .and_then(Value::as_text)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// A CBOR number as a finite f64.
