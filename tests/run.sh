@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. Installs what the interop tests drive, if missing: Debian's
 # mosquitto (the broker, for external-broker mode) and mosquitto-clients (mosquitto_rr,
-# mosquitto_pub, mosquitto_sub), and Python's paho-mqtt.
+# mosquitto_pub, mosquitto_sub), chromium and chromium-driver (the dashboard's browser test),
+# prometheus (its promtool checks the shipped rules and a live scrape), and Python's paho-mqtt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,16 @@ if ! command -v mosquitto_rr >/dev/null 2>&1 || ! [ -x /usr/sbin/mosquitto ]; th
   as_root apt-get update -qq >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     mosquitto mosquitto-clients >/dev/null
+fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "tests/run.sh: installing paho-mqtt" >&2

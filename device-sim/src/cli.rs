@@ -26,6 +26,8 @@ use crate::workload::Mix;
 ///         workers), over any broker. For the gateway's own message path with nothing behind
 ///         it, run `gateway echo --listen 127.0.0.1:0` and measure it with
 ///         `load --expect-202 false`.
+///   send  one request by hand as one device, arguments as JSON: prints the 202 and the final
+///         reply as JSON lines, acks it, exits 0 for a final 2xx.
 ///
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
@@ -45,7 +47,8 @@ Examples:
   device-sim load --devices 100 --inflight 4 --closed --duration 10s --gateway-pid $(pidof gateway)
   device-sim load --devices 100 --rate 5000 --duration 30s
   gateway echo --listen 127.0.0.1:0        # then: load --broker <printed addr> --expect-202 false
-  device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds";
+  device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds
+  device-sim send --device dev-1 --op stats --args '{\"values\": [1, 2, 3, 4]}'";
 
 /// The scenarios.
 #[derive(Debug, Subcommand)]
@@ -56,6 +59,8 @@ pub enum Command {
     Load(LoadArgs),
     /// A trivial responder: a final 200 to every request at once (the broker's ceiling).
     Echo(EchoArgs),
+    /// One request by hand as device --device: prints the 202 and the final reply as JSON.
+    Send(crate::scenario::send::SendArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

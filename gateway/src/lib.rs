@@ -25,6 +25,7 @@ pub(crate) mod flow;
 pub(crate) mod frontdoor;
 pub(crate) mod intake;
 pub(crate) mod link;
+pub mod logging;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod recovery;

@@ -3,6 +3,7 @@
 //! real MQTT 5 clients ([`device::TestDevice`]). Everything waits on events with timeouts, never
 //! on sleeps.
 
+pub mod browser;
 pub mod device;
 pub mod store_view;
 pub mod workload;
@@ -97,7 +98,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .env("RUST_LOG", "info,rumqttd=warn,rumqttc=warn")
+            .env("RUST_LOG", gateway::logging::DEFAULT_FILTER)
             .spawn()
             .expect("spawn gateway");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -1,10 +1,11 @@
 //! The scenarios behind the subcommands: [`run`] and [`load`] turn their flags into a fleet
 //! ([`DeviceConfig`] + [`Plan`]) and share [`execute`] for the report and the exit code;
-//! [`echo`] is the trivial responder.
+//! [`echo`] is the trivial responder; [`send`] sends one request by hand.
 
 pub mod echo;
 pub mod load;
 pub mod run;
+pub mod send;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -29,6 +30,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Run(args) => run::run(args).await,
         Command::Load(args) => load::run(args).await,
         Command::Echo(args) => echo::run(args).await,
+        Command::Send(args) => send::run(args).await,
     }
 }
 

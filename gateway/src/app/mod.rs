@@ -68,6 +68,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         BrokerConfig::External { .. } => None,
     };
 
+    // Off loopback the HTTP API needs operator logins; without any operator, refuse to start.
+    let http_login = match config.http {
+        Some(addr) if !addr.ip().is_loopback() => {
+            let db_path = config.gateway.data_dir.join(crate::store::DB_FILE);
+            Some(Arc::new(crate::status::login::Login::open(&db_path, addr)?))
+        }
+        _ => None,
+    };
+
     let http_listener = match config.http {
         Some(addr) => Some(
             http::bind(addr)
@@ -76,7 +85,6 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         ),
         None => None,
     };
-
     let store = Store::open(&config.gateway.data_dir, config.store.sync_full)?;
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
@@ -216,6 +224,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 health.clone(),
                 store.path().to_owned(),
             );
+            state.login = http_login;
             if let Some(stats) = front.as_ref().map(FrontDoor::stats) {
                 state.extra_metrics = Arc::new(move |out: &mut String| stats.render(out));
             }
@@ -336,6 +345,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     outbox_stop.cancel();
     let _ = outbox_task.await;
     gateway_status.publish("offline").await;
+    crate::logging::quiet_broker();
     link.disconnect().await;
     tracing::info!("stopped");
     Ok(())

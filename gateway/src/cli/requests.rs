@@ -80,23 +80,30 @@ pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<()
 }
 
 /// `gateway deadletters requeue ID`
-pub fn requeue_dead_letter(config: &Config, id: i64) -> Result<(), String> {
+pub fn requeue_dead_letter(config: &Config, id: i64, json: bool) -> Result<(), String> {
     let path = config.gateway.data_dir.join(store::DB_FILE);
     if !path.exists() {
         return Err(format!("no database at {}", path.display()));
     }
     let conn = store::connect(&path, config.store.sync_full).map_err(|e| e.to_string())?;
     let expires_ms = store::now_ms() + config.limits.reply_ttl.as_millis() as i64;
-    match deadletters::requeue(&conn, id, expires_ms).map_err(|e| e.to_string())? {
-        deadletters::Requeue::Requeued(request) => {
-            println!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes");
-            Ok(())
-        }
-        deadletters::Requeue::NotStored => Err(format!(
-            "dead letter {id} is a request refused at intake; it was never stored, so the device must send it again"
-        )),
-        deadletters::Requeue::AlreadyRequeued => Err(format!("dead letter {id} was already requeued")),
-        deadletters::Requeue::NotDead => Err(format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
-        deadletters::Requeue::NotFound => Err(format!("no dead letter {id}")),
+    let outcome = deadletters::requeue(&conn, id, expires_ms).map_err(|e| e.to_string())?;
+    let (requeued, message) = match &outcome {
+        deadletters::Requeue::Requeued(request) => (Some(request.clone()), format!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes")),
+        deadletters::Requeue::NotStored => (None, format!("dead letter {id} is a request refused at intake; it was never stored, so the device must send it again")),
+        deadletters::Requeue::AlreadyRequeued => (None, format!("dead letter {id} was already requeued")),
+        deadletters::Requeue::NotDead => (None, format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
+        deadletters::Requeue::NotFound => (None, format!("no dead letter {id}")),
+    };
+    if json {
+        print_json(
+            &serde_json::json!({ "id": id, "requeued": requeued.is_some(), "request_id": requeued }),
+        )?;
+    } else if requeued.is_some() {
+        println!("{message}");
+    }
+    match requeued {
+        Some(_) => Ok(()),
+        None => Err(message),
     }
 }

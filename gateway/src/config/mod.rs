@@ -69,6 +69,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[broker.tls]`: TLS on the device listener (embedded mode only).
     pub tls: Option<TlsConfig>,
+    /// `[log] format = "json"`: one JSON object per line instead of text.
+    pub log_json: bool,
 }
 
 /// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).
@@ -285,6 +287,16 @@ impl RawConfig {
             "" => None,
             addr => Some(parse_addr("http.listen", addr)?),
         };
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ))
+            }
+        };
         let sync_full = match self.store.synchronous.as_str() {
             "full" => true,
             "normal" => false,
@@ -310,6 +322,7 @@ impl RawConfig {
             store: StoreConfig { sync_full },
             limits: validate_limits(&self.limits)?,
             tls,
+            log_json,
         })
     }
 }

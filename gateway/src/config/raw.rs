@@ -22,6 +22,24 @@ pub struct RawConfig {
     pub store: RawStore,
     /// `[limits]`
     pub limits: RawLimits,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `"text"` (colour only when stderr is a terminal) or `"json"` (one object per line).
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+        }
+    }
 }
 
 /// `[gateway]` as written.

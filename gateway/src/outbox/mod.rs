@@ -26,7 +26,7 @@ use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::store::requests::{self, FinalReply};
-use crate::store::{now_ms, Store};
+use crate::store::{devices, now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
 
 pub use presence::Presence;
@@ -123,7 +123,9 @@ impl Outbox {
             _ => {}
         }
         if let DeviceEvent::Rejected(_, error) = &event {
-            self.board.last_error.insert(device.clone(), error.clone());
+            self.board
+                .last_error
+                .insert(device.clone(), (error.clone(), now_ms()));
         }
         self.board.touch(&device);
         let woke = self.presence.apply(&event, Instant::now());
@@ -195,10 +197,23 @@ impl Outbox {
         if due.is_empty() {
             return;
         }
+        // What operators' device list reads is written in the same round trip.
+        let rows: Vec<devices::Seen> = due
+            .iter()
+            .map(|device| devices::Seen {
+                id: device.to_string(),
+                awake: self.presence.is_awake(device),
+                last_seen_ms: self.board.last_seen_ms.get(device).copied().unwrap_or(0),
+                last_error: self.board.last_error.get(device).cloned(),
+            })
+            .collect();
         let lookup = due.clone();
         let held = self
             .store
             .call(move |txn| {
+                for row in &rows {
+                    devices::upsert(txn, row)?;
+                }
                 lookup
                     .iter()
                     .map(|d| requests::held_counts(txn, Some(d)))
@@ -212,7 +227,7 @@ impl Outbox {
                 last_seen_ms: self.board.last_seen_ms.get(&device).copied().unwrap_or(0),
                 pending: self.scheduler.pending_of(&device),
                 held,
-                last_error: self.board.last_error.get(&device).cloned(),
+                last_error: self.board.last_error.get(&device).map(|(e, _)| e.clone()),
             };
             self.replies
                 .announce(topics::device_status(&device), status.to_json(), true)

@@ -1,8 +1,10 @@
 //! The operator HTTP API, read-only: `GET /healthz`, `/metrics` (Prometheus text), `/api/status`,
-//! `/api/devices` (paged), `/api/devices/{id}`, and `/`, a small live dashboard of the same data.
+//! the JSON behind the dashboard ([`super::api`]), and the dashboard itself ([`super::assets`]:
+//! `/`, `/devices/{id}`, `/deadletters`).
 //!
 //! Database reads use their own read-only SQLite connection on a blocking thread (WAL lets them
-//! run beside the store thread's writes); nothing here can write.
+//! run beside the store thread's writes); nothing here can write. On a non-loopback address
+//! every route but `/healthz` needs an operator login ([`super::login`]).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -11,18 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::GatewayStatus;
+use super::{api, assets, GatewayStatus};
 use crate::metrics::IntakeStats;
-use crate::store::{self, devices, requests};
+use crate::store::{self, requests};
 
 /// What the stages report about their own health.
 #[derive(Debug)]
@@ -53,6 +55,10 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// Extra Prometheus text from other stages (the front door's counters).
     pub extra_metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// The dashboard's chart samples.
+    pub series: Arc<super::series::Series>,
+    /// Operator logins, when the listener is not on loopback.
+    pub login: Option<Arc<super::login::Login>>,
     db_path: PathBuf,
 }
 
@@ -69,12 +75,14 @@ impl HttpState {
             intake,
             health,
             extra_metrics: Arc::new(|_| {}),
+            series: Arc::default(),
+            login: None,
             db_path,
         }
     }
 
     /// Runs a read on a fresh read-only connection, off the async runtime.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, Response> {
@@ -107,14 +115,31 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let app = Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
+    tokio::spawn(state.series.clone().run(
+        state.status.clone(),
+        state.intake.clone(),
+        shutdown.clone(),
+    ));
+    let guarded = Router::new()
+        .route("/", get(assets::page))
+        .route("/devices/:id", get(assets::page))
+        .route("/deadletters", get(assets::page))
+        .route("/assets/:name", get(assets::asset))
         .route("/metrics", get(metrics))
         .route("/api/status", get(api_status))
-        .route("/api/devices", get(api_devices))
-        .route("/api/devices/:id", get(api_device))
-        .with_state(state);
+        .route("/api/series", get(api::series))
+        .route("/api/devices", get(api::devices_page))
+        .route("/api/devices/:id", get(api::device))
+        .route("/api/requests/:id", get(api::request))
+        .route("/api/deadletters", get(api::dead_letters));
+    let guarded = match state.login.clone() {
+        Some(login) => guarded.layer(axum::middleware::from_fn_with_state(
+            login,
+            super::login::require,
+        )),
+        None => guarded,
+    };
+    let app = guarded.route("/healthz", get(healthz)).with_state(state);
     let stopped = async move { shutdown.cancelled().await };
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped)
@@ -144,56 +169,6 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 async fn api_status(State(state): State<HttpState>) -> Response {
     let document = state.status.document_for("online").await;
     ([(header::CONTENT_TYPE, "application/json")], document).into_response()
-}
-
-#[derive(serde::Deserialize)]
-struct Page {
-    #[serde(default)]
-    offset: usize,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
-async fn api_devices(State(state): State<HttpState>, Query(page): Query<Page>) -> Response {
-    let limit = page.limit.clamp(1, 1000);
-    let offset = page.offset;
-    match state
-        .read(move |conn| Ok((devices::count(conn)?, devices::list(conn, offset, limit)?)))
-        .await
-    {
-        Ok((total, rows)) => {
-            Json(json!({ "total": total, "offset": offset, "limit": limit, "devices": rows }))
-                .into_response()
-        }
-        Err(response) => response,
-    }
-}
-
-async fn api_device(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let lookup = id.clone();
-    let found = state
-        .read(move |conn| {
-            Ok((
-                devices::get(conn, &lookup)?,
-                requests::list(conn, Some(&lookup), None, 20)?,
-            ))
-        })
-        .await;
-    match found {
-        Ok((Some(device), recent)) => {
-            Json(json!({ "device": device, "recent_requests": recent })).into_response()
-        }
-        Ok((None, _)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("unknown device {id:?}") })),
-        )
-            .into_response(),
-        Err(response) => response,
-    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
@@ -255,12 +230,13 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             "roost_requests_finished_total{{op=\"{op}\",status=\"{status}\"}} {count}"
         );
     }
-    let _ = writeln!(out, "# HELP roost_dead_letters_total Replies dead-lettered since start.\n# TYPE roost_dead_letters_total counter\nroost_dead_letters_total {}", m.dead_total.load(Relaxed));
-    m.request_latency.render(
-        &mut out,
-        "roost_request_seconds",
-        "Request received to final reply committed.",
-    );
+    let ages = state
+        .status
+        .store
+        .call(|txn| requests::oldest_ages(txn))
+        .await
+        .unwrap_or((None, None));
+    super::prometheus::render(&mut out, m, i, ages, store::now_ms());
     state.status.store.commit_latency().render(
         &mut out,
         "roost_store_commit_seconds",
@@ -268,8 +244,4 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     );
     (state.extra_metrics)(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
 }

@@ -112,6 +112,7 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
+        devices::reset_awake(&conn)?;
         let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
         let commit_latency = Arc::new(Histogram::default());
         let latency = commit_latency.clone();

@@ -4,8 +4,10 @@
 //! most once (`executions` ≤ 1) whatever the races between workers, cancels and restarts.
 
 mod delivery;
+mod views;
 
 pub use delivery::{ack, expire_held, held_counts, held_for, mark_published, unpublished};
+pub use views::{by_id, cancel_by_id, held_list, lifecycle, oldest_ages, OperatorCancel};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -110,6 +112,11 @@ pub struct RequestSummary {
     pub published: u32,
     /// Received at (ms since epoch).
     pub received_ms: i64,
+    /// Finished at (ms since epoch), once final.
+    pub finished_ms: Option<i64>,
+    /// Where it is on its way: queued, done (final, not yet published), held, acked or dead
+    /// (the HTTP API also says running, which only the gateway process knows).
+    pub lifecycle: &'static str,
 }
 
 fn request_id(row: &Row<'_>, idx: usize) -> rusqlite::Result<RequestId> {
@@ -310,26 +317,35 @@ pub fn list(
     limit: usize,
 ) -> rusqlite::Result<Vec<RequestSummary>> {
     let mut stmt = conn.prepare(
-        "SELECT id, device, corr, op, state, status, delivery, executions, published, received_ms
+        "SELECT id, device, corr, op, state, status, delivery, executions, published, received_ms,
+                finished_ms
          FROM requests
          WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR state = ?2)
          ORDER BY id DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(params![device, state, limit as i64], |row| {
-        Ok(RequestSummary {
-            id: request_id(row, 0)?.to_string(),
-            device: row.get(1)?,
-            corr: correlation(row, 2)?.to_string(),
-            op: row.get(3)?,
-            state: row.get(4)?,
-            status: row.get(5)?,
-            delivery: row.get(6)?,
-            executions: row.get(7)?,
-            published: row.get(8)?,
-            received_ms: row.get(9)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![device, state, limit as i64], summary)?;
     rows.collect()
+}
+
+/// A [`RequestSummary`] from the columns `list` selects.
+fn summary(row: &Row<'_>) -> rusqlite::Result<RequestSummary> {
+    let state: String = row.get(4)?;
+    let delivery: Option<String> = row.get(6)?;
+    let published: u32 = row.get(8)?;
+    Ok(RequestSummary {
+        id: request_id(row, 0)?.to_string(),
+        device: row.get(1)?,
+        corr: correlation(row, 2)?.to_string(),
+        op: row.get(3)?,
+        lifecycle: lifecycle(&state, delivery.as_deref(), published),
+        state,
+        status: row.get(5)?,
+        delivery,
+        executions: row.get(7)?,
+        published,
+        received_ms: row.get(9)?,
+        finished_ms: row.get(10)?,
+    })
 }
 
 /// What a `cancel` found.
