@@ -42,6 +42,11 @@ async fn operators_inspect_and_cancel_from_the_terminal() {
         busy.request("stats", &values(&big), &[b'b', i], None).await;
     }
     let mut device = TestDevice::connect(gateway.mqtt, "cli-dev").await;
+    // Long requests of its own ahead of the victim: the fair scheduler alternates devices, so
+    // the victim waits behind five long ops, not one.
+    for ahead in [b"ahead-1", b"ahead-2"] {
+        device.request("stats", &values(&big), ahead, None).await;
+    }
     device
         .request("stats", &values(&[1.0]), b"victim", None)
         .await;
