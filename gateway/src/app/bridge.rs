@@ -22,6 +22,19 @@ pub(super) async fn bridge_presence(
                 None
             }
             FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
+            FrontDoorEvent::Undeliverable {
+                device,
+                corr,
+                status,
+                reason,
+            } => Some(DeviceEvent::Undeliverable(
+                device,
+                crate::outbox::Undeliverable {
+                    corr: corr.map(crate::wire::Correlation),
+                    status,
+                    reason,
+                },
+            )),
             FrontDoorEvent::Disconnected { device, connection } => {
                 let connections = live.entry(device.clone()).or_default();
                 connections.retain(|c| *c != connection);

@@ -170,6 +170,8 @@ pub struct Limits {
     pub dedupe_window: Duration,
     pub telemetry_retention: Duration,
     pub max_telemetry_rows_per_device: usize,
+    /// The longest a device session outlives its connection (front door; 0: never).
+    pub max_session_expiry: Duration,
 }
 
 impl Default for Limits {
@@ -393,6 +395,15 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
             "limits.max_telemetry_rows_per_device",
             raw.max_telemetry_rows_per_device,
         )?,
+        max_session_expiry: match u32::try_from(raw.max_session_expiry_s) {
+            Ok(seconds) => Duration::from_secs(u64::from(seconds)),
+            Err(_) => {
+                return Err(invalid(
+                    "limits.max_session_expiry_s",
+                    "must be at most 4294967295 (MQTT's Session Expiry Interval)",
+                ))
+            }
+        },
     })
 }
 

@@ -155,6 +155,7 @@ pub struct RawLimits {
     pub dedupe_window_s: u64,
     pub telemetry_retention_s: u64,
     pub max_telemetry_rows_per_device: u64,
+    pub max_session_expiry_s: u64,
 }
 
 impl Default for RawLimits {
@@ -173,6 +174,7 @@ impl Default for RawLimits {
             dedupe_window_s: 86_400,
             telemetry_retention_s: 604_800,
             max_telemetry_rows_per_device: 100_000,
+            max_session_expiry_s: 604_800,
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod relayed;
 pub mod router;
 pub mod secrets;
 pub mod session;
+pub mod sessions;
 pub mod terminated;
 pub mod tls;
 pub mod translate;
@@ -53,6 +54,9 @@ pub use limits::FrontDoorStats;
 /// `limits.max_payload_bytes` + this passes, so intake can answer a slightly large payload with
 /// `413`; anything larger closes the connection (v5: DISCONNECT 0x95).
 pub const PACKET_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// How often expired device sessions are forgotten.
+const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Presence as the front door sees it. A device is awake while it has a connection that sent
 /// `Connected` and not yet `Disconnected`; `connection` tells apart overlapping connections of
@@ -81,6 +85,18 @@ pub enum FrontDoorEvent {
         device: DeviceId,
         /// The connection.
         connection: u64,
+    },
+    /// A reply could not be sent to the device (over its Maximum Packet Size): the service
+    /// dead-letters it and stops holding it.
+    Undeliverable {
+        /// The device.
+        device: DeviceId,
+        /// The reply's Correlation Data.
+        corr: Option<bytes::Bytes>,
+        /// The reply's status code (0 when unreadable).
+        status: u16,
+        /// Why, for the dead letter.
+        reason: String,
     },
 }
 
@@ -114,6 +130,20 @@ impl Presence {
         let (device, connection) = (self.device.clone(), self.connection);
         self.send(FrontDoorEvent::Subscribed { device, connection })
             .await;
+    }
+
+    /// A reply could not be sent to the device; never waits (the event is sent from a task).
+    fn undeliverable(&self, corr: Option<bytes::Bytes>, status: u16, reason: String) {
+        let event = FrontDoorEvent::Undeliverable {
+            device: self.device.clone(),
+            corr,
+            status,
+            reason,
+        };
+        let events_tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let _ = events_tx.send(event).await;
+        });
     }
 
     /// The device's connection ended.
@@ -153,6 +183,9 @@ pub enum FrontDoorError {
     /// The credentials table could not be opened.
     #[error("cannot open the credentials store: {0}")]
     Credentials(#[from] rusqlite::Error),
+    /// The device sessions could not be loaded.
+    #[error("cannot load the device sessions: {0}")]
+    Sessions(rusqlite::Error),
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -167,6 +200,7 @@ pub struct FrontDoor {
     tls: Option<tls::Tls>,
     stats: Arc<FrontDoorStats>,
     router: Arc<router::Router>,
+    sessions: sessions::Sessions,
 }
 
 impl FrontDoor {
@@ -183,8 +217,12 @@ impl FrontDoor {
                     addr: settings.listen,
                     source,
                 })?;
+        let cap_s = u32::try_from(settings.limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
+        let sessions =
+            sessions::Sessions::open(&settings.db_path, cap_s).map_err(FrontDoorError::Sessions)?;
         let stats = Arc::<FrontDoorStats>::default();
         Ok(FrontDoor {
+            sessions,
             listener,
             settings,
             identity,
@@ -237,7 +275,9 @@ impl FrontDoor {
             events_tx,
             gates: limits::IdGates::default(),
             next_connection: AtomicU64::new(1),
+            sessions: self.sessions,
         });
+        tokio::spawn(sweep_sessions(shared.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let tracker = TaskTracker::new();
         loop {
@@ -280,7 +320,20 @@ impl FrontDoor {
         }
         tracker.close();
         tracker.wait().await;
+        let flushed = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || flushed.sessions.flush()).await;
         Ok(())
+    }
+}
+
+/// Forgets expired device sessions now and then, until shutdown.
+async fn sweep_sessions(shared: Arc<session::Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => shared.sessions.sweep(),
+        }
     }
 }
 

@@ -32,6 +32,9 @@ pub struct Route {
     pub deliveries_tx: mpsc::Sender<Bytes>,
     /// Cancelled when a newer connection of the same client id takes over.
     pub taken_over: CancellationToken,
+    /// Cancelled once the session has ended and parked its state, so a connection that took
+    /// over can resume it.
+    pub parked: CancellationToken,
 }
 
 /// Sessions by client id (= device id).
@@ -51,17 +54,18 @@ impl Router {
     }
 
     /// Makes `route` the live session of `client_id` and tells the one it replaces, if any, that
-    /// it was taken over.
-    pub fn register(&self, client_id: &str, route: Route) {
+    /// it was taken over; returns that one.
+    pub fn register(&self, client_id: &str, route: Route) -> Option<Route> {
         let old = self
             .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(client_id.to_owned(), route);
-        if let Some(old) = old {
+        if let Some(old) = &old {
             FrontDoorStats::bump(&self.stats.takeovers);
             old.taken_over.cancel();
         }
+        old
     }
 
     /// Removes `client_id`'s route if it is still connection `connection`'s.
@@ -143,8 +147,9 @@ mod tests {
             connection,
             deliveries_tx,
             taken_over: CancellationToken::new(),
+            parked: CancellationToken::new(),
         };
-        router.register("a", route(1, a_tx));
+        assert!(router.register("a", route(1, a_tx)).is_none());
         router.register("b", route(2, b_tx));
         router.dispatch(reply("devices/a/reply"));
         router.dispatch(reply("devices/a/reply/x")); // a's channel is full: dropped, no wait
@@ -172,9 +177,11 @@ mod tests {
                 connection: 3,
                 deliveries_tx: new_tx.clone(),
                 taken_over: old_taken.clone(),
+                parked: CancellationToken::new(),
             },
         );
-        router.register("c", route(4, new_tx));
+        let replaced = router.register("c", route(4, new_tx));
+        assert_eq!(replaced.map(|old| old.connection), Some(3));
         assert!(old_taken.is_cancelled());
         router.unregister("c", 3);
         assert_eq!(router.len(), 3);

@@ -48,6 +48,8 @@ pub struct Shared {
     pub next_connection: AtomicU64,
     /// The service's inbox and reply router device sessions use.
     pub hub: super::hub::Hub,
+    /// Device sessions between connections.
+    pub sessions: super::sessions::Sessions,
 }
 
 /// How a session ended, other than cleanly.

@@ -49,6 +49,20 @@ pub enum DeviceEvent {
     Acked(DeviceId, RequestId),
     /// The device was answered with an error (`"code: message"`).
     Rejected(DeviceId, String),
+    /// A reply could not be sent to the device (over its MQTT Maximum Packet Size): dead-letter
+    /// it, and stop holding it.
+    Undeliverable(DeviceId, Undeliverable),
+}
+
+/// A reply the front door could not send to its device.
+#[derive(Debug, Clone)]
+pub struct Undeliverable {
+    /// Its Correlation Data.
+    pub corr: Option<crate::wire::Correlation>,
+    /// Its status code.
+    pub status: u16,
+    /// Why.
+    pub reason: String,
 }
 
 impl DeviceEvent {
@@ -60,7 +74,8 @@ impl DeviceEvent {
             | DeviceEvent::Disconnected(d)
             | DeviceEvent::Asleep(d)
             | DeviceEvent::Acked(d, _)
-            | DeviceEvent::Rejected(d, _) => d,
+            | DeviceEvent::Rejected(d, _)
+            | DeviceEvent::Undeliverable(d, _) => d,
         }
     }
 }
@@ -108,9 +123,16 @@ impl Outbox {
                     if received == 0 {
                         break;
                     }
-                    let woke = events.drain(..).filter_map(|e| self.on_event(e));
-                    let woke: Vec<DeviceId> = woke.collect();
+                    let mut undeliverable = Vec::new();
+                    let mut woke = Vec::new();
+                    for event in events.drain(..) {
+                        if let DeviceEvent::Undeliverable(device, reply) = &event {
+                            undeliverable.push((device.clone(), reply.clone()));
+                        }
+                        woke.extend(self.on_event(event));
+                    }
                     self.redeliver(woke).await;
+                    self.dead_letter(undeliverable).await;
                     for _ in 0..MAX_TURN {
                         let Ok(reply) = done_rx.try_recv() else { break };
                         self.on_final(reply).await;
@@ -164,6 +186,46 @@ impl Outbox {
                 .store(self.presence.known_count(), Relaxed);
         }
         woke
+    }
+
+    /// Replies the front door could not send: dead-lettered (a held one stops being held).
+    async fn dead_letter(&self, replies: Vec<(DeviceId, Undeliverable)>) {
+        if replies.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let letters = self
+            .store
+            .call(move |txn| {
+                let mut letters = Vec::with_capacity(replies.len());
+                for (device, reply) in &replies {
+                    letters.push(requests::undeliverable(
+                        txn,
+                        device,
+                        reply.corr.as_ref(),
+                        reply.status,
+                        &reply.reason,
+                        now,
+                    )?);
+                }
+                Ok(letters)
+            })
+            .await;
+        let letters = match letters {
+            Ok(letters) => letters,
+            Err(error) => {
+                tracing::error!(%error, "cannot dead-letter undeliverable replies");
+                return;
+            }
+        };
+        let topic = topics::deadletter(&self.gateway_id);
+        for letter in letters {
+            self.metrics.dead_total.fetch_add(1, Relaxed);
+            tracing::info!(device_id = ?letter.device, reason = %letter.reason, "dead_lettered");
+            self.publisher
+                .json(&topic, crate::status::deadletter_json(&letter), false)
+                .await;
+        }
     }
 
     /// These devices just woke: publish their held replies again, oldest first per device, in
@@ -277,6 +339,7 @@ mod tests {
                 connection: 1,
                 deliveries_tx,
                 taken_over: CancellationToken::new(),
+                parked: CancellationToken::new(),
             },
         );
         let outbox = Outbox {

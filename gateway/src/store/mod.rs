@@ -15,6 +15,7 @@ pub mod deadletters;
 pub mod devices;
 pub mod requests;
 pub mod schema;
+pub mod sessions;
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};

@@ -5,7 +5,9 @@
 
 mod delivery;
 
-pub use delivery::{ack, expire_held, held_counts, held_for, mark_published, unpublished};
+pub use delivery::{
+    ack, expire_held, held_counts, held_for, mark_published, undeliverable, unpublished,
+};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
