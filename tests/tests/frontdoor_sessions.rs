@@ -2,7 +2,8 @@
 //! MQTT-4.1.0-2, MQTT-4.4.0-1): a device that connects with Clean Start 0 and a Session Expiry
 //! Interval keeps its subscriptions across connections and across a gateway restart, is told
 //! so in CONNACK, gets its unacknowledged QoS 1 messages again with DUP 1 and the same packet
-//! id, and loses the session once it expired or with Clean Start 1.
+//! id, gets the replies that came while it was away, and loses the session once it expired or
+//! with Clean Start 1.
 
 mod frontdoor_support;
 
@@ -95,6 +96,31 @@ async fn unacknowledged_messages_are_resent_with_dup_and_their_packet_id() {
         assert_eq!(again.payload, sent.payload);
         raw.send(&spec::puback(again.pkid)).await;
     }
+}
+
+#[tokio::test]
+async fn replies_that_come_while_the_device_is_away_wait_in_its_session() {
+    let gateway = Gateway::start();
+    let id = "sess-away";
+    let (mut raw, _) = spec::connected(gateway.mqtt, id, &persistent(300)).await;
+    subscribe_replies(&mut raw, id).await;
+    // Request and sleep at once: the 202 (and maybe the final) come while the device is away.
+    let mut both = request5(id, 2, b"away").to_vec();
+    both.extend_from_slice(&[0xE0, 0]);
+    raw.send(&both).await;
+    raw.closed().await;
+    let (mut raw, connack) = spec::connected(gateway.mqtt, id, &persistent(300)).await;
+    assert!(connack.session_present);
+    let mut statuses = Vec::new();
+    while !statuses.contains(&200) {
+        let (publish, _) = spec::publish(&mut raw).await;
+        raw.send(&spec::puback(publish.pkid)).await;
+        statuses.push(spec::status(&publish));
+    }
+    assert_eq!(
+        statuses[0], 202,
+        "the 202 waited in the session: {statuses:?}"
+    );
 }
 
 #[tokio::test]

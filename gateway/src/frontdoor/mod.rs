@@ -200,7 +200,7 @@ pub struct FrontDoor {
     tls: Option<tls::Tls>,
     stats: Arc<FrontDoorStats>,
     router: Arc<router::Router>,
-    sessions: sessions::Sessions,
+    sessions: Arc<sessions::Sessions>,
 }
 
 impl FrontDoor {
@@ -218,16 +218,17 @@ impl FrontDoor {
                     source,
                 })?;
         let cap_s = u32::try_from(settings.limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
-        let sessions =
-            sessions::Sessions::open(&settings.db_path, cap_s).map_err(FrontDoorError::Sessions)?;
+        let sessions = Arc::new(
+            sessions::Sessions::open(&settings.db_path, cap_s).map_err(FrontDoorError::Sessions)?,
+        );
         let stats = Arc::<FrontDoorStats>::default();
         Ok(FrontDoor {
-            sessions,
+            sessions: sessions.clone(),
             listener,
             settings,
             identity,
             tls,
-            router: Arc::new(router::Router::new(stats.clone())),
+            router: Arc::new(router::Router::with_sessions(stats.clone(), sessions)),
             stats,
         })
     }

@@ -7,7 +7,8 @@
 //!
 //! **Invariant:** dispatch never waits: a session whose channel is full (its device stopped
 //! reading) loses that message (counted), and the outbox redelivers it on the next wake, so one
-//! device cannot delay another's replies. A device not connected loses it the same way.
+//! device cannot delay another's replies. A device not connected gets it kept in its session,
+//! if it has one that matches ([`Sessions::offer`]), else loses it the same way.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::downstream;
 use super::limits::FrontDoorStats;
+use super::sessions::Sessions;
 use crate::wire::topics;
 
 /// One live device session, as the router sees it.
@@ -42,6 +44,8 @@ pub struct Route {
 pub struct Router {
     routes: Mutex<HashMap<String, Route>>,
     stats: Arc<FrontDoorStats>,
+    /// Sessions of devices that are away: a reply for one waits there.
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl Router {
@@ -50,6 +54,15 @@ impl Router {
         Router {
             routes: Mutex::new(HashMap::new()),
             stats,
+            sessions: None,
+        }
+    }
+
+    /// A router that keeps replies for devices that are away in their sessions.
+    pub fn with_sessions(stats: Arc<FrontDoorStats>, sessions: Arc<Sessions>) -> Router {
+        Router {
+            sessions: Some(sessions),
+            ..Router::new(stats)
         }
     }
 
@@ -94,15 +107,21 @@ impl Router {
     /// Hands a reply (a whole MQTT 5 PUBLISH frame) to its device's session, if connected;
     /// never waits.
     pub fn dispatch(&self, frame: Bytes) {
-        let Some(device) = downstream::topic(&frame).and_then(topics::reply_topic_device) else {
+        let Some(topic) = downstream::topic(&frame) else {
+            return;
+        };
+        let Some(device) = topics::reply_topic_device(topic) else {
             return;
         };
         let deliveries_tx = {
             let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            match routes.get(device) {
-                Some(route) => route.deliveries_tx.clone(),
-                None => return,
+            routes.get(device).map(|route| route.deliveries_tx.clone())
+        };
+        let Some(deliveries_tx) = deliveries_tx else {
+            if let Some(sessions) = &self.sessions {
+                sessions.offer(device, topic, &frame);
             }
+            return;
         };
         if deliveries_tx.try_send(frame).is_err() {
             bump_dropped(&self.stats.deliveries_dropped);

@@ -49,7 +49,7 @@ pub struct Shared {
     /// The service's inbox and reply router device sessions use.
     pub hub: super::hub::Hub,
     /// Device sessions between connections.
-    pub sessions: super::sessions::Sessions,
+    pub sessions: Arc<super::sessions::Sessions>,
 }
 
 /// How a session ended, other than cleanly.

@@ -27,6 +27,9 @@ use crate::store::sessions::{self as table, StoredSession};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 1024;
+/// Most messages kept for a device that is away; later ones are dropped (the outbox still
+/// holds every final reply and redelivers it on the next wake).
+pub const MAX_PENDING: usize = 256;
 
 /// One subscription as the device made it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -62,6 +65,10 @@ pub struct SessionState {
     pub window: Parked,
     /// QoS 2 publishes from the device answered with PUBREC, not yet released by PUBREL.
     pub awaiting_release: Vec<u16>,
+    /// Replies (MQTT 5 PUBLISH frames, as the service sent them) that matched a subscription
+    /// while the device was away, oldest first.
+    #[serde(default)]
+    pub pending: Vec<Vec<u8>>,
 }
 
 impl SessionState {
@@ -213,6 +220,26 @@ impl Sessions {
         table.parked.insert(client_id.to_owned(), (state, expires));
     }
 
+    /// A reply for `client_id`, who is not connected: kept in its session if it has one that
+    /// matches (MQTT 5 session state: messages pending transmission), to be sent on resume.
+    /// Kept in memory only: a restart loses them, not the final replies the outbox holds.
+    pub fn offer(&self, client_id: &str, topic: &str, frame: &[u8]) -> bool {
+        let mut table = self.lock();
+        let Some((state, expires)) = table.parked.get_mut(client_id) else {
+            return false;
+        };
+        let wanted = *expires > now_ms()
+            && state.pending.len() < MAX_PENDING
+            && state
+                .subscriptions
+                .iter()
+                .any(|sub| crate::wire::topics::filter_matches(&sub.filter, topic));
+        if wanted {
+            state.pending.push(frame.to_vec());
+        }
+        wanted
+    }
+
     /// Forgets the sessions that expired (MQTT-4.1.0-2).
     pub fn sweep(&self) {
         let now = now_ms();
@@ -308,6 +335,7 @@ mod tests {
                 next_pkid: 3,
             },
             awaiting_release: vec![9],
+            pending: vec![],
         }
     }
 

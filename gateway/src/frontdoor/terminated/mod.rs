@@ -323,6 +323,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 .filter(|(_, committed)| **committed)
                 .map(|(pkid, _)| *pkid)
                 .collect(),
+            pending: Vec::new(),
         }
     }
 
@@ -358,6 +359,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         if !side.is_empty() {
             let link = self.side_link();
             let _ = tokio::time::timeout(SIDE_TIMEOUT, link.subscribe(side)).await;
+        }
+        // Replies that came while the device was away, in order.
+        for frame in state.pending {
+            self.deliver(Bytes::from(frame), out);
         }
         self.subscriptions.iter().any(|sub| !sub.side)
     }
