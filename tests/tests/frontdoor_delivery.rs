@@ -33,10 +33,8 @@ async fn request_and_final(raw: &mut Raw, id: &str, pkid: u16, corr: &[u8]) {
     loop {
         let (publish, _) = spec::publish(raw).await;
         raw.send(&spec::puback(publish.pkid)).await;
-        if publish.topic.starts_with(b"devices/") && publish.topic.ends_with(b"/reply") {
-            if spec::status(&publish) != 202 {
-                return;
-            }
+        if publish.topic.ends_with(b"/reply") && spec::status(&publish) != 202 {
+            return;
         }
     }
 }
@@ -86,7 +84,7 @@ async fn subscribe_status(raw: &mut Raw, id: &str, rap: bool, rh: u8) {
 async fn statuses_around(raw: &mut Raw, id: &str, pkid: u16, corr: &[u8]) -> Vec<mq5::Publish> {
     raw.send(&request5(id, pkid, corr)).await;
     let (mut statuses, mut done) = (Vec::new(), false);
-    while !(done && !statuses.is_empty()) {
+    while !done || statuses.is_empty() {
         let (publish, _) = spec::publish(raw).await;
         if publish.qos != QoS5::AtMostOnce {
             raw.send(&spec::puback(publish.pkid)).await;

@@ -33,6 +33,7 @@ pub mod terminated;
 pub mod tls;
 pub mod translate;
 pub mod watchdog;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Mutex;
 
-use super::downstream::Parked;
+use super::window::Parked;
 use crate::store::now_ms;
 use crate::store::sessions::{self as table, StoredSession};
 

@@ -30,13 +30,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::acl::Principal;
 use super::codec::{ConnectInfo, PacketReader, Version, Violation};
-use super::downstream::Window;
 use super::limits::FrontDoorStats;
 use super::link::Link;
 use super::outgoing::{self, Accepted};
 use super::router::Route;
 use super::session::{linger, read_more, SessionError, Shared};
 use super::sessions::{SessionState, Sub};
+use super::window::Window;
 use super::Presence;
 
 /// Broker messages waiting for one session's task before new ones are dropped.

@@ -20,12 +20,13 @@ use tokio::io::AsyncWrite;
 
 use super::{Session, SIDE_TIMEOUT};
 use crate::frontdoor::codec::{Subscription, Version};
-use crate::frontdoor::downstream::{self, Delivery, Refused};
+use crate::frontdoor::downstream::{self, Delivery};
 use crate::frontdoor::hub::parse_publish;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::link::{Link, LinkSpec};
 use crate::frontdoor::outgoing;
 use crate::frontdoor::sessions::Sub;
+use crate::frontdoor::window::Refused;
 use crate::wire::envelope::Reply;
 use crate::wire::{topics, Status};
 
