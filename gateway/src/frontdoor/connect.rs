@@ -122,7 +122,7 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 .properties
                 .unwrap_or_else(v5::ConnectProperties::new);
             if properties.receive_maximum == Some(0) || properties.max_packet_size == Some(0) {
-                // MQTT-3.1.2-?: both are protocol errors when 0.
+                // MQTT 5 §3.1.2.11.3 / §3.1.2.11.4: a value of 0 is a Protocol Error.
                 return Err(Violation::Protocol(
                     "Receive Maximum or Maximum Packet Size of 0",
                 ));
