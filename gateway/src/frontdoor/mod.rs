@@ -220,7 +220,13 @@ impl FrontDoor {
                 })?;
         let cap_s = u32::try_from(settings.limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
         let sessions = Arc::new(
-            sessions::Sessions::open(&settings.db_path, cap_s).map_err(FrontDoorError::Sessions)?,
+            sessions::Sessions::open(
+                &settings
+                    .db_path
+                    .with_file_name(crate::store::sessions::DB_FILE),
+                cap_s,
+            )
+            .map_err(FrontDoorError::Sessions)?,
         );
         let stats = Arc::<FrontDoorStats>::default();
         Ok(FrontDoor {

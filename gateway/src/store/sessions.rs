@@ -2,8 +2,9 @@
 //! a Session Expiry Interval), so a gateway restart keeps them.
 //!
 //! Written and read only by the front door's session keeper ([`crate::frontdoor::sessions`])
-//! through a connection of its own on the gateway's database file (WAL mode, like the
-//! credentials reader). The state is an opaque blob here: what a session holds is the front
+//! through a connection of its own, on a database file of its own ([`DB_FILE`] in `data_dir`):
+//! a second writer on `roost.db` would contend for its write lock with the store thread's group
+//! commits (measured: with 200 sleepy devices the fleet test lost requests and connects). The state is an opaque blob here: what a session holds is the front
 //! door's business. A row whose `expires_ms` is NULL belonged to a live connection when it was
 //! written; whoever loads it counts the expiry from the load.
 
@@ -11,6 +12,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
+
+/// The database file name inside `data_dir`.
+pub const DB_FILE: &str = "sessions.db";
 
 /// The table, created on first use.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS sessions (
