@@ -99,6 +99,13 @@ pub struct FleetArgs {
     /// the others are checked for shape.
     #[arg(long, default_value = "stats=1")]
     pub mix: Mix,
+    /// The model `infer` in the mix asks for (a `[models.NAME]` of the gateway), sending 1 to 4
+    /// rows of --infer-features random values; e.g. --mix stats=9,infer=1 for 10 % inference.
+    #[arg(long, default_value = "mlp", value_name = "NAME")]
+    pub infer_model: String,
+    /// Features per row of the `infer` input (the model's input is [N, FEATURES]).
+    #[arg(long, default_value_t = 8, value_name = "FEATURES")]
+    pub infer_features: usize,
     /// Require a 202 carrying the request id that the final reply repeats (a final that overtakes
     /// its 202 passes if the 202 follows before the run ends). Use false against `device-sim
     /// echo`, which only sends final replies. Sleepy devices never require it: a 202 is not held

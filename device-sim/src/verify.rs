@@ -171,7 +171,73 @@ pub fn check(expect: &Expect, result: Option<&Value>) -> Result<(), Wrong> {
             }
             Ok(())
         }
+        Expect::Infer { model, rows } => check_infer(model, *rows, map),
     }
+}
+
+/// `infer`: the model asked for answered (or its fallback, saying so), with a SHA-256, and every
+/// output's data fills its shape with finite numbers; a batch-first output has `rows` rows.
+fn check_infer(model: &str, rows: usize, map: &[(Value, Value)]) -> Result<(), Wrong> {
+    let text_of = |map: &[(Value, Value)], key: &str| match map_get(map, key) {
+        Some(Value::Text(t)) => Ok(t.clone()),
+        _ => Err(wrong(
+            "result_shape",
+            format!("`{key}` missing or not text"),
+        )),
+    };
+    let answered = text_of(map, "model")?;
+    let asked = match map_get(map, "fallback_from") {
+        Some(Value::Map(from)) => text_of(from, "model")?,
+        _ => answered,
+    };
+    if asked != model {
+        return Err(wrong(
+            "result_value",
+            format!("answered for model {asked:?}"),
+        ));
+    }
+    let sha = text_of(map, "sha256")?;
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(wrong("result_value", format!("sha256 {sha:?}")));
+    }
+    let Some(Value::Map(outputs)) = map_get(map, "outputs") else {
+        return Err(wrong("result_shape", "`outputs` missing or not a map"));
+    };
+    if outputs.is_empty() {
+        return Err(wrong("result_shape", "no outputs"));
+    }
+    for (name, output) in outputs {
+        let Value::Map(output) = output else {
+            return Err(wrong(
+                "result_shape",
+                format!("output {name:?} is not a map"),
+            ));
+        };
+        let shape: Vec<usize> = array(output, "shape")?
+            .iter()
+            .map(|d| d.as_integer().and_then(|i| usize::try_from(i).ok()))
+            .collect::<Option<_>>()
+            .ok_or_else(|| wrong("result_shape", "shape is not uints"))?;
+        let data = array(output, "data")?;
+        let finite = data.iter().all(|x| match x {
+            Value::Float(f) => f.is_finite(),
+            Value::Integer(_) => true,
+            _ => false,
+        });
+        if data.len() != shape.iter().product::<usize>() || !finite {
+            return Err(wrong(
+                "result_value",
+                format!("output {name:?}: {} values for shape {shape:?}", data.len()),
+            ));
+        }
+        if shape.len() > 1 && shape[0] != rows {
+            return Err(wrong(
+                "result_value",
+                format!("output {name:?} has {} rows, {rows} were sent", shape[0]),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_stats(values: &[f64], map: &[(Value, Value)]) -> Result<(), Wrong> {
@@ -280,5 +346,34 @@ mod tests {
         assert_eq!(check(&expect, Some(&result(&[1, 2]))), Ok(()));
         assert!(check(&expect, Some(&result(&[1, 1]))).is_err());
         assert!(check(&expect, Some(&result(&[3]))).is_err());
+    }
+
+    #[test]
+    fn infer_results_are_checked_for_model_hash_and_shapes() {
+        let t = |s: &str| Value::Text(s.into());
+        let output = |shape: &[u64], n: usize| {
+            Value::Map(vec![
+                (
+                    t("shape"),
+                    Value::Array(shape.iter().map(|d| Value::Integer((*d).into())).collect()),
+                ),
+                (t("data"), Value::Array(vec![Value::Float(0.5); n])),
+            ])
+        };
+        let result = |model: &str, out: Value| {
+            Value::Map(vec![
+                (t("model"), t(model)),
+                (t("sha256"), t(&"ab".repeat(32))),
+                (t("outputs"), Value::Map(vec![(t("score"), out)])),
+            ])
+        };
+        let expect = Expect::Infer {
+            model: "mlp".into(),
+            rows: 2,
+        };
+        assert!(check(&expect, Some(&result("mlp", output(&[2, 1], 2)))).is_ok());
+        assert!(check(&expect, Some(&result("other", output(&[2, 1], 2)))).is_err());
+        assert!(check(&expect, Some(&result("mlp", output(&[2, 1], 3)))).is_err());
+        assert!(check(&expect, Some(&result("mlp", output(&[3, 1], 3)))).is_err());
     }
 }

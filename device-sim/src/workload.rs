@@ -25,6 +25,9 @@ pub enum Op {
     Trend,
     /// Checked structurally: a `peaks` list.
     Spectrum,
+    /// An operator's ONNX model (`--infer-model`): checked structurally (the model that answered,
+    /// its file hash, every output's data matching its shape, all finite).
+    Infer,
 }
 
 impl Op {
@@ -36,6 +39,7 @@ impl Op {
             Op::Anomaly => "anomaly",
             Op::Trend => "trend",
             Op::Spectrum => "spectrum",
+            Op::Infer => "infer",
         }
     }
 
@@ -47,6 +51,7 @@ impl Op {
             Op::Anomaly,
             Op::Trend,
             Op::Spectrum,
+            Op::Infer,
         ]
         .into_iter()
         .find(|op| op.name() == name)
@@ -96,7 +101,7 @@ impl FromStr for Mix {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
             let op = Op::parse(name.trim()).ok_or_else(|| {
-                format!("unknown op {name:?} (known: stats, histogram, anomaly, trend, spectrum)")
+                format!("unknown op {name:?} (known: stats, histogram, anomaly, trend, spectrum, infer)")
             })?;
             let weight: u32 = weight
                 .trim()
@@ -138,6 +143,32 @@ pub enum Expect {
         /// Requested peaks.
         peaks: usize,
     },
+    /// `infer` of this model over `rows` rows.
+    Infer {
+        /// The model asked for.
+        model: String,
+        /// Rows sent (the batch dimension).
+        rows: usize,
+    },
+}
+
+/// The model `infer` requests ask for: a name and the width of its `[N, features]` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InferTarget {
+    /// `[models.NAME]` on the gateway.
+    pub model: String,
+    /// Features per row.
+    pub features: usize,
+}
+
+impl Default for InferTarget {
+    /// The MLP anomaly scorer of `tests/fixtures/models` (8 features).
+    fn default() -> InferTarget {
+        InferTarget {
+            model: "mlp".into(),
+            features: 8,
+        }
+    }
 }
 
 /// One request, ready to publish.
@@ -159,8 +190,35 @@ fn floats(values: &[f64]) -> Value {
     Value::Array(values.iter().map(|&v| Value::Float(v)).collect())
 }
 
-/// Builds a request for `op` over `len` random values (at least 2).
-pub fn build(op: Op, len: usize, rng: &mut impl Rng) -> Request {
+/// An `infer` request: 1 to 4 rows of `target.features` random values.
+fn build_infer(target: &InferTarget, rng: &mut impl Rng) -> Request {
+    let rows = rng.gen_range(1..=4);
+    let input = Value::Array(
+        (0..rows)
+            .map(|_| {
+                let row: Vec<f64> = (0..target.features.max(1))
+                    .map(|_| rng.gen_range(-3.0..3.0))
+                    .collect();
+                floats(&row)
+            })
+            .collect(),
+    );
+    let args = vec![(text("model"), text(&target.model)), (text("input"), input)];
+    Request {
+        op: Op::Infer,
+        payload: encode_value(&Value::Map(args)),
+        expect: Expect::Infer {
+            model: target.model.clone(),
+            rows,
+        },
+    }
+}
+
+/// Builds a request for `op` over `len` random values (at least 2); `infer` asks `target`.
+pub fn build(op: Op, len: usize, target: &InferTarget, rng: &mut impl Rng) -> Request {
+    if op == Op::Infer {
+        return build_infer(target, rng);
+    }
     let len = len.max(2);
     let values: Vec<f64> = match op {
         // A sine plus noise, so there is a peak to find.
@@ -190,6 +248,7 @@ pub fn build(op: Op, len: usize, rng: &mut impl Rng) -> Request {
             args.push((text("peaks"), Value::Integer(3.into())));
             Expect::Spectrum { peaks: 3 }
         }
+        Op::Infer => unreachable!("built above"),
     };
     Request {
         op,
@@ -258,7 +317,7 @@ mod tests {
     #[test]
     fn stats_request_carries_its_values() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let request = build(Op::Stats, 16, &mut rng);
+        let request = build(Op::Stats, 16, &InferTarget::default(), &mut rng);
         let Value::Map(map) = decode_value(&request.payload).expect("cbor") else {
             panic!("not a map")
         };

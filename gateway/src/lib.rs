@@ -14,7 +14,8 @@
 //!
 //! Modules in flow order: [`cli`] starts everything through `app` from `config`; `frontdoor`
 //! and `broker` carry MQTT, `link` is the service's own connection to a broker; `flow` declares
-//! what crosses threads; `intake` admits requests into the `store`; [`analytics`] runs them;
+//! what crosses threads; `intake` admits requests into the `store`; [`analytics`] runs them
+//! (operators' ONNX models through [`models`]);
 //! `outbox` delivers replies; `status` reports to operators from `metrics`. [`wire`] is the
 //! protocol (its own crate, shared with `device-sim`). ARCHITECTURE.md has the layer rules.
 
@@ -29,6 +30,7 @@ pub(crate) mod frontdoor;
 pub(crate) mod intake;
 pub(crate) mod link;
 pub(crate) mod metrics;
+pub mod models;
 pub(crate) mod outbox;
 pub(crate) mod recovery;
 pub(crate) mod status;

@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("link", &["wire", "flow"]),
     ("broker", &["wire", "config"]),
     ("frontdoor", &["wire", "config", "flow", "broker", "store"]),
+    ("models", &["wire", "config", "analytics"]),
     ("status", &["wire", "flow", "metrics", "store", "analytics"]),
     (
         "intake",
@@ -60,6 +61,7 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("intake", &["rumqttd"]),
     ("outbox", &["rumqttd"]),
     ("analytics", &["rumqttc", "rumqttd"]),
+    ("models", &["rumqttc", "rumqttd", "rusqlite"]),
 ];
 
 /// SQL belongs to the store alone. Since the typed store interface (issue 10) no module outside

@@ -66,6 +66,8 @@ pub struct DeviceConfig {
     pub mix: Mix,
     /// Values per request.
     pub values: usize,
+    /// The model `infer` requests ask for.
+    pub infer: crate::workload::InferTarget,
     /// Require a `202` before each final reply.
     pub strict_202: bool,
     /// Request pacing (connected devices).

@@ -70,7 +70,7 @@ impl Device<'_> {
     /// Publishes a fresh request; `sent_at` is when it counts as sent.
     pub async fn send_request(&mut self, client: &AsyncClient, sent_at: Instant) -> bool {
         let op = self.config.mix.pick(&mut self.rng);
-        let request = workload::build(op, self.config.values, &mut self.rng);
+        let request = workload::build(op, self.config.values, &self.config.infer, &mut self.rng);
         let corr = self.tracker.start(request.expect, sent_at);
         let properties = PublishProperties {
             correlation_data: Some(corr),

@@ -84,6 +84,10 @@ pub fn fleet_config(
         seed: args.seed.unwrap_or_else(|| rng.gen()),
         mix: args.mix.clone(),
         values: args.values.max(2),
+        infer: crate::workload::InferTarget {
+            model: args.infer_model.clone(),
+            features: args.infer_features.max(1),
+        },
         strict_202: args.expect_202 && sleepy.is_none(),
         pacing,
         sleepy,

@@ -4,7 +4,8 @@
 //! Model: a run of op `o` over `n` points costs `BASE_US + per_point_us(o) × n`. `per_point_us`
 //! starts at [`DEFAULT_PER_POINT_US`] and follows each completed run with an exponentially
 //! weighted average (α = 0.2). A telemetry window's size is unknown until it is read, so it is
-//! estimated as [`TELEMETRY_POINTS`].
+//! estimated as [`TELEMETRY_POINTS`]. A model (`infer:NAME`) is [`CostModel::seed`]ed at load
+//! with its warm-up's fixed cost, which replaces `BASE_US` for it, and per-element cost.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -21,6 +22,8 @@ const ALPHA: f64 = 0.2;
 #[derive(Debug, Default)]
 pub struct CostModel {
     per_point_us: HashMap<&'static str, f64>,
+    /// Fixed costs measured for a key (a model's warm-up), instead of [`BASE_US`].
+    base_us: HashMap<&'static str, f64>,
 }
 
 impl CostModel {
@@ -31,12 +34,24 @@ impl CostModel {
             .get(op)
             .copied()
             .unwrap_or(DEFAULT_PER_POINT_US);
-        BASE_US + per_point * points.max(1) as f64
+        self.base(op) + per_point * points.max(1) as f64
+    }
+
+    fn base(&self, op: &str) -> f64 {
+        self.base_us.get(op).copied().unwrap_or(BASE_US)
+    }
+
+    /// Starts `key` from measured figures (a model's warm-up at load) instead of the defaults;
+    /// later runs refine the per-point cost as for any op.
+    pub fn seed(&mut self, key: &'static str, base_us: f64, per_point_us: f64) {
+        self.base_us.insert(key, BASE_US.max(base_us));
+        self.per_point_us.insert(key, per_point_us.max(0.0));
     }
 
     /// Learns from a completed run.
     pub fn observe(&mut self, op: &'static str, points: usize, elapsed: Duration) {
-        let sample = ((elapsed.as_secs_f64() * 1e6 - BASE_US).max(0.0)) / points.max(1) as f64;
+        let sample =
+            ((elapsed.as_secs_f64() * 1e6 - self.base(op)).max(0.0)) / points.max(1) as f64;
         let cost = self.per_point_us.entry(op).or_insert(sample);
         *cost = (1.0 - ALPHA) * *cost + ALPHA * sample;
     }
@@ -58,5 +73,17 @@ mod tests {
         // Later runs move the average by a fifth of the difference.
         model.observe("stats", 1000, Duration::from_micros(20));
         assert!((model.estimate_us("stats", 1) - (BASE_US + 0.8)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_seeded_model_starts_from_its_warm_up_and_keeps_learning() {
+        let mut model = CostModel::default();
+        model.seed("infer:mlp", 500.0, 0.5);
+        assert!((model.estimate_us("infer:mlp", 1000) - 1000.0).abs() < 1e-9);
+        // Runs of 8000 elements taking 8.5 ms: 1 µs per element over the 500 µs base.
+        for _ in 0..50 {
+            model.observe("infer:mlp", 8000, Duration::from_micros(8500));
+        }
+        assert!((model.estimate_us("infer:mlp", 8000) - 8500.0).abs() < 1.0);
     }
 }

@@ -35,6 +35,8 @@ struct Ticket {
     reply_topic: String,
     envelope: bool,
     op: &'static str,
+    /// What its run time is learned under (the op, or `infer:MODEL`).
+    cost_key: &'static str,
     received_ms: i64,
     deadline_ms: i64,
 }
@@ -48,8 +50,15 @@ impl From<&Job> for Ticket {
             reply_topic: job.reply_topic.clone(),
             envelope: job.envelope,
             op: job.call.op,
+            cost_key: job.call.cost_key(),
             received_ms: job.received_ms,
-            deadline_ms: job.deadline_ms,
+            // An op with its own time limit (a model's timeout) is abandoned past it too.
+            deadline_ms: match job.call.prepared.time_limit() {
+                Some(limit) => job
+                    .deadline_ms
+                    .min(now_ms().saturating_add(limit.as_millis() as i64)),
+                None => job.deadline_ms,
+            },
         }
     }
 }
@@ -199,6 +208,12 @@ impl Pool {
                 reply.result = Some(result);
                 (State::Done, reply, true)
             }
+            Err(OpError::TimedOut(message)) => {
+                tracing::info!(request_id = %job.id, device_id = %job.device, %message, "op timed out");
+                let reply = Reply::new(Status::Timeout, State::Expired)
+                    .with_error(ErrorCode::DeadlineExceeded, message);
+                (State::Expired, reply, true)
+            }
             Err(error) => {
                 tracing::info!(request_id = %job.id, device_id = %job.device, %error, "op failed");
                 let reply = Reply::new(Status::Failed, State::Failed)
@@ -213,6 +228,7 @@ impl Pool {
         let (metric, window_s) = match &job.call.source {
             Source::Inline(series) => return Ok(Cow::Borrowed(series)),
             Source::Telemetry { metric, window_s } => (metric, *window_s),
+            Source::Own => return Ok(Cow::Owned(Series::default())),
         };
         let from_ms = job.received_ms - (window_s as i64).saturating_mul(1000);
         let limit = self.max_series_len + 1;
@@ -269,7 +285,7 @@ impl Pool {
         let scheduler = self.scheduler.clone();
         let ticket = job.clone();
         self.store.complete_then(completion, move |result| {
-            scheduler.finished(ticket.id, &ticket.device, ticket.op, elapsed);
+            scheduler.finished(ticket.id, &ticket.device, ticket.cost_key, elapsed);
             match result {
                 Ok(true) => {
                     let counter = if state == State::Done {

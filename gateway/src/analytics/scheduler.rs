@@ -121,7 +121,7 @@ impl Scheduler {
     pub fn push(&self, job: Job) {
         let mut inner = self.lock();
         let size = points(&job);
-        let estimate = inner.costs.estimate_us(job.call.op, size);
+        let estimate = inner.costs.estimate_us(job.call.cost_key(), size);
         inner.outstanding.insert(job.id, (estimate, size));
         inner.outstanding_us += estimate;
         let device = job.device.clone();
@@ -173,8 +173,8 @@ impl Scheduler {
         }
     }
 
-    /// A worker finished (or the reaper abandoned) job `id`: frees its slot and learns the op's
-    /// cost from `elapsed` when it ran to the end.
+    /// A worker finished (or the reaper abandoned) job `id`: frees its slot and learns the cost
+    /// of `op` (the call's cost key) from `elapsed` when it ran to the end.
     pub fn finished(
         &self,
         id: RequestId,
@@ -190,6 +190,11 @@ impl Scheduler {
         if let (Some(elapsed), Some(size)) = (elapsed, size) {
             inner.costs.observe(op, size, elapsed);
         }
+    }
+
+    /// Starts the cost of `key` (a model) from a measured warm-up instead of the defaults.
+    pub fn seed_cost(&self, key: &'static str, base_us: f64, per_point_us: f64) {
+        self.lock().costs.seed(key, base_us, per_point_us);
     }
 
     /// Removes a queued job (cancelled) if it has not started; true if it was removed.

@@ -46,6 +46,9 @@ pub enum AppError {
     /// The service could not connect to the broker.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A configured model does not load (file, declared shapes).
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
     /// A stage hit a fatal fault.
     #[error("fatal: {0}")]
     Fatal(String),
@@ -55,7 +58,9 @@ impl AppError {
     /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Bind { .. } | AppError::DataDir { .. } => crate::config::EXIT_CONFIG,
+            AppError::Bind { .. } | AppError::DataDir { .. } | AppError::Model(_) => {
+                crate::config::EXIT_CONFIG
+            }
             AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
                 crate::config::EXIT_CONFIG
             }

@@ -46,6 +46,15 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let limits = config.limits.clone();
     let gateway_id = config.gateway.id.clone();
 
+    // Models load, optimise and warm up before anything binds: a bad one is exit 2. Warm-up runs
+    // inference, so it runs on a blocking thread, not on an async task.
+    let raw_models = config.models.clone();
+    let registry = tokio::task::spawn_blocking(move || crate::models::Registry::load(&raw_models))
+        .await
+        .map_err(|error| AppError::Fatal(format!("loading models: {error}")))??;
+    let registry = Arc::new(registry);
+    crate::models::install(registry.clone());
+
     // Bind what the operator configured first, so a taken port is a config error (exit 2).
     let front = match &config.broker {
         BrokerConfig::Embedded { listen } => {
@@ -84,6 +93,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         limits.max_pending_per_device,
         workers,
     ));
+    for model in registry.iter() {
+        let warmup = model.warmup;
+        scheduler.seed_cost(model.cost_key, warmup.base_us, warmup.per_element_us);
+    }
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();

@@ -137,6 +137,7 @@ fn stats(payload: &[u8]) -> Reply {
         .and_then(|call| match &call.source {
             ops::Source::Inline(series) => call.prepared.run(series).map_err(|e| e.to_string()),
             ops::Source::Telemetry { .. } => Err("gateway echo has no telemetry".into()),
+            ops::Source::Own => Err("gateway echo answers stats only".into()),
         });
     match result {
         Ok(result) => {

@@ -72,6 +72,27 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadlettersAction,
     },
+    /// The configured ONNX models (`[models.NAME]`).
+    Models {
+        /// What to do.
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+}
+
+/// `gateway models ...`
+#[derive(Debug, Subcommand)]
+pub enum ModelsAction {
+    /// Loads every configured model as `gateway run` does and shows its inputs, outputs,
+    /// timeout, fallback and the cost its warm-up measured. A model that does not load: exit 2.
+    List {
+        /// The configuration file.
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `gateway requests ...`
@@ -196,6 +217,18 @@ pub fn main() -> ExitCode {
             DeadlettersAction::Requeue { config, id } => {
                 with_config(&config, |config| requests::requeue_dead_letter(config, id))
             }
+        },
+        Command::Models {
+            action: ModelsAction::List { config, json },
+        } => match load(&config) {
+            Ok(config) => match crate::models::list::print(&config.models, json) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("gateway: {error}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
+            Err(code) => code,
         },
     }
 }

@@ -12,9 +12,11 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod models;
 mod raw;
 mod store;
 
+pub use models::{RawDim, RawModel, RawTensor};
 pub use raw::{RawConfig, RawLimits, RawStore, RawTls};
 pub use store::{StoreConfig, StoreEngine};
 
@@ -71,6 +73,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[broker.tls]`: TLS on the device listener (embedded mode only).
     pub tls: Option<TlsConfig>,
+    /// `[models.NAME]` as written; `crate::models::Registry::load` checks and loads them.
+    pub models: std::collections::BTreeMap<String, RawModel>,
 }
 
 /// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).
@@ -317,6 +321,7 @@ impl RawConfig {
             store,
             limits: validate_limits(&self.limits)?,
             tls,
+            models: self.models,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! `config/gateway.toml` documents; unknown keys are errors. [`super`] validates it into typed
 //! config.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -22,6 +23,8 @@ pub struct RawConfig {
     pub store: RawStore,
     /// `[limits]`
     pub limits: RawLimits,
+    /// `[models.NAME]`, one table per ONNX model (checked and loaded by `crate::models`).
+    pub models: BTreeMap<String, super::models::RawModel>,
 }
 
 /// `[gateway]` as written.

@@ -185,7 +185,13 @@ fn request(publish: &Publish, limits: &Limits, device: DeviceId, op: String) -> 
             Err(PrepareError::Op(OpError::TooLarge(message))) => {
                 return reject(address, ErrorCode::TooLarge, message);
             }
-            Err(PrepareError::Op(OpError::BadArgs(message) | OpError::Failed(message))) => {
+            Err(PrepareError::UnknownModel(model)) => {
+                let message = format!("no model {model:?} is configured");
+                return reject(address, ErrorCode::UnknownModel, message);
+            }
+            Err(PrepareError::Op(
+                OpError::BadArgs(message) | OpError::Failed(message) | OpError::TimedOut(message),
+            )) => {
                 return reject(address, ErrorCode::BadArgs, message);
             }
         },

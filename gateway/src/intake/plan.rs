@@ -179,7 +179,8 @@ impl Plan {
                 let mut reply = Reply::new(Status::Accepted, State::Accepted);
                 reply.request_id = Some(job.id);
                 let points = job.call.inline_len().max(1);
-                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(job.call.op, points));
+                let cost_key = job.call.cost_key();
+                reply.retry_after_ms = Some(intake.scheduler.estimate_ms(cost_key, points));
                 tracing::debug!(request_id = %job.id, device_id = %job.device, "accepted");
                 seen(&job.device, None);
                 // The 202 goes out before the job can finish, so it always precedes the final.

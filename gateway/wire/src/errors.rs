@@ -16,6 +16,8 @@ pub enum ErrorCode {
     UnknownOp,
     /// `404`: `status`/`cancel` of a request this device never sent.
     UnknownRequest,
+    /// `404`: `infer` of a model that is not configured.
+    UnknownModel,
     /// `409`: `cancel` of a request that already finished.
     AlreadyFinished,
     /// `410`: the final reply of a request the device cancelled.
@@ -36,12 +38,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the table's order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::BadRequest,
         ErrorCode::BadArgs,
         ErrorCode::ForbiddenReplyTopic,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownRequest,
+        ErrorCode::UnknownModel,
         ErrorCode::AlreadyFinished,
         ErrorCode::Cancelled,
         ErrorCode::TooLarge,
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::ForbiddenReplyTopic => "forbidden_reply_topic",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::UnknownRequest => "unknown_request",
+            ErrorCode::UnknownModel => "unknown_model",
             ErrorCode::AlreadyFinished => "already_finished",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::TooLarge => "too_large",
@@ -76,7 +80,9 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest | ErrorCode::BadArgs => Status::BadRequest,
             ErrorCode::ForbiddenReplyTopic => Status::Forbidden,
-            ErrorCode::UnknownOp | ErrorCode::UnknownRequest => Status::NotFound,
+            ErrorCode::UnknownOp | ErrorCode::UnknownRequest | ErrorCode::UnknownModel => {
+                Status::NotFound
+            }
             ErrorCode::AlreadyFinished => Status::Conflict,
             ErrorCode::Cancelled => Status::Gone,
             ErrorCode::TooLarge => Status::TooLarge,

@@ -36,12 +36,31 @@ pub enum OpError {
     /// The op could not compute a result from valid input: `500`.
     #[error("{0}")]
     Failed(String),
+    /// The op ran past its own time limit (a model's `timeout_ms`): `504`.
+    #[error("{0}")]
+    TimedOut(String),
 }
 
 /// An op ready to run: its arguments validated and parsed.
 pub trait Prepared: Send + Sync + Debug {
     /// Computes the result map. Pure: the same series always gives the same result.
     fn run(&self, series: &Series) -> Result<Value, OpError>;
+
+    /// The key its run time is learned under, when not the op's name (`infer:MODEL`).
+    fn cost_key(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// Its input size, when the op carries its own input ([`Source::Own`]).
+    fn points(&self) -> Option<usize> {
+        None
+    }
+
+    /// How long a run may take at most, when the op has its own limit (a model's timeout):
+    /// the pool abandons it past this, as past the request's deadline.
+    fn time_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// How an op validates and parses its arguments.
@@ -70,6 +89,8 @@ pub enum Source {
         /// The window, in seconds.
         window_s: u64,
     },
+    /// No series: the prepared op carries its own input (`infer`'s tensors).
+    Own,
 }
 
 /// A validated analytics request: which op, its series source, and the prepared op.
@@ -89,7 +110,13 @@ impl Call {
         match &self.source {
             Source::Inline(series) => series.values.len(),
             Source::Telemetry { .. } => 0,
+            Source::Own => self.prepared.points().unwrap_or(0),
         }
+    }
+
+    /// The key its run time is learned under: the op's name, or the model's for `infer`.
+    pub fn cost_key(&self) -> &'static str {
+        self.prepared.cost_key().unwrap_or(self.op)
     }
 }
 
@@ -99,6 +126,9 @@ pub enum PrepareError {
     /// No op of that name: `404`.
     #[error("unknown op {0:?}")]
     UnknownOp(String),
+    /// `infer` of a model that is not configured: `404`.
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
     /// The op refused its arguments.
     #[error(transparent)]
     Op(#[from] OpError),
@@ -106,6 +136,12 @@ pub enum PrepareError {
 
 /// Validates a request's arguments (a CBOR map) for the named op.
 pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, PrepareError> {
+    if op == "infer" {
+        return match INFER.get() {
+            Some(prepare) => prepare(args, max_series_len),
+            None => Err(PrepareError::UnknownModel(model_name(args))),
+        };
+    }
     let (name, prepare) = OPS
         .iter()
         .find(|(n, _)| *n == op)
@@ -124,6 +160,28 @@ pub fn prepare(op: &str, args: &Value, max_series_len: usize) -> Result<Call, Pr
         source,
         prepared,
     })
+}
+
+/// How `infer` requests are prepared: against the models loaded at start, which live in a stage
+/// above this one (`crate::models`), so it registers this once ([`install_infer`]).
+pub type InferPrepare = Box<dyn Fn(&Value, usize) -> Result<Call, PrepareError> + Send + Sync>;
+
+static INFER: std::sync::OnceLock<InferPrepare> = std::sync::OnceLock::new();
+
+/// Registers how `infer` is prepared, once per process (before serving); false if one was
+/// already registered. Without one, every model is unknown (`404`).
+pub fn install_infer(prepare: InferPrepare) -> bool {
+    INFER.set(prepare).is_ok()
+}
+
+fn model_name(args: &Value) -> String {
+    match args {
+        Value::Map(entries) => crate::wire::envelope::map_get(entries, "model")
+            .and_then(Value::as_text)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// A CBOR number as a finite f64.

@@ -1,0 +1,95 @@
+//! Criterion benchmark of ONNX inference: the MLP anomaly scorer of `tests/fixtures/models`
+//! (8 → 32 → 16 → 32 → 8 plus its score) over 1,000 rows, loaded and optimised exactly as
+//! `gateway run` loads it. `Model::run` is what onnxruntime's `session.run` is compared with
+//! (`python3 tests/fixtures/gen_models.py --bench`); the whole `infer` op (CBOR in, CBOR out)
+//! is measured beside it. Figures and commands: docs/BENCHMARKS.md ("Bring your own model").
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ciborium::Value;
+use criterion::{Criterion, Throughput};
+use gateway::analytics::ops::{Series, Source};
+use gateway::models::{RawModel, Registry};
+use tract_onnx::prelude::{IntoTValue, TValue, TVec, Tensor};
+
+const ROWS: usize = 1000;
+
+/// The MLP with its batch dimension free (`"N"`, as served) or fixed at a size.
+fn registry_with(batch: &str) -> Arc<Registry> {
+    let toml = format!(
+        "path = {:?}\ninputs = [{{ name = \"x\", shape = [{batch}, 8], dtype = \"float32\" }}]\n",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/mlp.onnx"
+        )
+    );
+    let raw: RawModel = toml::from_str(&toml).expect("model table");
+    let models = BTreeMap::from([("mlp".to_owned(), raw)]);
+    Arc::new(Registry::load(&models).expect("mlp.onnx loads"))
+}
+
+fn registry() -> Arc<Registry> {
+    registry_with("\"N\"")
+}
+
+/// 1,000 rows of 8 deterministic pseudo-random features (xorshift), as f32.
+fn rows() -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..ROWS * 8)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0) as f32
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let registry = registry();
+    let model = registry.get("mlp").expect("mlp").clone();
+    let data = rows();
+    let tensor = Tensor::from_shape(&[ROWS, 8], &data).expect("tensor");
+    let mut group = c.benchmark_group("mlp_1000_rows");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("tract_run", |b| {
+        b.iter(|| {
+            let inputs: TVec<TValue> = std::iter::once(tensor.clone().into_tvalue()).collect();
+            model.run(inputs, None).expect("runs")
+        })
+    });
+    // The same graph optimised for exactly 1,000 rows: what a free batch dimension costs.
+    let fixed = registry_with(&ROWS.to_string());
+    let fixed_model = fixed.get("mlp").expect("mlp").clone();
+    group.bench_function("tract_run_batch_fixed_at_1000", |b| {
+        b.iter(|| {
+            let inputs: TVec<TValue> = std::iter::once(tensor.clone().into_tvalue()).collect();
+            fixed_model.run(inputs, None).expect("runs")
+        })
+    });
+    let input = Value::Array(
+        data.chunks(8)
+            .map(|row| Value::Array(row.iter().map(|x| Value::Float(f64::from(*x))).collect()))
+            .collect(),
+    );
+    let args = Value::Map(vec![
+        (Value::Text("model".into()), Value::Text("mlp".into())),
+        (Value::Text("input".into()), input),
+    ]);
+    let call = registry.prepare(&args, 1_000_000).expect("valid call");
+    assert!(matches!(call.source, Source::Own));
+    group.bench_function("infer_op_cbor_to_cbor", |b| {
+        b.iter(|| {
+            let call = registry.prepare(&args, 1_000_000).expect("valid call");
+            call.prepared.run(&Series::default()).expect("runs")
+        })
+    });
+    group.finish();
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+}
