@@ -64,10 +64,6 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
     ("models", &["rumqttc", "rumqttd", "rusqlite"]),
 ];
 
-/// SQL belongs to the store alone. Since the typed store interface (issue 10) no module outside
-/// the store holds a rusqlite type; the list stays empty.
-const SQL_OUTSIDE_STORE_UNTIL_TYPED: &[&str] = &[];
-
 fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("readable source dir") {
         let path = entry.expect("dir entry").path();
@@ -160,20 +156,10 @@ fn stages_use_only_the_layers_below_them() {
             }
         }
     }
+    // SQL belongs to the store alone: no other module names rusqlite.
     for (module, crates) in &external {
-        let exempt = SQL_OUTSIDE_STORE_UNTIL_TYPED.contains(&module.as_str());
-        if module != "store" && crates.contains("rusqlite") && !exempt {
+        if module != "store" && crates.contains("rusqlite") {
             broken.push(format!("{module} uses SQL outside the store"));
-        }
-    }
-    for module in SQL_OUTSIDE_STORE_UNTIL_TYPED {
-        if !external
-            .get(*module)
-            .is_some_and(|c| c.contains("rusqlite"))
-        {
-            broken.push(format!(
-                "{module} no longer uses rusqlite: take it off the list"
-            ));
         }
     }
     assert!(broken.is_empty(), "layer rules broken: {broken:?}");
