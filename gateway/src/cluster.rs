@@ -35,32 +35,47 @@ pub async fn run(
     };
     let every = (lease / 4).min(Duration::from_millis(500));
     loop {
-        if let Err(error) = store.heartbeat().await {
-            tracing::warn!(%error, "heartbeat failed");
-        } else if scheduler.counts().queued < LOW_WATER && !scheduler.is_closed() {
-            match store.take_over(TAKE_PER_BEAT).await {
-                Ok(taken) => {
-                    let (queued, unpublished) = (taken.queued.len(), taken.unpublished.len());
-                    if queued + unpublished > 0 {
-                        tracing::info!(queued, unpublished, "took over work of a dead gateway");
-                    }
-                    for reply in taken.unpublished {
-                        let _ = done_tx.send(reply);
-                    }
-                    for stored in taken.queued {
-                        if let Err(error) =
-                            requeue(&store, &scheduler, &limits, &done_tx, stored).await
-                        {
-                            tracing::warn!(%error, "cannot requeue taken-over work");
-                        }
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "takeover failed"),
-            }
+        match store.heartbeat().await {
+            Err(error) => tracing::warn!(%error, "heartbeat failed"),
+            Ok(()) => beat(&store, &scheduler, &limits, &done_tx).await,
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// After a heartbeat: the cluster's pending count for `queue_capacity`, then takeover.
+async fn beat(
+    store: &Store,
+    scheduler: &Scheduler,
+    limits: &Limits,
+    done_tx: &mpsc::UnboundedSender<FinalReply>,
+) {
+    if let Some(view) = store.cluster_view() {
+        scheduler.set_elsewhere(view.queued as usize);
+    }
+    if scheduler.counts().queued >= LOW_WATER || scheduler.is_closed() {
+        return;
+    }
+    let taken = match store.take_over(TAKE_PER_BEAT).await {
+        Ok(taken) => taken,
+        Err(error) => {
+            tracing::warn!(%error, "takeover failed");
+            return;
+        }
+    };
+    let (queued, unpublished) = (taken.queued.len(), taken.unpublished.len());
+    if queued + unpublished > 0 {
+        tracing::info!(queued, unpublished, "took over work of a dead gateway");
+    }
+    for reply in taken.unpublished {
+        let _ = done_tx.send(reply);
+    }
+    for stored in taken.queued {
+        if let Err(error) = requeue(store, scheduler, limits, done_tx, stored).await {
+            tracing::warn!(%error, "cannot requeue taken-over work");
         }
     }
 }

@@ -53,6 +53,22 @@ impl Rig {
     fn sql(&self, query: &str) -> String {
         self.postgres.query("cluster", query)
     }
+
+    /// Waits (bounded) until the cluster has admitted `n` requests.
+    fn admitted(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let count: usize = self.sql("SELECT COUNT(*) FROM requests").parse().expect("count");
+            if count >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {count} of {n} requests admitted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 /// `roost_intake_total{outcome=...}` of one gateway.
@@ -283,6 +299,55 @@ async fn a_killed_gateways_replies_and_work_are_taken_over() {
     );
     assert_eq!(
         rig.sql("SELECT COUNT(*) FROM requests WHERE state <> 'done'"),
+        "0"
+    );
+    assert_eq!(
+        rig.sql("SELECT MAX(executions) FROM requests"),
+        "1",
+        "never recorded twice"
+    );
+}
+
+/// Failover under load: a sleepy fleet (persistent sessions, every device waking every second)
+/// runs through three gateways while they are killed with SIGKILL: gw-1 killed and restarted,
+/// gw-2 killed for good, gw-3 killed and restarted at once. Every accepted request gets its
+/// final reply once (the takeover finishes a dead gateway's work; one wake's redelivery is
+/// claimed by one gateway, after the device's acks had their chance), and no result is recorded
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sleepy_fleet_loses_nothing_while_gateways_are_killed() {
+    let mut rig = rig("").await;
+    let report = rig.gateways[0].dir().join("failover.json");
+    let mut sim = std::process::Command::new(roost_tests::sibling_binary("roost-device-sim"))
+        .arg("run")
+        .args(["--broker", &rig.mosquitto.addr.to_string(), "--quiet", "--json"])
+        .arg(&report)
+        .args(["--devices", "40", "--duration", "14s", "--wake-every", "1s"])
+        .args(["--listen", "400ms", "--grace", "30s", "--seed", "7"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("device-sim starts");
+    rig.admitted(60);
+    rig.gateways[0].kill();
+    rig.admitted(140);
+    rig.gateways[0].restart();
+    rig.admitted(220);
+    rig.gateways[1].kill();
+    rig.admitted(300);
+    rig.gateways[2].kill();
+    rig.gateways[2].restart();
+    let exit = tokio::task::spawn_blocking(move || sim.wait().expect("device-sim ends"))
+        .await
+        .expect("join");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("JSON");
+    assert!(json["requests"].as_u64().is_some_and(|n| n >= 300), "{json}");
+    assert_eq!(json["lost"], 0, "nothing lost: {json}");
+    assert_eq!(json["mismatched"], 0, "{json}");
+    assert_eq!(json["duplicates"], 0, "no duplicates seen by devices: {json}");
+    assert!(exit.success(), "device-sim: {json}");
+    assert_eq!(
+        rig.sql("SELECT COUNT(*) FROM requests WHERE state = 'queued'"),
         "0"
     );
     assert_eq!(

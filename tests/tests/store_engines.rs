@@ -81,7 +81,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
             assert_eq!(existing.state, State::Queued);
             assert_eq!(existing.op, "stats");
         }
-        Admission::New => panic!("a duplicate was stored twice"),
+        other => panic!("a duplicate was stored twice: {other:?}"),
     }
 
     // A batch: outcomes in command order, `None` where a publish had no store work.
@@ -91,6 +91,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
             Some(Command::Admit {
                 request: second.clone(),
                 dedupe_after_ms: 0,
+                max_pending: 0,
             }),
             None,
             Some(Command::Find(device("d1"), corr("a"))),
@@ -222,7 +223,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     let unpublished = store.unpublished().await.expect("unpublished");
     assert_eq!(unpublished.len(), 2);
     assert!(store
-        .held_for(vec![device("d1")], 10)
+        .held_for(vec![device("d1")], 10, Duration::ZERO)
         .await
         .expect("held")
         .is_empty());
@@ -238,7 +239,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
         store.ping().await.expect("ping");
     }
     let held = store
-        .held_for(vec![device("d1"), device("d2")], 10)
+        .held_for(vec![device("d1"), device("d2")], 10, Duration::ZERO)
         .await
         .expect("held");
     assert_eq!(
@@ -396,7 +397,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|2", "one row, the newest version");
+    assert_eq!(versions, "1|3", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await
@@ -404,6 +405,82 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
     })
     .await
     .expect("bounded");
+}
+
+/// Two gateways on one database: `max_pending_per_device` holds for both together (counted
+/// under the device's lock in the admitting transaction), a duplicate past the quota is still
+/// answered as the original, and a wake seen by both redelivers each held reply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("shared");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |id: &str| {
+        let mut config = postgres(&url);
+        config.gateway_id = id.into();
+        let path = dir.path().to_owned();
+        async move { Store::open(&config, &path).await.expect("open") }
+    };
+    let (a, b) = (open("gw-a").await, open("gw-b").await);
+    let admit = |store: &Store, request: NewRequest| {
+        let command = Command::Admit {
+            request,
+            dedupe_after_ms: 0,
+            max_pending: 2,
+        };
+        let store = store.clone();
+        async move {
+            match store.batch(vec![Some(command)]).await.expect("batch").pop() {
+                Some(Some(Outcome::Admitted(admission))) => admission,
+                other => panic!("not an admission: {other:?}"),
+            }
+        }
+    };
+    let first = request("q1", "p1");
+    let id = first.id;
+    assert!(matches!(admit(&a, first).await, Admission::New));
+    assert!(matches!(admit(&b, request("q1", "p2")).await, Admission::New));
+    assert!(matches!(
+        admit(&a, request("q1", "p3")).await,
+        Admission::OverQuota
+    ));
+    assert!(
+        matches!(admit(&b, request("q1", "p3")).await, Admission::OverQuota),
+        "the quota counts the other gateway's requests too"
+    );
+    match admit(&b, request("q1", "p1")).await {
+        Admission::Existing(existing) => assert_eq!(existing.id, id),
+        other => panic!("a duplicate past the quota is answered as the original: {other:?}"),
+    }
+    assert!(a.complete(completion(id, b"r1")).await.expect("complete"));
+    assert!(
+        matches!(admit(&b, request("q1", "p3")).await, Admission::New),
+        "a finished request frees its slot"
+    );
+
+    // Its reply was published while the device slept; both gateways then see the same wake.
+    a.mark_published(id);
+    a.ping().await.expect("publish counted");
+    let quiet = Duration::from_secs(3600);
+    assert!(
+        a.held_for(vec![device("q1")], 8, quiet).await.expect("held").is_empty(),
+        "just published: not again within the quiet period"
+    );
+    cluster.query("shared", "UPDATE requests SET sent_ms = 0");
+    let (from_a, from_b) = (
+        a.held_for(vec![device("q1")], 8, quiet),
+        b.held_for(vec![device("q1")], 8, quiet),
+    );
+    let (from_a, from_b) = (from_a.await.expect("a"), from_b.await.expect("b"));
+    assert_eq!(
+        from_a.len() + from_b.len(),
+        1,
+        "one wake seen by two gateways redelivers the reply once"
+    );
+    drop((a, b));
+    drop(cluster);
 }
 
 async fn futures_join<T>(

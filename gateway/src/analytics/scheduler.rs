@@ -45,6 +45,9 @@ struct Inner {
     /// Reserved + queued + running, per device.
     pending: HashMap<DeviceId, usize>,
     total_pending: usize,
+    /// Requests pending at the other gateways of a shared store, as of the last heartbeat:
+    /// `limits.queue_capacity` holds for the cluster.
+    elsewhere: usize,
     queued: usize,
     running: usize,
     /// Ids of the jobs on workers now.
@@ -102,13 +105,20 @@ impl Scheduler {
             let retry_after_ms = self.estimate_locked(&inner, 0.0);
             return Err(Refusal::DeviceQuota { retry_after_ms });
         }
-        if inner.total_pending >= self.capacity {
+        if inner.total_pending + inner.elsewhere >= self.capacity {
             let retry_after_ms = self.estimate_locked(&inner, 0.0);
             return Err(Refusal::QueueFull { retry_after_ms });
         }
         *inner.pending.entry(device.clone()).or_insert(0) += 1;
         inner.total_pending += 1;
         Ok(())
+    }
+
+    /// Sets how many requests the other gateways of a shared store have pending (`cluster`
+    /// total minus this gateway's own), counted against `limits.queue_capacity`.
+    pub fn set_elsewhere(&self, cluster_pending: usize) {
+        let mut inner = self.lock();
+        inner.elsewhere = cluster_pending.saturating_sub(inner.queued + inner.running);
     }
 
     /// Gives back a reservation that was not used, or the slot of a finished job.

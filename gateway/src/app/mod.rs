@@ -4,7 +4,8 @@
 //! Start order: store (and recovery of what a previous run left), broker and front door, the
 //! service link, then intake, workers and outbox; "listening" is printed only once requests can
 //! be served. Stop order: draining (new requests get `503`), the front door, the workers (what
-//! is queued stays queued in the store), the outbox, retained `offline`, exit 0.
+//! is queued stays queued in the store), the outbox, the cluster lease given up (a shared store's
+//! other gateways take the queued work at once), retained `offline`, exit 0.
 
 mod error;
 mod sink;
@@ -366,6 +367,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let _ = tokio::time::timeout(limits.op_timeout + Duration::from_secs(1), joined).await;
     outbox_stop.cancel();
     let _ = outbox_task.await;
+    // Nothing of ours runs any more: on a shared store the others take what is still queued.
+    if let Err(error) = store.leave().await {
+        tracing::warn!(%error, "cannot give up the cluster lease; the others wait for it to run out");
+    }
     gateway_status.publish("offline").await;
     link.disconnect().await;
     tracing::info!("stopped");

@@ -116,6 +116,7 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
                             request: new,
                             dedupe_after_ms: received_ms
                                 - intake.limits.dedupe_window.as_millis() as i64,
+                            max_pending: intake.limits.max_pending_per_device,
                         }),
                     )
                 }
@@ -195,6 +196,19 @@ impl Plan {
                 intake.scheduler.release(&job.device);
                 seen(&job.device, None);
                 duplicate(intake, &address, existing).await;
+            }
+            (Plan::Admit { address, job }, Some(Outcome::Admitted(Admission::OverQuota))) => {
+                intake.scheduler.release(&job.device);
+                seen(&job.device, None);
+                let reply = intake.refusal_reply(
+                    ErrorCode::TooManyPending,
+                    &format!(
+                        "the device has limits.max_pending_per_device = {} requests pending",
+                        intake.limits.max_pending_per_device
+                    ),
+                    intake.scheduler.estimate_ms(job.call.cost_key(), 1),
+                );
+                intake.answer(&address, reply).await;
             }
             (Plan::Status { address }, Some(Outcome::Found(found))) => {
                 seen(&address.device, None);

@@ -34,6 +34,18 @@ pub use presence::Presence;
 /// Most device events, or final replies, handled in one turn of the loop.
 const MAX_TURN: usize = 1024;
 
+/// On a shared store, how long a wake waits before its redelivery. The device's ack of a reply
+/// it got from its broker session at connect, and its wake (presence or request), may reach
+/// different gateways; waiting lets the ack commit first, so the wake does not send that reply
+/// again.
+const CLUSTER_WAKE_GRACE: Duration = Duration::from_millis(300);
+
+/// On a shared store, a held reply handed to the broker within this is not redelivered: the
+/// other gateways that saw the same wake (its presence, request and acks each reach one of
+/// them) leave it to the one that claimed it, and a reply published while its device was
+/// already awake is not sent twice.
+const CLUSTER_QUIET: Duration = Duration::from_secs(2);
+
 /// The outbox stage.
 pub struct Outbox {
     /// Publishes replies and status.
@@ -65,7 +77,11 @@ impl Outbox {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut ticks: u64 = 0;
         let mut events = Vec::with_capacity(MAX_TURN);
+        // Wakes waiting for their grace (shared store only), in order of arrival.
+        let mut later: std::collections::VecDeque<(Instant, Vec<DeviceId>)> = Default::default();
+        let clustered = self.store.lease().is_some();
         loop {
+            let next_due = later.front().map(|(due, _)| *due);
             tokio::select! {
                 // Device events first: intake sends a device's `Seen` before its job can run, so
                 // handling events first keeps that order, and a wake never re-sends a final
@@ -79,7 +95,13 @@ impl Outbox {
                     }
                     let woke = events.drain(..).filter_map(|e| self.on_event(e));
                     let woke: Vec<DeviceId> = woke.collect();
-                    self.redeliver(woke).await;
+                    if clustered {
+                        if !woke.is_empty() {
+                            later.push_back((Instant::now() + CLUSTER_WAKE_GRACE, woke));
+                        }
+                    } else {
+                        self.redeliver(woke).await;
+                    }
                     for _ in 0..MAX_TURN {
                         let Ok(reply) = done_rx.try_recv() else { break };
                         self.on_final(reply).await;
@@ -89,6 +111,15 @@ impl Outbox {
                     Some(reply) => self.on_final(reply).await,
                     None => break,
                 },
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now).into()),
+                    if next_due.is_some() => {
+                    let now = Instant::now();
+                    let mut due = Vec::new();
+                    while later.front().is_some_and(|(at, _)| *at <= now) {
+                        due.extend(later.pop_front().map(|(_, d)| d).unwrap_or_default());
+                    }
+                    self.redeliver(due).await;
+                }
                 _ = tick.tick() => {
                     ticks += 1;
                     self.housekeeping(ticks).await;
@@ -144,7 +175,7 @@ impl Outbox {
             return;
         }
         let limit = self.limits.max_held_replies_per_device;
-        let held = self.store.held_for(devices, limit).await;
+        let held = self.store.held_for(devices, limit, CLUSTER_QUIET).await;
         let held = match held {
             Ok(held) => held,
             Err(error) => {

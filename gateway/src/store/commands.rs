@@ -17,6 +17,10 @@ pub enum Command {
         request: NewRequest,
         /// Start of the dedupe window.
         dedupe_after_ms: i64,
+        /// `limits.max_pending_per_device`, held across every gateway of a shared store (a
+        /// new request past it is [`Admission::OverQuota`]); one gateway on SQLite holds it in
+        /// its scheduler and ignores this.
+        max_pending: usize,
     },
     /// Look a request up by its dedupe key (`status`, duplicates).
     Find(DeviceId, Correlation),

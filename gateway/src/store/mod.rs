@@ -185,13 +185,17 @@ impl Store {
     }
 
     /// Held final replies of these devices that were published at least once, oldest first per
-    /// device, at most `limit` per device: what their wakes redeliver.
+    /// device, at most `limit` per device: what their wakes redeliver. On a shared store
+    /// (PostgreSQL) only those not handed to the broker within `quiet`, claimed: of several
+    /// gateways seeing one wake, one redelivers each reply. SQLite has one gateway, which sees
+    /// a device's events in order, and ignores `quiet`.
     pub async fn held_for(
         &self,
         devices: Vec<DeviceId>,
         limit: usize,
+        quiet: Duration,
     ) -> Result<Vec<FinalReply>, StoreError> {
-        dispatch!(self.held_for(devices, limit).await)
+        dispatch!(self.held_for(devices, limit, quiet).await)
     }
 
     /// Counts that a final reply was handed to the broker (in the next commit; nobody waits).
@@ -268,6 +272,15 @@ impl Store {
         match &self.engine {
             Engine::Sqlite(_) => Ok(()),
             Engine::Postgres(engine) => engine.heartbeat().await,
+        }
+    }
+
+    /// Gives up this gateway's lease (shared store only), once it has stopped working: the
+    /// others take its queued work on their next beat.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres(engine) => engine.leave().await,
         }
     }
 

@@ -34,6 +34,9 @@ pub enum Admission {
     New,
     /// A request with the same (device, correlation) exists.
     Existing(Existing),
+    /// Not stored: the device already has `max_pending_per_device` requests pending across the
+    /// gateways sharing the store.
+    OverQuota,
 }
 
 /// The state of an existing request, for answering duplicates and `status`.

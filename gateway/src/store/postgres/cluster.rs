@@ -32,6 +32,16 @@ pub async fn heartbeat(
     Ok(())
 }
 
+/// Ends this gateway's lease at once (a graceful stop): its queued work moves to the others
+/// on their next beat instead of after `lease_ms`.
+pub async fn leave(conn: &Conn, id: &str) -> Result<(), StoreError> {
+    let statement = conn
+        .statement("UPDATE gateways SET lease_until_ms = 0 WHERE id = $1")
+        .await?;
+    conn.client.execute(&statement, &[&id]).await?;
+    Ok(())
+}
+
 /// The gateways and the cluster-wide totals.
 pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
     let members = conn

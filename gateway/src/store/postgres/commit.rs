@@ -34,8 +34,9 @@ pub enum Work {
     Complete(Completion),
     /// A reply was handed to the broker.
     Published(RequestId),
-    /// Held replies of these devices, at most this many each (a wake's redelivery).
-    HeldFor(Vec<DeviceId>, usize),
+    /// Held replies of these devices, at most this many each, not sent since the time given
+    /// (a wake's redelivery, claimed).
+    HeldFor(Vec<DeviceId>, usize, i64),
 }
 
 /// What a piece of work found.
@@ -161,8 +162,8 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
             delivery::mark_published(conn, *id).await?;
             Done::Published
         }
-        Work::HeldFor(devices, limit) => {
-            Done::Held(delivery::held_for(conn, devices, *limit).await?)
+        Work::HeldFor(devices, limit, sent_before_ms) => {
+            Done::Held(delivery::held_for(conn, devices, *limit, *sent_before_ms).await?)
         }
     })
 }
@@ -172,7 +173,10 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
         Command::Admit {
             request,
             dedupe_after_ms,
-        } => Outcome::Admitted(requests::admit(conn, me, request, *dedupe_after_ms).await?),
+            max_pending,
+        } => Outcome::Admitted(
+            requests::admit(conn, me, request, *dedupe_after_ms, *max_pending).await?,
+        ),
         Command::Find(device, corr) => Outcome::Found(requests::find(conn, device, corr).await?),
         Command::Cancel {
             device,

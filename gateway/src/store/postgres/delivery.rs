@@ -37,40 +37,55 @@ pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, St
     rows.iter().map(final_reply).collect()
 }
 
-/// Held final replies of these devices that were published at least once, oldest first, at
-/// most `limit` per device.
+/// Claims the held final replies of these devices that were published at least once and not
+/// handed to the broker since `sent_before_ms`, oldest first, at most `limit` per device, and
+/// marks them sent now: what a wake redelivers. Several gateways may see one wake (its
+/// presence, its request and its ack each reach one of them): the claim re-checks `sent_ms`
+/// under the row lock, so between them each reply goes out once per quiet period.
 pub async fn held_for(
     conn: &Conn,
     devices: &[DeviceId],
     limit: usize,
+    sent_before_ms: i64,
 ) -> Result<Vec<FinalReply>, StoreError> {
     let statement = conn
         .statement(
-            "SELECT r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
-                    r.envelope
-             FROM UNNEST($1::text[]) AS d(device)
-             CROSS JOIN LATERAL (
-                SELECT * FROM requests q
-                WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
-                ORDER BY q.id LIMIT $2) r
-             ORDER BY r.device, r.id",
+            "UPDATE requests r SET sent_ms = $3
+             FROM (SELECT q.id FROM UNNEST($1::text[]) AS d(device)
+                   CROSS JOIN LATERAL (
+                      SELECT id FROM requests q
+                      WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
+                        AND q.sent_ms <= $4
+                      ORDER BY q.id LIMIT $2) q) c
+             WHERE r.id = c.id AND r.delivery = 'held' AND r.sent_ms <= $4
+             RETURNING r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
+                       r.envelope",
         )
         .await?;
     let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+    let now = crate::store::now_ms();
     let rows = conn
         .client
-        .query(&statement, &[&names, &(limit as i64)])
+        .query(
+            &statement,
+            &[&names, &(limit as i64), &now, &sent_before_ms],
+        )
         .await?;
-    rows.iter().map(final_reply).collect()
+    let mut held = rows.iter().map(final_reply).collect::<Result<Vec<_>, _>>()?;
+    held.sort_unstable_by(|a, b| (a.device.as_str(), a.id).cmp(&(b.device.as_str(), b.id)));
+    Ok(held)
 }
 
-/// Counts that a final reply was handed to the broker.
+/// Counts that a final reply was handed to the broker, and when.
 pub async fn mark_published(conn: &Conn, id: RequestId) -> Result<(), StoreError> {
     let statement = conn
-        .statement("UPDATE requests SET published = published + 1 WHERE id = $1")
+        .statement("UPDATE requests SET published = published + 1, sent_ms = $2 WHERE id = $1")
         .await?;
     conn.client
-        .execute(&statement, &[&id.as_bytes().as_slice()])
+        .execute(
+            &statement,
+            &[&id.as_bytes().as_slice(), &crate::store::now_ms()],
+        )
         .await?;
     Ok(())
 }

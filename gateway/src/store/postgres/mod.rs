@@ -134,6 +134,11 @@ impl PgStore {
         Ok(())
     }
 
+    /// See [`crate::store::Store::leave`].
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        cluster::leave(&*self.pool.get().await?, &self.me).await
+    }
+
     /// See [`crate::store::Store::cluster_view`].
     pub fn cluster_view(&self) -> Option<ClusterView> {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -216,6 +221,7 @@ impl PgStore {
             .command(Command::Admit {
                 request,
                 dedupe_after_ms,
+                max_pending: 0,
             })
             .await?
         {
@@ -281,10 +287,12 @@ impl PgStore {
         &self,
         devices: Vec<DeviceId>,
         limit: usize,
+        quiet: Duration,
     ) -> Result<Vec<FinalReply>, StoreError> {
+        let sent_before_ms = crate::store::now_ms() - quiet.as_millis() as i64;
         // Through the commit queue: it must see the publish counts queued before it.
         match self
-            .commit(vec![Some(Work::HeldFor(devices, limit))])
+            .commit(vec![Some(Work::HeldFor(devices, limit, sent_before_ms))])
             .await?
             .pop()
         {

@@ -69,15 +69,26 @@ async fn insert(conn: &Conn, request: &NewRequest, owner: &str) -> Result<bool, 
     Ok(inserted == 1)
 }
 
-/// Stores a request unless its (device, correlation) was seen within the dedupe window. Two
-/// gateways admitting the same key at once: the second insert waits for the first's commit,
-/// then finds its row (read committed), so both answer with one request id.
+/// Stores a request unless its (device, correlation) was seen within the dedupe window, or the
+/// device already has `max_pending` requests queued or running (0: unchecked). Two gateways
+/// admitting the same key at once: the second insert waits for the first's commit, then finds
+/// its row (read committed), so both answer with one request id. The quota is counted under a
+/// per-device advisory lock held to the commit, so gateways admitting for one device at once
+/// take turns and the count stays exact cluster-wide.
 pub async fn admit(
     conn: &Conn,
     owner: &str,
     request: &NewRequest,
     dedupe_after_ms: i64,
+    max_pending: usize,
 ) -> Result<Admission, StoreError> {
+    if max_pending > 0 && over_quota(conn, &request.device, max_pending).await? {
+        // A duplicate is answered as ever; only a new request is refused.
+        return Ok(match find(conn, &request.device, &request.corr).await? {
+            Some(existing) => Admission::Existing(existing),
+            None => Admission::OverQuota,
+        });
+    }
     if insert(conn, request, owner).await? {
         return Ok(Admission::New);
     }
@@ -105,6 +116,20 @@ pub async fn admit(
         .await?
         .map(Admission::Existing)
         .ok_or_else(|| StoreError::Sql("admitted request vanished".into()))
+}
+
+/// Whether `device` has `max_pending` requests queued or running, counted under its advisory
+/// lock (held until this transaction ends).
+async fn over_quota(conn: &Conn, device: &DeviceId, max_pending: usize) -> Result<bool, StoreError> {
+    let lock = conn
+        .statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .await?;
+    conn.client.execute(&lock, &[&device.as_str()]).await?;
+    let count = conn
+        .statement("SELECT COUNT(*) FROM requests WHERE device = $1 AND state = 'queued'")
+        .await?;
+    let row = conn.client.query_one(&count, &[&device.as_str()]).await?;
+    Ok(row.try_get::<_, i64>(0)? >= max_pending as i64)
 }
 
 /// Looks a request up by its dedupe key.

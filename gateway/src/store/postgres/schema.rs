@@ -70,6 +70,11 @@ const MIGRATIONS: &[&str] = &[
         seen_ms         BIGINT NOT NULL,    -- its last heartbeat
         lease_until_ms  BIGINT NOT NULL     -- its claims hold until then
     );",
+    // 3: when a held reply was last handed to the broker, so that the gateways seeing one wake
+    // of its device redeliver it once between them (see `delivery::held_for`); each device's
+    // pending requests, counted cluster-wide against `max_pending_per_device`.
+    "ALTER TABLE requests ADD COLUMN sent_ms BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX requests_device_queued ON requests (device) WHERE state = 'queued';",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

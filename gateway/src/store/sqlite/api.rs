@@ -19,9 +19,11 @@ use crate::wire::{Correlation, DeviceId, RequestId};
 
 fn run_command(txn: &Transaction<'_>, command: Command) -> rusqlite::Result<Outcome> {
     Ok(match command {
+        // One gateway: its scheduler holds max_pending_per_device exactly.
         Command::Admit {
             request,
             dedupe_after_ms,
+            max_pending: _,
         } => Outcome::Admitted(requests::admit(txn, &request, dedupe_after_ms)?),
         Command::Find(device, corr) => Outcome::Found(requests::find(txn, &device, &corr)?),
         Command::Cancel {
@@ -121,7 +123,10 @@ impl SqliteStore {
         &self,
         devices: Vec<DeviceId>,
         limit: usize,
+        _quiet: std::time::Duration,
     ) -> Result<Vec<FinalReply>, StoreError> {
+        // One gateway sees a device's events in order (its ack before its next wake): nothing
+        // to claim, so the quiet period does not apply.
         self.call(move |txn| {
             let mut held = Vec::new();
             for device in &devices {
