@@ -13,11 +13,11 @@ use roost_tests::postgres::PgCluster;
 use roost_tests::{http_get, Gateway, Mosquitto};
 
 /// One gateway of the cluster.
-fn member(mosquitto: &Mosquitto, url: &str, id: &str, extra: &str) -> Gateway {
+fn member(mosquitto: &Mosquitto, url: &str, id: &str, lease_ms: u64, extra: &str) -> Gateway {
     Gateway::start_with(&format!(
         "[gateway]\nid = \"{id}\"\nworkers = 1\n\
          [broker]\nmode = \"external\"\nurl = \"mqtt://{}\"\nshare_group = \"roost\"\n\
-         [store]\nengine = \"postgres\"\nurl = \"{url}\"\nlease_ms = 1000\n\
+         [store]\nengine = \"postgres\"\nurl = \"{url}\"\nlease_ms = {lease_ms}\n\
          [limits]\nmax_pending_per_device = 1000\nmax_payload_bytes = 4194304\n{extra}",
         mosquitto.addr
     ))
@@ -30,6 +30,10 @@ struct Rig {
 }
 
 async fn rig(extra: &str) -> Rig {
+    rig_with_lease(1000, extra).await
+}
+
+async fn rig_with_lease(lease_ms: u64, extra: &str) -> Rig {
     let (postgres, url) = tokio::task::spawn_blocking(|| {
         let cluster = PgCluster::start();
         let url = cluster.create_database("cluster");
@@ -40,7 +44,7 @@ async fn rig(extra: &str) -> Rig {
     let mosquitto = Mosquitto::start();
     let gateways = ["gw-1", "gw-2", "gw-3"]
         .iter()
-        .map(|id| member(&mosquitto, &url, id, extra))
+        .map(|id| member(&mosquitto, &url, id, lease_ms, extra))
         .collect();
     Rig {
         mosquitto,
@@ -58,7 +62,10 @@ impl Rig {
     fn admitted(&self, n: usize) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let count: usize = self.sql("SELECT COUNT(*) FROM requests").parse().expect("count");
+            let count: usize = self
+                .sql("SELECT COUNT(*) FROM requests")
+                .parse()
+                .expect("count");
             if count >= n {
                 return;
             }
@@ -320,7 +327,12 @@ async fn a_sleepy_fleet_loses_nothing_while_gateways_are_killed() {
     let report = rig.gateways[0].dir().join("failover.json");
     let mut sim = std::process::Command::new(roost_tests::sibling_binary("roost-device-sim"))
         .arg("run")
-        .args(["--broker", &rig.mosquitto.addr.to_string(), "--quiet", "--json"])
+        .args([
+            "--broker",
+            &rig.mosquitto.addr.to_string(),
+            "--quiet",
+            "--json",
+        ])
         .arg(&report)
         .args(["--devices", "40", "--duration", "14s", "--wake-every", "1s"])
         .args(["--listen", "400ms", "--grace", "30s", "--seed", "7"])
@@ -341,10 +353,16 @@ async fn a_sleepy_fleet_loses_nothing_while_gateways_are_killed() {
         .expect("join");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report).expect("report written")).expect("JSON");
-    assert!(json["requests"].as_u64().is_some_and(|n| n >= 300), "{json}");
+    assert!(
+        json["requests"].as_u64().is_some_and(|n| n >= 300),
+        "{json}"
+    );
     assert_eq!(json["lost"], 0, "nothing lost: {json}");
     assert_eq!(json["mismatched"], 0, "{json}");
-    assert_eq!(json["duplicates"], 0, "no duplicates seen by devices: {json}");
+    assert_eq!(
+        json["duplicates"], 0,
+        "no duplicates seen by devices: {json}"
+    );
     assert!(exit.success(), "device-sim: {json}");
     assert_eq!(
         rig.sql("SELECT COUNT(*) FROM requests WHERE state = 'queued'"),
@@ -354,5 +372,47 @@ async fn a_sleepy_fleet_loses_nothing_while_gateways_are_killed() {
         rig.sql("SELECT MAX(executions) FROM requests"),
         "1",
         "never recorded twice"
+    );
+}
+
+/// A gateway stopped with SIGTERM gives up its lease once drained: the others take its queued
+/// work at once, long before its 60 s lease would have run out. Its queued work is set up in
+/// the store directly (requests it owns and has not run: what a drain leaves behind), so the
+/// test does not depend on how fast the workers are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_stopping_gracefully_hands_its_queued_work_over_at_once() {
+    let mut rig = rig_with_lease(60_000, "").await;
+    let args: String = gateway::wire::envelope::encode_value(&values(&[1.0, 2.0, 4.0]))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for i in 0..5 {
+        rig.sql(&format!(
+            "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
+                received_ms, deadline_ms, state, owner)
+             VALUES (uuid_send(gen_random_uuid()), 'gs-1', 'g{i}'::bytea, 'stats',
+                decode('{args}', 'hex'), 'devices/gs-1/reply', false,
+                (extract(epoch from now()) * 1000)::bigint,
+                (extract(epoch from now()) * 1000)::bigint + 600000, 'queued', 'gw-1')"
+        ));
+    }
+    let status = rig.gateways[0].terminate();
+    assert!(status.success(), "drained and stopped: {status:?}");
+    // Every one finishes, well within the stopped gateway's lease.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let queued = rig.sql("SELECT COUNT(*) FROM requests WHERE state = 'queued'");
+        if queued == "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queued} requests still queued 30 s after a graceful stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        rig.sql("SELECT COUNT(*), MAX(executions) FROM requests WHERE state = 'done'"),
+        "5|1"
     );
 }

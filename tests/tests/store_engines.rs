@@ -441,7 +441,10 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
     let first = request("q1", "p1");
     let id = first.id;
     assert!(matches!(admit(&a, first).await, Admission::New));
-    assert!(matches!(admit(&b, request("q1", "p2")).await, Admission::New));
+    assert!(matches!(
+        admit(&b, request("q1", "p2")).await,
+        Admission::New
+    ));
     assert!(matches!(
         admit(&a, request("q1", "p3")).await,
         Admission::OverQuota
@@ -465,7 +468,10 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
     a.ping().await.expect("publish counted");
     let quiet = Duration::from_secs(3600);
     assert!(
-        a.held_for(vec![device("q1")], 8, quiet).await.expect("held").is_empty(),
+        a.held_for(vec![device("q1")], 8, quiet)
+            .await
+            .expect("held")
+            .is_empty(),
         "just published: not again within the quiet period"
     );
     cluster.query("shared", "UPDATE requests SET sent_ms = 0");

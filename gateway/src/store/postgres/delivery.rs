@@ -71,7 +71,10 @@ pub async fn held_for(
             &[&names, &(limit as i64), &now, &sent_before_ms],
         )
         .await?;
-    let mut held = rows.iter().map(final_reply).collect::<Result<Vec<_>, _>>()?;
+    let mut held = rows
+        .iter()
+        .map(final_reply)
+        .collect::<Result<Vec<_>, _>>()?;
     held.sort_unstable_by(|a, b| (a.device.as_str(), a.id).cmp(&(b.device.as_str(), b.id)));
     Ok(held)
 }

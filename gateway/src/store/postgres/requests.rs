@@ -120,7 +120,11 @@ pub async fn admit(
 
 /// Whether `device` has `max_pending` requests queued or running, counted under its advisory
 /// lock (held until this transaction ends).
-async fn over_quota(conn: &Conn, device: &DeviceId, max_pending: usize) -> Result<bool, StoreError> {
+async fn over_quota(
+    conn: &Conn,
+    device: &DeviceId,
+    max_pending: usize,
+) -> Result<bool, StoreError> {
     let lock = conn
         .statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .await?;

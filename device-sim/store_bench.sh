@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Store-engine and scale-out benchmark, on loopback: the same `device-sim load` against
+#   1. one gateway (embedded broker) on SQLite, then on PostgreSQL (a throwaway cluster);
+#   2. one, two and three gateways (external mode, one share group) behind Mosquitto, on one
+#      PostgreSQL database;
+#   3. failover: three gateways with queued work, one SIGKILLed; how long until the others
+#      resumed its queued work (from its kill to the first "took over" line in their logs).
+#
+# Usage, from the workspace root (Debian's postgresql and mosquitto installed; run as root or
+# as a user who may run the PostgreSQL server):
+#   cargo build --release -p gateway -p device-sim
+#   device-sim/store_bench.sh [DURATION] [SHAPE]        e.g. device-sim/store_bench.sh 10s 50x4
+#
+# Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
+set -euo pipefail
+
+duration=${1:-10s}
+shape=${2:-50x4}
+devices=${shape%x*}
+inflight=${shape#*x}
+bin=${BIN:-target/release}
+out=${OUT:-$(mktemp -d)}
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+mkdir -p "$out"
+pids=()
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    as_pg "$pg_bin/pg_ctl" -D "$out/pg" -m fast -w stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (at most 60 s) for a line matching $2 in file $1.
+wait_for() {
+    for _ in $(seq 600); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for '$2' in $1" >&2
+    return 1
+}
+
+summary() { # $1 = label, $2 = report
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+label, r = sys.argv[1], json.load(open(sys.argv[2]))
+l = r["latency_ms"]
+print(f'{label:<24} {r["throughput_rps"]:>8.0f} req/s  p50 {l["p50"]:6.2f} ms  p99 {l["p99"]:7.2f} ms  '
+      f'ok {r["replies_ok"]}  err {r["replies_error"]}  lost {r["lost"]}  dup {r["duplicates"]}')
+PY
+}
+
+load() { # $1 = label, $2 = broker address
+    "$bin/device-sim" load --broker "$2" --devices "$devices" --inflight "$inflight" --closed \
+        --duration "$duration" --quiet --json "$out/$1.json" > "$out/$1.log" 2>&1 || true
+    summary "$1" "$out/$1.json"
+}
+
+# PostgreSQL: a throwaway cluster (the server refuses root: it runs as postgres, in a dir it owns).
+pg_port=$(free_port)
+[ "$(id -u)" = 0 ] && chown postgres: "$out"
+as_pg "$pg_bin/initdb" -D "$out/pg" -U postgres -A trust -E UTF8 >/dev/null
+as_pg "$pg_bin/pg_ctl" -D "$out/pg" -l "$out/pg.log" -w \
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out" start >/dev/null
+createdb() { "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$1"; }
+
+gateway() { # $1 = name, $2 = extra TOML, $3 = extra [gateway] keys; sets $gw_pid once listening
+    mkdir -p "$out/$1"
+    { printf '[gateway]\nid = "%s"\ndata_dir = "%s/%s/data"\n%b\n[http]\nlisten = ""\n' \
+          "$1" "$out" "$1" "${3:-}"
+      printf '%b\n' "$2"; } > "$out/$1/gateway.toml"
+    "$bin/gateway" run --config "$out/$1/gateway.toml" > "$out/$1/out.log" 2> "$out/$1/err.log" &
+    gw_pid=$!
+    pids+=("$gw_pid")
+    wait_for "$out/$1/out.log" "listening"
+}
+address() { grep -o 'mqtt=[0-9.:]*' "$out/$1/out.log" | head -1 | cut -d= -f2; }
+
+echo "== 1. one gateway, embedded broker: SQLite vs PostgreSQL ($shape, $duration)"
+gateway sqlite '[broker]\nlisten = "127.0.0.1:0"'
+load "sqlite" "$(address sqlite)"
+kill "$gw_pid"
+createdb single
+gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
+load "postgres" "$(address postgres)"
+kill "$gw_pid"
+
+echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
+mqtt_port=$(free_port)
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n' \
+    "$mqtt_port" > "$out/mosquitto.conf"
+/usr/sbin/mosquitto -c "$out/mosquitto.conf" > "$out/mosquitto.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
+member() { # $1 = name, $2 = database, $3 = lease_ms
+    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3"
+}
+for n in 1 2 3; do
+    createdb "cluster$n"
+    members=()
+    for m in $(seq "$n"); do member "c$n-gw$m" "cluster$n" 10000; members+=("$gw_pid"); done
+    load "$n-gateways" "127.0.0.1:$mqtt_port"
+    for pid in "${members[@]}"; do kill "$pid"; done
+    for pid in "${members[@]}"; do wait "$pid" 2>/dev/null || true; done
+done
+
+echo "== 3. failover: queued work of a SIGKILLed gateway resumes elsewhere (lease_ms = 2000)"
+createdb failover
+members=()
+for m in 1 2 3; do
+    gateway "f-gw$m" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/failover\"\nlease_ms = 2000" "workers = 1"
+    members+=("$gw_pid")
+done
+# Heavier requests, many in flight, so work queues up behind one worker each; in the background.
+"$bin/device-sim" load --broker "127.0.0.1:$mqtt_port" --devices 50 --inflight 8 --closed \
+    --duration 6s --values 20000 --grace 60s --quiet --json "$out/failover.json" \
+    > "$out/failover.log" 2>&1 &
+sim=$!
+pids+=("$sim")
+sleep 3
+killed_ms=$(date +%s%3N)
+kill -9 "${members[0]}"
+wait "$sim" || true
+summary "failover run" "$out/failover.json"
+python3 - "$out" "$killed_ms" <<'PY'
+import glob, re, sys, datetime
+out, killed = sys.argv[1], int(sys.argv[2])
+first = None
+for log in glob.glob(f"{out}/f-gw[23]/err.log"):
+    for line in open(log):
+        if "took over work of a dead gateway" in line:
+            ts = re.match(r"\S+", re.sub(r"\x1b\[[0-9;]*m", "", line)).group(0)
+            t = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
+            first = t if first is None else min(first, t)
+            break
+print("no takeover seen" if first is None else
+      f"queued work resumed elsewhere {(first - killed) / 1000:.2f} s after the SIGKILL (lease_ms = 2000)")
+PY
+echo "reports in $out"
