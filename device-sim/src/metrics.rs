@@ -103,6 +103,11 @@ pub struct Counts {
     pub finals_without_202: u64,
     /// Strict mode: `202`s that arrived after their final reply (still matching it).
     pub late_202: u64,
+    /// Requests sent again with the same correlation because no `202` came before the device
+    /// slept (sleepy devices, on their next wake; the gateway's dedupe answers them).
+    pub retries: u64,
+    /// `202`s repeated for a pending request (answers to retries).
+    pub repeated_202: u64,
     /// Acks published.
     pub acks: u64,
     /// Connections that failed or dropped.
@@ -134,6 +139,8 @@ impl Counts {
             (&mut self.mismatched, o.mismatched),
             (&mut self.finals_without_202, o.finals_without_202),
             (&mut self.late_202, o.late_202),
+            (&mut self.retries, o.retries),
+            (&mut self.repeated_202, o.repeated_202),
             (&mut self.acks, o.acks),
             (&mut self.connect_errors, o.connect_errors),
             (&mut self.devices_failed, o.devices_failed),
@@ -204,6 +211,7 @@ impl DeviceStats {
                 live.record_accept(*latency);
             }
             Outcome::Duplicate => self.counts.duplicates += 1,
+            Outcome::Repeated202 => self.counts.repeated_202 += 1,
             Outcome::Foreign => self.counts.foreign += 1,
             Outcome::Mismatch {
                 reason, finished, ..

@@ -123,6 +123,8 @@ fn extra_counts(c: &Counts) -> BTreeMap<&'static str, u64> {
         ("wakes", c.wakes),
         ("telemetry", c.telemetry),
         ("late_sends", c.late_sends),
+        ("retries", c.retries),
+        ("repeated_202", c.repeated_202),
     ])
 }
 

@@ -43,6 +43,7 @@ pub async fn run(
         stats: DeviceStats::default(),
         live: &live,
         rng: rand::rngs::StdRng::seed_from_u64(config.seed ^ index as u64),
+        unanswered: Default::default(),
     };
     let mut link = Link::open(&options);
     let ready = tokio::time::timeout(config.connect_timeout, connect(&mut device, &mut link)).await;

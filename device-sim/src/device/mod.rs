@@ -12,6 +12,7 @@ pub mod sleepy;
 
 pub use config::{DeviceConfig, Pacing, Schedule, Sleepy};
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -44,6 +45,9 @@ pub struct Device<'a> {
     pub live: &'a Live,
     /// Its random numbers.
     pub rng: StdRng,
+    /// Requests without a `202` or final reply yet, by correlation: topic and payload, to send
+    /// again on a later wake (sleepy devices).
+    pub unanswered: HashMap<Bytes, (String, Bytes)>,
 }
 
 impl Device<'_> {
@@ -72,21 +76,53 @@ impl Device<'_> {
         let op = self.config.mix.pick(&mut self.rng);
         let request = workload::build(op, self.config.values, &self.config.infer, &mut self.rng);
         let corr = self.tracker.start(request.expect, sent_at);
-        let properties = PublishProperties {
-            correlation_data: Some(corr),
-            content_type: Some("application/cbor".into()),
-            ..PublishProperties::default()
-        };
         let topic = topics::request(&self.id, op.name());
         let payload = Bytes::from(request.payload);
-        let sent = self
-            .publish_counted(client, topic, payload, properties)
-            .await;
+        self.unanswered
+            .insert(corr.clone(), (topic.clone(), payload.clone()));
+        let sent = self.publish_request(client, topic, payload, corr).await;
         Live::bump(&self.live.sent);
         if let Err(error) = &sent {
             tracing::warn!(device = %self.id, %error, "request not queued");
         }
         sent.is_ok()
+    }
+
+    /// Sends again, with the same correlation, every request that got neither a `202` nor a
+    /// final reply: on a wake, what a sleepy device does when the gateway that took a request
+    /// may have died before committing it. The gateway's dedupe makes it safe: a request it
+    /// stored is answered with its current state, never run twice.
+    pub async fn retry_unanswered(&mut self, client: &AsyncClient) {
+        let again: Vec<(Bytes, (String, Bytes))> = self
+            .unanswered
+            .iter()
+            .map(|(corr, sent)| (corr.clone(), sent.clone()))
+            .collect();
+        for (corr, (topic, payload)) in again {
+            if self
+                .publish_request(client, topic, payload, corr)
+                .await
+                .is_ok()
+            {
+                self.stats.counts.retries += 1;
+            }
+        }
+    }
+
+    async fn publish_request(
+        &mut self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Bytes,
+        corr: Bytes,
+    ) -> Result<(), String> {
+        let properties = PublishProperties {
+            correlation_data: Some(corr),
+            content_type: Some("application/cbor".into()),
+            ..PublishProperties::default()
+        };
+        self.publish_counted(client, topic, payload, properties)
+            .await
     }
 
     /// Publishes a plain CBOR message (presence, telemetry) at QoS 1.
@@ -109,6 +145,9 @@ impl Device<'_> {
                 .map(|(_, value)| value.as_str())
         });
         let corr = props.and_then(|p| p.correlation_data.clone());
+        if let Some(corr) = &corr {
+            self.unanswered.remove(corr);
+        }
         let msg = Incoming {
             topic,
             corr: corr.as_deref(),

@@ -1,7 +1,8 @@
 //! A sleepy device: wakes every `wake_every` (± jitter), connects with a persistent session
 //! (Clean Start 0, Session Expiry longer than its sleep), announces presence, collects and acks
-//! the replies held for it, sends its next request, listens for `listen`, announces sleep and
-//! disconnects. Used by `run --wake-every`.
+//! the replies held for it, sends again any request of an earlier wake that got no answer at all
+//! (same correlation: the gateway that took it may have died before committing it), sends its
+//! next request, listens for `listen`, announces sleep and disconnects. Used by `run --wake-every`.
 //!
 //! After `stop_sending` it makes drain wakes, staying connected until every request is answered or
 //! the schedule's `give_up`. Every wait is bounded by `connect_timeout`, `listen` or `give_up`.
@@ -53,6 +54,7 @@ pub async fn run(
         stats: DeviceStats::default(),
         live: &live,
         rng: rand::rngs::StdRng::seed_from_u64(config.seed ^ index as u64),
+        unanswered: Default::default(),
     };
     // The first wakes spread over one sleep, so the fleet does not connect all at once.
     let mut wake = schedule.start + sleepy.wake_every.mul_f64(device.rng.gen_range(0.0..1.0));
@@ -102,6 +104,8 @@ async fn cycle(
         .publish(&link.client, topics::presence(&device.id), presence)
         .await;
     let wakes = device.stats.counts.wakes;
+    // What got no answer on an earlier wake (queued replies from the session came first).
+    device.retry_unanswered(&link.client).await;
     if sending {
         device.send_request(&link.client, Instant::now()).await;
         if wakes.checked_rem(u64::from(sleepy.telemetry_every)) == Some(0) {

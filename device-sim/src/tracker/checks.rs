@@ -93,7 +93,7 @@ impl Tracker {
             };
         };
         match pending.request_id {
-            Some(known) if known == id => Outcome::Duplicate,
+            Some(known) if known == id => Outcome::Repeated202,
             Some(known) => Outcome::Mismatch {
                 reason: "request_id_changed",
                 detail: format!("202 said {id}, earlier {known}"),

@@ -61,6 +61,9 @@ pub enum Outcome {
     },
     /// A reply for a request already answered (at-least-once delivery); dropped.
     Duplicate,
+    /// Another `202` with the same request id for a request still pending: the answer to a
+    /// retry (a sleepy device sends a request again when no `202` came before it slept).
+    Repeated202,
     /// A reply whose correlation names another run of device-sim (same device id).
     Foreign,
     /// A reply that broke the protocol. `finished` when it was the request's final reply.

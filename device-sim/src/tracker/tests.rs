@@ -41,7 +41,7 @@ fn deliver(tracker: &mut Tracker, corr: &[u8], reply: &Reply) -> Outcome {
 const VALUES: [f64; 4] = [1.0, 2.0, 3.0, 10.0];
 
 #[test]
-fn accepted_then_done_then_duplicates() {
+fn accepted_then_repeated_then_done_then_duplicates() {
     let mut t = tracker(true);
     let corr = t.start(Expect::Stats(VALUES.to_vec()), Instant::now());
     let id = RequestId::new();
@@ -49,7 +49,11 @@ fn accepted_then_done_then_duplicates() {
         deliver(&mut t, &corr, &accepted(id)),
         Outcome::Accepted { .. }
     ));
-    assert_eq!(deliver(&mut t, &corr, &accepted(id)), Outcome::Duplicate);
+    assert_eq!(
+        deliver(&mut t, &corr, &accepted(id)),
+        Outcome::Repeated202,
+        "a 202 again (a retry's answer) is not a duplicate final"
+    );
     let outcome = deliver(&mut t, &corr, &done(id, &VALUES));
     assert!(
         matches!(
