@@ -41,40 +41,65 @@ fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
     Ok(code.map(|c| c as u16))
 }
 
+/// Inserts unless the key exists, or the device has `$11` requests queued or running (`$11` =
+/// 0: unchecked). The count is taken when the statement starts: after the device's advisory
+/// lock, which [`insert`] pipelines just before it.
 const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
         received_ms, deadline_ms, state, owner)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10
+    WHERE $11::bigint = 0
+        OR (SELECT COUNT(*) FROM requests WHERE device = $2 AND state = 'queued') < $11::bigint
     ON CONFLICT (device, corr) DO NOTHING";
 
-async fn insert(conn: &Conn, request: &NewRequest, owner: &str) -> Result<bool, StoreError> {
-    let statement = conn.statement(INSERT).await?;
-    let inserted = conn
-        .client
-        .execute(
-            &statement,
-            &[
-                &request.id.as_bytes().as_slice(),
-                &request.device.as_str(),
-                &request.corr.as_bytes(),
-                &request.op,
-                &request.args,
-                &request.reply_topic,
-                &request.envelope,
-                &request.received_ms,
-                &request.deadline_ms,
-                &owner,
-            ],
-        )
-        .await?;
+/// Takes the device's advisory lock until the transaction ends: gateways admitting for one
+/// device at once take turns, so the quota's count is exact cluster-wide.
+const LOCK_DEVICE: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+
+/// Whether the request was stored. The lock and the insert go out back to back, before any
+/// later command of the batch: a batch's commands run pipelined, and a `cancel` after this
+/// request in the same batch must find it.
+async fn insert(
+    conn: &Conn,
+    request: &NewRequest,
+    owner: &str,
+    max_pending: usize,
+) -> Result<bool, StoreError> {
+    let (lock, statement) = (
+        conn.statement(LOCK_DEVICE).await?,
+        conn.statement(INSERT).await?,
+    );
+    let max = max_pending as i64;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        &request.id.as_bytes().as_slice(),
+        &request.device.as_str(),
+        &request.corr.as_bytes(),
+        &request.op,
+        &request.args,
+        &request.reply_topic,
+        &request.envelope,
+        &request.received_ms,
+        &request.deadline_ms,
+        &owner,
+        &max,
+    ];
+    let device = request.device.as_str();
+    let locked = async {
+        if max_pending > 0 {
+            conn.client.execute(&lock, &[&device]).await?;
+        }
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let (_, inserted) = tokio::try_join!(locked, conn.client.execute(&statement, &params))?;
     Ok(inserted == 1)
 }
 
 /// Stores a request unless its (device, correlation) was seen within the dedupe window, or the
-/// device already has `max_pending` requests queued or running (0: unchecked). Two gateways
-/// admitting the same key at once: the second insert waits for the first's commit, then finds
-/// its row (read committed), so both answer with one request id. The quota is counted under a
-/// per-device advisory lock held to the commit, so gateways admitting for one device at once
-/// take turns and the count stays exact cluster-wide.
+/// device already has `max_pending` requests queued or running (0: unchecked); a duplicate is
+/// answered as the original even past the quota. Two gateways admitting the same key at once:
+/// the second insert waits for the first's commit, then finds its row (read committed), so both
+/// answer with one request id. The quota is counted under a per-device advisory lock held to
+/// the commit, so gateways admitting for one device at once take turns and the count stays
+/// exact cluster-wide.
 pub async fn admit(
     conn: &Conn,
     owner: &str,
@@ -82,14 +107,7 @@ pub async fn admit(
     dedupe_after_ms: i64,
     max_pending: usize,
 ) -> Result<Admission, StoreError> {
-    if max_pending > 0 && over_quota(conn, &request.device, max_pending).await? {
-        // A duplicate is answered as ever; only a new request is refused.
-        return Ok(match find(conn, &request.device, &request.corr).await? {
-            Some(existing) => Admission::Existing(existing),
-            None => Admission::OverQuota,
-        });
-    }
-    if insert(conn, request, owner).await? {
+    if insert(conn, request, owner, max_pending).await? {
         return Ok(Admission::New);
     }
     let forget = conn
@@ -109,31 +127,19 @@ pub async fn admit(
             ],
         )
         .await?;
-    if forgotten == 1 && insert(conn, request, owner).await? {
-        return Ok(Admission::New);
+    if forgotten == 1 {
+        return Ok(if insert(conn, request, owner, max_pending).await? {
+            Admission::New
+        } else {
+            Admission::OverQuota
+        });
     }
-    find(conn, &request.device, &request.corr)
-        .await?
-        .map(Admission::Existing)
-        .ok_or_else(|| StoreError::Sql("admitted request vanished".into()))
-}
-
-/// Whether `device` has `max_pending` requests queued or running, counted under its advisory
-/// lock (held until this transaction ends).
-async fn over_quota(
-    conn: &Conn,
-    device: &DeviceId,
-    max_pending: usize,
-) -> Result<bool, StoreError> {
-    let lock = conn
-        .statement("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .await?;
-    conn.client.execute(&lock, &[&device.as_str()]).await?;
-    let count = conn
-        .statement("SELECT COUNT(*) FROM requests WHERE device = $1 AND state = 'queued'")
-        .await?;
-    let row = conn.client.query_one(&count, &[&device.as_str()]).await?;
-    Ok(row.try_get::<_, i64>(0)? >= max_pending as i64)
+    // Not stored: a duplicate, or (no such key) the device is over its quota.
+    match find(conn, &request.device, &request.corr).await? {
+        Some(existing) => Ok(Admission::Existing(existing)),
+        None if max_pending > 0 => Ok(Admission::OverQuota),
+        None => Err(StoreError::Sql("admitted request vanished".into())),
+    }
 }
 
 /// Looks a request up by its dedupe key.
