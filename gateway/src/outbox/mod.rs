@@ -34,16 +34,17 @@ pub use presence::Presence;
 /// Most device events, or final replies, handled in one turn of the loop.
 const MAX_TURN: usize = 1024;
 
-/// On a shared store, how long a wake waits before its redelivery. The device's ack of a reply
-/// it got from its broker session at connect, and its wake (presence or request), may reach
-/// different gateways; waiting lets the ack commit first, so the wake does not send that reply
-/// again.
+/// With other gateways alive on the store, how long a wake waits before its redelivery. The
+/// device's ack of a reply it got from its broker session at connect, and its wake (presence
+/// or request), may reach different gateways; waiting lets the ack commit first, so the wake
+/// does not send that reply again.
 const CLUSTER_WAKE_GRACE: Duration = Duration::from_millis(300);
 
-/// On a shared store, a held reply handed to the broker within this is not redelivered: the
-/// other gateways that saw the same wake (its presence, request and acks each reach one of
-/// them) leave it to the one that claimed it, and a reply published while its device was
-/// already awake is not sent twice.
+/// With other gateways alive on the store, a held reply handed to the broker within this is not
+/// redelivered: the other gateways that saw the same wake (its presence, request and acks each
+/// reach one of them) leave it to the one that claimed it, and a reply published while its
+/// device was already awake is not sent twice. A device waking again within it gets the reply
+/// on a later wake (or from its broker session).
 const CLUSTER_QUIET: Duration = Duration::from_secs(2);
 
 /// The outbox stage.
@@ -79,7 +80,6 @@ impl Outbox {
         let mut events = Vec::with_capacity(MAX_TURN);
         // Wakes waiting for their grace (shared store only), in order of arrival.
         let mut later: std::collections::VecDeque<(Instant, Vec<DeviceId>)> = Default::default();
-        let clustered = self.store.lease().is_some();
         loop {
             let next_due = later.front().map(|(due, _)| *due);
             tokio::select! {
@@ -95,7 +95,7 @@ impl Outbox {
                     }
                     let woke = events.drain(..).filter_map(|e| self.on_event(e));
                     let woke: Vec<DeviceId> = woke.collect();
-                    if clustered {
+                    if self.clustered() {
                         if !woke.is_empty() {
                             later.push_back((Instant::now() + CLUSTER_WAKE_GRACE, woke));
                         }
@@ -133,6 +133,15 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// Whether other gateways share the store now (as of the last heartbeat): only then may one
+    /// wake reach several gateways, and only then does a wake wait and claim its redelivery.
+    /// A gateway alone on PostgreSQL redelivers at once, as on SQLite.
+    fn clustered(&self) -> bool {
+        self.store
+            .cluster_view()
+            .is_some_and(|view| view.alive() > 1)
     }
 
     /// A final reply just committed: publish it, and its device's status is due.
@@ -175,7 +184,12 @@ impl Outbox {
             return;
         }
         let limit = self.limits.max_held_replies_per_device;
-        let held = self.store.held_for(devices, limit, CLUSTER_QUIET).await;
+        let quiet = if self.clustered() {
+            CLUSTER_QUIET
+        } else {
+            Duration::ZERO
+        };
+        let held = self.store.held_for(devices, limit, quiet).await;
         let held = match held {
             Ok(held) => held,
             Err(error) => {

@@ -109,17 +109,28 @@ async fn transaction(
     jobs: &[Vec<Option<Work>>],
 ) -> Result<Outcomes, StoreError> {
     let conn: &Conn = conn;
-    let work = jobs.iter().map(|job| {
-        join_all(job.iter().map(|work| async move {
-            match work {
-                Some(work) => run_work(conn, me, work).await.map(Some),
-                None => Ok(None),
+    let done = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
+        // A `status` or `cancel` must see the requests before it in the batch: one at a time
+        // (pipelined, a command preparing a statement could overtake an earlier one).
+        conn.client.batch_execute("BEGIN").await?;
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut outcomes = Vec::with_capacity(job.len());
+            for work in job {
+                outcomes.push(run_slot(conn, me, work).await);
             }
-        }))
-    });
-    // BEGIN goes first on the wire; the statements follow without waiting for its answer.
-    let (begun, done) = tokio::join!(conn.client.batch_execute("BEGIN"), join_all(work));
-    begun?;
+            done.push(outcomes);
+        }
+        done
+    } else {
+        let work = jobs
+            .iter()
+            .map(|job| join_all(job.iter().map(|work| run_slot(conn, me, work))));
+        // BEGIN goes first on the wire; the statements follow without waiting for its answer.
+        let (begun, done) = tokio::join!(conn.client.batch_execute("BEGIN"), join_all(work));
+        begun?;
+        done
+    };
     let mut outcomes = Vec::with_capacity(done.len());
     let mut failed = None;
     for job in done {
@@ -136,6 +147,22 @@ async fn transaction(
     }
     conn.client.batch_execute("COMMIT").await?;
     Ok(outcomes)
+}
+
+/// Runs one slot of a job (`None`: a publish with no store work).
+async fn run_slot(conn: &Conn, me: &str, work: &Option<Work>) -> Result<Option<Done>, StoreError> {
+    match work {
+        Some(work) => run_work(conn, me, work).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether this work reads requests that earlier work of its batch may have written.
+fn reads_what_came_before(work: &Work) -> bool {
+    matches!(
+        work,
+        Work::Command(Command::Find(..) | Command::Cancel { .. })
+    )
 }
 
 fn deliver(thens: Vec<Then>, outcome: Result<Outcomes, StoreError>) {
