@@ -289,7 +289,13 @@ impl PgStore {
         limit: usize,
         quiet: Duration,
     ) -> Result<Vec<FinalReply>, StoreError> {
-        let sent_before_ms = crate::store::now_ms() - quiet.as_millis() as i64;
+        // No quiet period: every held reply, however recently sent (a publish count queued
+        // just before this read may carry a later clock than this).
+        let sent_before_ms = if quiet.is_zero() {
+            i64::MAX
+        } else {
+            crate::store::now_ms() - quiet.as_millis() as i64
+        };
         // Through the commit queue: it must see the publish counts queued before it.
         match self
             .commit(vec![Some(Work::HeldFor(devices, limit, sent_before_ms))])
