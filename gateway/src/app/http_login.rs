@@ -47,3 +47,53 @@ fn password_check(guard: Arc<LoginGuard>, timeout: Duration) -> PasswordCheck {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frontdoor::secrets;
+    use std::net::IpAddr;
+
+    /// HTTP logins meet the MQTT logins' throttle: once an address has failed
+    /// `limits.max_auth_failures` times, even the right password is refused from it (unhashed),
+    /// while another address still logs in at once.
+    #[tokio::test]
+    async fn http_logins_share_the_front_doors_throttle() {
+        let limits = Limits {
+            max_auth_failures: 3,
+            auth_delay: Duration::from_millis(1),
+            auth_max_delay: Duration::from_millis(20),
+            ..Limits::default()
+        };
+        let guard = Arc::new(frontdoor::login_guard(&limits, Arc::default()).expect("guard"));
+        let check = password_check(guard, Duration::from_secs(5));
+        let hash = secrets::hash_operator_password("right").expect("hash");
+        let attempt = |source: [u8; 4], password: &str| {
+            check(
+                IpAddr::from(source),
+                "ops".to_owned(),
+                Some(hash.clone()),
+                password.to_owned(),
+            )
+        };
+        assert!(attempt([127, 0, 0, 2], "right").await);
+        for _ in 0..limits.max_auth_failures {
+            assert!(!attempt([127, 0, 0, 3], "wrong").await);
+        }
+        assert!(
+            !attempt([127, 0, 0, 3], "right").await,
+            "a throttled address is refused"
+        );
+        assert!(attempt([127, 0, 0, 2], "right").await, "others are not");
+        let unknown = check(
+            IpAddr::from([127, 0, 0, 4]),
+            "nobody".to_owned(),
+            None,
+            "x".to_owned(),
+        );
+        assert!(
+            !unknown.await,
+            "a name without an operator's hash never logs in"
+        );
+    }
+}
