@@ -2,7 +2,9 @@
 # Runs the whole test suite. Installs what the interop tests drive, if missing: Debian's
 # mosquitto (the broker, for external-broker mode) and mosquitto-clients (mosquitto_rr,
 # mosquitto_pub, mosquitto_sub), Debian's postgresql (the server the store's PostgreSQL engine is
-# tested against; tests start throwaway clusters as user postgres), and Python's paho-mqtt.
+# tested against; tests start throwaway clusters as user postgres), chromium and chromium-driver
+# (the dashboard's browser test), prometheus (its promtool checks the shipped rules and a live
+# scrape), and Python's paho-mqtt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,16 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   as_root apt-get update -qq >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     postgresql >/dev/null
+fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  as_root apt-get update -qq >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "tests/run.sh: installing paho-mqtt" >&2

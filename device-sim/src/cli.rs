@@ -29,6 +29,8 @@ use crate::workload::Mix;
 ///   flood wrong operator passwords from --connections loops over --sources loopback addresses,
 ///         for --duration or --attempts: the login flood a gateway must shrug off. Loopback
 ///         only; reports the answers (CONNACK codes, closes) and their latency.
+///   send  one request by hand as one device, arguments as JSON: prints the 202 and the final
+///         reply as JSON lines, acks it, exits 0 for a final 2xx.
 ///
 /// A run prints a human summary, writes --json FILE ('-' for stdout) and exits 1 when anything
 /// was lost or mismatched.
@@ -49,7 +51,8 @@ Examples:
   device-sim load --devices 100 --rate 5000 --duration 30s
   gateway echo --listen 127.0.0.1:0        # then: load --broker <printed addr> --expect-202 false
   device-sim/bench.sh 10s 10x4 100x4      # echo yardstick vs gateway, release builds
-  device-sim flood --broker 127.0.0.1:1883 --user admin --connections 32 --duration 15s";
+  device-sim flood --broker 127.0.0.1:1883 --user admin --connections 32 --duration 15s
+  device-sim send --device dev-1 --op stats --args '{\"values\": [1, 2, 3, 4]}'";
 
 /// The scenarios.
 #[derive(Debug, Subcommand)]
@@ -62,6 +65,8 @@ pub enum Command {
     Echo(EchoArgs),
     /// Wrong operator passwords from many connections: the login flood, loopback only.
     Flood(FloodArgs),
+    /// One request by hand as device --device: prints the 202 and the final reply as JSON.
+    Send(crate::scenario::send::SendArgs),
 }
 
 fn duration(text: &str) -> Result<Duration, String> {

@@ -94,7 +94,6 @@ pub enum DeviceEvent {
     /// The device acknowledged a reply.
     Acked(DeviceId),
     /// The device was answered with an error (`"code: message"`): its status's `last_error`.
-    #[allow(dead_code, reason = "issue 12: device rejections set last_error")]
     Rejected(DeviceId, String),
 }
 

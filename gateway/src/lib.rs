@@ -29,6 +29,7 @@ pub(crate) mod flow;
 pub(crate) mod frontdoor;
 pub(crate) mod intake;
 pub(crate) mod link;
+pub mod logging;
 pub(crate) mod metrics;
 pub mod models;
 pub(crate) mod outbox;

@@ -8,6 +8,7 @@
 //! SQLite: the same guarantee tests then run against the other engine (`tests/run.sh` does a
 //! second pass of them that way).
 
+pub mod browser;
 pub mod device;
 pub mod postgres;
 pub mod store_view;
@@ -123,7 +124,7 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .env("RUST_LOG", "info,rumqttd=warn,rumqttc=warn")
+            .env("RUST_LOG", gateway::logging::DEFAULT_FILTER)
             .spawn()
             .expect("spawn gateway");
         let stdout = child.stdout.take().expect("piped stdout");

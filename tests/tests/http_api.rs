@@ -35,7 +35,11 @@ async fn operators_read_health_metrics_status_and_devices() {
         body.contains("roost_intake_total{outcome=\"accepted\"} 1"),
         "{body}"
     );
-    assert!(body.contains("roost_request_seconds_count 1"), "{body}");
+    assert!(
+        body.contains("roost_request_seconds_count{op=\"stats\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("roost_oldest_queued_age_seconds 0"), "{body}");
     assert!(body.contains("roost_store_commit_seconds_bucket"), "{body}");
     assert!(
         body.contains("roost_frontdoor_connections_total{outcome=\"connected\"}"),
@@ -68,4 +72,28 @@ async fn operators_read_health_metrics_status_and_devices() {
     let (code, body) = get("/").await.expect("join");
     assert_eq!(code, 200);
     assert!(body.contains("<title>Roost gateway</title>"));
+}
+
+/// Off loopback the API needs operator logins; with no operator account the gateway refuses to
+/// start, naming the key, with exit code 2 (checked before anything binds the address).
+#[test]
+fn a_non_loopback_http_listen_without_operators_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\ndata_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:0\"\n[http]\nlisten = \"0.0.0.0:0\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("write config");
+    let out = std::process::Command::new(Gateway::binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .expect("gateway runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("[http] listen"), "{stderr}");
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use gateway::config::{StoreConfig, StoreEngine};
 use gateway::store::commands::{Command, Outcome};
 use gateway::store::deadletters::{DeadLetter, Requeue};
-use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest};
+use gateway::store::devices::{Filter, Seen};
+use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest, OperatorCancel};
 use gateway::store::telemetry::Reading;
 use gateway::store::{now_ms, Console, Store};
 use gateway::wire::{Correlation, DeviceId, RequestId, State};
@@ -304,7 +305,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
         }))])
         .await
         .expect("dead letter");
-    let console_rows = tokio::task::spawn_blocking(move || {
+    let (console, console_rows) = tokio::task::spawn_blocking(move || {
         let rows = console.dead_letters(10).expect("dead letters");
         let requeued = rows
             .iter()
@@ -315,7 +316,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
             .find(|row| row.letter.request_id.is_none())
             .map(|row| console.requeue(row.id, now_ms() + 60_000).expect("requeue"));
         let listed = console.requests(Some("d1"), None, 10).expect("list");
-        (rows.len(), requeued, refused, listed)
+        (console, (rows.len(), requeued, refused, listed))
     })
     .await
     .expect("thread");
@@ -325,19 +326,170 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     assert_eq!(console_rows.3.len(), 2, "a and b of d1");
     assert!(console_rows.3.iter().all(|r| r.executions <= 1));
 
-    // Operator views.
-    let (total, page) = store.devices_page(0, 10).await.expect("devices");
-    assert_eq!(total, 1);
-    assert_eq!(page[0].id, "d1");
-    let (one, recent) = store.device("d1".into()).await.expect("device");
-    assert_eq!(one.expect("known").requests, 2);
-    assert_eq!(recent.len(), 2);
-    assert!(store
-        .device("nobody".into())
+    // Operator views: the rows the outbox writes with each device's status, listed in natural
+    // order with filters; one device, one request, dead letters, the backlog.
+    let seen = |id: &str, awake: bool, last_seen_ms: i64, error: Option<&str>| Seen {
+        id: device(id),
+        awake,
+        last_seen_ms,
+        last_error: error.map(|e| (e.to_owned(), 5)),
+    };
+    let held = store
+        .devices_seen(vec![
+            seen("d1", true, 1000, None),
+            seen("d10", false, 900, Some("bad_request: x")),
+            seen("d2", true, 800, None),
+        ])
+        .await
+        .expect("devices seen");
+    assert_eq!(held, vec![1, 0, 0], "the requeued reply of d1 is held");
+    // A later status without a new error keeps the stored one; last seen only grows.
+    store
+        .devices_seen(vec![seen("d10", false, 0, None)])
+        .await
+        .expect("devices seen");
+    let ids = |rows: &[gateway::store::devices::DeviceRow]| {
+        rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>()
+    };
+    let (total, page) = store
+        .devices_page(Filter::default(), 0, 10)
+        .await
+        .expect("devices");
+    assert_eq!(
+        (total, ids(&page)),
+        (3, vec!["d1".into(), "d2".into(), "d10".into()])
+    );
+    let (total, page) = store
+        .devices_page(Filter::default(), 1, 1)
+        .await
+        .expect("devices");
+    assert_eq!((total, ids(&page)), (3, vec!["d2".into()]));
+    let filtered =
+        |filter: Filter| async move { store.devices_page(filter, 0, 10).await.expect("devices") };
+    let search = Filter {
+        search: Some("D1".into()),
+        ..Filter::default()
+    };
+    assert_eq!(filtered(search).await.0, 2, "d1 and d10");
+    let awake = Filter {
+        awake: true,
+        ..Filter::default()
+    };
+    assert_eq!(ids(&filtered(awake).await.1), ["d1", "d2"]);
+    let held_only = Filter {
+        held: true,
+        ..Filter::default()
+    };
+    assert_eq!(ids(&filtered(held_only).await.1), ["d1"]);
+    let errors = Filter {
+        errors: true,
+        ..Filter::default()
+    };
+    let (_, with_errors) = filtered(errors).await;
+    assert_eq!(ids(&with_errors), ["d10"]);
+    assert_eq!(with_errors[0].last_error.as_deref(), Some("bad_request: x"));
+    assert_eq!(with_errors[0].last_seen_ms, Some(900));
+    let one = store
+        .device("d1".into(), 10)
         .await
         .expect("device")
-        .0
+        .expect("known");
+    assert!(one.device.awake);
+    assert_eq!((one.device.requests, one.device.held), (2, 1));
+    assert!(one.device.oldest_held_ms.is_some());
+    assert_eq!(one.recent_requests.len(), 2);
+    assert_eq!(one.held_replies.len(), 1);
+    // Requeued: "held" once published, "done" while its (requeued) reply never went out.
+    let requeued = &one.held_replies[0];
+    let expected = if requeued.published > 0 {
+        "held"
+    } else {
+        "done"
+    };
+    assert_eq!(requeued.lifecycle, expected);
+    assert_eq!(one.dead_letters_total, 2, "both expired replies were d1's");
+    assert!(store
+        .device("nobody".into(), 10)
+        .await
+        .expect("device")
         .is_none());
+    let shown = store
+        .request(one.held_replies[0].id.clone())
+        .await
+        .expect("request")
+        .expect("stored");
+    assert_eq!(shown.summary.device, "d1");
+    assert_eq!(shown.args, Some(serde_json::json!({})), "args as JSON");
+    assert!(store
+        .request("not-a-uuid".into())
+        .await
+        .expect("request")
+        .is_none());
+    let (dead, rows) = store
+        .dead_letters_page(None, 0, 1)
+        .await
+        .expect("dead letters");
+    assert_eq!((dead, rows.len()), (3, 1));
+    assert_eq!(
+        store
+            .dead_letters_page(Some("d9".into()), 0, 10)
+            .await
+            .expect("dead letters")
+            .0,
+        1
+    );
+
+    // An operator's cancel by id (the CLI's console): the 410 is held and counted published,
+    // so the device's next wake redelivers it.
+    let queued = request("d2", "q");
+    store.admit(queued.clone(), 0).await.expect("admit");
+    let backlog = store.backlog().await.expect("backlog");
+    assert_eq!((backlog.queued, backlog.held), (1, 1));
+    assert_eq!(backlog.oldest_queued_ms, Some(queued.received_ms));
+    assert!(backlog.oldest_held_ms.is_some());
+    let id = queued.id.to_string();
+    let (cancel, again, unknown, lifecycle, backlog, listed) =
+        tokio::task::spawn_blocking(move || {
+            let mut console = console;
+            let expires = now_ms() + 60_000;
+            let cancel = console.cancel_request(&id, now_ms(), expires, cancelled);
+            let again = console.cancel_request(&id, now_ms(), expires, cancelled);
+            let unknown = console.cancel_request("nope", now_ms(), expires, cancelled);
+            let shown = console.request(&id).expect("request").expect("stored");
+            let listed = console
+                .devices_page(&Filter::default(), 0, 10)
+                .expect("devices")
+                .0;
+            assert!(console.device("d2", 10).expect("device").is_some());
+            (
+                cancel.expect("cancel"),
+                again.expect("cancel"),
+                unknown.expect("cancel"),
+                shown.summary.lifecycle,
+                console.backlog().expect("backlog"),
+                listed,
+            )
+        })
+        .await
+        .expect("thread");
+    assert_eq!(cancel, OperatorCancel::Cancelled);
+    assert_eq!(again, OperatorCancel::AlreadyFinished(State::Cancelled));
+    assert_eq!(unknown, OperatorCancel::NotFound);
+    assert_eq!(lifecycle, "held", "counted published once");
+    assert_eq!((backlog.queued, backlog.held), (0, 2));
+    assert_eq!(listed, 3);
+    let redelivered = store
+        .held_for(vec![device("d2")], 10, Duration::ZERO)
+        .await
+        .expect("held");
+    assert_eq!(
+        redelivered
+            .iter()
+            .map(|r| (r.id, r.status))
+            .collect::<Vec<_>>(),
+        vec![(queued.id, 410)],
+        "a wake of d2 redelivers the operator's 410"
+    );
 
     // Pruning forgets acked requests past the window and old telemetry.
     let (requests, readings) = store.prune(now_ms() + 1_000, 15, 100).await.expect("prune");
@@ -397,7 +549,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|3", "one row, the newest version");
+    assert_eq!(versions, "1|4", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await

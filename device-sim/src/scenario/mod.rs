@@ -1,11 +1,13 @@
 //! The scenarios behind the subcommands: [`run`] and [`load`] turn their flags into a fleet
 //! ([`DeviceConfig`] + [`Plan`]) and share [`execute`] for the report and the exit code;
-//! [`echo`] is the trivial responder; [`flood`] the login flood.
+//! [`echo`] is the trivial responder; [`flood`] the login flood; [`send`] sends one request by
+//! hand.
 
 pub mod echo;
 pub mod flood;
 pub mod load;
 pub mod run;
+pub mod send;
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -31,6 +33,7 @@ pub async fn dispatch(command: Command) -> ExitCode {
         Command::Load(args) => load::run(args).await,
         Command::Echo(args) => echo::run(args).await,
         Command::Flood(args) => flood::run(args).await,
+        Command::Send(args) => send::run(args).await,
     }
 }
 

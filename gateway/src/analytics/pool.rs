@@ -296,9 +296,7 @@ impl Pool {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     metrics.finished(ticket.op, final_reply.status);
                     let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
-                    metrics
-                        .request_latency
-                        .observe(Duration::from_millis(latency_ms));
+                    metrics.observe_latency(ticket.op, Duration::from_millis(latency_ms));
                     let _ = done_tx.send(final_reply);
                 }
                 // Cancelled while running: the cancel already recorded the final reply.

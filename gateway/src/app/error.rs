@@ -49,6 +49,9 @@ pub enum AppError {
     /// A configured model does not load (file, declared shapes).
     #[error(transparent)]
     Model(#[from] crate::models::ModelError),
+    /// `[http] listen` is not on loopback and operator login cannot be required.
+    #[error(transparent)]
+    HttpLogin(#[from] crate::status::login::LoginError),
     /// A stage hit a fatal fault.
     #[error("fatal: {0}")]
     Fatal(String),
@@ -58,9 +61,10 @@ impl AppError {
     /// The process exit code: 2 for what the operator must fix in the config, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Bind { .. } | AppError::DataDir { .. } | AppError::Model(_) => {
-                crate::config::EXIT_CONFIG
-            }
+            AppError::Bind { .. }
+            | AppError::DataDir { .. }
+            | AppError::Model(_)
+            | AppError::HttpLogin(_) => crate::config::EXIT_CONFIG,
             AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
                 crate::config::EXIT_CONFIG
             }

@@ -8,6 +8,7 @@
 //! other gateways take the queued work at once), retained `offline`, exit 0.
 
 mod error;
+mod http_login;
 mod sink;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -76,6 +77,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             )
         }
         BrokerConfig::External { .. } => None,
+    };
+
+    // Off loopback the HTTP API needs operator logins; without any operator, refuse to start.
+    let http_login = match config.http {
+        Some(addr) if !addr.ip().is_loopback() => {
+            Some(http_login::open(&config, &limits, front.as_ref(), addr)?)
+        }
+        _ => None,
     };
 
     let http_listener = match config.http {
@@ -241,6 +250,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             let addr = listener.local_addr().ok();
             let mut state =
                 HttpState::new(gateway_status.clone(), intake_stats.clone(), health.clone());
+            state.login = http_login;
             if let Some(stats) = front.as_ref().map(FrontDoor::stats) {
                 state.extra_metrics = Arc::new(move |out: &mut String| stats.render(out));
             }
@@ -372,6 +382,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tracing::warn!(%error, "cannot give up the cluster lease; the others wait for it to run out");
     }
     gateway_status.publish("offline").await;
+    crate::logging::quiet_broker();
     link.disconnect().await;
     tracing::info!("stopped");
     Ok(())

@@ -5,6 +5,7 @@
 
 mod credentials;
 mod echo;
+pub mod inspect;
 mod requests;
 
 use std::path::PathBuf;
@@ -66,6 +67,21 @@ pub enum Command {
         #[command(subcommand)]
         action: RequestsAction,
     },
+    /// The gateway's status: live from its HTTP API when it answers, and from the store.
+    Status {
+        /// The configuration file.
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Devices as the store knows them (list, show); credentials are `gateway device`.
+    Devices {
+        /// What to do.
+        #[command(subcommand)]
+        action: inspect::DevicesAction,
+    },
     /// List dead letters (requests and replies the gateway gave up on).
     Deadletters {
         /// What to do.
@@ -116,6 +132,28 @@ pub enum RequestsAction {
         #[arg(long)]
         json: bool,
     },
+    /// One request in full: op, arguments, state, timings, its final reply (as JSON).
+    Show {
+        /// The configuration file (for `data_dir`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The request id (a UUID, as in `requests list`).
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancels a queued request: its final 410 is held and delivered on its device's next wake.
+    Cancel {
+        /// The configuration file (for `data_dir` and `limits.reply_ttl_s`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The request id.
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `gateway deadletters ...`
@@ -142,6 +180,9 @@ pub enum DeadlettersAction {
         config: PathBuf,
         /// The dead letter's id (first column of `deadletters list`).
         id: i64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -205,7 +246,17 @@ pub fn main() -> ExitCode {
             } => with_config(&config, |config| {
                 requests::list_requests(config, device.as_deref(), state.as_deref(), limit, json)
             }),
+            RequestsAction::Show { config, id, json } => {
+                with_config(&config, |config| inspect::show_request(config, &id, json))
+            }
+            RequestsAction::Cancel { config, id, json } => {
+                with_config(&config, |config| inspect::cancel_request(config, &id, json))
+            }
         },
+        Command::Status { config, json } => {
+            with_config(&config, |config| inspect::status(config, json))
+        }
+        Command::Devices { action } => inspect::devices(action),
         Command::Deadletters { action } => match action {
             DeadlettersAction::List {
                 config,
@@ -214,9 +265,9 @@ pub fn main() -> ExitCode {
             } => with_config(&config, |config| {
                 requests::list_dead_letters(config, limit, json)
             }),
-            DeadlettersAction::Requeue { config, id } => {
-                with_config(&config, |config| requests::requeue_dead_letter(config, id))
-            }
+            DeadlettersAction::Requeue { config, id, json } => with_config(&config, |config| {
+                requests::requeue_dead_letter(config, id, json)
+            }),
         },
         Command::Models {
             action: ModelsAction::List { config, json },
@@ -234,7 +285,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Loads the config and runs an operator command; its error is printed and exits 1.
-fn with_config(
+pub(crate) fn with_config(
     path: &std::path::Path,
     command: impl FnOnce(&Config) -> Result<(), String>,
 ) -> ExitCode {
@@ -258,21 +309,12 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn,rumqttc=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
-    init_tracing();
+    crate::logging::init(config.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -7,13 +7,15 @@ use crate::status::rfc3339_ms;
 use crate::store::deadletters::Requeue;
 use crate::store::{self, Console};
 
-fn open(config: &Config, write: bool) -> Result<Console, String> {
+pub(super) fn open(config: &Config, write: bool) -> Result<Console, String> {
     Console::open(&config.store, &config.gateway.data_dir, write).map_err(|e| e.to_string())
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+/// Prints `value` as pretty JSON; a closed pipe (`| head`) is the reader's choice, not an error.
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    use std::io::Write;
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    println!("{text}");
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
     Ok(())
 }
 
@@ -77,19 +79,26 @@ pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<()
 }
 
 /// `gateway deadletters requeue ID`
-pub fn requeue_dead_letter(config: &Config, id: i64) -> Result<(), String> {
+pub fn requeue_dead_letter(config: &Config, id: i64, json: bool) -> Result<(), String> {
     let console = open(config, true)?;
     let expires_ms = store::now_ms() + config.limits.reply_ttl.as_millis() as i64;
-    match console.requeue(id, expires_ms).map_err(|e| e.to_string())? {
-        Requeue::Requeued(request) => {
-            println!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes");
-            Ok(())
-        }
-        Requeue::NotStored => Err(format!(
-            "dead letter {id} is a request refused at intake; it was never stored, so the device must send it again"
-        )),
-        Requeue::AlreadyRequeued => Err(format!("dead letter {id} was already requeued")),
-        Requeue::NotDead => Err(format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
-        Requeue::NotFound => Err(format!("no dead letter {id}")),
+    let outcome = console.requeue(id, expires_ms).map_err(|e| e.to_string())?;
+    let (requeued, message) = match &outcome {
+        Requeue::Requeued(request) => (Some(request.clone()), format!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes")),
+        Requeue::NotStored => (None, format!("dead letter {id} is a request refused at intake; it was never stored, so the device must send it again")),
+        Requeue::AlreadyRequeued => (None, format!("dead letter {id} was already requeued")),
+        Requeue::NotDead => (None, format!("dead letter {id}: its request is no longer stored or its reply is not dead")),
+        Requeue::NotFound => (None, format!("no dead letter {id}")),
+    };
+    if json {
+        print_json(
+            &serde_json::json!({ "id": id, "requeued": requeued.is_some(), "request_id": requeued }),
+        )?;
+    } else if requeued.is_some() {
+        println!("{message}");
+    }
+    match requeued {
+        Some(_) => Ok(()),
+        None => Err(message),
     }
 }

@@ -75,6 +75,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// `[models.NAME]` as written; `crate::models::Registry::load` checks and loads them.
     pub models: std::collections::BTreeMap<String, RawModel>,
+    /// `[log] format = "json"`: one JSON object per line instead of text.
+    pub log_json: bool,
 }
 
 /// `[broker.tls]`, validated: the files exist (their contents are checked when loaded).
@@ -295,6 +297,16 @@ impl RawConfig {
             "" => None,
             addr => Some(parse_addr("http.listen", addr)?),
         };
+        let log_json = match self.log.format.as_str() {
+            "text" => false,
+            "json" => true,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not \"text\" or \"json\""),
+                ))
+            }
+        };
         let sync_full = match self.store.synchronous.as_str() {
             "full" => true,
             "normal" => false,
@@ -322,6 +334,7 @@ impl RawConfig {
             limits: validate_limits(&self.limits)?,
             tls,
             models: self.models,
+            log_json,
         })
     }
 }

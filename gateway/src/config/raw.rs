@@ -25,6 +25,24 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[models.NAME]`, one table per ONNX model (checked and loaded by `crate::models`).
     pub models: BTreeMap<String, super::models::RawModel>,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `"text"` (colour only when stderr is a terminal) or `"json"` (one object per line).
+    pub format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+        }
+    }
 }
 
 /// `[gateway]` as written.

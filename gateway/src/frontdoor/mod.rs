@@ -91,6 +91,7 @@ pub struct FrontDoor {
     tls: Option<tls::Tls>,
     stats: Arc<FrontDoorStats>,
     router: Arc<devices::router::Router>,
+    guard: Arc<login::LoginGuard>,
 }
 
 impl FrontDoor {
@@ -100,8 +101,12 @@ impl FrontDoor {
         let loopback = settings.listen.ip().is_loopback();
         let stats = Arc::<FrontDoorStats>::default();
         let guard = Arc::new(login_guard(&settings.limits, stats.login.clone())?);
-        let identity =
-            identity::Identity::open(&settings.db_path, settings.auth.clone(), loopback, guard)?;
+        let identity = identity::Identity::open(
+            &settings.db_path,
+            settings.auth.clone(),
+            loopback,
+            guard.clone(),
+        )?;
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -116,6 +121,7 @@ impl FrontDoor {
             tls,
             router: Arc::new(devices::router::Router::new(stats.clone())),
             stats,
+            guard,
         })
     }
 
@@ -127,6 +133,12 @@ impl FrontDoor {
     /// The counters, for status and metrics.
     pub fn stats(&self) -> Arc<FrontDoorStats> {
         self.stats.clone()
+    }
+
+    /// The password pool and failure throttle, for other operator logins (the HTTP API off
+    /// loopback) to share: one bound on password work for the whole gateway.
+    pub fn login_guard(&self) -> Arc<login::LoginGuard> {
+        self.guard.clone()
     }
 
     /// The device sessions by client id: the service hands replies for devices to it.
@@ -219,8 +231,9 @@ impl FrontDoor {
     }
 }
 
-/// The password pool and failure tables for `limits`.
-fn login_guard(
+/// The password pool and failure tables for `limits` (the front door's own; `app` starts one
+/// for the HTTP API's logins when there is no front door).
+pub fn login_guard(
     limits: &Limits,
     stats: Arc<login::LoginStats>,
 ) -> std::io::Result<login::LoginGuard> {

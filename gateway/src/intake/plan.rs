@@ -208,6 +208,7 @@ impl Plan {
                     ),
                     intake.scheduler.estimate_ms(job.call.cost_key(), 1),
                 );
+                rejected(intake, &job.device, &reply);
                 intake.answer(&address, reply).await;
             }
             (Plan::Status { address }, Some(Outcome::Found(found))) => {
@@ -265,8 +266,10 @@ impl Plan {
             ) => {
                 intake.stats.rejected.fetch_add(1, Relaxed);
                 tracing::info!(device_id = %address.device, status = reply.status.code(), "rejected");
+                rejected(intake, &address.device, &reply);
                 intake.answer(&address, reply).await;
                 if let Some(dead) = dead {
+                    intake.stats.dead_lettered(&dead.reason);
                     intake.announce_dead(&dead).await;
                 }
             }
@@ -277,6 +280,7 @@ impl Plan {
                     &intake.stats.unavailable
                 };
                 counter.fetch_add(1, Relaxed);
+                rejected(intake, &address.device, &reply);
                 intake.answer(&address, reply).await;
             }
             (Plan::Ack(device), Some(Outcome::Acked(acked))) => {
@@ -334,6 +338,16 @@ async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {
             reply.retry_after_ms = Some(intake.scheduler.estimate_ms(&existing.op, 1));
             intake.answer(address, reply).await;
         }
+    }
+}
+
+/// Tells the outbox the device was answered with an error: its status's `last_error`.
+fn rejected(intake: &Intake, device: &DeviceId, reply: &Reply) {
+    if let Some(error) = &reply.error {
+        let text = format!("{}: {}", error.code, error.message);
+        let _ = intake
+            .events_tx
+            .send(DeviceEvent::Rejected(device.clone(), text));
     }
 }
 

@@ -5,6 +5,8 @@
 pub mod histogram;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use histogram::Histogram;
 
@@ -25,6 +27,8 @@ pub struct Metrics {
     pub request_latency: Histogram,
     /// Final replies by op and status code.
     finished: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// Request received → final reply committed, by op.
+    latency_by_op: std::sync::Mutex<std::collections::BTreeMap<&'static str, Arc<Histogram>>>,
 }
 
 impl Metrics {
@@ -32,6 +36,22 @@ impl Metrics {
     pub fn finished(&self, op: &'static str, status: u16) {
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         *finished.entry((op, status)).or_insert(0) += 1;
+    }
+
+    /// Records a request's latency (received → final reply committed), overall and for its op.
+    pub fn observe_latency(&self, op: &'static str, elapsed: Duration) {
+        self.request_latency.observe(elapsed);
+        let by_op = {
+            let mut map = self.latency_by_op.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(op).or_default().clone()
+        };
+        by_op.observe(elapsed);
+    }
+
+    /// Latency histograms by op.
+    pub fn latency_by_op(&self) -> Vec<(&'static str, Arc<Histogram>)> {
+        let map = self.latency_by_op.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(op, h)| (*op, h.clone())).collect()
     }
 
     /// Final replies by (op, status) so far.
@@ -54,4 +74,16 @@ pub struct IntakeStats {
     pub over_quota: AtomicU64,
     /// Requests refused with 503.
     pub unavailable: AtomicU64,
+    /// Dead letters written at intake, by reason code.
+    pub dead_letters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl IntakeStats {
+    /// Counts a dead letter written at intake under its reason code (the text before the first
+    /// `:` of its reason).
+    pub fn dead_lettered(&self, reason: &str) {
+        let code = reason.split(':').next().unwrap_or(reason).trim().to_owned();
+        let mut counts = self.dead_letters.lock().unwrap_or_else(|p| p.into_inner());
+        *counts.entry(code).or_insert(0) += 1;
+    }
 }

@@ -25,6 +25,7 @@ use crate::config::Limits;
 use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
+use crate::store::devices::Seen;
 use crate::store::requests::FinalReply;
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
@@ -163,7 +164,9 @@ impl Outbox {
             _ => {}
         }
         if let DeviceEvent::Rejected(_, error) = &event {
-            self.board.last_error.insert(device.clone(), error.clone());
+            self.board
+                .last_error
+                .insert(device.clone(), (error.clone(), now_ms()));
         }
         self.board.touch(&device);
         let woke = self.presence.apply(&event, Instant::now());
@@ -223,25 +226,37 @@ impl Outbox {
         self.store.mark_published(id);
     }
 
-    /// Publishes `devices/{id}/status` for every device whose status changed and is due (one
-    /// store round trip for all their held counts).
+    /// Publishes `devices/{id}/status` for every device whose status changed and is due, and
+    /// writes the same to their rows for operators' device list (one store round trip for all
+    /// of them, which also reads their held counts).
     async fn publish_device_status(&mut self) {
         let due = self.board.due();
         if due.is_empty() {
             return;
         }
-        let held = self
-            .store
-            .held_counts(due.clone())
-            .await
-            .unwrap_or_else(|_| vec![0; due.len()]);
+        let seen: Vec<Seen> = due
+            .iter()
+            .map(|device| Seen {
+                id: device.clone(),
+                awake: self.presence.is_awake(device),
+                last_seen_ms: self.board.last_seen_ms.get(device).copied().unwrap_or(0),
+                last_error: self.board.last_error.get(device).cloned(),
+            })
+            .collect();
+        let held = match self.store.devices_seen(seen).await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(%error, "cannot record device rows");
+                vec![0; due.len()]
+            }
+        };
         for (device, held) in due.into_iter().zip(held) {
             let status = DeviceStatus {
                 awake: self.presence.is_awake(&device),
                 last_seen_ms: self.board.last_seen_ms.get(&device).copied().unwrap_or(0),
                 pending: self.scheduler.pending_of(&device),
                 held,
-                last_error: self.board.last_error.get(&device).cloned(),
+                last_error: self.board.last_error.get(&device).map(|(e, _)| e.clone()),
             };
             self.replies
                 .announce(topics::device_status(&device), status.to_json(), true)

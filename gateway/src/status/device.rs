@@ -43,8 +43,8 @@ impl DeviceStatus {
 pub struct StatusBoard {
     dirty: HashSet<DeviceId>,
     published: HashMap<DeviceId, Instant>,
-    /// Last error per device.
-    pub last_error: HashMap<DeviceId, String>,
+    /// Last error per device, and when (ms since epoch).
+    pub last_error: HashMap<DeviceId, (String, i64)>,
     /// Last publish of its own per device (ms since epoch).
     pub last_seen_ms: HashMap<DeviceId, i64>,
 }

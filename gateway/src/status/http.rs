@@ -1,8 +1,10 @@
 //! The operator HTTP API, read-only: `GET /healthz`, `/metrics` (Prometheus text), `/api/status`,
-//! `/api/devices` (paged), `/api/devices/{id}`, and `/`, a small live dashboard of the same data.
+//! the JSON behind the dashboard ([`super::api`]), and the dashboard itself ([`super::assets`]:
+//! `/`, `/devices/{id}`, `/deadletters`).
 //!
 //! Database reads go through the store's read methods (with SQLite, a read-only connection on a
-//! blocking thread, beside the store thread's writes); nothing here can write.
+//! blocking thread, beside the store thread's writes); nothing here can write. On a non-loopback
+//! address every route but `/healthz` needs an operator login ([`super::login`]).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -10,17 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::GatewayStatus;
+use super::{api, assets, GatewayStatus};
 use crate::metrics::IntakeStats;
+use crate::store::{self, StoreError};
 
 /// What the stages report about their own health.
 #[derive(Debug)]
@@ -51,6 +54,10 @@ pub struct HttpState {
     pub health: Arc<Health>,
     /// Extra Prometheus text from other stages (the front door's counters).
     pub extra_metrics: Arc<dyn Fn(&mut String) + Send + Sync>,
+    /// The dashboard's chart samples.
+    pub series: Arc<super::series::Series>,
+    /// Operator logins, when the listener is not on loopback.
+    pub login: Option<Arc<super::login::Login>>,
 }
 
 impl HttpState {
@@ -61,8 +68,15 @@ impl HttpState {
             intake,
             health,
             extra_metrics: Arc::new(|_| {}),
+            series: Arc::default(),
+            login: None,
         }
     }
+}
+
+/// A store failure as the API answers it: 500 with the error.
+pub(super) fn store_failed(error: StoreError) -> Response {
+    internal(error.to_string())
 }
 
 fn internal(error: String) -> Response {
@@ -80,15 +94,34 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown`.
 pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
-    let app = Router::new()
-        .route("/", get(dashboard))
-        .route("/healthz", get(healthz))
+    tokio::spawn(state.series.clone().run(
+        state.status.clone(),
+        state.intake.clone(),
+        shutdown.clone(),
+    ));
+    let guarded = Router::new()
+        .route("/", get(assets::page))
+        .route("/devices/:id", get(assets::page))
+        .route("/deadletters", get(assets::page))
+        .route("/assets/:name", get(assets::asset))
         .route("/metrics", get(metrics))
         .route("/api/status", get(api_status))
-        .route("/api/devices", get(api_devices))
-        .route("/api/devices/:id", get(api_device))
-        .with_state(state);
+        .route("/api/series", get(api::series))
+        .route("/api/devices", get(api::devices_page))
+        .route("/api/devices/:id", get(api::device))
+        .route("/api/requests/:id", get(api::request))
+        .route("/api/deadletters", get(api::dead_letters));
+    let guarded = match state.login.clone() {
+        Some(login) => guarded.layer(axum::middleware::from_fn_with_state(
+            login,
+            super::login::require,
+        )),
+        None => guarded,
+    };
+    let app = guarded.route("/healthz", get(healthz)).with_state(state);
     let stopped = async move { shutdown.cancelled().await };
+    // The peer's address goes to the login's throttle.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped)
         .await
@@ -118,49 +151,10 @@ async fn api_status(State(state): State<HttpState>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
-#[derive(serde::Deserialize)]
-struct Page {
-    #[serde(default)]
-    offset: usize,
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    100
-}
-
-async fn api_devices(State(state): State<HttpState>, Query(page): Query<Page>) -> Response {
-    let limit = page.limit.clamp(1, 1000);
-    let offset = page.offset;
-    match state.status.store.devices_page(offset, limit).await {
-        Ok((total, rows)) => {
-            Json(json!({ "total": total, "offset": offset, "limit": limit, "devices": rows }))
-                .into_response()
-        }
-        Err(error) => internal(error.to_string()),
-    }
-}
-
-async fn api_device(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
-    let found = state.status.store.device(id.clone()).await;
-    match found {
-        Ok((Some(device), recent)) => {
-            Json(json!({ "device": device, "recent_requests": recent })).into_response()
-        }
-        Ok((None, _)) => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("unknown device {id:?}") })),
-        )
-            .into_response(),
-        Err(error) => internal(error.to_string()),
-    }
-}
-
 async fn metrics(State(state): State<HttpState>) -> Response {
     let mut out = String::with_capacity(4096);
     let counts = state.status.scheduler.counts();
-    let held = state.status.store.held_total().await.unwrap_or(0);
+    let backlog = state.status.store.backlog().await.unwrap_or_default();
     let m = &state.status.metrics;
     let i = &state.intake;
     let mut gauge = |name: &str, help: &str, samples: &[(&str, u64)]| {
@@ -180,7 +174,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     gauge(
         "roost_held_replies",
         "Final replies held until their device acks them.",
-        &[("", held as u64)],
+        &[("", backlog.held)],
     );
     gauge(
         "roost_devices",
@@ -191,7 +185,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
         ],
     );
     if let Some(view) = state.status.store.cluster_view() {
-        let now = crate::store::now_ms();
+        let now = store::now_ms();
         let age = |at: Option<i64>| at.map_or(0, |at| ((now - at).max(0) / 1000) as u64);
         let alive = view.alive() as u64;
         gauge(
@@ -240,12 +234,8 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             "roost_requests_finished_total{{op=\"{op}\",status=\"{status}\"}} {count}"
         );
     }
-    let _ = writeln!(out, "# HELP roost_dead_letters_total Replies dead-lettered since start.\n# TYPE roost_dead_letters_total counter\nroost_dead_letters_total {}", m.dead_total.load(Relaxed));
-    m.request_latency.render(
-        &mut out,
-        "roost_request_seconds",
-        "Request received to final reply committed.",
-    );
+    let ages = (backlog.oldest_queued_ms, backlog.oldest_held_ms);
+    super::prometheus::render(&mut out, m, i, ages, store::now_ms());
     state.status.store.commit_latency().render(
         &mut out,
         "roost_store_commit_seconds",
@@ -253,8 +243,4 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     );
     (state.extra_metrics)(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
 }

@@ -5,8 +5,13 @@
 //! Fed by counters the stages keep ([`Metrics`], the scheduler's counts, the store's held count);
 //! publishes through the service link.
 
+mod api;
+mod assets;
 pub mod device;
 pub mod http;
+pub mod login;
+mod prometheus;
+pub mod series;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use super::deadletters::{DeadLetterRow, Requeue};
-use super::requests::RequestSummary;
+use super::devices::{DeviceDetail, DeviceRow, Filter};
+use super::requests::{Backlog, CancelReply, OperatorCancel, RequestDetail, RequestSummary};
 use super::telemetry::Series;
 use super::{postgres, sqlite, StoreError};
 use crate::config::{StoreConfig, StoreEngine};
@@ -93,6 +94,74 @@ impl Console {
         match self {
             Console::Sqlite(console) => console.requeue(id, expires_ms),
             Console::Postgres(console) => console.requeue(id, expires_ms),
+        }
+    }
+
+    /// A page of the devices that pass `filter`, in natural id order, and how many pass.
+    pub fn devices_page(
+        &self,
+        filter: &Filter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
+        match self {
+            Console::Sqlite(console) => console.devices_page(filter, offset, limit),
+            Console::Postgres(console) => console.devices_page(filter, offset, limit),
+        }
+    }
+
+    /// One device, if known, with at most `recent` requests, held replies and dead letters.
+    pub fn device(&self, id: &str, recent: usize) -> Result<Option<DeviceDetail>, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.device(id, recent),
+            Console::Postgres(console) => console.device(id, recent),
+        }
+    }
+
+    /// One request in full (id as UUID text), if stored.
+    pub fn request(&self, id: &str) -> Result<Option<RequestDetail>, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.request(id),
+            Console::Postgres(console) => console.request(id),
+        }
+    }
+
+    /// A page of dead letters (of one device, or all), newest first, and how many there are.
+    pub fn dead_letters_page(
+        &self,
+        device: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(u64, Vec<DeadLetterRow>), StoreError> {
+        match self {
+            Console::Sqlite(console) => console.dead_letters_page(device, offset, limit),
+            Console::Postgres(console) => console.dead_letters_page(device, offset, limit),
+        }
+    }
+
+    /// Queued and held counts and the two stall ages.
+    pub fn backlog(&self) -> Result<Backlog, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.backlog(),
+            Console::Postgres(console) => console.backlog(),
+        }
+    }
+
+    /// Cancels a queued request by id (UUID text) for an operator (open the console for
+    /// writing): its final reply `make_reply` builds is recorded and held, counted published
+    /// once so the running gateway redelivers it on the device's next wake.
+    pub fn cancel_request(
+        &mut self,
+        id: &str,
+        now_ms: i64,
+        expires_ms: i64,
+        make_reply: CancelReply,
+    ) -> Result<OperatorCancel, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.cancel_request(id, now_ms, expires_ms, make_reply),
+            Console::Postgres(console) => {
+                console.cancel_request(id, now_ms, expires_ms, make_reply)
+            }
         }
     }
 }

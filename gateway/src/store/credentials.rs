@@ -72,6 +72,12 @@ impl CredentialReader {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         Ok(sql::lookup(&conn, name)?)
     }
+
+    /// How many credentials of `kind` exist (the HTTP API's login needs an operator).
+    pub fn count(&self, kind: Kind) -> Result<usize, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(sql::list(&conn, kind)?.len())
+    }
 }
 
 /// The operator CLI's writable view of the credentials.

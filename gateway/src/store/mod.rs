@@ -9,8 +9,9 @@
 //! transaction). The async runtime never waits on a database call: it awaits a oneshot.
 //!
 //! Fed by intake (a batch of commands per inbox batch), the workers (completions), the outbox
-//! (delivery state), recovery, the status publisher and the HTTP API; feeds them rows. No
-//! rusqlite or tokio-postgres type leaves this module.
+//! (delivery state, each device's row), recovery, the status publisher and the HTTP API
+//! (operators' views: [`operators`]); feeds them rows. No rusqlite or tokio-postgres type
+//! leaves this module.
 
 mod access;
 pub mod cluster;
@@ -35,10 +36,7 @@ use crate::wire::{Correlation, DeviceId, RequestId};
 use cluster::{ClusterView, Takeover};
 use commands::{Command, Outcome};
 use deadletters::DeadLetter;
-use devices::DeviceRow;
-use requests::{
-    Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
-};
+use requests::{Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest};
 
 /// The SQLite database file name inside `data_dir` (also where credentials live, whatever the
 /// engine: see [`credentials`]).
@@ -92,6 +90,8 @@ macro_rules! dispatch {
         }
     };
 }
+
+mod operators;
 
 /// A handle to the store. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -240,23 +240,6 @@ impl Store {
     /// Succeeds once an empty commit went through (for `/healthz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping().await)
-    }
-
-    /// A page of devices in id order, and how many there are.
-    pub async fn devices_page(
-        &self,
-        offset: usize,
-        limit: usize,
-    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
-        dispatch!(self.devices_page(offset, limit).await)
-    }
-
-    /// One device, if known, and its 20 newest requests.
-    pub async fn device(
-        &self,
-        id: String,
-    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
-        dispatch!(self.device(id).await)
     }
 
     /// The lease of a shared store (PostgreSQL); `None` when this gateway is alone (SQLite).

@@ -105,6 +105,68 @@ pub struct RequestSummary {
     pub published: u32,
     /// Received at (ms since epoch).
     pub received_ms: i64,
+    /// Finished at (ms since epoch), once final.
+    pub finished_ms: Option<i64>,
+    /// Where it is on its way ([`lifecycle`]): queued, done (final, not yet published), held,
+    /// acked or dead (the HTTP API also says running, which only the gateway process knows).
+    pub lifecycle: &'static str,
+}
+
+/// Where a request is: `queued` → (`running`, known only in the gateway process) → `done` (final
+/// reply committed, not yet handed to the broker) → `held` (published, waiting for the ack) →
+/// `acked` or `dead` (TTL passed).
+pub fn lifecycle(state: &str, delivery: Option<&str>, published: u32) -> &'static str {
+    match (state, delivery) {
+        ("queued", _) => "queued",
+        (_, Some("held")) if published == 0 => "done",
+        (_, Some("held")) => "held",
+        (_, Some("acked")) => "acked",
+        (_, Some("dead")) => "dead",
+        _ => "done",
+    }
+}
+
+/// One request in full, for `gateway requests show`, `/api/requests/{id}` and the device page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestDetail {
+    /// What a listing shows.
+    #[serde(flatten)]
+    pub summary: RequestSummary,
+    /// The op's arguments as JSON.
+    pub args: Option<serde_json::Value>,
+    /// The final reply as JSON, once there is one.
+    pub reply: Option<serde_json::Value>,
+    /// Where replies go.
+    pub reply_topic: String,
+    /// When it must be finished by (ms since epoch).
+    pub deadline_ms: i64,
+    /// When its reply TTL ends (ms since epoch), once final.
+    pub expires_ms: Option<i64>,
+}
+
+/// The store-wide backlog: the stall gauges and the counts `gateway status` shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Requests queued (or running).
+    pub queued: u64,
+    /// Final replies held.
+    pub held: u64,
+    /// When the oldest queued request was received (ms since epoch).
+    pub oldest_queued_ms: Option<i64>,
+    /// When the oldest held reply was finished (ms since epoch).
+    pub oldest_held_ms: Option<i64>,
+}
+
+/// What an operator's cancel by request id did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OperatorCancel {
+    /// Cancelled: its `410` is held (counted published once, so the running gateway's outbox
+    /// redelivers it on the device's next wake).
+    Cancelled,
+    /// Already finished, in this state.
+    AlreadyFinished(State),
+    /// No request with that id.
+    NotFound,
 }
 
 /// A finished request's final reply, to record.

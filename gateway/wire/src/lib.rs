@@ -6,6 +6,7 @@
 pub mod envelope;
 pub mod errors;
 pub mod ids;
+pub mod json;
 pub mod packet;
 pub mod status;
 pub mod topics;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use super::pool::Pool;
-use super::tables;
+use super::{tables, views};
 use crate::store::deadletters::{DeadLetterRow, Requeue};
 use crate::store::requests::RequestSummary;
 use crate::store::telemetry::Series;
@@ -45,8 +45,8 @@ impl PgReader {
 
 /// The operator CLI's connection to PostgreSQL, with a runtime of its own.
 pub struct PgConsole {
-    runtime: tokio::runtime::Runtime,
-    pool: Arc<Pool>,
+    pub(super) runtime: tokio::runtime::Runtime,
+    pub(super) pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for PgConsole {
@@ -75,14 +75,16 @@ impl PgConsole {
         limit: usize,
     ) -> Result<Vec<RequestSummary>, StoreError> {
         self.runtime.block_on(async {
-            tables::list_requests(&*self.pool.get().await?, device, state, limit).await
+            views::list_requests(&*self.pool.get().await?, device, state, limit).await
         })
     }
 
     /// See [`crate::store::Console::dead_letters`].
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.runtime
-            .block_on(async { tables::dead_letters(&*self.pool.get().await?, limit).await })
+        self.runtime.block_on(async {
+            let conn = self.pool.get().await?;
+            Ok(views::dead_letters_page(&conn, None, 0, limit).await?.1)
+        })
     }
 
     /// See [`crate::store::Console::requeue`].

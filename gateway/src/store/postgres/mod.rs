@@ -3,17 +3,20 @@
 //!
 //! Writes go through [`commit`] (group commit, pipelined, one transaction per batch); reads
 //! borrow a connection from the [`pool`]. The schema is in [`schema`] (versioned, migrated
-//! under an advisory lock), each table's statements in [`requests`], [`delivery`] and
-//! [`tables`].
+//! under an advisory lock), each table's statements in [`requests`], [`delivery`], [`devices`]
+//! and [`tables`]; operators' views in [`views`] (their typed methods in [`operators`]).
 
 mod cluster;
 mod commit;
 mod console;
 mod delivery;
+mod devices;
+mod operators;
 mod pool;
 mod requests;
 mod schema;
 mod tables;
+mod views;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,9 +28,8 @@ use crate::metrics::Histogram;
 use crate::store::cluster::{ClusterView, Takeover};
 use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::DeadLetter;
-use crate::store::devices::DeviceRow;
 use crate::store::requests::{
-    Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
+    Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
 };
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
@@ -95,6 +97,7 @@ impl PgStore {
         let pool = Pool::new(url, pool_size)?;
         let mut conn = pool.connect().await?;
         schema::migrate(&mut conn.client).await?;
+        devices::reset_awake(&conn, me).await?;
         let started_ms = now_ms();
         cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
         drop(conn);
@@ -354,27 +357,6 @@ impl PgStore {
     /// See [`crate::store::Store::ping`].
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.commit(Vec::new()).await.map(drop)
-    }
-
-    /// See [`crate::store::Store::devices_page`].
-    pub async fn devices_page(
-        &self,
-        offset: usize,
-        limit: usize,
-    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
-        tables::devices_page(&*self.pool.get().await?, offset, limit).await
-    }
-
-    /// See [`crate::store::Store::device`].
-    pub async fn device(
-        &self,
-        id: String,
-    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
-        let conn = self.pool.get().await?;
-        Ok((
-            tables::device(&conn, &id).await?,
-            tables::list_requests(&conn, Some(&id), None, 20).await?,
-        ))
     }
 
     /// A reader for one worker thread.

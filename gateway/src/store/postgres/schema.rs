@@ -75,6 +75,19 @@ const MIGRATIONS: &[&str] = &[
     // pending requests, counted cluster-wide against `max_pending_per_device`.
     "ALTER TABLE requests ADD COLUMN sent_ms BIGINT NOT NULL DEFAULT 0;
     CREATE INDEX requests_device_queued ON requests (device) WHERE state = 'queued';",
+    // 4: what operators see of each device (written by the outbox with its status).
+    "CREATE TABLE devices (
+        id            TEXT PRIMARY KEY,
+        awake         BOOLEAN NOT NULL DEFAULT false,
+        last_seen_ms  BIGINT,
+        last_error    TEXT,             -- the last error reply, 'code: message'
+        last_error_ms BIGINT,
+        seen_by       TEXT              -- the gateway that wrote it last: its restart clears awake
+    );
+    INSERT INTO devices (id)
+        SELECT device FROM requests UNION SELECT device FROM telemetry
+        ON CONFLICT (id) DO NOTHING;
+    CREATE INDEX dead_letters_device ON dead_letters (device, id);",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

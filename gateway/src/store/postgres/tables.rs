@@ -1,11 +1,8 @@
-//! The other tables on PostgreSQL: dead letters, telemetry, and the per-device view the
-//! operator API and CLI list.
+//! The other tables on PostgreSQL: dead letters (written, requeued) and telemetry. Operators'
+//! listings are in [`super::views`] and [`super::devices`].
 
 use super::pool::Conn;
-use crate::store::deadletters::{
-    request_id_bytes, request_id_text, DeadLetter, DeadLetterRow, Requeue,
-};
-use crate::store::devices::DeviceRow;
+use crate::store::deadletters::{request_id_bytes, request_id_text, DeadLetter, Requeue};
 use crate::store::telemetry::Reading;
 use crate::store::telemetry::Series;
 use crate::store::StoreError;
@@ -34,36 +31,6 @@ pub async fn insert_dead_letter(conn: &Conn, letter: &DeadLetter) -> Result<(), 
         )
         .await?;
     Ok(())
-}
-
-/// Dead letters, newest first.
-pub async fn dead_letters(conn: &Conn, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
-    let statement = conn
-        .statement(
-            "SELECT id, at_ms, device, request_id, corr, op, status, reason, requeued
-             FROM dead_letters ORDER BY id DESC LIMIT $1",
-        )
-        .await?;
-    let rows = conn.client.query(&statement, &[&(limit as i64)]).await?;
-    rows.iter()
-        .map(|row| {
-            let request_id: Option<Vec<u8>> = row.try_get(3)?;
-            let status: i32 = row.try_get(6)?;
-            Ok(DeadLetterRow {
-                id: row.try_get(0)?,
-                letter: DeadLetter {
-                    at_ms: row.try_get(1)?,
-                    device: row.try_get(2)?,
-                    request_id: request_id.as_deref().and_then(request_id_text),
-                    corr: row.try_get(4)?,
-                    op: row.try_get(5)?,
-                    status: status as u16,
-                    reason: row.try_get(7)?,
-                },
-                requeued: row.try_get(8)?,
-            })
-        })
-        .collect()
 }
 
 /// Puts a dead-lettered reply back into the outbox (call inside a transaction).
@@ -181,98 +148,4 @@ pub async fn prune_readings(conn: &Conn, before_ms: i64, keep: usize) -> Result<
         )
         .await?;
     Ok((old + over) as usize)
-}
-
-const DEVICE_ROWS: &str = "
-    WITH ids AS (SELECT DISTINCT device FROM requests UNION SELECT DISTINCT device FROM telemetry)
-    SELECT ids.device,
-           (SELECT COUNT(*) FROM requests r WHERE r.device = ids.device AND r.state = 'queued'),
-           (SELECT COUNT(*) FROM requests r WHERE r.device = ids.device AND r.delivery = 'held'),
-           (SELECT COUNT(*) FROM requests r WHERE r.device = ids.device),
-           (SELECT MAX(received_ms) FROM requests r WHERE r.device = ids.device)
-    FROM ids";
-
-fn device_row(row: &tokio_postgres::Row) -> Result<DeviceRow, StoreError> {
-    let count =
-        |idx: usize| -> Result<u64, StoreError> { Ok(row.try_get::<_, i64>(idx)?.max(0) as u64) };
-    Ok(DeviceRow {
-        id: row.try_get(0)?,
-        queued: count(1)?,
-        held: count(2)?,
-        requests: count(3)?,
-        last_request_ms: row.try_get(4)?,
-    })
-}
-
-/// A page of devices in id order, and how many there are.
-pub async fn devices_page(
-    conn: &Conn,
-    offset: usize,
-    limit: usize,
-) -> Result<(u64, Vec<DeviceRow>), StoreError> {
-    let total: i64 = conn
-        .client
-        .query_one(
-            "SELECT COUNT(*) FROM (SELECT device FROM requests UNION SELECT device FROM telemetry) d",
-            &[],
-        )
-        .await?
-        .try_get(0)?;
-    let rows = conn
-        .client
-        .query(
-            &format!("{DEVICE_ROWS} ORDER BY ids.device LIMIT $1 OFFSET $2"),
-            &[&(limit as i64), &(offset as i64)],
-        )
-        .await?;
-    let rows = rows.iter().map(device_row).collect::<Result<_, _>>()?;
-    Ok((total.max(0) as u64, rows))
-}
-
-/// One device, if known.
-pub async fn device(conn: &Conn, id: &str) -> Result<Option<DeviceRow>, StoreError> {
-    let row = conn
-        .client
-        .query_opt(&format!("{DEVICE_ROWS} WHERE ids.device = $1"), &[&id])
-        .await?;
-    row.as_ref().map(device_row).transpose()
-}
-
-/// Requests for the operator, newest first.
-pub async fn list_requests(
-    conn: &Conn,
-    device: Option<&str>,
-    state: Option<&str>,
-    limit: usize,
-) -> Result<Vec<crate::store::requests::RequestSummary>, StoreError> {
-    let rows = conn
-        .client
-        .query(
-            "SELECT id, device, corr, op, state, status, delivery, executions, published,
-                    received_ms
-             FROM requests
-             WHERE ($1::text IS NULL OR device = $1) AND ($2::text IS NULL OR state = $2)
-             ORDER BY id DESC LIMIT $3",
-            &[&device, &state, &(limit as i64)],
-        )
-        .await?;
-    rows.iter()
-        .map(|row| {
-            let status: Option<i32> = row.try_get(5)?;
-            let executions: i32 = row.try_get(7)?;
-            let published: i32 = row.try_get(8)?;
-            Ok(crate::store::requests::RequestSummary {
-                id: super::requests::request_id(row, 0)?.to_string(),
-                device: row.try_get(1)?,
-                corr: super::requests::correlation(row, 2)?.to_string(),
-                op: row.try_get(3)?,
-                state: row.try_get(4)?,
-                status: status.map(|s| s as u16),
-                delivery: row.try_get(6)?,
-                executions: executions.max(0) as u32,
-                published: published.max(0) as u32,
-                received_ms: row.try_get(9)?,
-            })
-        })
-        .collect()
 }

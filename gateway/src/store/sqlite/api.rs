@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, Transaction};
 
-use super::{connect, connect_read_only, deadletters, devices, requests, telemetry, SqliteStore};
+use super::{connect, connect_read_only, deadletters, requests, telemetry, SqliteStore};
 use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
-use crate::store::devices::DeviceRow;
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
@@ -190,7 +189,7 @@ impl SqliteStore {
     }
 
     /// Runs a read on a fresh read-only connection, off the async runtime.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -201,30 +200,6 @@ impl SqliteStore {
         })
         .await
         .unwrap_or_else(|error| Err(StoreError::Sql(error.to_string())))
-    }
-
-    /// See [`crate::store::Store::devices_page`].
-    pub async fn devices_page(
-        &self,
-        offset: usize,
-        limit: usize,
-    ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
-        self.read(move |conn| Ok((devices::count(conn)?, devices::list(conn, offset, limit)?)))
-            .await
-    }
-
-    /// See [`crate::store::Store::device`].
-    pub async fn device(
-        &self,
-        id: String,
-    ) -> Result<(Option<DeviceRow>, Vec<RequestSummary>), StoreError> {
-        self.read(move |conn| {
-            Ok((
-                devices::get(conn, &id)?,
-                requests::list(conn, Some(&id), None, 20)?,
-            ))
-        })
-        .await
     }
 
     /// A reader for one worker thread.
@@ -266,7 +241,7 @@ impl SqliteReader {
 /// The operator CLI's connection (a separate process; WAL lets it read while a gateway serves).
 #[derive(Debug)]
 pub struct SqliteConsole {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 impl SqliteConsole {

@@ -26,11 +26,25 @@ pub fn insert(conn: &Connection, letter: &DeadLetter) -> rusqlite::Result<()> {
 
 /// Dead letters, newest first.
 pub fn list(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetterRow>> {
-    let mut stmt = conn.prepare(
+    page(conn, None, 0, limit).map(|(_, rows)| rows)
+}
+
+/// A page of dead letters (of one device, or all), newest first, and how many there are.
+pub fn page(
+    conn: &Connection,
+    device: Option<&str>,
+    offset: usize,
+    limit: usize,
+) -> rusqlite::Result<(u64, Vec<DeadLetterRow>)> {
+    let total = conn
+        .prepare_cached("SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR device = ?1")?
+        .query_row(params![device], |row| row.get(0))?;
+    let mut stmt = conn.prepare_cached(
         "SELECT id, at_ms, device, request_id, corr, op, status, reason, requeued
-         FROM dead_letters ORDER BY id DESC LIMIT ?1",
+         FROM dead_letters WHERE ?1 IS NULL OR device = ?1
+         ORDER BY id DESC LIMIT ?2 OFFSET ?3",
     )?;
-    let rows = stmt.query_map(params![limit as i64], |row| {
+    let rows = stmt.query_map(params![device, limit as i64, offset as i64], |row| {
         let request_id: Option<Vec<u8>> = row.get(3)?;
         Ok(DeadLetterRow {
             id: row.get(0)?,
@@ -46,7 +60,7 @@ pub fn list(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DeadLetterR
             requeued: row.get(8)?,
         })
     })?;
-    rows.collect()
+    Ok((total, rows.collect::<rusqlite::Result<_>>()?))
 }
 
 /// Puts a dead-lettered reply back into the outbox: `held` again, expiring `expires_ms`, so it

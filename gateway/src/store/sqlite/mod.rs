@@ -6,17 +6,19 @@
 //! a caller that sees a result knows it is durable: **a request row is committed before any
 //! reply about it is published.** The async runtime never waits on SQLite: it awaits a oneshot.
 //!
-//! The typed operations [`super::Store`] offers are in [`api`]; the schema is in [`schema`]; each
-//! table's queries live in their own file.
+//! The typed operations [`super::Store`] offers are in [`api`] (operators' views in
+//! [`operators`]); the schema is in [`schema`]; each table's queries live in their own file.
 
 mod api;
 pub(crate) mod credentials;
 mod deadletters;
 mod delivery;
 mod devices;
+mod operators;
 mod requests;
 pub(crate) mod schema;
 mod telemetry;
+mod views;
 
 pub use api::{SqliteConsole, SqliteReader};
 
@@ -97,6 +99,7 @@ impl SqliteStore {
         let path = data_dir.join(super::DB_FILE);
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
+        devices::reset_awake(&conn)?;
         let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
         let commit_latency = Arc::new(Histogram::default());
         let latency = commit_latency.clone();

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::store::requests::{
-    Admission, CancelOutcome, Completion, Existing, FinalReply, NewRequest, RequestSummary,
-    StoredRequest,
+    lifecycle, Admission, CancelOutcome, Completion, Existing, FinalReply, NewRequest,
+    RequestSummary, StoredRequest,
 };
 use crate::wire::{Correlation, DeviceId, RequestId, State};
 
@@ -185,6 +185,10 @@ pub fn queued_extent(conn: &Connection) -> rusqlite::Result<(usize, Option<Reque
     ))
 }
 
+/// The columns [`summary`] reads, in its order.
+pub(super) const SUMMARY_COLUMNS: &str = "id, device, corr, op, state, status, delivery, \
+     executions, published, received_ms, finished_ms";
+
 /// Requests for the operator CLI, newest first.
 pub fn list(
     conn: &Connection,
@@ -192,27 +196,34 @@ pub fn list(
     state: Option<&str>,
     limit: usize,
 ) -> rusqlite::Result<Vec<RequestSummary>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, device, corr, op, state, status, delivery, executions, published, received_ms
-         FROM requests
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SUMMARY_COLUMNS} FROM requests
          WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR state = ?2)
-         ORDER BY id DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![device, state, limit as i64], |row| {
-        Ok(RequestSummary {
-            id: request_id(row, 0)?.to_string(),
-            device: row.get(1)?,
-            corr: correlation(row, 2)?.to_string(),
-            op: row.get(3)?,
-            state: row.get(4)?,
-            status: row.get(5)?,
-            delivery: row.get(6)?,
-            executions: row.get(7)?,
-            published: row.get(8)?,
-            received_ms: row.get(9)?,
-        })
-    })?;
+         ORDER BY id DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![device, state, limit as i64], summary)?;
     rows.collect()
+}
+
+/// A [`RequestSummary`] from the [`SUMMARY_COLUMNS`].
+pub(super) fn summary(row: &Row<'_>) -> rusqlite::Result<RequestSummary> {
+    let state: String = row.get(4)?;
+    let delivery: Option<String> = row.get(6)?;
+    let published: u32 = row.get(8)?;
+    Ok(RequestSummary {
+        id: request_id(row, 0)?.to_string(),
+        device: row.get(1)?,
+        corr: correlation(row, 2)?.to_string(),
+        op: row.get(3)?,
+        lifecycle: lifecycle(&state, delivery.as_deref(), published),
+        state,
+        status: row.get(5)?,
+        delivery,
+        executions: row.get(7)?,
+        published,
+        received_ms: row.get(9)?,
+        finished_ms: row.get(10)?,
+    })
 }
 
 /// Cancels a queued request, recording the final reply `make_reply(id, envelope)` builds.

@@ -51,6 +51,17 @@ const MIGRATIONS: &[&str] = &[
         value  REAL NOT NULL
     );
     CREATE INDEX telemetry_series ON telemetry (device, metric, ts);",
+    // 3: what operators see of each device (written by the outbox with its status).
+    "CREATE TABLE devices (
+        id            TEXT PRIMARY KEY,
+        awake         INTEGER NOT NULL DEFAULT 0,
+        last_seen_ms  INTEGER,
+        last_error    TEXT,            -- the last error reply, \"code: message\"
+        last_error_ms INTEGER
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO devices (id)
+        SELECT device FROM requests UNION SELECT device FROM telemetry;
+    CREATE INDEX dead_letters_device ON dead_letters (device, id);",
 ];
 
 /// Brings the database up to the newest schema.
