@@ -198,6 +198,7 @@ impl Plan {
                 duplicate(intake, &address, existing).await;
             }
             (Plan::Admit { address, job }, Some(Outcome::Admitted(Admission::OverQuota))) => {
+                intake.stats.over_quota.fetch_add(1, Relaxed);
                 intake.scheduler.release(&job.device);
                 seen(&job.device, None);
                 let reply = intake.refusal_reply(
