@@ -109,10 +109,12 @@ async fn transaction(
     jobs: &[Vec<Option<Work>>],
 ) -> Result<Outcomes, StoreError> {
     let conn: &Conn = conn;
+    let quota_devices = quota_devices(jobs);
     let done = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
         // A `status` or `cancel` must see the requests before it in the batch: one at a time
         // (pipelined, a command preparing a statement could overtake an earlier one).
         conn.client.batch_execute("BEGIN").await?;
+        requests::lock_devices(conn, &quota_devices).await?;
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
             let mut outcomes = Vec::with_capacity(job.len());
@@ -126,20 +128,41 @@ async fn transaction(
         let work = jobs
             .iter()
             .map(|job| join_all(job.iter().map(|work| run_slot(conn, me, work))));
-        // BEGIN goes first on the wire; the statements follow without waiting for its answer.
-        let (begun, done) = tokio::join!(conn.client.batch_execute("BEGIN"), join_all(work));
+        // BEGIN goes first on the wire, then the device locks; the statements follow without
+        // waiting for their answers.
+        let (begun, locked, done) = tokio::join!(
+            conn.client.batch_execute("BEGIN"),
+            requests::lock_devices(conn, &quota_devices),
+            join_all(work)
+        );
         begun?;
+        if let Err(error) = locked {
+            let _ = conn.client.batch_execute("ROLLBACK").await;
+            return Err(error);
+        }
         done
     };
     let mut outcomes = Vec::with_capacity(done.len());
-    let mut failed = None;
+    let mut failed: Option<StoreError> = None;
     for job in done {
-        match job.into_iter().collect::<Result<Vec<_>, _>>() {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(error) => {
-                failed.get_or_insert(error);
+        let mut outcome = Vec::with_capacity(job.len());
+        for slot in job {
+            match slot {
+                Ok(done) => outcome.push(done),
+                // A conflict aborts the transaction, and every statement after it then fails
+                // with 25P02 ("transaction is aborted"), some of them earlier in the batch's
+                // order: keep the conflict, so that the batch is run again.
+                Err(error) => {
+                    let conflict = matches!(error, StoreError::Conflict(_));
+                    if failed.is_none()
+                        || (conflict && !matches!(failed, Some(StoreError::Conflict(_))))
+                    {
+                        failed = Some(error);
+                    }
+                }
             }
         }
+        outcomes.push(outcome);
     }
     if let Some(error) = failed {
         let _ = conn.client.batch_execute("ROLLBACK").await;
@@ -147,6 +170,28 @@ async fn transaction(
     }
     conn.client.batch_execute("COMMIT").await?;
     Ok(outcomes)
+}
+
+/// The devices whose admissions in this batch count against `max_pending_per_device`, sorted
+/// and once each: their locks are taken up front, in this order, so that two gateways' batches
+/// never wait on each other's device locks in a cycle.
+fn quota_devices(jobs: &[Vec<Option<Work>>]) -> Vec<DeviceId> {
+    let mut devices: Vec<DeviceId> = jobs
+        .iter()
+        .flatten()
+        .flatten()
+        .filter_map(|work| match work {
+            Work::Command(Command::Admit {
+                request,
+                max_pending,
+                ..
+            }) if *max_pending > 0 => Some(request.device.clone()),
+            _ => None,
+        })
+        .collect();
+    devices.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    devices.dedup();
+    devices
 }
 
 /// Runs one slot of a job (`None`: a publish with no store work).

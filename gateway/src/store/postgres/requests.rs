@@ -43,7 +43,7 @@ fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
 
 /// Inserts unless the key exists, or the device has `$11` requests queued or running (`$11` =
 /// 0: unchecked). The count is taken when the statement starts: after the device's advisory
-/// lock, which [`insert`] pipelines just before it.
+/// lock, which the batch takes first ([`lock_devices`]).
 const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
         received_ms, deadline_ms, state, owner)
     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10
@@ -51,45 +51,53 @@ const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_to
         OR (SELECT COUNT(*) FROM requests WHERE device = $2 AND state = 'queued') < $11::bigint
     ON CONFLICT (device, corr) DO NOTHING";
 
-/// Takes the device's advisory lock until the transaction ends: gateways admitting for one
-/// device at once take turns, so the quota's count is exact cluster-wide.
-const LOCK_DEVICE: &str = "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))";
+/// Takes the advisory locks of these devices (sorted, as [`super::commit`] passes them) until
+/// the transaction ends: gateways admitting for one device at once take turns, so the quota's
+/// count is exact cluster-wide. Locks are taken in the order given (the function is volatile,
+/// so it runs after the sort).
+pub async fn lock_devices(conn: &Conn, devices: &[DeviceId]) -> Result<(), StoreError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let lock = conn
+        .statement(
+            "SELECT pg_advisory_xact_lock(hashtextextended(d, 0))
+             FROM UNNEST($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n",
+        )
+        .await?;
+    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+    conn.client.execute(&lock, &[&names]).await?;
+    Ok(())
+}
 
-/// Whether the request was stored. The lock and the insert go out back to back, before any
-/// later command of the batch: a batch's commands run pipelined, and a `cancel` after this
-/// request in the same batch must find it.
+/// Whether the request was stored (the batch took the device's lock first).
 async fn insert(
     conn: &Conn,
     request: &NewRequest,
     owner: &str,
     max_pending: usize,
 ) -> Result<bool, StoreError> {
-    let (lock, statement) = (
-        conn.statement(LOCK_DEVICE).await?,
-        conn.statement(INSERT).await?,
-    );
+    let statement = conn.statement(INSERT).await?;
     let max = max_pending as i64;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-        &request.id.as_bytes().as_slice(),
-        &request.device.as_str(),
-        &request.corr.as_bytes(),
-        &request.op,
-        &request.args,
-        &request.reply_topic,
-        &request.envelope,
-        &request.received_ms,
-        &request.deadline_ms,
-        &owner,
-        &max,
-    ];
-    let device = request.device.as_str();
-    let locked = async {
-        if max_pending > 0 {
-            conn.client.execute(&lock, &[&device]).await?;
-        }
-        Ok::<_, tokio_postgres::Error>(())
-    };
-    let (_, inserted) = tokio::try_join!(locked, conn.client.execute(&statement, &params))?;
+    let inserted = conn
+        .client
+        .execute(
+            &statement,
+            &[
+                &request.id.as_bytes().as_slice(),
+                &request.device.as_str(),
+                &request.corr.as_bytes(),
+                &request.op,
+                &request.args,
+                &request.reply_topic,
+                &request.envelope,
+                &request.received_ms,
+                &request.deadline_ms,
+                &owner,
+                &max,
+            ],
+        )
+        .await?;
     Ok(inserted == 1)
 }
 
