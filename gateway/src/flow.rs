@@ -95,6 +95,20 @@ pub enum DeviceEvent {
     Acked(DeviceId),
     /// The device was answered with an error (`"code: message"`): its status's `last_error`.
     Rejected(DeviceId, String),
+    /// A reply could not be sent to the device (over its MQTT Maximum Packet Size): dead-letter
+    /// it, and stop holding it.
+    Undeliverable(DeviceId, Undeliverable),
+}
+
+/// A reply the front door could not send to its device.
+#[derive(Debug, Clone)]
+pub struct Undeliverable {
+    /// Its Correlation Data.
+    pub corr: Option<Correlation>,
+    /// Its status code.
+    pub status: u16,
+    /// Why.
+    pub reason: String,
 }
 
 impl DeviceEvent {
@@ -106,7 +120,8 @@ impl DeviceEvent {
             | DeviceEvent::Disconnected(d)
             | DeviceEvent::Asleep(d)
             | DeviceEvent::Acked(d)
-            | DeviceEvent::Rejected(d, _) => d,
+            | DeviceEvent::Rejected(d, _)
+            | DeviceEvent::Undeliverable(d, _) => d,
         }
     }
 }

@@ -185,6 +185,8 @@ pub struct Limits {
     pub auth_max_delay: Duration,
     pub auth_lockout: Duration,
     pub auth_tracked_max: usize,
+    /// The longest a device session outlives its connection (front door; 0: never).
+    pub max_session_expiry: Duration,
 }
 
 impl Default for Limits {
@@ -439,6 +441,15 @@ fn validate_limits(raw: &RawLimits) -> Result<Limits, ConfigError> {
         auth_max_delay: Duration::from_millis(raw.auth_max_delay_ms),
         auth_lockout: Duration::from_secs(positive("limits.auth_lockout_s", raw.auth_lockout_s)?),
         auth_tracked_max: count("limits.auth_tracked_max", raw.auth_tracked_max)?,
+        max_session_expiry: match u32::try_from(raw.max_session_expiry_s) {
+            Ok(seconds) => Duration::from_secs(u64::from(seconds)),
+            Err(_) => {
+                return Err(invalid(
+                    "limits.max_session_expiry_s",
+                    "must be at most 4294967295 (MQTT's Session Expiry Interval)",
+                ))
+            }
+        },
     })
 }
 

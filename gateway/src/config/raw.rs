@@ -196,6 +196,7 @@ pub struct RawLimits {
     pub auth_max_delay_ms: u64,
     pub auth_lockout_s: u64,
     pub auth_tracked_max: u64,
+    pub max_session_expiry_s: u64,
 }
 
 impl Default for RawLimits {
@@ -222,6 +223,7 @@ impl Default for RawLimits {
             auth_max_delay_ms: 4_000,
             auth_lockout_s: 300,
             auth_tracked_max: 10_000,
+            max_session_expiry_s: 604_800,
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct FrontDoorStats {
     pub deliveries_dropped: AtomicU64,
     /// Authentication failures by reason, throttled and rate-limited logins and connections.
     pub login: Arc<super::login::LoginStats>,
+    /// Messages not sent because they were over the device's Maximum Packet Size.
+    pub too_large: AtomicU64,
 }
 
 impl FrontDoorStats {
@@ -119,6 +121,16 @@ impl FrontDoorStats {
             out,
             "roost_frontdoor_deliveries_dropped_total {}",
             self.deliveries_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP roost_frontdoor_too_large_total Messages not sent for being over the device's Maximum Packet Size."
+        );
+        let _ = writeln!(out, "# TYPE roost_frontdoor_too_large_total counter");
+        let _ = writeln!(
+            out,
+            "roost_frontdoor_too_large_total {}",
+            self.too_large.load(Ordering::Relaxed)
         );
     }
 }

@@ -45,6 +45,8 @@ pub use limits::FrontDoorStats;
 /// `413`; anything larger closes the connection (v5: DISCONNECT 0x95).
 pub const PACKET_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// How often expired device sessions are forgotten.
+const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 /// What the front door is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -74,6 +76,9 @@ pub enum FrontDoorError {
     /// The credentials table could not be opened.
     #[error("cannot open the credentials store: {0}")]
     Credentials(#[from] crate::store::StoreError),
+    /// The device sessions could not be loaded.
+    #[error("cannot load the device sessions: {0}")]
+    Sessions(crate::store::StoreError),
     /// A TLS file is unreadable or invalid.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -92,6 +97,7 @@ pub struct FrontDoor {
     stats: Arc<FrontDoorStats>,
     router: Arc<devices::router::Router>,
     guard: Arc<login::LoginGuard>,
+    sessions: Arc<devices::sessions::Sessions>,
 }
 
 impl FrontDoor {
@@ -114,12 +120,26 @@ impl FrontDoor {
                     addr: settings.listen,
                     source,
                 })?;
+        let cap_s = u32::try_from(settings.limits.max_session_expiry.as_secs()).unwrap_or(u32::MAX);
+        let sessions = Arc::new(
+            devices::sessions::Sessions::open(
+                &settings
+                    .db_path
+                    .with_file_name(crate::store::sessions::DB_FILE),
+                cap_s,
+            )
+            .map_err(FrontDoorError::Sessions)?,
+        );
         Ok(FrontDoor {
+            sessions: sessions.clone(),
             listener,
             settings,
             identity,
             tls,
-            router: Arc::new(devices::router::Router::new(stats.clone())),
+            router: Arc::new(devices::router::Router::with_sessions(
+                stats.clone(),
+                sessions,
+            )),
             stats,
             guard,
         })
@@ -177,7 +197,9 @@ impl FrontDoor {
             events_tx,
             gates: limits::IdGates::default(),
             next_connection: AtomicU64::new(1),
+            sessions: self.sessions,
         });
+        tokio::spawn(sweep_sessions(shared.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let mut rate = login::rate::ConnectRate::new(limits.max_connect_rate);
         let tracker = TaskTracker::new();
@@ -227,6 +249,8 @@ impl FrontDoor {
         }
         tracker.close();
         tracker.wait().await;
+        let flushed = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || flushed.sessions.flush()).await;
         Ok(())
     }
 }
@@ -247,6 +271,17 @@ pub fn login_guard(
         capacity: limits.auth_tracked_max,
     };
     Ok(login::LoginGuard::start(pool, throttle, stats))
+}
+
+/// Forgets expired device sessions now and then, until shutdown.
+async fn sweep_sessions(shared: Arc<session::Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => shared.sessions.sweep(),
+        }
+    }
 }
 
 async fn serve(

@@ -51,6 +51,8 @@ pub struct Shared {
     pub next_connection: AtomicU64,
     /// The service's inbox and reply router device sessions use.
     pub hub: super::devices::hub::Hub,
+    /// Device sessions between connections.
+    pub sessions: Arc<super::devices::sessions::Sessions>,
 }
 
 /// How a session ended, other than cleanly.

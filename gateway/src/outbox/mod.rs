@@ -26,6 +26,7 @@ use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::store::devices::Seen;
+use crate::store::deadletters::Undeliverable;
 use crate::store::requests::FinalReply;
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
@@ -94,8 +95,19 @@ impl Outbox {
                     if received == 0 {
                         break;
                     }
-                    let woke = events.drain(..).filter_map(|e| self.on_event(e));
-                    let woke: Vec<DeviceId> = woke.collect();
+                    let mut undeliverable = Vec::new();
+                    let mut woke = Vec::new();
+                    for event in events.drain(..) {
+                        if let DeviceEvent::Undeliverable(device, reply) = &event {
+                            undeliverable.push(Undeliverable {
+                                device: device.clone(),
+                                corr: reply.corr.clone(),
+                                status: reply.status,
+                                reason: reply.reason.clone(),
+                            });
+                        }
+                        woke.extend(self.on_event(event));
+                    }
                     if self.clustered() {
                         if !woke.is_empty() {
                             later.push_back((Instant::now() + CLUSTER_WAKE_GRACE, woke));
@@ -103,6 +115,7 @@ impl Outbox {
                     } else {
                         self.redeliver(woke).await;
                     }
+                    self.dead_letter(undeliverable).await;
                     for _ in 0..MAX_TURN {
                         let Ok(reply) = done_rx.try_recv() else { break };
                         self.on_final(reply).await;
@@ -176,6 +189,32 @@ impl Outbox {
                 .store(self.presence.known_count(), Relaxed);
         }
         woke
+    }
+
+    /// Replies the front door could not send: dead-lettered (a held one stops being held).
+    async fn dead_letter(&self, replies: Vec<Undeliverable>) {
+        if replies.is_empty() {
+            return;
+        }
+        let letters = match self.store.undeliverable(replies, now_ms()).await {
+            Ok(letters) => letters,
+            Err(error) => {
+                tracing::error!(%error, "cannot dead-letter undeliverable replies");
+                return;
+            }
+        };
+        let topic = topics::deadletter(&self.gateway_id);
+        for letter in letters {
+            self.metrics.dead_total.fetch_add(1, Relaxed);
+            tracing::info!(device_id = ?letter.device, reason = %letter.reason, "dead_lettered");
+            self.replies
+                .announce(
+                    topic.clone(),
+                    crate::status::deadletter_json(&letter),
+                    false,
+                )
+                .await;
+        }
     }
 
     /// These devices just woke: publish their held replies again, oldest first per device, in
@@ -343,6 +382,7 @@ mod tests {
                 connection,
                 deliveries_tx: deliveries_tx.clone(),
                 taken_over: CancellationToken::new(),
+                parked: CancellationToken::new(),
             };
             router.register(client.as_str(), route);
         }

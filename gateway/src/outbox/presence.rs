@@ -87,7 +87,7 @@ impl Presence {
                 entry.until = entry.until.max(now + Duration::from_millis(1))
             }
             DeviceEvent::Acked(_) => {}
-            DeviceEvent::Rejected(_, _) => {}
+            DeviceEvent::Rejected(_, _) | DeviceEvent::Undeliverable(..) => {}
         }
         entry.was_awake = entry.is_awake(now);
         (entry.was_awake && !was_awake).then(|| device.clone())

@@ -19,6 +19,20 @@ pub struct DeadLetter {
     pub reason: String,
 }
 
+/// A reply the front door could not send to its device (over its MQTT Maximum Packet Size),
+/// to dead-letter: a held final reply of that correlation stops being held.
+#[derive(Debug, Clone)]
+pub struct Undeliverable {
+    /// The device.
+    pub device: crate::wire::DeviceId,
+    /// The reply's Correlation Data, when it had one.
+    pub corr: Option<crate::wire::Correlation>,
+    /// The reply's status code (a 202 is never a held reply).
+    pub status: u16,
+    /// Why, for the dead letter.
+    pub reason: String,
+}
+
 /// A stored dead letter, as listed.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetterRow {

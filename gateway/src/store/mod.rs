@@ -21,6 +21,7 @@ pub mod deadletters;
 pub mod devices;
 mod postgres;
 pub mod requests;
+pub mod sessions;
 mod sqlite;
 pub mod telemetry;
 
@@ -220,6 +221,16 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
         dispatch!(self.expire_held(now_ms, limit).await)
+    }
+
+    /// Replies their devices could not take: each becomes a dead letter, and a held final reply
+    /// among them stops being held. Returns the letters written.
+    pub async fn undeliverable(
+        &self,
+        replies: Vec<deadletters::Undeliverable>,
+        now_ms: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        dispatch!(self.undeliverable(replies, now_ms).await)
     }
 
     /// Forgets finished requests received before `dedupe_before_ms` whose replies were acked or

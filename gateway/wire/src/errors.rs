@@ -24,6 +24,9 @@ pub enum ErrorCode {
     Cancelled,
     /// `413`: payload or series larger than the limits.
     TooLarge,
+    /// `413`: a reply larger than the device's MQTT Maximum Packet Size (sent in its place, and
+    /// dead-lettered).
+    ReplyTooLarge,
     /// `429`: the device has `limits.max_pending_per_device` requests pending.
     TooManyPending,
     /// `500`: the op failed while running.
@@ -38,7 +41,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the table's order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::BadArgs,
         ErrorCode::ForbiddenReplyTopic,
@@ -48,6 +51,7 @@ impl ErrorCode {
         ErrorCode::AlreadyFinished,
         ErrorCode::Cancelled,
         ErrorCode::TooLarge,
+        ErrorCode::ReplyTooLarge,
         ErrorCode::TooManyPending,
         ErrorCode::OpFailed,
         ErrorCode::QueueFull,
@@ -67,6 +71,7 @@ impl ErrorCode {
             ErrorCode::AlreadyFinished => "already_finished",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::ReplyTooLarge => "reply_too_large",
             ErrorCode::TooManyPending => "too_many_pending",
             ErrorCode::OpFailed => "op_failed",
             ErrorCode::QueueFull => "queue_full",
@@ -85,7 +90,7 @@ impl ErrorCode {
             }
             ErrorCode::AlreadyFinished => Status::Conflict,
             ErrorCode::Cancelled => Status::Gone,
-            ErrorCode::TooLarge => Status::TooLarge,
+            ErrorCode::TooLarge | ErrorCode::ReplyTooLarge => Status::TooLarge,
             ErrorCode::TooManyPending => Status::TooMany,
             ErrorCode::OpFailed => Status::Failed,
             ErrorCode::QueueFull | ErrorCode::Draining => Status::Unavailable,

@@ -121,6 +121,16 @@ pub fn reply_topic_device(topic: &str) -> Option<&str> {
     }
 }
 
+/// Whether `topic` is a status topic (`devices/{id}/status`, `gateway/{gw}/status`): the gateway
+/// publishes every message there retained.
+pub fn is_status_topic(topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("devices" | "gateway"), Some(id), Some("status"), None) if !id.is_empty()
+    )
+}
+
 /// Whether `topic` matches subscription `filter` (`+` one level, `#` the rest including the
 /// parent level, as MQTT and rumqttd define it).
 pub fn filter_matches(filter: &str, topic: &str) -> bool {

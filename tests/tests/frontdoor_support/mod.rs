@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod spec;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

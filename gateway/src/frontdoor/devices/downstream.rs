@@ -1,23 +1,46 @@
-//! PUBLISH frames re-framed for one device session: that session's packet id and granted QoS,
-//! in the device's version, through its QoS 1 window.
+//! PUBLISH frames re-framed for one device session ([`Delivery`]): that session's packet id and
+//! granted QoS, the RETAIN flag its subscription options call for, the Subscription Identifiers
+//! of the subscriptions it matched, in the device's version.
 //!
-//! Fed by device sessions (the service's replies and their side link's messages). Pure byte
-//! work, no I/O. Everything between the packet id and the end of the
-//! frame (MQTT 5 properties and payload) is copied untouched, so Response Topic, Correlation
-//! Data, Message Expiry and user properties pass byte-exact.
+//! Fed by device sessions (the service's replies and their side link's messages) through their
+//! [`super::window`]. Pure byte work, no I/O. The MQTT 5 properties and the payload are copied
+//! untouched (Subscription Identifiers are put in front of the properties), so Response Topic,
+//! Correlation Data, Message Expiry and user properties pass byte-exact.
 
 use crate::wire::packet::{header_len, put_varint};
-use std::collections::{HashSet, VecDeque};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::wire::packet::translate;
 use crate::wire::packet::Version;
 
-/// Appends `frame` (a checked MQTT 5 PUBLISH) re-framed: DUP cleared, the retain flag kept,
-/// QoS 1 with packet id `pkid` when `Some`, QoS 0 without a packet id when `None`.
-/// A frame too short to be a PUBLISH appends nothing.
-fn reframe(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
+/// How one message goes to a device: its QoS (0 or 1), its RETAIN flag, and the Subscription
+/// Identifiers of the subscriptions it matched (MQTT-3.3.4-3/4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// 0 or 1.
+    pub qos: u8,
+    /// The RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription Identifiers to add (MQTT 5 only).
+    pub ids: Vec<u32>,
+}
+
+/// Bytes a variable byte integer of `value` takes.
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Appends `frame` (a checked MQTT 5 PUBLISH) re-framed: DUP cleared, RETAIN as `delivery`
+/// says, QoS 1 with packet id `pkid` when `Some`, QoS 0 without a packet id when `None`, and
+/// `delivery.ids` added as Subscription Identifier properties. A frame too short to be a
+/// PUBLISH appends nothing.
+fn reframe(frame: &[u8], pkid: Option<u16>, delivery: &Delivery, out: &mut BytesMut) {
     let Some(first) = frame.first().copied() else {
         return;
     };
@@ -35,23 +58,67 @@ fn reframe(frame: &[u8], pkid: Option<u16>, out: &mut BytesMut) {
     let (Some(topic), Some(rest)) = (body.get(..2 + topic_len), body.get(rest_at..)) else {
         return;
     };
-    let retain = first & 1;
     let qos_bits = if pkid.is_some() { 0b010 } else { 0 };
-    out.put_u8(0x30 | qos_bits | retain);
-    let remaining = topic.len() + if pkid.is_some() { 2 } else { 0 } + rest.len();
+    out.put_u8(0x30 | qos_bits | u8::from(delivery.retain));
+    let pkid_len = if pkid.is_some() { 2 } else { 0 };
+    if delivery.ids.is_empty() {
+        put_varint(out, topic.len() + pkid_len + rest.len());
+        out.put_slice(topic);
+        if let Some(pkid) = pkid {
+            out.put_u16(pkid);
+        }
+        out.put_slice(rest);
+        return;
+    }
+    let Some((used, props_len)) = read_varint(rest) else {
+        return;
+    };
+    let Some(after) = rest.get(used..) else {
+        return;
+    };
+    let added: usize = delivery
+        .ids
+        .iter()
+        .map(|id| 1 + varint_len(*id as usize))
+        .sum();
+    let new_props = props_len + added;
+    // `after` is the old properties and the payload.
+    let remaining = topic.len() + pkid_len + varint_len(new_props) + added + after.len();
     put_varint(out, remaining);
     out.put_slice(topic);
     if let Some(pkid) = pkid {
         out.put_u16(pkid);
     }
-    out.put_slice(rest);
+    put_varint(out, new_props);
+    for id in &delivery.ids {
+        out.put_u8(0x0B);
+        put_varint(out, *id as usize);
+    }
+    out.put_slice(after);
+}
+
+/// A variable byte integer at the start of `bytes`: (bytes it took, value).
+fn read_varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7F) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((i + 1, value));
+        }
+    }
+    None
 }
 
 /// A broker message (`frame`, MQTT 5) as delivered to a device: at QoS 1 with `pkid` or at
 /// QoS 0, translated to MQTT 3.1.1 for a 3.1.1 session (properties dropped).
-pub fn for_device(frame: &[u8], pkid: Option<u16>, version: Version) -> Option<Bytes> {
-    let mut out = BytesMut::with_capacity(frame.len() + 2);
-    reframe(frame, pkid, &mut out);
+pub fn for_device(
+    frame: &[u8],
+    pkid: Option<u16>,
+    delivery: &Delivery,
+    version: Version,
+) -> Option<Bytes> {
+    let mut out = BytesMut::with_capacity(frame.len() + 8);
+    reframe(frame, pkid, delivery, &mut out);
     if out.is_empty() {
         return None;
     }
@@ -61,76 +128,17 @@ pub fn for_device(frame: &[u8], pkid: Option<u16>, version: Version) -> Option<B
     }
 }
 
-/// QoS 1 messages sent to a device and not yet PUBACKed.
-pub const INFLIGHT_WINDOW: usize = 32;
-/// QoS 1 messages waiting for room in the window before new ones are dropped.
-pub const WINDOW_QUEUE: usize = 256;
-
-/// One session's QoS 1 flow towards its device: its own packet ids, at most
-/// [`INFLIGHT_WINDOW`] unacknowledged, then up to [`WINDOW_QUEUE`] waiting; past that a message
-/// is dropped (the outbox redelivers replies on the device's next wake).
-#[derive(Debug)]
-pub struct Window {
-    version: Version,
-    inflight: HashSet<u16>,
-    queued: VecDeque<Bytes>,
-    next_pkid: u16,
-}
-
-impl Window {
-    /// An empty window for a device speaking `version`.
-    pub fn new(version: Version) -> Window {
-        Window {
-            version,
-            inflight: HashSet::new(),
-            queued: VecDeque::new(),
-            next_pkid: 0,
+/// Writes `pkid` into a QoS 1 PUBLISH in the device's form (after its topic).
+pub(super) fn set_pkid(bytes: &[u8], pkid: u16) -> Bytes {
+    let mut out = BytesMut::from(bytes);
+    let at = header_len(bytes);
+    if let Some(n) = bytes.get(at..at + 2) {
+        let topic_len = usize::from(u16::from_be_bytes([n[0], n[1]]));
+        if let Some(slot) = out.get_mut(at + 2 + topic_len..at + 4 + topic_len) {
+            slot.copy_from_slice(&pkid.to_be_bytes());
         }
     }
-
-    /// Appends broker message `frame` to `out` at QoS `min(granted, its QoS)`, or queues it;
-    /// `false` when it had to be dropped.
-    pub fn send(&mut self, frame: Bytes, granted: u8, out: &mut BytesMut) -> bool {
-        let message_qos = frame.first().map_or(0, |b| (b >> 1) & 0b11);
-        if granted.min(message_qos) == 0 {
-            if let Some(bytes) = for_device(&frame, None, self.version) {
-                out.extend_from_slice(&bytes);
-            }
-        } else if self.inflight.len() < INFLIGHT_WINDOW {
-            self.send_qos1(&frame, out);
-        } else if self.queued.len() < WINDOW_QUEUE {
-            self.queued.push_back(frame);
-        } else {
-            return false;
-        }
-        true
-    }
-
-    /// The device PUBACKed `pkid`: the window moves on.
-    pub fn acked(&mut self, pkid: u16, out: &mut BytesMut) {
-        if !self.inflight.remove(&pkid) {
-            return;
-        }
-        while self.inflight.len() < INFLIGHT_WINDOW {
-            let Some(frame) = self.queued.pop_front() else {
-                return;
-            };
-            self.send_qos1(&frame, out);
-        }
-    }
-
-    fn send_qos1(&mut self, frame: &[u8], out: &mut BytesMut) {
-        loop {
-            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if !self.inflight.contains(&self.next_pkid) {
-                break;
-            }
-        }
-        if let Some(bytes) = for_device(frame, Some(self.next_pkid), self.version) {
-            self.inflight.insert(self.next_pkid);
-            out.extend_from_slice(&bytes);
-        }
-    }
+    out.freeze()
 }
 
 /// The topic of a PUBLISH frame, when it is UTF-8.
@@ -146,27 +154,47 @@ mod tests {
     use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS;
 
+    fn publish_frame(topic: &str, payload: &str, properties: Option<PublishProperties>) -> Bytes {
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_owned(), properties);
+        publish.pkid = 9;
+        publish.dup = true;
+        publish.retain = true;
+        let mut frame = BytesMut::new();
+        Packet::Publish(publish)
+            .write(&mut frame, None)
+            .expect("encode");
+        frame.freeze()
+    }
+
+    fn parse(bytes: &[u8]) -> Publish {
+        let mut bytes = BytesMut::from(bytes);
+        let Packet::Publish(parsed) = Packet::read(&mut bytes, None).expect("parses") else {
+            panic!("not a publish");
+        };
+        parsed
+    }
+
     #[test]
-    fn reframe_keeps_properties_and_changes_qos_and_pkid() {
+    fn reframe_keeps_properties_and_sets_qos_pkid_retain_and_ids() {
         let properties = PublishProperties {
             correlation_data: Some(Bytes::from_static(b"c1")),
             response_topic: Some("devices/d/reply".into()),
             ..Default::default()
         };
-        let mut publish = Publish::new("devices/d/reply", QoS::ExactlyOnce, "hi", Some(properties));
-        publish.pkid = 9;
-        publish.dup = true;
-        publish.retain = true;
-        let mut frame = BytesMut::new();
-        Packet::Publish(publish.clone())
-            .write(&mut frame, None)
-            .expect("encode");
-        for pkid in [Some(300), None] {
+        let frame = publish_frame("devices/d/reply", "hi", Some(properties.clone()));
+        for (pkid, retain, ids) in [
+            (Some(300), false, vec![]),
+            (None, true, vec![]),
+            (Some(2), false, vec![7, 200_000]),
+        ] {
             let mut out = BytesMut::new();
-            reframe(&frame, pkid, &mut out);
-            let Packet::Publish(parsed) = Packet::read(&mut out, None).expect("parses") else {
-                panic!("not a publish");
+            let delivery = Delivery {
+                qos: 1,
+                retain,
+                ids: ids.clone(),
             };
+            reframe(&frame, pkid, &delivery, &mut out);
+            let parsed = parse(&out);
             assert_eq!(parsed.pkid, pkid.unwrap_or(0));
             assert_eq!(
                 parsed.qos,
@@ -176,70 +204,20 @@ mod tests {
                     QoS::AtMostOnce
                 }
             );
-            assert!(!parsed.dup && parsed.retain);
-            assert_eq!(parsed.properties, publish.properties);
+            assert!(!parsed.dup);
+            assert_eq!(parsed.retain, retain);
+            let got = parsed.properties.expect("properties");
+            assert_eq!(got.correlation_data, properties.correlation_data);
+            assert_eq!(got.response_topic, properties.response_topic);
+            let ids: Vec<usize> = ids.iter().map(|id| *id as usize).collect();
+            assert_eq!(got.subscription_identifiers, ids);
             assert_eq!(&parsed.payload[..], b"hi");
         }
         assert_eq!(topic(&frame), Some("devices/d/reply"));
-        let v4 = for_device(&frame, Some(2), Version::V4).expect("translated");
-        assert_eq!(
-            &v4[..],
-            &[
-                0x33,
-                2 + 15 + 2 + 2,
-                0,
-                15,
-                b'd',
-                b'e',
-                b'v',
-                b'i',
-                b'c',
-                b'e',
-                b's',
-                b'/',
-                b'd',
-                b'/',
-                b'r',
-                b'e',
-                b'p',
-                b'l',
-                b'y',
-                0,
-                2,
-                b'h',
-                b'i'
-            ][..]
-        );
-    }
-
-    #[test]
-    fn window_bounds_what_a_device_has_not_acked() {
-        let mut publish = Publish::new("devices/d/reply", QoS::AtLeastOnce, "r", None);
-        publish.pkid = 1;
-        let mut frame = BytesMut::new();
-        Packet::Publish(publish)
-            .write(&mut frame, None)
-            .expect("encode");
-        let frame = frame.freeze();
-        let mut window = Window::new(Version::V5);
-        let mut out = BytesMut::new();
-        for _ in 0..INFLIGHT_WINDOW + WINDOW_QUEUE {
-            assert!(window.send(frame.clone(), 1, &mut out));
-        }
-        assert!(!window.send(frame.clone(), 1, &mut out), "full: dropped");
-        // QoS 0 subscriptions bypass the window.
-        assert!(window.send(frame.clone(), 0, &mut out));
-        let sent = out.len();
-        window.acked(999, &mut out);
-        assert_eq!(out.len(), sent, "an unknown packet id moves nothing");
-        window.acked(1, &mut out);
-        let Packet::Publish(next) = Packet::read(&mut out.split_off(sent), None).expect("one")
-        else {
-            panic!("not a publish");
-        };
-        assert_eq!(
-            next.pkid,
-            u16::try_from(INFLIGHT_WINDOW + 1).expect("small")
-        );
+        let v4 = for_device(&frame, Some(2), &Delivery::default(), Version::V4).expect("v4");
+        let mut expected = vec![0x32, 2 + 15 + 2 + 2, 0, 15];
+        expected.extend_from_slice(b"devices/d/reply");
+        expected.extend_from_slice(&[0, 2, b'h', b'i']);
+        assert_eq!(&v4[..], &expected[..]);
     }
 }

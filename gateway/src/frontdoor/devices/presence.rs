@@ -4,7 +4,7 @@
 
 use tokio::sync::mpsc;
 
-use crate::flow::DeviceEvent;
+use crate::flow::{DeviceEvent, Undeliverable};
 use crate::frontdoor::Version;
 use crate::wire::DeviceId;
 
@@ -35,6 +35,18 @@ pub enum FrontDoorEvent {
         device: DeviceId,
         /// The connection.
         connection: u64,
+    },
+    /// A reply could not be sent to the device (over its Maximum Packet Size): the service
+    /// dead-letters it and stops holding it.
+    Undeliverable {
+        /// The device.
+        device: DeviceId,
+        /// The reply's Correlation Data.
+        corr: Option<bytes::Bytes>,
+        /// The reply's status code (0 when unreadable).
+        status: u16,
+        /// Why, for the dead letter.
+        reason: String,
     },
 }
 
@@ -70,6 +82,20 @@ impl Presence {
             .await;
     }
 
+    /// A reply could not be sent to the device; never waits (the event is sent from a task).
+    pub(super) fn undeliverable(&self, corr: Option<bytes::Bytes>, status: u16, reason: String) {
+        let event = FrontDoorEvent::Undeliverable {
+            device: self.device.clone(),
+            corr,
+            status,
+            reason,
+        };
+        let events_tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let _ = events_tx.send(event).await;
+        });
+    }
+
     /// The device's connection ended.
     pub(super) async fn disconnected(&self) {
         let (device, connection) = (self.device.clone(), self.connection);
@@ -95,6 +121,19 @@ pub(crate) async fn bridge(
                 None
             }
             FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
+            FrontDoorEvent::Undeliverable {
+                device,
+                corr,
+                status,
+                reason,
+            } => Some(DeviceEvent::Undeliverable(
+                device,
+                Undeliverable {
+                    corr: corr.map(crate::wire::Correlation),
+                    status,
+                    reason,
+                },
+            )),
             FrontDoorEvent::Disconnected { device, connection } => {
                 let connections = live.entry(device.clone()).or_default();
                 connections.retain(|c| *c != connection);

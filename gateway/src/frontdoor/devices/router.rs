@@ -7,7 +7,8 @@
 //!
 //! **Invariant:** dispatch never waits: a session whose channel is full (its device stopped
 //! reading) loses that message (counted), and the outbox redelivers it on the next wake, so one
-//! device cannot delay another's replies. A device not connected loses it the same way.
+//! device cannot delay another's replies. A device not connected gets it kept in its session,
+//! if it has one that matches ([`Sessions::offer`]), else loses it the same way.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,8 @@ use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::downstream;
+use super::sessions::Sessions;
 use crate::flow::OutboundReply;
 use crate::frontdoor::limits::FrontDoorStats;
 #[cfg(test)]
@@ -33,6 +36,9 @@ pub struct Route {
     pub deliveries_tx: mpsc::Sender<Bytes>,
     /// Cancelled when a newer connection of the same client id takes over.
     pub taken_over: CancellationToken,
+    /// Cancelled once the session has ended and parked its state, so a connection that took
+    /// over can resume it.
+    pub parked: CancellationToken,
 }
 
 /// Sessions by client id (= device id).
@@ -40,6 +46,8 @@ pub struct Route {
 pub struct Router {
     routes: Mutex<HashMap<String, Route>>,
     stats: Arc<FrontDoorStats>,
+    /// Sessions of devices that are away: a reply for one waits there.
+    sessions: Option<Arc<Sessions>>,
 }
 
 impl Router {
@@ -48,21 +56,31 @@ impl Router {
         Router {
             routes: Mutex::new(HashMap::new()),
             stats,
+            sessions: None,
+        }
+    }
+
+    /// A router that keeps replies for devices that are away in their sessions.
+    pub fn with_sessions(stats: Arc<FrontDoorStats>, sessions: Arc<Sessions>) -> Router {
+        Router {
+            sessions: Some(sessions),
+            ..Router::new(stats)
         }
     }
 
     /// Makes `route` the live session of `client_id` and tells the one it replaces, if any, that
-    /// it was taken over.
-    pub fn register(&self, client_id: &str, route: Route) {
+    /// it was taken over; returns that one.
+    pub fn register(&self, client_id: &str, route: Route) -> Option<Route> {
         let old = self
             .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(client_id.to_owned(), route);
-        if let Some(old) = old {
+        if let Some(old) = &old {
             FrontDoorStats::bump(&self.stats.takeovers);
             old.taken_over.cancel();
         }
+        old
     }
 
     /// Removes `client_id`'s route if it is still connection `connection`'s.
@@ -90,15 +108,18 @@ impl Router {
         }
     }
 
-    /// Hands a whole MQTT 5 PUBLISH frame for `device` to its session, if connected; never
-    /// waits.
+    /// Hands a whole MQTT 5 PUBLISH frame for `device` to its session, if connected (else to
+    /// its parked session, if it has one that matches); never waits.
     fn dispatch(&self, device: &str, frame: Bytes) {
         let deliveries_tx = {
             let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-            match routes.get(device) {
-                Some(route) => route.deliveries_tx.clone(),
-                None => return,
+            routes.get(device).map(|route| route.deliveries_tx.clone())
+        };
+        let Some(deliveries_tx) = deliveries_tx else {
+            if let (Some(sessions), Some(topic)) = (&self.sessions, downstream::topic(&frame)) {
+                sessions.offer(device, topic, &frame);
             }
+            return;
         };
         if deliveries_tx.try_send(frame).is_err() {
             bump_dropped(&self.stats.deliveries_dropped);
@@ -142,8 +163,9 @@ mod tests {
             connection,
             deliveries_tx,
             taken_over: CancellationToken::new(),
+            parked: CancellationToken::new(),
         };
-        router.register("a", route(1, a_tx));
+        assert!(router.register("a", route(1, a_tx)).is_none());
         router.register("b", route(2, b_tx));
         router.reply(reply("a", "devices/a/reply"));
         router.reply(reply("a", "devices/a/reply/x")); // a's channel is full: dropped, no wait
@@ -170,9 +192,11 @@ mod tests {
                 connection: 3,
                 deliveries_tx: new_tx.clone(),
                 taken_over: old_taken.clone(),
+                parked: CancellationToken::new(),
             },
         );
-        router.register("c", route(4, new_tx));
+        let replaced = router.register("c", route(4, new_tx));
+        assert_eq!(replaced.map(|old| old.connection), Some(3));
         assert!(old_taken.is_cancelled());
         router.unregister("c", 3);
         assert_eq!(router.len(), 3);

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 use super::pool::Conn;
 use super::requests::{correlation, device_id, request_id};
 use super::tables;
-use crate::store::deadletters::DeadLetter;
+use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::FinalReply;
 use crate::store::StoreError;
 use crate::wire::{Correlation, DeviceId, RequestId};
@@ -148,6 +148,45 @@ pub async fn expire_held(
         letters.push(letter);
     }
     Ok(letters)
+}
+
+/// A reply its device could not take: the held final reply of (`device`, `corr`), if that is
+/// what it was, stops being held (`dead`), and a dead letter records why.
+pub async fn undeliverable(
+    conn: &Conn,
+    reply: &Undeliverable,
+    now_ms: i64,
+) -> Result<DeadLetter, StoreError> {
+    let held = match &reply.corr {
+        Some(corr) if reply.status != 202 => {
+            let statement = conn
+                .statement(
+                    "UPDATE requests SET delivery = 'dead'
+                     WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id, op",
+                )
+                .await?;
+            let row = conn
+                .client
+                .query_opt(&statement, &[&reply.device.as_str(), &corr.as_bytes()])
+                .await?;
+            match row {
+                Some(row) => Some((request_id(&row, 0)?, row.try_get::<_, String>(1)?)),
+                None => None,
+            }
+        }
+        _ => None,
+    };
+    let letter = DeadLetter {
+        at_ms: now_ms,
+        device: Some(reply.device.as_str().to_owned()),
+        request_id: held.as_ref().map(|(id, _)| id.to_string()),
+        corr: reply.corr.as_ref().map(|c| c.to_string()),
+        op: held.map(|(_, op)| op),
+        status: reply.status,
+        reason: reply.reason.clone(),
+    };
+    tables::insert_dead_letter(conn, &letter).await?;
+    Ok(letter)
 }
 
 /// Held replies of each of these devices.

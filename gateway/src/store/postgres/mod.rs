@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::Histogram;
 use crate::store::cluster::{ClusterView, Takeover};
 use crate::store::commands::{Command, Outcome};
-use crate::store::deadletters::DeadLetter;
+use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
 };
@@ -338,6 +338,28 @@ impl PgStore {
                 Err(error)
             }
         }
+    }
+
+    /// See [`crate::store::Store::undeliverable`].
+    pub async fn undeliverable(
+        &self,
+        replies: Vec<Undeliverable>,
+        now_ms: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let conn = self.pool.get().await?;
+        conn.client.batch_execute("BEGIN").await?;
+        let mut letters = Vec::with_capacity(replies.len());
+        for reply in &replies {
+            match delivery::undeliverable(&conn, reply, now_ms).await {
+                Ok(letter) => letters.push(letter),
+                Err(error) => {
+                    let _ = conn.client.batch_execute("ROLLBACK").await;
+                    return Err(error);
+                }
+            }
+        }
+        conn.client.batch_execute("COMMIT").await?;
+        Ok(letters)
     }
 
     /// See [`crate::store::Store::prune`].

@@ -8,7 +8,7 @@ use rusqlite::{Connection, Transaction};
 
 use super::{connect, connect_read_only, deadletters, requests, telemetry, SqliteStore};
 use crate::store::commands::{Command, Outcome};
-use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue};
+use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
@@ -165,6 +165,30 @@ impl SqliteStore {
     ) -> Result<Vec<DeadLetter>, StoreError> {
         self.call(move |txn| requests::expire_held(txn, now_ms, limit))
             .await
+    }
+
+    /// See [`crate::store::Store::undeliverable`].
+    pub async fn undeliverable(
+        &self,
+        replies: Vec<Undeliverable>,
+        now_ms: i64,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.call(move |txn| {
+            replies
+                .iter()
+                .map(|r| {
+                    requests::undeliverable(
+                        txn,
+                        &r.device,
+                        r.corr.as_ref(),
+                        r.status,
+                        &r.reason,
+                        now_ms,
+                    )
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .await
     }
 
     /// See [`crate::store::Store::prune`].

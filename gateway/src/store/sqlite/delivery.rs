@@ -117,6 +117,42 @@ pub fn expire_held(
     Ok(letters)
 }
 
+/// A reply its device could not take (over its MQTT Maximum Packet Size): the held final reply
+/// of (`device`, `corr`), if that is what it was, stops being held (`dead`), and a dead letter
+/// records why. Returns the letter written.
+pub fn undeliverable(
+    conn: &Connection,
+    device: &DeviceId,
+    corr: Option<&Correlation>,
+    status: u16,
+    reason: &str,
+    now_ms: i64,
+) -> rusqlite::Result<DeadLetter> {
+    let held: Option<(RequestId, String)> = match corr {
+        Some(corr) if status != 202 => conn
+            .prepare_cached(
+                "UPDATE requests SET delivery = 'dead'
+                 WHERE device = ?1 AND corr = ?2 AND delivery = 'held' RETURNING id, op",
+            )?
+            .query_row(params![device.as_str(), corr.as_bytes()], |row| {
+                Ok((request_id(row, 0)?, row.get(1)?))
+            })
+            .optional()?,
+        _ => None,
+    };
+    let letter = DeadLetter {
+        at_ms: now_ms,
+        device: Some(device.as_str().to_owned()),
+        request_id: held.as_ref().map(|(id, _)| id.to_string()),
+        corr: corr.map(|c| c.to_string()),
+        op: held.map(|(_, op)| op),
+        status,
+        reason: reason.to_owned(),
+    };
+    deadletters::insert(conn, &letter)?;
+    Ok(letter)
+}
+
 /// Held replies of one device, and of all devices.
 pub fn held_counts(conn: &Connection, device: Option<&DeviceId>) -> rusqlite::Result<usize> {
     let count: i64 = match device {

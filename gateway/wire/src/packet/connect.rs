@@ -33,6 +33,15 @@ pub struct ConnectInfo {
     pub password: Option<String>,
     /// MQTT 5: an Authentication Method was given (enhanced auth, which we do not support).
     pub auth_method: bool,
+    /// Clean Start (v5) or Clean Session (3.1.1).
+    pub clean_start: bool,
+    /// How long the session outlives the connection, in seconds, as asked: v5 its Session
+    /// Expiry Interval (absent = 0), 3.1.1 `u32::MAX` (never) when Clean Session is 0.
+    pub session_expiry_s: u32,
+    /// The device's Receive Maximum (v5; 65,535 when absent, as the spec says).
+    pub receive_maximum: u16,
+    /// The device's Maximum Packet Size (v5), when it gave one.
+    pub max_packet_size: Option<u32>,
 }
 
 /// Parses and checks a complete CONNECT frame.
@@ -89,6 +98,10 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 username: None,
                 password: None,
                 auth_method: false,
+                clean_start: connect.clean_session,
+                session_expiry_s: if connect.clean_session { 0 } else { u32::MAX },
+                receive_maximum: u16::MAX,
+                max_packet_size: None,
             }
             .with_login(connect.login.map(|l| (l.username, l.password)))
         }
@@ -105,6 +118,15 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 }
                 None => None,
             };
+            let properties = connect
+                .properties
+                .unwrap_or_else(v5::ConnectProperties::new);
+            if properties.receive_maximum == Some(0) || properties.max_packet_size == Some(0) {
+                // MQTT 5 §3.1.2.11.3 / §3.1.2.11.4: a value of 0 is a Protocol Error.
+                return Err(Violation::Protocol(
+                    "Receive Maximum or Maximum Packet Size of 0",
+                ));
+            }
             ConnectInfo {
                 version,
                 client_id: connect.client_id,
@@ -114,9 +136,11 @@ pub fn parse_connect(frame: &Bytes) -> Result<ConnectInfo, Violation> {
                 will: will_message,
                 username: None,
                 password: None,
-                auth_method: connect
-                    .properties
-                    .is_some_and(|p| p.authentication_method.is_some()),
+                auth_method: properties.authentication_method.is_some(),
+                clean_start: connect.clean_start,
+                session_expiry_s: properties.session_expiry_interval.unwrap_or(0),
+                receive_maximum: properties.receive_maximum.unwrap_or(u16::MAX),
+                max_packet_size: properties.max_packet_size,
             }
             .with_login(login.map(|l| (l.username, l.password)))
         }

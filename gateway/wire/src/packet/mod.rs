@@ -128,7 +128,47 @@ enum SubscribePacket {
     V5(v5::Subscribe),
 }
 
+/// A subscription's options beyond its QoS (MQTT 5; a 3.1.1 SUBSCRIBE has the defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOptions {
+    /// Retain As Published.
+    pub retain_as_published: bool,
+    /// Retain Handling: 0 send retained on every subscribe, 1 only on a new one, 2 never.
+    pub retain_handling: u8,
+}
+
 impl Subscription {
+    /// The options of each filter, in order.
+    pub fn options(&self) -> Vec<SubscribeOptions> {
+        match &self.packet {
+            SubscribePacket::V4(packet) => vec![SubscribeOptions::default(); packet.filters.len()],
+            SubscribePacket::V5(packet) => packet
+                .filters
+                .iter()
+                .map(|f| SubscribeOptions {
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// The Subscription Identifier (MQTT 5), if given.
+    pub fn id(&self) -> Option<u32> {
+        match &self.packet {
+            SubscribePacket::V4(_) => None,
+            SubscribePacket::V5(packet) => packet
+                .properties
+                .as_ref()
+                .and_then(|p| p.id)
+                .and_then(|id| u32::try_from(id).ok()),
+        }
+    }
+
     /// The requested QoS of each filter, in order.
     pub fn qos(&self) -> Vec<u8> {
         match &self.packet {

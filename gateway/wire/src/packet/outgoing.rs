@@ -55,6 +55,52 @@ pub fn connack_refusal(version: Version, code: u8) -> Option<Bytes> {
     }
 }
 
+/// What a device's v5 CONNACK tells it about the front door (MQTT-3.2.2-3 and the limits a
+/// device must keep to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Session Present.
+    pub session_present: bool,
+    /// The Session Expiry Interval the front door uses, when it is not the one asked for.
+    pub session_expiry_s: Option<u32>,
+    /// How many QoS 1 and 2 publishes the front door takes unacknowledged.
+    pub receive_maximum: u16,
+    /// The largest packet the front door takes.
+    pub max_packet: u32,
+}
+
+/// An accepting CONNACK in the device's version. v5 carries Session Expiry Interval (when
+/// changed), Receive Maximum, Maximum Packet Size, Topic Alias Maximum 0 (aliases are refused:
+/// the ACL needs every topic spelled out) and Shared Subscription Available 0 (a device may
+/// subscribe only to its own topics).
+pub fn connack(version: Version, accepted: &Accepted) -> Bytes {
+    let present = u8::from(accepted.session_present);
+    if version == Version::V4 {
+        return Bytes::from(vec![0x20, 2, present, 0]);
+    }
+    let mut properties = BytesMut::with_capacity(24);
+    if let Some(expiry) = accepted.session_expiry_s {
+        properties.put_u8(0x11);
+        properties.put_u32(expiry);
+    }
+    properties.put_u8(0x21);
+    properties.put_u16(accepted.receive_maximum);
+    properties.put_u8(0x27);
+    properties.put_u32(accepted.max_packet);
+    properties.put_u8(0x22);
+    properties.put_u16(0);
+    properties.put_u8(0x2A);
+    properties.put_u8(0);
+    let mut out = BytesMut::with_capacity(properties.len() + 6);
+    out.put_u8(0x20);
+    put_varint(&mut out, 2 + 1 + properties.len());
+    out.put_u8(present);
+    out.put_u8(0);
+    put_varint(&mut out, properties.len());
+    out.put_slice(&properties);
+    out.freeze()
+}
+
 /// A v5 DISCONNECT with `code`, sent before the front door closes a connection.
 pub fn disconnect(code: u8) -> Bytes {
     Bytes::from(vec![0xE0, 1, code])
@@ -157,6 +203,34 @@ mod tests {
             &[0x40, 3, 1, 2, 0x87]
         );
         assert_eq!(&publish_refusal(2, 7, 0x87)[..], &[0x50, 3, 0, 7, 0x87]);
+    }
+
+    #[test]
+    fn accepting_connack_advertises_the_limits() {
+        use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet};
+        let accepted = Accepted {
+            session_present: true,
+            session_expiry_s: Some(600),
+            receive_maximum: 256,
+            max_packet: 327_680,
+        };
+        assert_eq!(&connack(Version::V4, &accepted)[..], &[0x20, 2, 1, 0]);
+        let mut frame = BytesMut::from(&connack(Version::V5, &accepted)[..]);
+        let Packet::ConnAck(ConnAck {
+            session_present,
+            code,
+            properties: Some(properties),
+        }) = Packet::read(&mut frame, None).expect("parses")
+        else {
+            panic!("not a CONNACK with properties");
+        };
+        assert!(session_present);
+        assert_eq!(code as u8, 0);
+        assert_eq!(properties.session_expiry_interval, Some(600));
+        assert_eq!(properties.receive_max, Some(256));
+        assert_eq!(properties.max_packet_size, Some(327_680));
+        assert_eq!(properties.topic_alias_max, Some(0));
+        assert_eq!(properties.shared_subscription_available, Some(0));
     }
 
     #[test]

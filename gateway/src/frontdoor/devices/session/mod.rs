@@ -2,8 +2,9 @@
 //!
 //! Fed by [`super::session`] once the CONNECT passed identity and the Will ACL; feeds the
 //! service's inbox ([`super::hub`]), the device socket and presence events. It answers CONNECT
-//! (`session_present = 0`: held replies live in the outbox, which redelivers them on wake),
-//! PINGREQ, SUBSCRIBE (recorded here), UNSUBSCRIBE, PUBREL and DISCONNECT itself, enforces
+//! (resuming the device's session from [`super::sessions`] when it asked for one, CONNACK with
+//! Session Present and the front door's limits), PINGREQ, SUBSCRIBE (recorded here),
+//! UNSUBSCRIBE, PUBREL and DISCONNECT itself, enforces
 //! 1.5 × Keep Alive, hands the Will to the service on an abnormal end, and closes an older
 //! session of the same client id (takeover). Reply filters are served by the router (the
 //! service's replies); any other allowed filter (a device's own status, the loopback operator
@@ -13,8 +14,10 @@
 //! a QoS 1 (2) publish is PUBACKed (PUBRECed) only after intake committed it; messages for the
 //! device never wait on it (they arrive on a bounded channel, dropped when full).
 
+mod inbound;
 mod subscriptions;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,18 +28,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::downstream::Window;
-use super::hub::parse_publish;
 use super::link::Link;
 use super::presence::Presence;
 use super::router::Route;
-use crate::flow::Ack;
+use super::sessions::{SessionState, Sub};
+use super::window::Window;
 use crate::frontdoor::acl::Principal;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::session::{linger, read_more, SessionError, Shared};
-use crate::wire::packet::outgoing::{self, reason};
-use crate::wire::packet::translate;
-use crate::wire::packet::{ConnectInfo, Inbound, PacketReader, Version, Violation};
+use crate::wire::packet::outgoing::{self, Accepted};
+use crate::wire::packet::{ConnectInfo, PacketReader, Version, Violation};
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
@@ -51,6 +52,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a side link's subscription may take.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection taking over waits for the old one to park its session.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 /// The service committed a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`.
 #[derive(Debug, Clone, Copy)]
@@ -86,21 +89,42 @@ where
     let connection = shared.next_connection.fetch_add(1, Ordering::Relaxed);
     let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
     let taken_over = CancellationToken::new();
-    hub.router.register(
+    let parked = CancellationToken::new();
+    // Cancelled however this function ends (even dropped at shutdown), after the park below.
+    let _parked = parked.clone().drop_guard();
+    let replaced = hub.router.register(
         &client_id,
         Route {
             connection,
             deliveries_tx: deliveries_tx.clone(),
             taken_over: taken_over.clone(),
+            parked,
         },
     );
+    if let Some(old) = replaced {
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, old.parked.cancelled()).await;
+    }
+    let expiry_s = shared.sessions.granted_expiry(connect.session_expiry_s);
+    let resumed = shared.sessions.take(&client_id, connect.clean_start);
     let presence = principal.device().map(|device| Presence {
         device: device.clone(),
         connection,
         events_tx: shared.events_tx.clone(),
     });
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    let accepted = Accepted {
+        session_present: resumed.is_some(),
+        session_expiry_s: (expiry_s != connect.session_expiry_s).then_some(expiry_s),
+        receive_maximum: MAX_PENDING_ACKS as u16,
+        max_packet: u32::try_from(shared.max_packet).unwrap_or(u32::MAX),
+    };
+    let window = Window::new(
+        connect.version,
+        connect.receive_maximum,
+        connect.max_packet_size,
+    );
     let mut session = Session {
+        client_id: client_id.clone(),
         device_tx,
         reader,
         version: connect.version,
@@ -112,19 +136,28 @@ where
         deliveries_tx,
         subscriptions: Vec::new(),
         side: None,
-        window: Window::new(connect.version),
+        window,
+        awaiting_release: HashMap::new(),
+        asked_expiry_s: connect.session_expiry_s,
+        expiry_s,
+        max_packet: connect.max_packet_size,
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500)),
     };
-    let connack: &[u8] = match connect.version {
-        Version::V5 => &[0x20, 3, 0, 0, 0],
-        Version::V4 => &[0x20, 2, 0, 0],
+    let mut out = BytesMut::from(&outgoing::connack(connect.version, &accepted)[..]);
+    let resumed_replies = match resumed {
+        Some(state) => session.resume(state, &mut out).await,
+        None => false,
     };
-    let outcome = match session.device_tx.write_all(connack).await {
+    let outcome = match session.device_tx.write_all(&out).await {
         Ok(()) => {
             FrontDoorStats::bump(&shared.stats.connected);
             if let Some(presence) = &presence {
                 presence.connected(connect.version).await;
+                if resumed_replies {
+                    // Its reply subscriptions live on: held replies can go now.
+                    presence.subscribed().await;
+                }
             }
             session
                 .run(&mut device_rx, acks_rx, deliveries_rx, &taken_over)
@@ -132,6 +165,7 @@ where
         }
         Err(error) => Err(error.into()),
     };
+    shared.sessions.park(&client_id, session.state());
     hub.router.unregister(&client_id, connection);
     let will = match &outcome {
         Ok(End::Clean { will }) => *will,
@@ -170,6 +204,7 @@ where
 }
 
 struct Session<W> {
+    client_id: String,
     device_tx: W,
     reader: PacketReader,
     version: Version,
@@ -179,12 +214,21 @@ struct Session<W> {
     acks_tx: mpsc::UnboundedSender<Acked>,
     pending_acks: usize,
     deliveries_tx: mpsc::Sender<Bytes>,
-    /// Granted filters and their QoS (0 or 1).
-    subscriptions: Vec<(String, u8)>,
+    /// Granted subscriptions with their options.
+    subscriptions: Vec<Sub>,
     /// A broker connection of this session's own, for filters the reply link does not carry.
     side: Option<Link>,
     /// QoS 1 messages towards the device.
     window: Window,
+    /// QoS 2 publishes from the device not yet released (PUBREL), and whether intake
+    /// committed them (PUBREC sent).
+    awaiting_release: HashMap<u16, bool>,
+    /// The Session Expiry Interval the device asked for at CONNECT.
+    asked_expiry_s: u32,
+    /// The one in force (capped).
+    expiry_s: u32,
+    /// The device's Maximum Packet Size.
+    max_packet: Option<u32>,
     keep_alive: Option<Duration>,
 }
 
@@ -263,144 +307,64 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
     }
 
-    /// Handles one checked device packet; `Some` ends the session.
-    async fn handle(
-        &mut self,
-        packet: Inbound,
-        frame: Bytes,
-        out: &mut BytesMut,
-    ) -> Result<Option<End>, SessionError> {
-        match packet {
-            Inbound::Publish { topic, qos, pkid } => {
-                self.publish(&topic, qos, pkid, frame, out).await?
-            }
-            Inbound::Subscribe(subscription) => self.subscribe(subscription, out).await,
-            Inbound::Unsubscribe { pkid, filters } => {
-                let mut codes = Vec::with_capacity(filters.len());
-                for filter in &filters {
-                    let before = self.subscriptions.len();
-                    self.subscriptions.retain(|(f, _)| f != filter);
-                    // 0x11: no subscription existed.
-                    codes.push(if self.subscriptions.len() < before {
-                        0
-                    } else {
-                        0x11
-                    });
-                }
-                let [hi, lo] = pkid.to_be_bytes();
-                match self.version {
-                    Version::V4 => out.extend_from_slice(&[0xB0, 2, hi, lo]),
-                    Version::V5 => {
-                        let len = u8::try_from(3 + codes.len()).unwrap_or(u8::MAX);
-                        if len < 0x80 {
-                            out.extend_from_slice(&[0xB0, len, hi, lo, 0]);
-                            out.extend_from_slice(&codes);
-                        } else {
-                            out.extend_from_slice(&[0xB0, 3, hi, lo, 0]);
-                        }
-                    }
-                }
-            }
-            Inbound::Ack => self.device_ack(&frame, out),
-            Inbound::PingReq => out.extend_from_slice(&[0xD0, 0]),
-            Inbound::Disconnect => {
-                // v5 reason 0x04: disconnect with Will message.
-                let will = self.version == Version::V5 && frame.len() >= 3 && frame[2] == 0x04;
-                return Ok(Some(End::Clean { will }));
-            }
+    /// What this session keeps when its connection ends.
+    fn state(&self) -> SessionState {
+        SessionState {
+            version: match self.version {
+                Version::V4 => 4,
+                Version::V5 => 5,
+            },
+            expiry_s: self.expiry_s,
+            subscriptions: self.subscriptions.clone(),
+            window: self.window.park(),
+            awaiting_release: self
+                .awaiting_release
+                .iter()
+                .filter(|(_, committed)| **committed)
+                .map(|(pkid, _)| *pkid)
+                .collect(),
+            pending: Vec::new(),
         }
-        Ok(None)
     }
 
-    async fn publish(
-        &mut self,
-        topic: &str,
-        qos: u8,
-        pkid: u16,
-        frame: Bytes,
-        out: &mut BytesMut,
-    ) -> Result<(), SessionError> {
-        if !self.principal.may_publish(topic) {
-            FrontDoorStats::bump(&self.shared.stats.denied_publish);
-            tracing::info!(principal = ?self.principal, %topic, "publish denied");
-            match self.version {
-                Version::V4 => return Err(Violation::NotAuthorized("publish").into()),
-                Version::V5 if qos > 0 => {
-                    out.extend_from_slice(&outgoing::publish_refusal(
-                        qos,
-                        pkid,
-                        reason::NOT_AUTHORIZED,
-                    ));
-                }
-                Version::V5 => {}
-            }
-            return Ok(());
-        }
-        let upstream = match self.version {
-            Version::V5 => frame,
-            Version::V4 => {
-                let mut translated = BytesMut::with_capacity(frame.len() + 1);
-                translate::packet_up(&frame, &mut translated);
-                translated.freeze()
-            }
-        };
-        let Some(publish) = parse_publish(upstream) else {
-            return Err(Violation::Malformed("unreadable PUBLISH".into()).into());
-        };
-        let ack = if qos > 0 {
-            self.pending_acks += 1;
-            let acks_tx = self.acks_tx.clone();
-            Ack::Local(Box::new(move || {
-                let _ = acks_tx.send(Acked { pkid, qos });
-            }))
+    /// Picks up a kept session: its QoS 2 state, its unacknowledged messages again (DUP, same
+    /// packet ids) and its subscriptions (side ones on a new side link). Returns whether it has
+    /// reply subscriptions.
+    async fn resume(&mut self, state: SessionState, out: &mut BytesMut) -> bool {
+        let version = if state.version == 4 {
+            Version::V4
         } else {
-            Ack::Local(Box::new(|| {}))
+            Version::V5
         };
-        self.shared
-            .hub
-            .hand_over(publish, ack)
-            .await
-            .map_err(|()| SessionError::Upstream)
-    }
-
-    /// The service handled a publish: ack the device (never before).
-    fn acked(&mut self, acked: Acked, out: &mut BytesMut) {
-        self.pending_acks = self.pending_acks.saturating_sub(1);
-        let kind = if acked.qos == 2 { 0x50 } else { 0x40 };
-        let [hi, lo] = acked.pkid.to_be_bytes();
-        out.extend_from_slice(&[kind, 2, hi, lo]);
-    }
-
-    /// PUBACK frees a slot of the window; PUBREL is answered with PUBCOMP (QoS 2 from the device,
-    /// already forwarded when it arrived); PUBREC / PUBCOMP are not expected (we send QoS ≤ 1).
-    fn device_ack(&mut self, frame: &[u8], out: &mut BytesMut) {
-        let pkid = frame
-            .get(2..4)
-            .map_or(0, |id| u16::from_be_bytes([id[0], id[1]]));
-        match frame.first().map(|b| b >> 4) {
-            Some(4) => self.window.acked(pkid, out),
-            Some(6) => {
-                let [hi, lo] = pkid.to_be_bytes();
-                out.extend_from_slice(&[0x70, 2, hi, lo]);
-            }
-            _ => {}
+        self.awaiting_release = state
+            .awaiting_release
+            .iter()
+            .map(|pkid| (*pkid, true))
+            .collect();
+        let window = Window::new(self.version, 1, self.max_packet);
+        let window = std::mem::replace(&mut self.window, window);
+        self.window = window.resume(state.window, version);
+        self.window.resend(out);
+        self.subscriptions = state.subscriptions;
+        let side: Vec<(String, u8)> = self
+            .subscriptions
+            .iter_mut()
+            .filter(|sub| sub.side)
+            .map(|sub| {
+                // Resumed, not new: retained messages only with Retain Handling 0.
+                sub.retained_wanted = sub.retain_handling == 0;
+                (sub.filter.clone(), sub.qos)
+            })
+            .collect();
+        if !side.is_empty() {
+            let link = self.side_link();
+            let _ = tokio::time::timeout(SIDE_TIMEOUT, link.subscribe(side)).await;
         }
-    }
-
-    /// Hands the device's Will to the service (its topic passed the ACL at CONNECT).
-    async fn publish_will(&self, connect: &ConnectInfo) {
-        let (Some(topic), Some((payload, qos, retain))) = (&connect.will_topic, &connect.will)
-        else {
-            return;
-        };
-        let frame = super::link::publish_frame(topic, (*qos).min(1), *retain, payload.clone());
-        if let Some(publish) = frame.and_then(parse_publish) {
-            let send = self
-                .shared
-                .hub
-                .hand_over(publish, Ack::Local(Box::new(|| {})));
-            let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
+        // Replies that came while the device was away, in order.
+        for frame in state.pending {
+            self.deliver(Bytes::from(frame), out);
         }
+        self.subscriptions.iter().any(|sub| !sub.side)
     }
 }
 
