@@ -4,7 +4,9 @@
 # mosquitto_pub, mosquitto_sub), Debian's postgresql (the server the store's PostgreSQL engine is
 # tested against; tests start throwaway clusters as user postgres), chromium and chromium-driver
 # (the dashboard's browser test), prometheus (its promtool checks the shipped rules and a live
-# scrape), and Python's paho-mqtt.
+# scrape), Python's paho-mqtt, and for the device-client matrix (tests/tests/device_clients.rs)
+# Debian's libpaho-mqtt-dev (Eclipse Paho C) and a C compiler, nodejs and npm, and MQTT.js from
+# tests/clients/mqttjs/package-lock.json (npm ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,11 +29,19 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+[ -f /usr/include/MQTTClient.h ] || missing+=(libpaho-mqtt-dev)
+command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq >/dev/null
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     "${missing[@]}" >/dev/null
+fi
+if ! [ -d tests/clients/mqttjs/node_modules/mqtt ]; then
+  echo "tests/run.sh: installing MQTT.js (npm ci)" >&2
+  (cd tests/clients/mqttjs && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 if ! python3 -c 'import paho.mqtt' >/dev/null 2>&1; then
   echo "tests/run.sh: installing paho-mqtt" >&2
