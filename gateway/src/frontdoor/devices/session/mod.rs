@@ -1,11 +1,10 @@
 //! A device session terminated by the front door itself: no broker connection of its own.
 //!
-//! Fed by [`super::session`] once the CONNECT passed identity and the Will ACL; feeds the
-//! service's inbox ([`super::hub`]), the device socket and presence events. It answers CONNECT
-//! (resuming the device's session from [`super::sessions`] when it asked for one, CONNACK with
-//! Session Present and the front door's limits), PINGREQ, SUBSCRIBE (recorded here),
-//! UNSUBSCRIBE, PUBREL and DISCONNECT itself, enforces
-//! 1.5 × Keep Alive, hands the Will to the service on an abnormal end, and closes an older
+//! Fed by [`crate::frontdoor::session`] once the CONNECT passed identity and the Will ACL;
+//! feeds the service's inbox ([`super::hub`]), the device socket and presence events. It
+//! answers CONNECT (resuming the device's session from [`super::sessions`] when it asked for
+//! one, CONNACK with Session Present and the front door's limits), PINGREQ, SUBSCRIBE (recorded
+//! here), UNSUBSCRIBE, PUBREL and DISCONNECT itself, enforces 1.5 × Keep Alive, hands the Will to the service on an abnormal end, and closes an older
 //! session of the same client id (takeover). Reply filters are served by the router (the
 //! service's replies); any other allowed filter (a device's own status, the loopback operator
 //! view) by a side link of this session's own to rumqttd, so it gets retained messages.
