@@ -1,11 +1,13 @@
 //! Who is awake: a device is awake while connected through the front door, and for its listen
 //! window after any publish of its own (all an external broker lets us see); `{"state":
-//! "asleep"}` or the end of its front-door connection ends that at once.
+//! "asleep"}` ends the window at once, and the end of its front-door connection ends the
+//! connection's wake.
 //!
 //! A device once seen connecting through the front door is awake exactly while connected: its
-//! publishes' `Seen` come from intake after their commit, so one sent just before DISCONNECT
-//! (typically an ack) arrives after the disconnect and would otherwise keep it "awake" through
-//! its next wake, which then redelivers nothing.
+//! publishes' `Seen` and `Asleep` come from intake after their commit, so one sent just before
+//! DISCONNECT (an ack, its `asleep`) can arrive after the disconnect, or even after its next
+//! connection began, and would otherwise keep it "awake" through its next wake, or put it to
+//! sleep during it: either way that wake would redeliver nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -79,9 +81,11 @@ impl Presence {
                 entry.connected = false;
                 entry.until = now;
             }
+            // A front-door device is awake while connected: its `asleep` comes from intake
+            // after the commit, and may arrive after its next connection began (which would
+            // then redeliver nothing); its connection's end says when it left.
             DeviceEvent::Asleep(_) => {
                 entry.until = now;
-                entry.connected = false;
             }
             DeviceEvent::Acked(_) if !entry.front_door => {
                 entry.until = entry.until.max(now + Duration::from_millis(1))
@@ -167,6 +171,23 @@ mod tests {
             Some(d.clone()),
             "its next connection is a wake"
         );
+    }
+
+    #[test]
+    fn a_late_asleep_does_not_end_the_next_connection() {
+        let mut presence = Presence::default();
+        let d = dev("p5");
+        let t0 = Instant::now();
+        presence.apply(&DeviceEvent::Connected(d.clone()), t0);
+        presence.apply(&DeviceEvent::Disconnected(d.clone()), t0);
+        assert_eq!(
+            presence.apply(&DeviceEvent::Connected(d.clone()), t0),
+            Some(d.clone()),
+            "its next connection is a wake"
+        );
+        // The `asleep` it published before the first connection ended, committed only now.
+        presence.apply(&DeviceEvent::Asleep(d.clone()), t0);
+        assert!(presence.is_awake(&d), "awake while connected");
     }
 
     #[test]

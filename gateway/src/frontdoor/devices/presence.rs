@@ -107,6 +107,10 @@ impl Presence {
 /// Turns the front door's per-connection presence into the outbox's per-device events: a
 /// device is connected once one of its connections has a granted reply subscription, and
 /// disconnected when its last connection ends (a reconnect can overtake the old one's end).
+/// A new connection while an older one of the same id is still live is a new wake (the old one
+/// is on its way out: DISCONNECT or takeover): the outbox hears `Disconnected` first, so the
+/// new connection's subscription redelivers held replies even when its resumed session
+/// subscribes at CONNACK, before the old connection's end is reported.
 pub(crate) async fn bridge(
     mut presence_rx: mpsc::Receiver<FrontDoorEvent>,
     events_tx: mpsc::UnboundedSender<DeviceEvent>,
@@ -117,8 +121,10 @@ pub(crate) async fn bridge(
             FrontDoorEvent::Connected {
                 device, connection, ..
             } => {
-                live.entry(device).or_default().push(connection);
-                None
+                let connections = live.entry(device.clone()).or_default();
+                let overtaking = !connections.is_empty();
+                connections.push(connection);
+                overtaking.then_some(DeviceEvent::Disconnected(device))
             }
             FrontDoorEvent::Subscribed { device, .. } => Some(DeviceEvent::Connected(device)),
             FrontDoorEvent::Undeliverable {
@@ -150,5 +156,60 @@ pub(crate) async fn bridge(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(device: &DeviceId, connection: u64, kind: &str) -> FrontDoorEvent {
+        let device = device.clone();
+        match kind {
+            "connected" => FrontDoorEvent::Connected {
+                device,
+                connection,
+                version: Version::V5,
+            },
+            "subscribed" => FrontDoorEvent::Subscribed { device, connection },
+            _ => FrontDoorEvent::Disconnected { device, connection },
+        }
+    }
+
+    /// A reconnect whose resumed session subscribes before the old connection's end is
+    /// reported is still a wake: the outbox sees the device leave, then come back.
+    #[tokio::test]
+    async fn a_reconnect_that_overtakes_the_old_end_is_a_new_wake() {
+        let d = DeviceId::parse("p").expect("valid");
+        let (presence_tx, presence_rx) = mpsc::channel(16);
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        let bridging = tokio::spawn(bridge(presence_rx, events_tx));
+        for (connection, kind) in [
+            (1, "connected"),
+            (1, "subscribed"),
+            (2, "connected"),
+            (2, "subscribed"),
+            (1, "disconnected"),
+            (2, "disconnected"),
+        ] {
+            presence_tx
+                .send(event(&d, connection, kind))
+                .await
+                .expect("bridge runs");
+        }
+        drop(presence_tx);
+        bridging.await.expect("bridge ends");
+        let mut forwarded = Vec::new();
+        while let Ok(event) = events_rx.try_recv() {
+            forwarded.push(match event {
+                DeviceEvent::Connected(_) => "connected",
+                DeviceEvent::Disconnected(_) => "disconnected",
+                _ => "other",
+            });
+        }
+        assert_eq!(
+            forwarded,
+            ["connected", "disconnected", "connected", "disconnected"]
+        );
     }
 }
