@@ -238,7 +238,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
         }),
     };
-    gateway_status.publish("online").await;
+    gateway_status.publish(gateway_status.serving_state()).await;
     let status_stop = CancellationToken::new();
     let status_task = tokio::spawn(gateway_status.clone().run(status_stop.clone()));
     let health = Arc::new(Health::default());
@@ -292,16 +292,32 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         cluster_done_tx,
         shutdown.child_token(),
     ));
+    // The backlog waits out a degraded store and carries on where it stopped; only a closed
+    // store (its thread gone) is fatal.
     let backlog_fatal = fatal_tx.clone();
+    let backlog_health = store.health().clone();
     tokio::spawn(async move {
-        match backlog.run().await {
-            Ok(requeued) if requeued > 0 => tracing::info!(requeued, "backlog requeued"),
-            Ok(_) => {}
-            Err(error) => {
-                let _ = backlog_fatal.send(format!("requeueing the backlog: {error}"));
+        let mut backlog = backlog;
+        loop {
+            match backlog.run().await {
+                Ok(requeued) if requeued > 0 => tracing::info!(requeued, "backlog requeued"),
+                Ok(_) => {}
+                Err(crate::store::StoreError::Closed) => {
+                    let _ = backlog_fatal.send("requeueing the backlog: store is closed".into());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "requeueing the backlog waits for the store");
+                    backlog_health.healthy().await;
+                    continue;
+                }
             }
+            break;
         }
     });
+    tokio::spawn(crate::store::health::probe(
+        store.clone(),
+        shutdown.child_token(),
+    ));
 
     let broker_stopped = async {
         match &broker {

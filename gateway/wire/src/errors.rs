@@ -32,13 +32,16 @@ pub enum ErrorCode {
     QueueFull,
     /// `503`: the gateway is draining for shutdown.
     Draining,
+    /// `503`: the store cannot write now (disk full, read-only, database unreachable): the
+    /// gateway is degraded and takes no new requests until it writes again.
+    StoreUnavailable,
     /// `504`: the request's deadline passed before it finished.
     DeadlineExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in the table's order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::BadArgs,
         ErrorCode::ForbiddenReplyTopic,
@@ -52,6 +55,7 @@ impl ErrorCode {
         ErrorCode::OpFailed,
         ErrorCode::QueueFull,
         ErrorCode::Draining,
+        ErrorCode::StoreUnavailable,
         ErrorCode::DeadlineExceeded,
     ];
 
@@ -71,6 +75,7 @@ impl ErrorCode {
             ErrorCode::OpFailed => "op_failed",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Draining => "draining",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
         }
     }
@@ -88,7 +93,9 @@ impl ErrorCode {
             ErrorCode::TooLarge => Status::TooLarge,
             ErrorCode::TooManyPending => Status::TooMany,
             ErrorCode::OpFailed => Status::Failed,
-            ErrorCode::QueueFull | ErrorCode::Draining => Status::Unavailable,
+            ErrorCode::QueueFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
+                Status::Unavailable
+            }
             ErrorCode::DeadlineExceeded => Status::Timeout,
         }
     }

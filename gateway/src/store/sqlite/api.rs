@@ -52,11 +52,24 @@ impl SqliteStore {
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        // A savepoint, so a command that fails takes the batch's earlier commands with it: the
+        // batch commits whole or not at all, whatever else shares the transaction.
         self.call(move |txn| {
-            commands
+            txn.execute_batch("SAVEPOINT intake")?;
+            let outcomes = commands
                 .into_iter()
                 .map(|command| command.map(|c| run_command(txn, c)).transpose())
-                .collect()
+                .collect();
+            match outcomes {
+                Ok(outcomes) => {
+                    txn.execute_batch("RELEASE intake")?;
+                    Ok(outcomes)
+                }
+                Err(error) => {
+                    let _ = txn.execute_batch("ROLLBACK TO intake; RELEASE intake");
+                    Err(error)
+                }
+            }
         })
         .await
     }
@@ -134,6 +147,40 @@ impl SqliteStore {
             Ok(held)
         })
         .await
+    }
+
+    /// [`SqliteStore::held_for`] on a read-only connection of its own: while the store is
+    /// degraded, a read must not share the store thread's transaction with writes that fail.
+    pub async fn held_for_read(
+        &self,
+        devices: Vec<DeviceId>,
+        limit: usize,
+        _quiet: std::time::Duration,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        self.read(move |conn| {
+            let mut held = Vec::new();
+            for device in &devices {
+                held.extend(requests::held_for(conn, device, limit)?);
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::probe`]: a 64 KiB row written and deleted in one committed
+    /// transaction, on a connection of its own (the store thread may be stuck behind nothing).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = connect(&path, false)?;
+            let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            txn.execute("INSERT INTO probe (pad) VALUES (zeroblob(65536))", [])?;
+            txn.execute("DELETE FROM probe", [])?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Sql(error.to_string())))
     }
 
     /// See [`crate::store::Store::mark_published`].

@@ -30,7 +30,7 @@ use super::hub::parse_publish;
 use super::link::Link;
 use super::presence::Presence;
 use super::router::Route;
-use crate::flow::Ack;
+use crate::flow::{Ack, Handled};
 use crate::frontdoor::acl::Principal;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::session::{linger, read_more, SessionError, Shared};
@@ -52,11 +52,13 @@ const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a side link's subscription may take.
 const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The service committed a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`.
+/// The service handled a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`,
+/// with success once committed, refused when the service could not take it.
 #[derive(Debug, Clone, Copy)]
 struct Acked {
     pkid: u16,
     qos: u8,
+    handled: Handled,
 }
 
 /// Why the loop ended.
@@ -350,11 +352,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let ack = if qos > 0 {
             self.pending_acks += 1;
             let acks_tx = self.acks_tx.clone();
-            Ack::Local(Box::new(move || {
-                let _ = acks_tx.send(Acked { pkid, qos });
+            Ack::Local(Box::new(move |handled| {
+                let _ = acks_tx.send(Acked { pkid, qos, handled });
             }))
         } else {
-            Ack::Local(Box::new(|| {}))
+            Ack::Local(Box::new(|_| {}))
         };
         self.shared
             .hub
@@ -363,12 +365,25 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             .map_err(|()| SessionError::Upstream)
     }
 
-    /// The service handled a publish: ack the device (never before).
+    /// The service handled a publish: ack the device (never before), with success only when
+    /// it was committed. A refusal is a PUBACK (PUBREC) with reason 0x97 on MQTT 5 (the
+    /// device's client frees its slot; the `503` reply says when to retry) and nothing on
+    /// MQTT 3.1.1, which has no negative acknowledgement.
     fn acked(&mut self, acked: Acked, out: &mut BytesMut) {
         self.pending_acks = self.pending_acks.saturating_sub(1);
-        let kind = if acked.qos == 2 { 0x50 } else { 0x40 };
-        let [hi, lo] = acked.pkid.to_be_bytes();
-        out.extend_from_slice(&[kind, 2, hi, lo]);
+        match (acked.handled, self.version) {
+            (Handled::Committed, _) => {
+                let kind = if acked.qos == 2 { 0x50 } else { 0x40 };
+                let [hi, lo] = acked.pkid.to_be_bytes();
+                out.extend_from_slice(&[kind, 2, hi, lo]);
+            }
+            (Handled::Refused, Version::V5) => out.extend_from_slice(&outgoing::publish_refusal(
+                acked.qos,
+                acked.pkid,
+                reason::QUOTA_EXCEEDED,
+            )),
+            (Handled::Refused, Version::V4) => {}
+        }
     }
 
     /// PUBACK frees a slot of the window; PUBREL is answered with PUBCOMP (QoS 2 from the device,
@@ -398,7 +413,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             let send = self
                 .shared
                 .hub
-                .hand_over(publish, Ack::Local(Box::new(|| {})));
+                .hand_over(publish, Ack::Local(Box::new(|_| {})));
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
         }
     }
