@@ -55,8 +55,12 @@ impl Pool {
                     let _ = pool.fatal_tx.send(StoreError::Closed.to_string());
                 }
                 Err(error) => {
-                    tracing::warn!(request_id = %finished.ticket.id, %error, "final reply parked until the store writes");
-                    pool.parked.lock().push(finished);
+                    let mut parked = pool.parked.lock();
+                    if parked.is_empty() {
+                        tracing::warn!(%error, "final replies parked until the store writes");
+                    }
+                    tracing::debug!(request_id = %finished.ticket.id, "final reply parked");
+                    parked.push(finished);
                 }
             });
     }

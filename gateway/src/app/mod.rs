@@ -97,6 +97,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
 
     let store = Store::open(&config.store, &config.gateway.data_dir).await?;
+    // A start on a full disk (or a read-only database) serves degraded instead of failing
+    // later: one probe write tells.
+    if let Err(error) = store.probe().await {
+        if !error.degrades() {
+            return Err(error.into());
+        }
+        store.health().degrade(&error.to_string());
+    }
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
         limits.queue_capacity,

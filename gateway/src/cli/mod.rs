@@ -1,7 +1,8 @@
 //! The command line: `gateway run --config FILE` and the operator subcommands.
 //!
 //! Exit codes: 0 after a clean drain, 2 for a configuration mistake (naming the key or address),
-//! 1 for a fatal fault while running (store unwritable, broker gone).
+//! 1 for a fatal fault while running (broker gone, store closed; a store that cannot write
+//! only degrades the gateway).
 
 mod credentials;
 mod echo;
