@@ -224,10 +224,11 @@ fn assert_one_result(ledger: &Ledger, corrs: &[Vec<u8>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_nothing() {
     const DEVICE: &str = "full-1";
-    let fs = TinyFs::mount(8 << 20);
+    // Room for the database and the gateway's 8 MiB disk reserve.
+    let fs = TinyFs::mount(24 << 20);
     let data = fs.path().join("data");
     let mut gateway = Gateway::start_with(&format!(
-        "[gateway]\ndata_dir = {data:?}\n[limits]\nmax_pending_per_device = 1000\n"
+        "[gateway]\ndata_dir = {data:?}\n[limits]\nmax_pending_per_device = 1000"
     ));
     let http = gateway.http.expect("HTTP enabled");
     let mut watcher = watch_status(&gateway, "ops-full-1").await;
@@ -263,8 +264,21 @@ async fn a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_nothin
         let reply = first.request(&mut device, &mut ledger, &corr, &big).await;
         assert_eq!(reply.reply.status, Status::Unavailable);
     }
+    // Accepted work still finishes on the full disk, in the released reserve: every accepted
+    // request gets its final reply, and an ack of one is committed (success PUBACK).
+    ledger.until_finished(&mut device, &first.accepted).await;
+    let acked = first
+        .accepted
+        .iter()
+        .find(|corr| corr.starts_with(b"load-"))
+        .expect("a request was accepted before the disk filled")
+        .clone();
+    device.ack(&acked).await;
+    first.published += 1;
     first.check_pubacks(&device).await;
-    device.disconnect().await;
+    let (code, health) = healthz(http).await;
+    assert_eq!(code, 503, "still degraded while the disk is full: {health}");
+    device.sleep().await;
 
     // A held reply is still delivered when its device wakes.
     let before = ledger.count(b"held");
@@ -304,6 +318,16 @@ async fn a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_nothin
     let mut refused = first.refused.clone();
     refused.extend(second.refused.clone());
     assert_store(&gateway, DEVICE, &accepted, &refused);
+    let rows = requests_of(&gateway, DEVICE);
+    let acked_row = rows
+        .iter()
+        .find(|row| row.corr == hex(&acked))
+        .expect("acked request");
+    assert_eq!(
+        acked_row.delivery.as_deref(),
+        Some("acked"),
+        "{acked_row:?}"
+    );
     let metrics = metrics(http).await;
     assert!(metrics.contains("roost_store_degraded 0"), "{metrics}");
     gateway.kill();
@@ -379,7 +403,7 @@ async fn a_database_file_made_read_only_degrades_the_gateway_until_it_is_writabl
     assert_eq!(reply.reply.status, Status::Unavailable);
     // Held replies are read, not written: still delivered on the next wake.
     sent.check_pubacks(&device).await;
-    device.disconnect().await;
+    device.sleep().await;
     let before = ledger.count(b"held");
     let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
     ledger.another(&mut device, b"held", before).await;
@@ -461,7 +485,7 @@ async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns() {
     const DEVICE: &str = "full-2";
-    let fs = TinyFs::mount(8 << 20);
+    let fs = TinyFs::mount(24 << 20);
     let data = fs.path().join("data");
     let mut gateway = Gateway::start_with(&format!("[gateway]\ndata_dir = {data:?}\n"));
     let mut ledger = Ledger::default();

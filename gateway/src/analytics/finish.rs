@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pool::{Pool, Ticket};
 use crate::store::requests::{Completion, FinalReply};
@@ -28,13 +28,20 @@ pub(super) struct Finished {
     pub(super) elapsed: Option<Duration>,
 }
 
+/// How often parked completions are tried while the store is degraded but finishing (the disk
+/// reserve was released for them).
+const FINISHING_RETRY: Duration = Duration::from_millis(500);
+
 /// Completions waiting for the store to write again.
 #[derive(Debug, Default)]
-pub struct Parked(Mutex<Vec<Finished>>);
+pub struct Parked {
+    waiting: Mutex<Vec<Finished>>,
+    last_try: Mutex<Option<Instant>>,
+}
 
 impl Parked {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Finished>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many completions wait.
@@ -65,10 +72,24 @@ impl Pool {
             });
     }
 
-    /// Commits the parked final replies again once the store writes (called by the reaper).
+    /// Commits the parked final replies again once the store writes, or every
+    /// [`FINISHING_RETRY`] while the released disk reserve gives them room (called by the
+    /// reaper).
     pub(super) fn retry_parked(&self) {
-        if self.store.health().is_degraded() {
+        let health = self.store.health();
+        if !health.may_write() || self.parked.lock().is_empty() {
             return;
+        }
+        if health.is_degraded() {
+            let mut last_try = self
+                .parked
+                .last_try
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last_try.is_some_and(|at| at.elapsed() < FINISHING_RETRY) {
+                return;
+            }
+            *last_try = Some(Instant::now());
         }
         let parked = std::mem::take(&mut *self.parked.lock());
         if !parked.is_empty() {

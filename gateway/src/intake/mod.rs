@@ -25,7 +25,7 @@ use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
-use crate::store::commands::Outcome;
+use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply};
@@ -79,10 +79,19 @@ impl Intake {
             work.push(db);
         }
         let stored: Vec<bool> = work.iter().map(Option::is_some).collect();
-        let outcomes: Vec<Option<Outcome>> = if !stored.contains(&true) {
+        // While degraded only acks of held replies are tried, and only when the released disk
+        // reserve gives accepted work room to finish; everything else is refused.
+        let health = self.store.health();
+        if health.is_degraded() {
+            let finishing = health.finishing();
+            work = work
+                .into_iter()
+                .map(|command| command.filter(|c| finishing && matches!(c, Command::Ack(..))))
+                .collect();
+        }
+        let sent: Vec<bool> = work.iter().map(Option::is_some).collect();
+        let outcomes: Vec<Option<Outcome>> = if !sent.contains(&true) {
             work.into_iter().map(|_| None).collect()
-        } else if self.store.health().is_degraded() {
-            return self.unwritten(plans, stored).await;
         } else {
             match self.store.batch(work).await {
                 Ok(outcomes) => outcomes,
@@ -95,9 +104,18 @@ impl Intake {
                 }
             }
         };
-        for ((incoming, plan), outcome) in plans.into_iter().zip(outcomes) {
-            incoming.ack().await;
-            plan.finish(self, outcome).await;
+        for (((incoming, plan), outcome), (stored, sent)) in plans
+            .into_iter()
+            .zip(outcomes)
+            .zip(stored.into_iter().zip(sent))
+        {
+            if stored && !sent {
+                incoming.refuse().await;
+                plan.unwritten(self).await;
+            } else {
+                incoming.ack().await;
+                plan.finish(self, outcome).await;
+            }
         }
         Ok(())
     }

@@ -6,10 +6,16 @@
 //! (new requests get `503` while degraded), the workers (completions that failed are kept and
 //! committed again after recovery), the status publisher, `/healthz` and `/metrics`.
 //!
+//! With SQLite, the first "disk full" also releases the disk reserve
+//! ([`super::sqlite::reserve`]): from then on the store *may finish* — accepted work (final
+//! replies, acks, dead letters) still commits into the freed space while new requests are
+//! refused. The probe re-creates the reserve before the store counts as writable again.
+//!
 //! **Invariant:** the state changes only on evidence: degraded after a failed write, healthy
 //! after a committed probe write; nothing in between is guessed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,6 +40,10 @@ pub struct StoreHealth {
     /// Degradations since start.
     periods: AtomicU64,
     changed_tx: watch::Sender<bool>,
+    /// The data dir holding the disk reserve (SQLite), if any.
+    reserve: Option<PathBuf>,
+    /// The reserve was released in this degraded period: accepted work may still commit.
+    finishing: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -44,16 +54,33 @@ struct Degraded {
 
 impl Default for StoreHealth {
     fn default() -> Self {
+        StoreHealth::new(None)
+    }
+}
+
+impl StoreHealth {
+    /// Healthy; `reserve` is the data dir whose disk reserve a full disk releases.
+    pub fn new(reserve: Option<PathBuf>) -> StoreHealth {
         StoreHealth {
             state: Mutex::new(None),
             ended_ms: AtomicU64::new(0),
             periods: AtomicU64::new(0),
             changed_tx: watch::channel(false).0,
+            reserve,
+            finishing: AtomicBool::new(false),
         }
     }
-}
 
-impl StoreHealth {
+    /// Whether writes of accepted work may be tried: healthy, or degraded with the reserve
+    /// released for them.
+    pub fn may_write(&self) -> bool {
+        !self.is_degraded() || self.finishing.load(Ordering::Relaxed)
+    }
+
+    /// Whether accepted work is finishing in the released reserve (degraded, disk full).
+    pub fn finishing(&self) -> bool {
+        self.is_degraded() && self.finishing.load(Ordering::Relaxed)
+    }
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Degraded>> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -86,6 +113,7 @@ impl StoreHealth {
                 degraded_ms = lasted.as_millis() as u64,
                 "store recovered: serving again"
             );
+            self.finishing.store(false, Ordering::Relaxed);
             self.changed_tx.send_replace(false);
         }
     }
@@ -130,6 +158,22 @@ impl StoreHealth {
         if let Err(error) = result {
             if error.degrades() {
                 self.degrade(&error.to_string());
+            }
+            if matches!(error, StoreError::Full(_)) {
+                self.release_reserve();
+            }
+        }
+    }
+
+    /// Gives the disk reserve to accepted work (once per degraded period).
+    fn release_reserve(&self) {
+        if let Some(dir) = &self.reserve {
+            if super::sqlite::reserve::release(dir) {
+                tracing::warn!(
+                    bytes = super::sqlite::reserve::RESERVE_BYTES,
+                    "disk full: released the disk reserve for accepted work to finish"
+                );
+                self.finishing.store(true, Ordering::Relaxed);
             }
         }
     }

@@ -53,6 +53,10 @@ pub enum StoreError {
     /// commits again (see [`health`]).
     #[error("store: {0}")]
     Sql(String),
+    /// The disk (or the database's own size limit) is full: like [`StoreError::Sql`], and the
+    /// disk reserve is released for accepted work to finish (see [`health`]).
+    #[error("store: disk full: {0}")]
+    Full(String),
     /// The database cannot be reached now (PostgreSQL stopped, restarting, the network): a
     /// transient fault; nothing of the failed work was committed.
     #[error("store unavailable: {0}")]
@@ -71,13 +75,19 @@ impl StoreError {
     /// failure of the database itself. A conflict is retried by its caller; a closed store
     /// (its thread is gone) cannot come back, so that one stays fatal.
     pub fn degrades(&self) -> bool {
-        matches!(self, StoreError::Sql(_) | StoreError::Unavailable(_))
+        matches!(
+            self,
+            StoreError::Sql(_) | StoreError::Full(_) | StoreError::Unavailable(_)
+        )
     }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Sql(error.to_string())
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
+            _ => StoreError::Sql(error.to_string()),
+        }
     }
 }
 
@@ -125,9 +135,13 @@ impl Store {
                 Engine::Postgres(postgres::PgStore::open(url, *pool_size, me, config.lease).await?)
             }
         };
+        let reserve = match &config.engine {
+            StoreEngine::Sqlite => Some(data_dir.to_path_buf()),
+            StoreEngine::Postgres { .. } => None,
+        };
         Ok(Store {
             engine,
-            health: Arc::default(),
+            health: Arc::new(StoreHealth::new(reserve)),
         })
     }
 
@@ -249,7 +263,7 @@ impl Store {
     /// shares a transaction with down too; an uncounted reply is published again after a
     /// restart (delivery is at least once).
     pub fn mark_published(&self, id: RequestId) {
-        if self.health.is_degraded() {
+        if !self.health.may_write() {
             return;
         }
         dispatch!(self.mark_published(id))
@@ -271,8 +285,8 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        // Periodic: while degraded it waits for the next tick after recovery.
-        if self.health.is_degraded() {
+        // Periodic: while degraded (and no reserve to finish with) it waits for the recovery.
+        if !self.health.may_write() {
             return Ok(Vec::new());
         }
         let result = dispatch!(self.expire_held(now_ms, limit).await);
@@ -288,7 +302,7 @@ impl Store {
         telemetry_before_ms: i64,
         keep: usize,
     ) -> Result<(usize, usize), StoreError> {
-        if self.health.is_degraded() {
+        if !self.health.may_write() {
             return Ok((0, 0));
         }
         let result = dispatch!(

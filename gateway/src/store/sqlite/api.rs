@@ -149,7 +149,7 @@ impl SqliteStore {
         .await
     }
 
-    /// [`SqliteStore::held_for`] on a read-only connection of its own: while the store is
+    /// Every held reply ([`requests::held_any`]) on a read-only connection of its own: while the store is
     /// degraded, a read must not share the store thread's transaction with writes that fail.
     pub async fn held_for_read(
         &self,
@@ -160,18 +160,32 @@ impl SqliteStore {
         self.read(move |conn| {
             let mut held = Vec::new();
             for device in &devices {
-                held.extend(requests::held_for(conn, device, limit)?);
+                held.extend(requests::held_any(conn, device, limit)?);
             }
             Ok(held)
         })
         .await
     }
 
-    /// See [`crate::store::Store::probe`]: a 64 KiB row written and deleted in one committed
-    /// transaction, on a connection of its own (the store thread may be stuck behind nothing).
+    /// See [`crate::store::Store::probe`]: the disk reserve back in place with a margin free
+    /// beside it (see [`super::reserve`]), then a 64 KiB row written and deleted in one
+    /// committed transaction, on a connection of its own.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                // The reserve comes back only with the margin free beside it: otherwise its
+                // space stays with the accepted work finishing in it.
+                let full = |e: std::io::Error| StoreError::Full(format!("disk reserve: {e}"));
+                let had = super::reserve::present(dir);
+                super::reserve::ensure(dir).map_err(full)?;
+                if let Err(error) = super::reserve::margin(dir) {
+                    if !had {
+                        super::reserve::release(dir);
+                    }
+                    return Err(full(error));
+                }
+            }
             let mut conn = connect(&path, false)?;
             let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             txn.execute("INSERT INTO probe (pad) VALUES (zeroblob(65536))", [])?;

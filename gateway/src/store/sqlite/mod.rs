@@ -16,6 +16,7 @@ mod delivery;
 mod devices;
 mod operators;
 mod requests;
+pub(crate) mod reserve;
 pub(crate) mod schema;
 mod telemetry;
 mod views;
@@ -96,6 +97,10 @@ impl SqliteStore {
                 data_dir.display()
             ))
         })?;
+        if let Err(error) = reserve::ensure(data_dir) {
+            // The start probe fails the same way and starts the gateway degraded.
+            tracing::warn!(%error, "cannot write the disk reserve");
+        }
         let path = data_dir.join(super::DB_FILE);
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;

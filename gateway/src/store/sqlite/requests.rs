@@ -3,7 +3,9 @@
 //! **Invariant:** `complete` only moves a `queued` row, so a request's op result is recorded at
 //! most once (`executions` ≤ 1) whatever the races between workers, cancels and restarts.
 
-pub use super::delivery::{ack, expire_held, held_counts, held_for, mark_published, unpublished};
+pub use super::delivery::{
+    ack, expire_held, held_any, held_counts, held_for, mark_published, unpublished,
+};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
