@@ -89,6 +89,17 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadlettersAction,
     },
+    /// A consistent copy of the SQLite store in FILE, taken while the gateway serves (SQLite's
+    /// online backup API), checked with `PRAGMA integrity_check`. To restore: stop the
+    /// gateway, put FILE in place as `data_dir/roost.db` (remove `roost.db-wal` and
+    /// `roost.db-shm`), start it. PostgreSQL: use `pg_dump` or `pg_basebackup`.
+    Backup {
+        /// The configuration file (for `data_dir`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// Where the copy goes (written as FILE.partial, renamed once whole and checked).
+        file: PathBuf,
+    },
     /// The configured ONNX models (`[models.NAME]`).
     Models {
         /// What to do.
@@ -270,6 +281,9 @@ pub fn main() -> ExitCode {
                 requests::requeue_dead_letter(config, id, json)
             }),
         },
+        Command::Backup { config, file } => {
+            with_config(&config, |config| requests::backup(config, &file))
+        }
         Command::Models {
             action: ModelsAction::List { config, json },
         } => match load(&config) {

@@ -25,7 +25,7 @@ pub mod requests;
 mod sqlite;
 pub mod telemetry;
 
-pub use access::{Console, Reader};
+pub use access::{BackupReport, Console, Reader};
 
 use std::path::Path;
 use std::sync::Arc;

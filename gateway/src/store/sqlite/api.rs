@@ -322,6 +322,11 @@ impl SqliteConsole {
         Ok(SqliteConsole { conn })
     }
 
+    /// See [`crate::store::Console::backup`].
+    pub fn backup(&self, dest: &Path) -> Result<super::backup::BackupReport, StoreError> {
+        super::backup::backup(&self.conn, dest)
+    }
+
     /// See [`crate::store::Console::requests`].
     pub fn requests(
         &self,

@@ -10,6 +10,7 @@
 //! [`operators`]); the schema is in [`schema`]; each table's queries live in their own file.
 
 mod api;
+pub(crate) mod backup;
 pub(crate) mod credentials;
 mod deadletters;
 mod delivery;
