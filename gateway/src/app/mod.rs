@@ -7,6 +7,7 @@
 //! is queued stays queued in the store), the outbox, the cluster lease given up (a shared store's
 //! other gateways take the queued work at once), retained `offline`, exit 0.
 
+mod descriptors;
 mod error;
 mod http_login;
 mod sink;
@@ -47,6 +48,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let limits = config.limits.clone();
     let gateway_id = config.gateway.id.clone();
+    descriptors::raise(limits.max_connections);
 
     // Models load, optimise and warm up before anything binds: a bad one is exit 2. Warm-up runs
     // inference, so it runs on a blocking thread, not on an async task.
