@@ -246,6 +246,7 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     }
     let ages = (backlog.oldest_queued_ms, backlog.oldest_held_ms);
     super::prometheus::render(&mut out, m, i, ages, store::now_ms());
+    let _ = writeln!(out, "# HELP roost_store_evicted_total Finished requests evicted to keep the store within limits.max_store_bytes.\n# TYPE roost_store_evicted_total counter\nroost_store_evicted_total {}", m.evicted_total.load(Relaxed));
     let health = state.status.store.health();
     let _ = writeln!(
         out,

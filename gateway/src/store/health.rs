@@ -102,6 +102,13 @@ impl StoreHealth {
         }
     }
 
+    /// Marks the store degraded where accepted work may still write: it is over its budget
+    /// (`limits.max_store_bytes`), not out of disk, and acks are what make room.
+    pub fn degrade_finishing(&self, reason: &str) {
+        self.degrade(reason);
+        self.finishing.store(true, Ordering::Relaxed);
+    }
+
     /// Marks the store healthy again (a probe write committed).
     pub fn recover(&self) {
         let mut state = self.lock();

@@ -40,6 +40,7 @@ use commands::{Command, Outcome};
 use deadletters::DeadLetter;
 use health::StoreHealth;
 use requests::{Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest};
+pub use sqlite::budget::Budgeted;
 
 /// The SQLite database file name inside `data_dir` (also where credentials live, whatever the
 /// engine: see [`credentials`]).
@@ -127,9 +128,11 @@ impl Store {
     /// loop.
     pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
         let engine = match &config.engine {
-            StoreEngine::Sqlite => {
-                Engine::Sqlite(sqlite::SqliteStore::open(data_dir, config.sync_full)?)
-            }
+            StoreEngine::Sqlite => Engine::Sqlite(sqlite::SqliteStore::open(
+                data_dir,
+                config.sync_full,
+                config.max_store_bytes,
+            )?),
             StoreEngine::Postgres { url, pool_size } => {
                 let me = &config.gateway_id;
                 Engine::Postgres(postgres::PgStore::open(url, *pool_size, me, config.lease).await?)
@@ -310,6 +313,29 @@ impl Store {
                 .await
         );
         self.observed(result)
+    }
+
+    /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):
+    /// evicts the oldest finished records; still over with nothing left to evict, the store is
+    /// degraded, with room for accepted work to finish (acks make more evictable).
+    pub async fn enforce_budget(&self) -> Result<Option<Budgeted>, StoreError> {
+        let Engine::Sqlite(engine) = &self.engine else {
+            return Ok(None);
+        };
+        if !self.health.may_write() {
+            return Ok(None);
+        }
+        let result = engine.enforce_budget().await;
+        let result = self.observed(result);
+        if let Ok(Some(done)) = &result {
+            if done.over {
+                self.health.degrade_finishing(&format!(
+                    "limits.max_store_bytes reached ({} bytes in use) with nothing finished to evict",
+                    done.used
+                ));
+            }
+        }
+        result
     }
 
     /// Succeeds once an empty commit went through (for `/healthz`).

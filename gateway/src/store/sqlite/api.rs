@@ -172,6 +172,7 @@ impl SqliteStore {
     /// committed transaction, on a connection of its own.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let path = self.path.clone();
+        let budget = self.budget;
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
                 // The reserve comes back only with the margin free beside it: otherwise its
@@ -187,6 +188,14 @@ impl SqliteStore {
                 }
             }
             let mut conn = connect(&path, false)?;
+            if let Some(budget) = budget {
+                let used = super::budget::used_bytes(&conn)?;
+                if used > budget {
+                    return Err(StoreError::Sql(format!(
+                        "{used} bytes in use, over limits.max_store_bytes = {budget}"
+                    )));
+                }
+            }
             let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             txn.execute("INSERT INTO probe (pad) VALUES (zeroblob(65536))", [])?;
             txn.execute("DELETE FROM probe", [])?;
@@ -195,6 +204,15 @@ impl SqliteStore {
         })
         .await
         .unwrap_or_else(|error| Err(StoreError::Sql(error.to_string())))
+    }
+
+    /// See [`crate::store::Store::enforce_budget`].
+    pub async fn enforce_budget(&self) -> Result<Option<super::budget::Budgeted>, StoreError> {
+        let Some(budget) = self.budget else {
+            return Ok(None);
+        };
+        self.call(move |txn| super::budget::enforce(txn, budget).map(Some))
+            .await
     }
 
     /// See [`crate::store::Store::mark_published`].

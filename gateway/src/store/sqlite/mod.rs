@@ -11,6 +11,7 @@
 
 mod api;
 pub(crate) mod backup;
+pub(crate) mod budget;
 pub(crate) mod credentials;
 mod deadletters;
 mod delivery;
@@ -49,6 +50,8 @@ pub struct SqliteStore {
     jobs_tx: std_mpsc::Sender<Job>,
     path: PathBuf,
     commit_latency: Arc<Histogram>,
+    /// `limits.max_store_bytes`.
+    budget: Option<u64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -91,7 +94,11 @@ pub(crate) fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteStore {
     /// Opens (creating if missing) `data_dir/roost.db`, migrates it, and starts the store thread.
-    pub fn open(data_dir: &Path, sync_full: bool) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        sync_full: bool,
+        budget: Option<u64>,
+    ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Sql(format!(
                 "cannot create data_dir {}: {e}",
@@ -117,6 +124,7 @@ impl SqliteStore {
             jobs_tx,
             path,
             commit_latency,
+            budget,
         })
     }
 
