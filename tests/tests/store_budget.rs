@@ -85,7 +85,9 @@ async fn past_the_budget_the_oldest_finished_requests_are_evicted_and_serving_go
     assert!(!stored.contains(&hex(&corrs[0])), "the oldest went first");
     assert!(
         stored.contains(&hex(&corrs[corrs.len() - 1])),
-        "the newest stays"
+        "the newest stays: {} stored, {:?}",
+        stored.len(),
+        stored.iter().take(5).collect::<Vec<_>>()
     );
     // Still serving.
     assert_eq!(run_one(&mut device, b"after").await, Status::Ok);

@@ -14,8 +14,9 @@ use rusqlite::Connection;
 
 /// Most records evicted in one pass (one transaction of the store thread).
 const MAX_PER_PASS: usize = 50_000;
-/// Records deleted per statement.
-const CHUNK: i64 = 500;
+/// Records deleted per statement: small, so a pass stops close to its target (a request with a
+/// large reply can be tens of KiB).
+const CHUNK: i64 = 32;
 
 /// What one pass found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,4 +71,70 @@ pub fn enforce(conn: &Connection, budget: u64) -> rusqlite::Result<Budgeted> {
     done.used = used;
     done.over = used > budget;
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(rows: usize) -> (tempfile::TempDir, rusqlite::Connection) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut conn = rusqlite::Connection::open(dir.path().join("b.db")).expect("open");
+        super::super::schema::migrate(&mut conn).expect("schema");
+        for i in 0..rows {
+            let delivery = if i % 10 == 9 { "held" } else { "acked" };
+            conn.execute(
+                "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
+                     received_ms, deadline_ms, state, reply, delivery)
+                 VALUES (?1, 'd', ?1, 'stats', X'', 't', 0, ?2, 0, 'done', zeroblob(8000), ?3)",
+                rusqlite::params![(i as u64).to_be_bytes().to_vec(), i as i64, delivery],
+            )
+            .expect("row");
+        }
+        (dir, conn)
+    }
+
+    #[test]
+    fn the_oldest_finished_go_first_and_held_ones_stay() {
+        let (_dir, conn) = store_with(200);
+        let before = used_bytes(&conn).expect("used");
+        let budget = before / 2;
+        let done = enforce(&conn, budget).expect("enforce");
+        assert!(done.evicted > 0 && !done.over, "{done:?}");
+        assert!(done.used <= budget, "{done:?}");
+        assert!(
+            done.used >= budget / 2,
+            "stopped near the target, not emptied: {done:?}"
+        );
+        let newest: i64 = conn
+            .query_row("SELECT max(received_ms) FROM requests", [], |r| r.get(0))
+            .expect("max");
+        assert_eq!(newest, 199, "the newest stays");
+        let oldest_acked: i64 = conn
+            .query_row(
+                "SELECT min(received_ms) FROM requests WHERE delivery = 'acked'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("min");
+        assert!(oldest_acked > 0, "the oldest went first");
+        let held: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM requests WHERE delivery = 'held'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("held");
+        assert_eq!(held, 20, "held replies are never evicted");
+    }
+
+    #[test]
+    fn over_with_nothing_finished_is_reported() {
+        let (_dir, conn) = store_with(20);
+        conn.execute("UPDATE requests SET delivery = 'held'", [])
+            .expect("hold all");
+        let done = enforce(&conn, 1).expect("enforce");
+        assert_eq!(done.evicted, 0);
+        assert!(done.over);
+    }
 }
