@@ -185,8 +185,7 @@ pub async fn complete(conn: &Conn, done: &Completion) -> Result<bool, StoreError
     let statement = conn
         .statement(
             "UPDATE requests SET state = $2, status = $3, reply = $4, finished_ms = $5,
-                 expires_ms = $6, delivery = 'held', executions = executions + $7,
-                 args = ''::bytea
+                 expires_ms = $6, delivery = 'held', executions = executions + $7
              WHERE id = $1 AND state = 'queued'",
         )
         .await?;

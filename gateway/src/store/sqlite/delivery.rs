@@ -83,7 +83,7 @@ pub fn ack(
     corr: &Correlation,
 ) -> rusqlite::Result<Option<RequestId>> {
     conn.prepare_cached(
-        "UPDATE requests SET delivery = 'acked'
+        "UPDATE requests SET delivery = 'acked', args = X''
          WHERE device = ?1 AND corr = ?2 AND delivery = 'held' RETURNING id",
     )?
     .query_row(params![device.as_str(), corr.as_bytes()], |row| {
@@ -114,7 +114,8 @@ pub fn expire_held(
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut mark = conn.prepare_cached("UPDATE requests SET delivery = 'dead' WHERE id = ?1")?;
+    let mut mark =
+        conn.prepare_cached("UPDATE requests SET delivery = 'dead', args = X'' WHERE id = ?1")?;
     let mut letters = Vec::with_capacity(expired.len());
     for (id, device, corr, op, status) in expired {
         mark.execute(params![id.as_bytes()])?;

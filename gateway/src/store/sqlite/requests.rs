@@ -132,7 +132,7 @@ pub fn complete(conn: &Connection, done: &Completion) -> rusqlite::Result<bool> 
     let changed = conn
         .prepare_cached(
             "UPDATE requests SET state = ?2, status = ?3, reply = ?4, finished_ms = ?5,
-                 expires_ms = ?6, delivery = 'held', executions = executions + ?7, args = X''
+                 expires_ms = ?6, delivery = 'held', executions = executions + ?7
              WHERE id = ?1 AND state = 'queued'",
         )?
         .execute(params![
