@@ -121,7 +121,7 @@ pub async fn expire_held(
 ) -> Result<Vec<DeadLetter>, StoreError> {
     let statement = conn
         .statement(
-            "UPDATE requests SET delivery = 'dead', args = ''::bytea WHERE id IN (
+            "UPDATE requests SET delivery = 'dead' WHERE id IN (
                 SELECT id FROM requests WHERE delivery = 'held' AND expires_ms <= $1
                 ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, device, corr, op, status",

@@ -114,8 +114,7 @@ pub fn expire_held(
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let mut mark =
-        conn.prepare_cached("UPDATE requests SET delivery = 'dead', args = X'' WHERE id = ?1")?;
+    let mut mark = conn.prepare_cached("UPDATE requests SET delivery = 'dead' WHERE id = ?1")?;
     let mut letters = Vec::with_capacity(expired.len());
     for (id, device, corr, op, status) in expired {
         mark.execute(params![id.as_bytes()])?;
