@@ -46,15 +46,39 @@ impl Inbound {
     /// Acknowledges the publish (PUBACK to the broker it came from, or the front door's own
     /// PUBACK to its device). Call in receive order, after the commit.
     pub async fn ack(self) {
+        self.handled(Handled::Committed).await;
+    }
+
+    /// Tells the sender the publish was **not** taken (nothing of it was committed: the store is
+    /// degraded). The front door answers its device with no success PUBACK (see
+    /// [`Handled::Refused`]); a broker is still acked, in receive order, since it acknowledged
+    /// the device long ago and a broker that waits for the ack stops delivering: the device's
+    /// answer is the `503` reply. Call in receive order, like [`Inbound::ack`].
+    pub async fn refuse(self) {
+        self.handled(Handled::Refused).await;
+    }
+
+    async fn handled(self, handled: Handled) {
         match self.ack {
             Ack::Broker(client) => {
                 if let Err(error) = client.ack(&self.publish).await {
                     tracing::error!(%error, "ack not handed to the MQTT client");
                 }
             }
-            Ack::Local(ack) => ack(),
+            Ack::Local(ack) => ack(handled),
         }
     }
+}
+
+/// What became of a publish the front door handed to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Committed: PUBACK (PUBREC) with success.
+    Committed,
+    /// Not taken, nothing committed (the store is degraded): an MQTT 5 device gets a PUBACK
+    /// with reason `0x97` (quota exceeded: not accepted), an MQTT 3.1.1 device, which has no
+    /// negative acknowledgement, gets none.
+    Refused,
 }
 
 /// How a handled publish is acknowledged.
@@ -62,8 +86,9 @@ pub enum Ack {
     /// A PUBACK to the broker it came from, through the service link's acking connection
     /// (nothing for QoS 0).
     Broker(rumqttc::v5::AsyncClient),
-    /// A publish the front door handed over directly: called once, after the commit.
-    Local(Box<dyn FnOnce() + Send>),
+    /// A publish the front door handed over directly: called once, after the commit (or the
+    /// refusal).
+    Local(Box<dyn FnOnce(Handled) + Send>),
 }
 
 impl std::fmt::Debug for Ack {

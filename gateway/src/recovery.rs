@@ -50,6 +50,8 @@ pub struct Backlog {
     done_tx: mpsc::UnboundedSender<FinalReply>,
     /// The newest request queued before this run: newer ones were queued by this run itself.
     until: Option<RequestId>,
+    /// The last request fed to the scheduler (a run that failed resumes after it).
+    after: Option<RequestId>,
     /// Rows per page ([`PAGE`]).
     pub page: usize,
     /// Top-up threshold ([`LOW_WATER`]).
@@ -72,6 +74,7 @@ impl Backlog {
             limits: limits.clone(),
             done_tx: done_tx.clone(),
             until,
+            after: None,
             page: PAGE,
             low_water: LOW_WATER,
         };
@@ -79,12 +82,12 @@ impl Backlog {
     }
 
     /// Feeds every queued request to the scheduler, oldest first; returns how many went.
-    /// Stops early if the scheduler closes (the gateway drains; the rest stays queued).
-    pub async fn run(self) -> Result<usize, StoreError> {
+    /// Stops early if the scheduler closes (the gateway drains; the rest stays queued). After
+    /// a store failure, running it again resumes after the last request it fed.
+    pub async fn run(&mut self) -> Result<usize, StoreError> {
         let Some(until) = self.until else {
             return Ok(0);
         };
-        let mut after = None;
         let mut requeued = 0;
         loop {
             while self.scheduler.counts().queued >= self.low_water {
@@ -94,11 +97,12 @@ impl Backlog {
                 tokio::time::sleep(TOP_UP_EVERY).await;
             }
             let page = self.page;
-            let rows = self.store.queued_after(after, until, page).await?;
+            let rows = self.store.queued_after(self.after, until, page).await?;
             let last_page = rows.len() < self.page;
-            after = rows.last().map(|row| row.id).or(after);
             for stored in rows {
+                let id = stored.id;
                 requeued += usize::from(self.requeue(stored).await?);
+                self.after = Some(id);
             }
             if last_page || self.scheduler.is_closed() {
                 return Ok(requeued);
@@ -239,7 +243,7 @@ mod tests {
         assert_eq!(size, 10);
         (backlog.page, backlog.low_water) = (3, 2);
         let newer = admit(&store, request(99)).await;
-        let feeder = tokio::spawn(backlog.run());
+        let feeder = tokio::spawn(async move { backlog.run().await });
         let popped = tokio::task::spawn_blocking(move || {
             let mut popped = Vec::new();
             while popped.len() < 10 {

@@ -53,6 +53,9 @@ pub struct TestDevice {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<(rumqttc::v5::mqttbytes::v5::Publish, std::time::Instant)>,
     task: tokio::task::JoinHandle<()>,
+    /// Every PUBACK this client received, in order: `true` for success, `false` for a refusal
+    /// (a reason code of 0x80 or above).
+    pub pubacks: std::sync::Arc<std::sync::Mutex<Vec<bool>>>,
 }
 
 /// Client options every test client uses (see RUMQTT-NOTES: nodelay, packet size, inflight).
@@ -100,6 +103,8 @@ impl TestDevice {
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let expect_subacks = usize::from(filter.is_some());
+        let pubacks = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pubacks_seen = pubacks.clone();
         if let Some(filter) = filter {
             client
                 .subscribe(filter, QoS::AtLeastOnce)
@@ -129,6 +134,14 @@ impl TestDevice {
                             return;
                         }
                     }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                        let success = matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        );
+                        pubacks_seen.lock().expect("puback log").push(success);
+                    }
                     Ok(_) => {}
                     Err(error) => {
                         if let Some(ready) = ready_tx.take() {
@@ -149,6 +162,7 @@ impl TestDevice {
             client,
             rx,
             task,
+            pubacks,
         }
     }
 

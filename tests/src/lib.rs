@@ -12,6 +12,7 @@ pub mod browser;
 pub mod device;
 pub mod postgres;
 pub mod store_view;
+pub mod tinyfs;
 pub mod workload;
 
 use std::io::{BufRead, BufReader};

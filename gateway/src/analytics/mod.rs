@@ -2,6 +2,7 @@
 //! worker [`pool`] that runs accepted requests and records their final replies.
 
 pub mod cost;
+mod finish;
 pub mod ops;
 pub mod pool;
 pub mod scheduler;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::finish::{Finished, Parked};
 use super::ops::{OpError, Series, Source};
 use super::scheduler::Scheduler;
 use super::Job;
@@ -28,16 +29,16 @@ const REAP_EVERY: Duration = Duration::from_millis(20);
 
 /// What is needed to answer a job, without its op (which a worker may be running).
 #[derive(Debug, Clone)]
-struct Ticket {
-    id: RequestId,
-    device: DeviceId,
+pub(super) struct Ticket {
+    pub(super) id: RequestId,
+    pub(super) device: DeviceId,
     corr: Correlation,
     reply_topic: String,
     envelope: bool,
-    op: &'static str,
+    pub(super) op: &'static str,
     /// What its run time is learned under (the op, or `infer:MODEL`).
-    cost_key: &'static str,
-    received_ms: i64,
+    pub(super) cost_key: &'static str,
+    pub(super) received_ms: i64,
     deadline_ms: i64,
 }
 
@@ -94,8 +95,10 @@ pub struct Pool {
     pub reply_ttl: Duration,
     /// Committed final replies, for the outbox.
     pub done_tx: mpsc::UnboundedSender<FinalReply>,
-    /// Fatal faults (the store failed).
+    /// Fatal faults (the store is closed: its thread is gone).
     pub fatal_tx: mpsc::UnboundedSender<String>,
+    /// Completions the store could not commit (degraded), committed again once it writes.
+    pub parked: Arc<Parked>,
     /// Counters.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Longest telemetry window an op may read (`limits.max_series_len`).
@@ -124,6 +127,7 @@ impl Pool {
             metrics,
             max_series_len,
             running: Arc::default(),
+            parked: Arc::default(),
         }
     }
 
@@ -171,6 +175,7 @@ impl Pool {
     fn reap(self) {
         while !self.scheduler.is_closed() {
             std::thread::sleep(REAP_EVERY);
+            self.retry_parked();
             let now = now_ms();
             let overdue: Vec<Ticket> = self
                 .running
@@ -279,32 +284,12 @@ impl Pool {
             expires_ms: final_reply.expires_ms,
             executed,
         };
-        let done_tx = self.done_tx.clone();
-        let fatal_tx = self.fatal_tx.clone();
-        let metrics = self.metrics.clone();
-        let scheduler = self.scheduler.clone();
-        let ticket = job.clone();
-        self.store.complete_then(completion, move |result| {
-            scheduler.finished(ticket.id, &ticket.device, ticket.cost_key, elapsed);
-            match result {
-                Ok(true) => {
-                    let counter = if state == State::Done {
-                        &metrics.done_total
-                    } else {
-                        &metrics.failed_total
-                    };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    metrics.finished(ticket.op, final_reply.status);
-                    let latency_ms = (now_ms() - ticket.received_ms).max(0) as u64;
-                    metrics.observe_latency(ticket.op, Duration::from_millis(latency_ms));
-                    let _ = done_tx.send(final_reply);
-                }
-                // Cancelled while running: the cancel already recorded the final reply.
-                Ok(false) => {}
-                Err(error) => {
-                    let _ = fatal_tx.send(error.to_string());
-                }
-            }
+        self.commit(Finished {
+            ticket: job.clone(),
+            state,
+            final_reply,
+            completion,
+            elapsed,
         });
     }
 }

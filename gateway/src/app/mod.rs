@@ -7,6 +7,7 @@
 //! is queued stays queued in the store), the outbox, the cluster lease given up (a shared store's
 //! other gateways take the queued work at once), retained `offline`, exit 0.
 
+mod descriptors;
 mod error;
 mod http_login;
 mod sink;
@@ -47,6 +48,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let limits = config.limits.clone();
     let gateway_id = config.gateway.id.clone();
+    descriptors::raise(limits.max_connections);
 
     // Models load, optimise and warm up before anything binds: a bad one is exit 2. Warm-up runs
     // inference, so it runs on a blocking thread, not on an async task.
@@ -97,6 +99,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
 
     let store = Store::open(&config.store, &config.gateway.data_dir).await?;
+    // A start on a full disk (or a read-only database) serves degraded instead of failing
+    // later: one probe write tells.
+    if let Err(error) = store.probe().await {
+        if !error.degrades() {
+            return Err(error.into());
+        }
+        store.health().degrade(&error.to_string());
+    }
     let workers = config.gateway.workers.get();
     let scheduler = Arc::new(Scheduler::new(
         limits.queue_capacity,
@@ -238,7 +248,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 as Arc<dyn Fn() -> serde_json::Value + Send + Sync>
         }),
     };
-    gateway_status.publish("online").await;
+    gateway_status.publish(gateway_status.serving_state()).await;
     let status_stop = CancellationToken::new();
     let status_task = tokio::spawn(gateway_status.clone().run(status_stop.clone()));
     let health = Arc::new(Health::default());
@@ -292,16 +302,32 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         cluster_done_tx,
         shutdown.child_token(),
     ));
+    // The backlog waits out a degraded store and carries on where it stopped; only a closed
+    // store (its thread gone) is fatal.
     let backlog_fatal = fatal_tx.clone();
+    let backlog_health = store.health().clone();
     tokio::spawn(async move {
-        match backlog.run().await {
-            Ok(requeued) if requeued > 0 => tracing::info!(requeued, "backlog requeued"),
-            Ok(_) => {}
-            Err(error) => {
-                let _ = backlog_fatal.send(format!("requeueing the backlog: {error}"));
+        let mut backlog = backlog;
+        loop {
+            match backlog.run().await {
+                Ok(requeued) if requeued > 0 => tracing::info!(requeued, "backlog requeued"),
+                Ok(_) => {}
+                Err(crate::store::StoreError::Closed) => {
+                    let _ = backlog_fatal.send("requeueing the backlog: store is closed".into());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "requeueing the backlog waits for the store");
+                    backlog_health.healthy().await;
+                    continue;
+                }
             }
+            break;
         }
     });
+    tokio::spawn(crate::store::health::probe(
+        store.clone(),
+        shutdown.child_token(),
+    ));
 
     let broker_stopped = async {
         match &broker {

@@ -1,7 +1,8 @@
 //! The command line: `gateway run --config FILE` and the operator subcommands.
 //!
 //! Exit codes: 0 after a clean drain, 2 for a configuration mistake (naming the key or address),
-//! 1 for a fatal fault while running (store unwritable, broker gone).
+//! 1 for a fatal fault while running (broker gone, store closed; a store that cannot write
+//! only degrades the gateway).
 
 mod credentials;
 mod echo;
@@ -87,6 +88,17 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: DeadlettersAction,
+    },
+    /// A consistent copy of the SQLite store in FILE, taken while the gateway serves (SQLite's
+    /// online backup API), checked with `PRAGMA integrity_check`. To restore: stop the
+    /// gateway, put FILE in place as `data_dir/roost.db` (remove `roost.db-wal` and
+    /// `roost.db-shm`), start it. PostgreSQL: use `pg_dump` or `pg_basebackup`.
+    Backup {
+        /// The configuration file (for `data_dir`).
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// Where the copy goes (written as FILE.partial, renamed once whole and checked).
+        file: PathBuf,
     },
     /// The configured ONNX models (`[models.NAME]`).
     Models {
@@ -269,6 +281,9 @@ pub fn main() -> ExitCode {
                 requests::requeue_dead_letter(config, id, json)
             }),
         },
+        Command::Backup { config, file } => {
+            with_config(&config, |config| requests::backup(config, &file))
+        }
         Command::Models {
             action: ModelsAction::List { config, json },
         } => match load(&config) {

@@ -19,6 +19,20 @@ pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
     Ok(())
 }
 
+/// `gateway backup FILE`
+pub fn backup(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    let report = open(config, false)?
+        .backup(file)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "backed up {} pages ({} bytes) to {}; integrity_check ok",
+        report.pages,
+        report.bytes,
+        report.path.display()
+    );
+    Ok(())
+}
+
 /// `gateway requests list`
 pub fn list_requests(
     config: &Config,

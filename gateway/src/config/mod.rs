@@ -7,6 +7,9 @@
 /// Exit code for configuration mistakes (a bad key or value, a port already taken).
 pub const EXIT_CONFIG: u8 = 2;
 
+/// The smallest `limits.max_store_bytes` other than 0 (the schema and a working set).
+pub const MIN_STORE_BYTES: u64 = 1 << 20;
+
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -319,7 +322,24 @@ impl RawConfig {
                 ))
             }
         };
-        let store = store::validate(&self.store, sync_full, &id)?;
+        let mut store = store::validate(&self.store, sync_full, &id)?;
+        store.max_store_bytes = match (self.limits.max_store_bytes, &store.engine) {
+            (0, _) => None,
+            (_, StoreEngine::Postgres { .. }) => {
+                return Err(invalid(
+                    "limits.max_store_bytes",
+                    "applies to the SQLite store only (PostgreSQL's disk is the database \
+                     server's to manage): set it to 0",
+                ))
+            }
+            (bytes, StoreEngine::Sqlite) if bytes < MIN_STORE_BYTES => {
+                return Err(invalid(
+                    "limits.max_store_bytes",
+                    format!("must be 0 (no budget) or at least {MIN_STORE_BYTES}"),
+                ))
+            }
+            (bytes, StoreEngine::Sqlite) => Some(bytes),
+        };
         Ok(Config {
             gateway: GatewayConfig {
                 id,

@@ -15,6 +15,9 @@ pub struct StoreConfig {
     pub lease: Duration,
     /// `[gateway] id`: whose claims these are (PostgreSQL), whose heartbeat.
     pub gateway_id: String,
+    /// `limits.max_store_bytes` (SQLite): past it the oldest finished records are evicted;
+    /// `None`: no budget.
+    pub max_store_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -25,6 +28,7 @@ impl Default for StoreConfig {
             sync_full: false,
             lease: Duration::from_secs(10),
             gateway_id: "gw-1".into(),
+            max_store_bytes: None,
         }
     }
 }
@@ -93,6 +97,7 @@ pub(super) fn validate(
         sync_full,
         lease: Duration::from_millis(raw.lease_ms),
         gateway_id: gateway_id.to_owned(),
+        max_store_bytes: None,
     })
 }
 

@@ -70,10 +70,23 @@ fn bad_values_name_their_key() {
             "[limits]\npassword_threads = 5000",
             "limits.password_threads",
         ),
+        ("[limits]\nmax_store_bytes = 1000", "limits.max_store_bytes"),
+        (
+            "[limits]\nmax_store_bytes = 10000000\n\
+             [store]\nengine = \"postgres\"\nurl = \"postgres://u@127.0.0.1:5432/db\"",
+            "limits.max_store_bytes",
+        ),
     ] {
         let err = parse(text).expect_err(text);
         assert!(err.to_string().contains(key), "{text}: {err}");
     }
+}
+
+#[test]
+fn a_store_budget_reaches_the_store() {
+    let config = parse("[limits]\nmax_store_bytes = 2097152").expect("valid");
+    assert_eq!(config.store.max_store_bytes, Some(2_097_152));
+    assert_eq!(parse("").expect("defaults").store.max_store_bytes, None);
 }
 
 #[test]

@@ -3,7 +3,13 @@
 //! the commit acks them (in receive order), answers (`202`, errors, duplicates, control ops) and
 //! hands accepted jobs to the scheduler.
 //!
-//! **Invariant:** a request row is committed before any reply about it is published.
+//! While the store is degraded (see [`crate::store::health`]), or when a batch's commit fails,
+//! nothing of the batch is committed: its requests are answered `503` (`store_unavailable`,
+//! with `retry_after_ms`) and every publish that needed the store is refused
+//! ([`Inbound::refuse`]), never acknowledged.
+//!
+//! **Invariant:** a request row is committed before any reply about it is published, and a
+//! publish is acknowledged only after what it carries was committed.
 
 pub mod classify;
 mod plan;
@@ -19,7 +25,7 @@ use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
-use crate::store::commands::Outcome;
+use crate::store::commands::{Command, Outcome};
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply};
@@ -52,7 +58,9 @@ pub struct Intake {
 }
 
 impl Intake {
-    /// Handles publishes until the inbox closes. A store failure is returned: it is fatal.
+    /// Handles publishes until the inbox closes. A store that cannot write degrades the
+    /// gateway (see [`Intake::process`]); only a closed store (its thread is gone) is returned,
+    /// as fatal.
     pub async fn run(self, mut inbox_rx: mpsc::Receiver<Inbound>) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while inbox_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -70,14 +78,63 @@ impl Intake {
             plans.push((incoming, plan));
             work.push(db);
         }
-        let outcomes: Vec<Option<Outcome>> = if work.iter().all(Option::is_none) {
+        let stored: Vec<bool> = work.iter().map(Option::is_some).collect();
+        // While degraded only acks of held replies are tried, and only when the released disk
+        // reserve gives accepted work room to finish; everything else is refused.
+        let health = self.store.health();
+        if health.is_degraded() {
+            let finishing = health.finishing();
+            work = work
+                .into_iter()
+                .map(|command| command.filter(|c| finishing && matches!(c, Command::Ack(..))))
+                .collect();
+        }
+        let sent: Vec<bool> = work.iter().map(Option::is_some).collect();
+        let outcomes: Vec<Option<Outcome>> = if !sent.contains(&true) {
             work.into_iter().map(|_| None).collect()
         } else {
-            self.store.batch(work).await?
+            match self.store.batch(work).await {
+                Ok(outcomes) => outcomes,
+                Err(StoreError::Closed) => return Err(StoreError::Closed),
+                Err(error) => {
+                    // The store marked itself degraded (unless it was a conflict): nothing of
+                    // this batch was committed.
+                    tracing::warn!(%error, publishes = plans.len(), "intake batch not committed");
+                    return self.unwritten(plans, stored).await;
+                }
+            }
         };
-        for ((incoming, plan), outcome) in plans.into_iter().zip(outcomes) {
-            incoming.ack().await;
-            plan.finish(self, outcome).await;
+        for (((incoming, plan), outcome), (stored, sent)) in plans
+            .into_iter()
+            .zip(outcomes)
+            .zip(stored.into_iter().zip(sent))
+        {
+            if stored && !sent {
+                incoming.refuse().await;
+                plan.unwritten(self).await;
+            } else {
+                incoming.ack().await;
+                plan.finish(self, outcome).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a batch whose store work was not committed: each publish that needed the store
+    /// is refused and answered as [`plan::Plan::unwritten`] says; the others go on as usual.
+    async fn unwritten(
+        &self,
+        plans: Vec<(Inbound, plan::Plan)>,
+        stored: Vec<bool>,
+    ) -> Result<(), StoreError> {
+        for ((incoming, plan), stored) in plans.into_iter().zip(stored) {
+            if stored {
+                incoming.refuse().await;
+                plan.unwritten(self).await;
+            } else {
+                incoming.ack().await;
+                plan.finish(self, None).await;
+            }
         }
         Ok(())
     }

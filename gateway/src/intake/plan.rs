@@ -311,6 +311,47 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// What a publish whose store work was not committed (the store is degraded) gets: a
+    /// request or control op `503` (`store_unavailable`, with `retry_after_ms`) and its
+    /// scheduler slot back; bad input its error reply (the dead letter is announced, not
+    /// stored); an ack nothing (its reply stays held and is delivered again on the next wake);
+    /// telemetry nothing (the device sends it again, since it was not acknowledged).
+    pub(super) async fn unwritten(self, intake: &Intake) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let unavailable = |address: Address| async move {
+            intake.stats.unavailable.fetch_add(1, Relaxed);
+            let reply = intake.refusal_reply(
+                ErrorCode::StoreUnavailable,
+                "the gateway cannot store requests now; try again later",
+                crate::store::health::RETRY_AFTER_MS,
+            );
+            intake.answer(&address, reply).await;
+        };
+        match self {
+            Plan::Admit { address, job } => {
+                intake.scheduler.release(&job.device);
+                unavailable(address).await;
+            }
+            Plan::Status { address } | Plan::Cancel { address } => unavailable(address).await,
+            Plan::Reject {
+                address,
+                reply,
+                dead,
+            } => {
+                intake.stats.rejected.fetch_add(1, Relaxed);
+                intake.answer(&address, reply).await;
+                if let Some(dead) = dead {
+                    tracing::warn!(device_id = %address.device, "dead letter not stored: the store is degraded");
+                    intake.announce_dead(&dead).await;
+                }
+            }
+            Plan::Ack(_) | Plan::Seen(..) => {}
+            other => other.finish(intake, None).await,
+        }
+    }
+}
+
 /// Answers a duplicate with the request's current state: `202` while pending, the stored
 /// final reply (byte for byte) once finished.
 async fn duplicate(intake: &Intake, address: &Address, existing: Existing) {

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub failed_total: AtomicU64,
     /// Replies dead-lettered (TTL passed) since start.
     pub dead_total: AtomicU64,
+    /// Finished records evicted to keep the store within `limits.max_store_bytes`.
+    pub evicted_total: AtomicU64,
     /// Devices seen since start.
     pub devices_known: AtomicUsize,
     /// Devices awake now.

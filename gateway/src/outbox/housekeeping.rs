@@ -15,6 +15,26 @@ const EXPIRE_PER_TICK: usize = 1000;
 const PRUNE_EVERY: u64 = 10;
 
 impl Outbox {
+    /// `limits.max_store_bytes`: evicts the oldest finished records, counted and logged.
+    async fn keep_budget(&self, now: i64) {
+        match self.store.enforce_budget().await {
+            Ok(Some(done)) if done.evicted > 0 => {
+                self.metrics
+                    .evicted_total
+                    .fetch_add(done.evicted as u64, Relaxed);
+                let window_s = done.newest_evicted_ms.map(|ms| (now - ms).max(0) / 1000);
+                tracing::warn!(
+                    evicted = done.evicted,
+                    used_bytes = done.used,
+                    dedupe_window_now_s = window_s,
+                    "store over limits.max_store_bytes: evicted the oldest finished requests"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "cannot keep the store within its budget"),
+        }
+    }
+
     pub(super) async fn housekeeping(&mut self, tick: u64) {
         let now = now_ms();
         match self.store.expire_held(now, EXPIRE_PER_TICK).await {
@@ -41,6 +61,7 @@ impl Outbox {
             }
             Err(error) => tracing::error!(%error, "cannot expire held replies"),
         }
+        self.keep_budget(now).await;
         for device in self.presence.sweep(Instant::now()) {
             self.board.touch(&device);
         }

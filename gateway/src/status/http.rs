@@ -131,13 +131,20 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
 }
 
 async fn healthz(State(state): State<HttpState>) -> Response {
-    let store_up = tokio::time::timeout(Duration::from_secs(2), state.status.store.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let degraded = state.status.store.health().reason();
+    let store_up = degraded.is_none()
+        && tokio::time::timeout(Duration::from_secs(2), state.status.store.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
     let broker_up = state.health.broker.load(Relaxed);
     let workers_up = state.health.workers.load(Relaxed);
     let up = |ok: bool| if ok { "up" } else { "down" };
-    let body = json!({ "broker": up(broker_up), "store": up(store_up), "workers": up(workers_up) });
+    let mut body =
+        json!({ "broker": up(broker_up), "store": up(store_up), "workers": up(workers_up) });
+    if let Some(reason) = degraded {
+        body["store"] = json!("degraded");
+        body["reason"] = json!(format!("store cannot write: {reason}"));
+    }
     let code = if store_up && broker_up && workers_up {
         StatusCode::OK
     } else {
@@ -147,7 +154,10 @@ async fn healthz(State(state): State<HttpState>) -> Response {
 }
 
 async fn api_status(State(state): State<HttpState>) -> Response {
-    let document = state.status.document_for("online").await;
+    let document = state
+        .status
+        .document_for(state.status.serving_state())
+        .await;
     ([(header::CONTENT_TYPE, "application/json")], document).into_response()
 }
 
@@ -236,6 +246,20 @@ async fn metrics(State(state): State<HttpState>) -> Response {
     }
     let ages = (backlog.oldest_queued_ms, backlog.oldest_held_ms);
     super::prometheus::render(&mut out, m, i, ages, store::now_ms());
+    let _ = writeln!(out, "# HELP roost_store_evicted_total Finished requests evicted to keep the store within limits.max_store_bytes.\n# TYPE roost_store_evicted_total counter\nroost_store_evicted_total {}", m.evicted_total.load(Relaxed));
+    let health = state.status.store.health();
+    let _ = writeln!(
+        out,
+        "# HELP roost_store_degraded 1 while the store cannot write (new requests get 503).\n\
+         # TYPE roost_store_degraded gauge\nroost_store_degraded {}\n\
+         # HELP roost_store_degraded_seconds_total Time spent degraded since start.\n\
+         # TYPE roost_store_degraded_seconds_total counter\nroost_store_degraded_seconds_total {:.3}\n\
+         # HELP roost_store_degraded_periods_total Times the store became degraded since start.\n\
+         # TYPE roost_store_degraded_periods_total counter\nroost_store_degraded_periods_total {}",
+        u8::from(health.is_degraded()),
+        health.degraded_seconds(),
+        health.periods(),
+    );
     state.status.store.commit_latency().render(
         &mut out,
         "roost_store_commit_seconds",

@@ -1,6 +1,7 @@
-//! Operator status: the retained `gateway/{gw}/status` (online on every start, draining, offline
-//! on a clean stop and as the Last Will; republished on change at most once a second and at
-//! least every 30 s) and the JSON of `devices/{id}/status`.
+//! Operator status: the retained `gateway/{gw}/status` (online on every start, `degraded` with
+//! its `reason` while the store cannot write, draining, offline on a clean stop and as the Last
+//! Will; republished on change at most once a second and at least every 30 s) and the JSON of
+//! `devices/{id}/status`.
 //!
 //! Fed by counters the stages keep ([`Metrics`], the scheduler's counts, the store's held count);
 //! publishes through the service link.
@@ -53,6 +54,15 @@ pub struct GatewayStatus {
 }
 
 impl GatewayStatus {
+    /// The serving state: `degraded` while the store cannot write, else `online`.
+    pub fn serving_state(&self) -> &'static str {
+        if self.store.health().is_degraded() {
+            "degraded"
+        } else {
+            "online"
+        }
+    }
+
     /// The status document without the time fields, to tell whether anything changed.
     async fn counts(&self, state: &str) -> serde_json::Value {
         let held = self.store.held_total().await.unwrap_or(0);
@@ -74,6 +84,9 @@ impl GatewayStatus {
         });
         if let Some(logins) = &self.logins {
             document["logins"] = logins();
+        }
+        if let Some(reason) = self.store.health().reason() {
+            document["reason"] = json!(format!("store cannot write: {reason}"));
         }
         document
     }
@@ -120,7 +133,8 @@ impl GatewayStatus {
             .await;
     }
 
-    /// Republishes `online` on change (at most once a second) and at least every 30 s.
+    /// Republishes `online` (or `degraded`) on change (at most once a second) and at least
+    /// every 30 s.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last: Option<(serde_json::Value, Instant)> = None;
@@ -129,7 +143,7 @@ impl GatewayStatus {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let counts = self.counts("online").await;
+            let counts = self.counts(self.serving_state()).await;
             let stale = last.as_ref().is_none_or(|(prev, at)| {
                 *prev != counts || at.elapsed() >= Duration::from_secs(30)
             });

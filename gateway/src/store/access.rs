@@ -11,6 +11,7 @@ use super::telemetry::Series;
 use super::{postgres, sqlite, StoreError};
 use crate::config::{StoreConfig, StoreEngine};
 use crate::wire::DeviceId;
+pub use sqlite::backup::BackupReport;
 
 /// One worker thread's reads. Blocking: for threads outside the async runtime.
 #[derive(Debug)]
@@ -78,6 +79,19 @@ impl Console {
         match self {
             Console::Sqlite(console) => console.requests(device, state, limit),
             Console::Postgres(console) => console.requests(device, state, limit),
+        }
+    }
+
+    /// A consistent copy of the SQLite store in `dest`, taken while the gateway serves (see
+    /// `store/sqlite/backup.rs`). PostgreSQL has its own tools (`pg_dump`, `pg_basebackup`).
+    pub fn backup(&self, dest: &Path) -> Result<BackupReport, StoreError> {
+        match self {
+            Console::Sqlite(console) => console.backup(dest),
+            Console::Postgres(_) => Err(StoreError::Sql(
+                "store.engine is \"postgres\": back it up with PostgreSQL's own tools \
+                 (pg_dump for a logical copy, pg_basebackup for a physical one)"
+                    .into(),
+            )),
         }
     }
 

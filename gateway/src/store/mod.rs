@@ -19,15 +19,17 @@ pub mod commands;
 pub mod credentials;
 pub mod deadletters;
 pub mod devices;
+pub mod health;
 mod postgres;
 pub mod requests;
 pub mod sessions;
 mod sqlite;
 pub mod telemetry;
 
-pub use access::{Console, Reader};
+pub use access::{BackupReport, Console, Reader};
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,7 +39,9 @@ use crate::wire::{Correlation, DeviceId, RequestId};
 use cluster::{ClusterView, Takeover};
 use commands::{Command, Outcome};
 use deadletters::DeadLetter;
+use health::StoreHealth;
 use requests::{Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest};
+pub use sqlite::budget::Budgeted;
 
 /// The SQLite database file name inside `data_dir` (also where credentials live, whatever the
 /// engine: see [`credentials`]).
@@ -46,11 +50,15 @@ pub const DB_FILE: &str = "roost.db";
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused (disk full, file unwritable, corrupt, a constraint): fatal, the
-    /// gateway exits and its supervisor restarts it; the committed state makes the restart lose
-    /// nothing.
+    /// The database refused (disk full, file unwritable, I/O error, corrupt, a constraint):
+    /// nothing of the failed work was committed; the store is degraded until a probe write
+    /// commits again (see [`health`]).
     #[error("store: {0}")]
     Sql(String),
+    /// The disk (or the database's own size limit) is full: like [`StoreError::Sql`], and the
+    /// disk reserve is released for accepted work to finish (see [`health`]).
+    #[error("store: disk full: {0}")]
+    Full(String),
     /// The database cannot be reached now (PostgreSQL stopped, restarting, the network): a
     /// transient fault; nothing of the failed work was committed.
     #[error("store unavailable: {0}")]
@@ -64,9 +72,24 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether this failure means the store cannot write now (the gateway degrades): every
+    /// failure of the database itself. A conflict is retried by its caller; a closed store
+    /// (its thread is gone) cannot come back, so that one stays fatal.
+    pub fn degrades(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sql(_) | StoreError::Full(_) | StoreError::Unavailable(_)
+        )
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> Self {
-        StoreError::Sql(error.to_string())
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error.to_string()),
+            _ => StoreError::Sql(error.to_string()),
+        }
     }
 }
 
@@ -98,6 +121,7 @@ mod operators;
 #[derive(Clone, Debug)]
 pub struct Store {
     engine: Engine,
+    health: Arc<StoreHealth>,
 }
 
 impl Store {
@@ -105,15 +129,42 @@ impl Store {
     /// loop.
     pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Store, StoreError> {
         let engine = match &config.engine {
-            StoreEngine::Sqlite => {
-                Engine::Sqlite(sqlite::SqliteStore::open(data_dir, config.sync_full)?)
-            }
+            StoreEngine::Sqlite => Engine::Sqlite(sqlite::SqliteStore::open(
+                data_dir,
+                config.sync_full,
+                config.max_store_bytes,
+            )?),
             StoreEngine::Postgres { url, pool_size } => {
                 let me = &config.gateway_id;
                 Engine::Postgres(postgres::PgStore::open(url, *pool_size, me, config.lease).await?)
             }
         };
-        Ok(Store { engine })
+        let reserve = match &config.engine {
+            StoreEngine::Sqlite => Some(data_dir.to_path_buf()),
+            StoreEngine::Postgres { .. } => None,
+        };
+        Ok(Store {
+            engine,
+            health: Arc::new(StoreHealth::new(reserve)),
+        })
+    }
+
+    /// Whether the store can write now (shared by every clone).
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Tries one real write (SQLite: a 64 KiB row, written and deleted in one committed
+    /// transaction, on a connection of its own; PostgreSQL: a transaction on a fresh or pooled
+    /// connection). Used by [`health::probe`] while degraded.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        dispatch!(self.probe().await)
+    }
+
+    /// Notes a write's outcome in [`Store::health`] and passes it on.
+    fn observed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        self.health.observe(&result);
+        result
     }
 
     /// How long group commits take.
@@ -127,7 +178,8 @@ impl Store {
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
-        dispatch!(self.batch(commands).await)
+        let result = dispatch!(self.batch(commands).await);
+        self.observed(result)
     }
 
     /// Stores a request unless its (device, correlation) was seen within the dedupe window
@@ -137,7 +189,8 @@ impl Store {
         request: NewRequest,
         dedupe_after_ms: i64,
     ) -> Result<Admission, StoreError> {
-        dispatch!(self.admit(request, dedupe_after_ms).await)
+        let result = dispatch!(self.admit(request, dedupe_after_ms).await);
+        self.observed(result)
     }
 
     /// Looks a request up by its dedupe key.
@@ -152,7 +205,8 @@ impl Store {
     /// Records a queued request's final reply and starts holding it: `true` once committed,
     /// `false` (nothing changed) when it was no longer queued. **At most once per request.**
     pub async fn complete(&self, completion: Completion) -> Result<bool, StoreError> {
-        dispatch!(self.complete(completion).await)
+        let result = dispatch!(self.complete(completion).await);
+        self.observed(result)
     }
 
     /// [`Store::complete`] for threads outside the runtime that must not block on the commit:
@@ -162,6 +216,11 @@ impl Store {
         completion: Completion,
         then: impl FnOnce(Result<bool, StoreError>) + Send + 'static,
     ) {
+        let health = self.health.clone();
+        let then = move |result: Result<bool, StoreError>| {
+            health.observe(&result);
+            then(result)
+        };
         dispatch!(self.complete_then(completion, then))
     }
 
@@ -196,11 +255,21 @@ impl Store {
         limit: usize,
         quiet: Duration,
     ) -> Result<Vec<FinalReply>, StoreError> {
+        // While degraded, a read must not share a transaction with writes that fail.
+        if self.health.is_degraded() {
+            return dispatch!(self.held_for_read(devices, limit, quiet).await);
+        }
         dispatch!(self.held_for(devices, limit, quiet).await)
     }
 
     /// Counts that a final reply was handed to the broker (in the next commit; nobody waits).
+    /// Skipped while degraded: a write that cannot commit would only take the reads it
+    /// shares a transaction with down too; an uncounted reply is published again after a
+    /// restart (delivery is at least once).
     pub fn mark_published(&self, id: RequestId) {
+        if !self.health.may_write() {
+            return;
+        }
         dispatch!(self.mark_published(id))
     }
 
@@ -220,7 +289,12 @@ impl Store {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        dispatch!(self.expire_held(now_ms, limit).await)
+        // Periodic: while degraded (and no reserve to finish with) it waits for the recovery.
+        if !self.health.may_write() {
+            return Ok(Vec::new());
+        }
+        let result = dispatch!(self.expire_held(now_ms, limit).await);
+        self.observed(result)
     }
 
     /// Replies their devices could not take: each becomes a dead letter, and a held final reply
@@ -242,10 +316,37 @@ impl Store {
         telemetry_before_ms: i64,
         keep: usize,
     ) -> Result<(usize, usize), StoreError> {
-        dispatch!(
+        if !self.health.may_write() {
+            return Ok((0, 0));
+        }
+        let result = dispatch!(
             self.prune(dedupe_before_ms, telemetry_before_ms, keep)
                 .await
-        )
+        );
+        self.observed(result)
+    }
+
+    /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):
+    /// evicts the oldest finished records; still over with nothing left to evict, the store is
+    /// degraded, with room for accepted work to finish (acks make more evictable).
+    pub async fn enforce_budget(&self) -> Result<Option<Budgeted>, StoreError> {
+        let Engine::Sqlite(engine) = &self.engine else {
+            return Ok(None);
+        };
+        if !self.health.may_write() {
+            return Ok(None);
+        }
+        let result = engine.enforce_budget().await;
+        let result = self.observed(result);
+        if let Ok(Some(done)) = &result {
+            if done.over {
+                self.health.degrade_finishing(&format!(
+                    "limits.max_store_bytes reached ({} bytes in use) with nothing finished to evict",
+                    done.used
+                ));
+            }
+        }
+        result
     }
 
     /// Succeeds once an empty commit went through (for `/healthz`).
@@ -265,7 +366,10 @@ impl Store {
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         match &self.engine {
             Engine::Sqlite(_) => Ok(()),
-            Engine::Postgres(engine) => engine.heartbeat().await,
+            Engine::Postgres(engine) => {
+                let result = engine.heartbeat().await;
+                self.observed(result)
+            }
         }
     }
 

@@ -35,13 +35,16 @@ pub enum ErrorCode {
     QueueFull,
     /// `503`: the gateway is draining for shutdown.
     Draining,
+    /// `503`: the store cannot write now (disk full, read-only, database unreachable): the
+    /// gateway is degraded and takes no new requests until it writes again.
+    StoreUnavailable,
     /// `504`: the request's deadline passed before it finished.
     DeadlineExceeded,
 }
 
 impl ErrorCode {
     /// Every code, in the table's order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::BadArgs,
         ErrorCode::ForbiddenReplyTopic,
@@ -56,6 +59,7 @@ impl ErrorCode {
         ErrorCode::OpFailed,
         ErrorCode::QueueFull,
         ErrorCode::Draining,
+        ErrorCode::StoreUnavailable,
         ErrorCode::DeadlineExceeded,
     ];
 
@@ -76,6 +80,7 @@ impl ErrorCode {
             ErrorCode::OpFailed => "op_failed",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Draining => "draining",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
         }
     }
@@ -93,7 +98,9 @@ impl ErrorCode {
             ErrorCode::TooLarge | ErrorCode::ReplyTooLarge => Status::TooLarge,
             ErrorCode::TooManyPending => Status::TooMany,
             ErrorCode::OpFailed => Status::Failed,
-            ErrorCode::QueueFull | ErrorCode::Draining => Status::Unavailable,
+            ErrorCode::QueueFull | ErrorCode::Draining | ErrorCode::StoreUnavailable => {
+                Status::Unavailable
+            }
             ErrorCode::DeadlineExceeded => Status::Timeout,
         }
     }

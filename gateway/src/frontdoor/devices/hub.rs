@@ -99,7 +99,7 @@ mod tests {
         };
         let payload = Bytes::from(vec![0u8; 1500]); // 2 units with its topic
         let publish = Publish::new("devices/d1/req/stats", QoS::AtLeastOnce, payload, None);
-        hub.hand_over(publish, Ack::Local(Box::new(|| {})))
+        hub.hand_over(publish, Ack::Local(Box::new(|_| {})))
             .await
             .expect("taken");
         assert_eq!(hub.budget.available_permits(), 1);

@@ -101,7 +101,7 @@ pub async fn ack(
 ) -> Result<Option<RequestId>, StoreError> {
     let statement = conn
         .statement(
-            "UPDATE requests SET delivery = 'acked'
+            "UPDATE requests SET delivery = 'acked', args = ''::bytea
              WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id",
         )
         .await?;

@@ -310,6 +310,23 @@ impl PgStore {
         }
     }
 
+    /// See [`crate::store::Store::held_for`] (while degraded; PostgreSQL's reads and writes do
+    /// not share a fate the way SQLite's group commit does, so this is the same read).
+    pub async fn held_for_read(
+        &self,
+        devices: Vec<DeviceId>,
+        limit: usize,
+        quiet: Duration,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        self.held_for(devices, limit, quiet).await
+    }
+
+    /// See [`crate::store::Store::probe`]: a transaction through the committer, which connects
+    /// afresh when its connection broke.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+
     /// See [`crate::store::Store::held_counts`].
     pub async fn held_counts(&self, devices: Vec<DeviceId>) -> Result<Vec<usize>, StoreError> {
         delivery::held_counts(&*self.pool.get().await?, &devices).await

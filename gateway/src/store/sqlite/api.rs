@@ -52,11 +52,24 @@ impl SqliteStore {
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
+        // A savepoint, so a command that fails takes the batch's earlier commands with it: the
+        // batch commits whole or not at all, whatever else shares the transaction.
         self.call(move |txn| {
-            commands
+            txn.execute_batch("SAVEPOINT intake")?;
+            let outcomes = commands
                 .into_iter()
                 .map(|command| command.map(|c| run_command(txn, c)).transpose())
-                .collect()
+                .collect();
+            match outcomes {
+                Ok(outcomes) => {
+                    txn.execute_batch("RELEASE intake")?;
+                    Ok(outcomes)
+                }
+                Err(error) => {
+                    let _ = txn.execute_batch("ROLLBACK TO intake; RELEASE intake");
+                    Err(error)
+                }
+            }
         })
         .await
     }
@@ -134,6 +147,72 @@ impl SqliteStore {
             Ok(held)
         })
         .await
+    }
+
+    /// Every held reply ([`requests::held_any`]) on a read-only connection of its own: while the store is
+    /// degraded, a read must not share the store thread's transaction with writes that fail.
+    pub async fn held_for_read(
+        &self,
+        devices: Vec<DeviceId>,
+        limit: usize,
+        _quiet: std::time::Duration,
+    ) -> Result<Vec<FinalReply>, StoreError> {
+        self.read(move |conn| {
+            let mut held = Vec::new();
+            for device in &devices {
+                held.extend(requests::held_any(conn, device, limit)?);
+            }
+            Ok(held)
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::probe`]: the disk reserve back in place with a margin free
+    /// beside it (see [`super::reserve`]), then a 64 KiB row written and deleted in one
+    /// committed transaction, on a connection of its own.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let budget = self.budget;
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                // The reserve comes back only with the margin free beside it: otherwise its
+                // space stays with the accepted work finishing in it.
+                let full = |e: std::io::Error| StoreError::Full(format!("disk reserve: {e}"));
+                let had = super::reserve::present(dir);
+                super::reserve::ensure(dir).map_err(full)?;
+                if let Err(error) = super::reserve::margin(dir) {
+                    if !had {
+                        super::reserve::release(dir);
+                    }
+                    return Err(full(error));
+                }
+            }
+            let mut conn = connect(&path, false)?;
+            if let Some(budget) = budget {
+                let used = super::budget::used_bytes(&conn)?;
+                if used > budget {
+                    return Err(StoreError::Sql(format!(
+                        "{used} bytes in use, over limits.max_store_bytes = {budget}"
+                    )));
+                }
+            }
+            let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            txn.execute("INSERT INTO probe (pad) VALUES (zeroblob(65536))", [])?;
+            txn.execute("DELETE FROM probe", [])?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|error| Err(StoreError::Sql(error.to_string())))
+    }
+
+    /// See [`crate::store::Store::enforce_budget`].
+    pub async fn enforce_budget(&self) -> Result<Option<super::budget::Budgeted>, StoreError> {
+        let Some(budget) = self.budget else {
+            return Ok(None);
+        };
+        self.call(move |txn| super::budget::enforce(txn, budget).map(Some))
+            .await
     }
 
     /// See [`crate::store::Store::mark_published`].
@@ -283,6 +362,11 @@ impl SqliteConsole {
             None => connect_read_only(&path)?,
         };
         Ok(SqliteConsole { conn })
+    }
+
+    /// See [`crate::store::Console::backup`].
+    pub fn backup(&self, dest: &Path) -> Result<super::backup::BackupReport, StoreError> {
+        super::backup::backup(&self.conn, dest)
     }
 
     /// See [`crate::store::Console::requests`].

@@ -51,6 +51,23 @@ pub fn held_for(
     rows.collect()
 }
 
+/// Every held final reply of one device, published or not, oldest first, at most `limit`:
+/// what a wake redelivers while the store is degraded, when publish counts may not have
+/// committed (a reply also on its way through the completion path arrives twice; devices drop
+/// duplicates by correlation).
+pub fn held_any(
+    conn: &Connection,
+    device: &DeviceId,
+    limit: usize,
+) -> rusqlite::Result<Vec<FinalReply>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {FINAL_REPLY_COLUMNS} FROM requests
+         WHERE device = ?1 AND delivery = 'held' ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![device.as_str(), limit as i64], final_reply)?;
+    rows.collect()
+}
+
 /// Counts that a final reply was handed to the broker.
 pub fn mark_published(conn: &Connection, id: RequestId) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE requests SET published = published + 1 WHERE id = ?1")?
@@ -66,7 +83,7 @@ pub fn ack(
     corr: &Correlation,
 ) -> rusqlite::Result<Option<RequestId>> {
     conn.prepare_cached(
-        "UPDATE requests SET delivery = 'acked'
+        "UPDATE requests SET delivery = 'acked', args = X''
          WHERE device = ?1 AND corr = ?2 AND delivery = 'held' RETURNING id",
     )?
     .query_row(params![device.as_str(), corr.as_bytes()], |row| {

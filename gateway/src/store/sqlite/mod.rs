@@ -10,12 +10,15 @@
 //! [`operators`]); the schema is in [`schema`]; each table's queries live in their own file.
 
 mod api;
+pub(crate) mod backup;
+pub(crate) mod budget;
 pub(crate) mod credentials;
 mod deadletters;
 mod delivery;
 mod devices;
 mod operators;
 mod requests;
+pub(crate) mod reserve;
 pub(crate) mod schema;
 mod telemetry;
 mod views;
@@ -47,6 +50,8 @@ pub struct SqliteStore {
     jobs_tx: std_mpsc::Sender<Job>,
     path: PathBuf,
     commit_latency: Arc<Histogram>,
+    /// `limits.max_store_bytes`.
+    budget: Option<u64>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -89,13 +94,21 @@ pub(crate) fn connect_read_only(path: &Path) -> Result<Connection, StoreError> {
 
 impl SqliteStore {
     /// Opens (creating if missing) `data_dir/roost.db`, migrates it, and starts the store thread.
-    pub fn open(data_dir: &Path, sync_full: bool) -> Result<SqliteStore, StoreError> {
+    pub fn open(
+        data_dir: &Path,
+        sync_full: bool,
+        budget: Option<u64>,
+    ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
             StoreError::Sql(format!(
                 "cannot create data_dir {}: {e}",
                 data_dir.display()
             ))
         })?;
+        if let Err(error) = reserve::ensure(data_dir) {
+            // The start probe fails the same way and starts the gateway degraded.
+            tracing::warn!(%error, "cannot write the disk reserve");
+        }
         let path = data_dir.join(super::DB_FILE);
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
@@ -111,6 +124,7 @@ impl SqliteStore {
             jobs_tx,
             path,
             commit_latency,
+            budget,
         })
     }
 

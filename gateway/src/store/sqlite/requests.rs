@@ -4,7 +4,7 @@
 //! most once (`executions` ≤ 1) whatever the races between workers, cancels and restarts.
 
 pub use super::delivery::{
-    ack, expire_held, held_counts, held_for, mark_published, undeliverable, unpublished,
+    ack, expire_held, held_any, held_counts, held_for, mark_published, undeliverable, unpublished,
 };
 
 use bytes::Bytes;

@@ -24,7 +24,7 @@ pub mod reason {
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     /// Bad authentication method (enhanced auth is not supported).
     pub const BAD_AUTH_METHOD: u8 = 0x8C;
-    /// Quota exceeded (`limits.max_connections`).
+    /// Quota exceeded (`limits.max_connections`; a publish refused while the store is degraded).
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     /// Connection rate exceeded: a login refused by the throttle, or no place in the password
     /// pool within `limits.connect_timeout_ms`.

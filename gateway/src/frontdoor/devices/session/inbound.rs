@@ -10,7 +10,7 @@ use rumqttc::v5::mqttbytes::v5;
 use tokio::io::AsyncWrite;
 
 use super::{Acked, End, Session, FINAL_WRITE_TIMEOUT};
-use crate::flow::Ack;
+use crate::flow::{Ack, Handled};
 use crate::frontdoor::devices::hub::parse_publish;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::session::SessionError;
@@ -151,11 +151,11 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let ack = if qos > 0 {
             self.pending_acks += 1;
             let acks_tx = self.acks_tx.clone();
-            Ack::Local(Box::new(move || {
-                let _ = acks_tx.send(Acked { pkid, qos });
+            Ack::Local(Box::new(move |handled| {
+                let _ = acks_tx.send(Acked { pkid, qos, handled });
             }))
         } else {
-            Ack::Local(Box::new(|| {}))
+            Ack::Local(Box::new(|_| {}))
         };
         self.shared
             .hub
@@ -164,9 +164,26 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             .map_err(|()| SessionError::Upstream)
     }
 
-    /// The service handled a publish: ack the device (never before).
+    /// The service handled a publish: ack the device (never before), with success only when
+    /// it was committed. A refusal is a PUBACK (PUBREC) with reason 0x97 on MQTT 5 (the
+    /// device's client frees its slot; the `503` reply says when to retry) and nothing on
+    /// MQTT 3.1.1, which has no negative acknowledgement; a refused QoS 2 publish is forgotten,
+    /// so the same packet id sent again is handed over again.
     pub(super) fn acked(&mut self, acked: Acked, out: &mut BytesMut) {
         self.pending_acks = self.pending_acks.saturating_sub(1);
+        if acked.handled == Handled::Refused {
+            if acked.qos == 2 {
+                self.awaiting_release.remove(&acked.pkid);
+            }
+            if self.version == Version::V5 {
+                out.extend_from_slice(&outgoing::publish_refusal(
+                    acked.qos,
+                    acked.pkid,
+                    reason::QUOTA_EXCEEDED,
+                ));
+            }
+            return;
+        }
         let kind = if acked.qos == 2 {
             match self.awaiting_release.get_mut(&acked.pkid) {
                 Some(committed) => *committed = true,
@@ -219,7 +236,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             let send = self
                 .shared
                 .hub
-                .hand_over(publish, Ack::Local(Box::new(|| {})));
+                .hand_over(publish, Ack::Local(Box::new(|_| {})));
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, send).await;
         }
     }

@@ -32,6 +32,7 @@ use super::presence::Presence;
 use super::router::Route;
 use super::sessions::{SessionState, Sub};
 use super::window::Window;
+use crate::flow::Handled;
 use crate::frontdoor::acl::Principal;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::session::{linger, read_more, SessionError, Shared};
@@ -54,11 +55,13 @@ const SIDE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection taking over waits for the old one to park its session.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
-/// The service committed a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`.
+/// The service handled a device publish: answer PUBACK (QoS 1) or PUBREC (QoS 2) for `pkid`,
+/// with success once committed, refused when the service could not take it.
 #[derive(Debug, Clone, Copy)]
 struct Acked {
     pkid: u16,
     qos: u8,
+    handled: Handled,
 }
 
 /// Why the loop ended.

@@ -1,0 +1,529 @@
+//! Degrade, never die: a store that cannot write (a full disk, a database file made read-only
+//! underneath the gateway, PostgreSQL stopped) puts the gateway in the `degraded` state instead
+//! of ending it. New requests get `503` with `retry_after_ms` and no success PUBACK, held
+//! replies are still delivered, the retained status and `/healthz` say degraded, a restart
+//! while the disk is full starts degraded, and once the store writes again the gateway serves by
+//! itself: every accepted request gets its one final reply, none runs twice, nothing refused was
+//! stored. The failures are real: a tmpfs filled to `ENOSPC`, `chattr +i`, `pg_ctl stop`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gateway::wire::Status;
+use roost_tests::device::{values, Received, TestDevice, WAIT};
+use roost_tests::postgres::PgCluster;
+use roost_tests::store_view::{hex, requests_of};
+use roost_tests::tinyfs::TinyFs;
+use roost_tests::{http_get, Gateway};
+
+const STATUS_TOPIC: &str = "gateway/gw-test/status";
+
+/// Every reply a test received, by correlation.
+#[derive(Default)]
+struct Ledger {
+    seen: HashMap<Vec<u8>, Vec<Received>>,
+}
+
+impl Ledger {
+    fn record(&mut self, received: Received) {
+        if let Some(corr) = received.corr.clone() {
+            self.seen.entry(corr.to_vec()).or_default().push(received);
+        }
+    }
+
+    fn count(&self, corr: &[u8]) -> usize {
+        self.seen.get(corr).map_or(0, Vec::len)
+    }
+
+    /// The first reply to `corr`, waiting for it (recording whatever else arrives).
+    async fn first(&mut self, device: &mut TestDevice, corr: &[u8]) -> Received {
+        while self.count(corr) == 0 {
+            let received = device.next().await;
+            self.record(received);
+        }
+        self.seen[corr][0].clone()
+    }
+
+    /// A reply to `corr` beyond the `before` already seen.
+    async fn another(&mut self, device: &mut TestDevice, corr: &[u8], before: usize) {
+        while self.count(corr) <= before {
+            let received = device.next().await;
+            self.record(received);
+        }
+    }
+
+    fn finals(&self, corr: &[u8]) -> Vec<&Received> {
+        self.seen.get(corr).map_or_else(Vec::new, |all| {
+            all.iter()
+                .filter(|r| r.reply.status != Status::Accepted)
+                .collect()
+        })
+    }
+
+    /// Waits until every one of `corrs` has a final reply.
+    async fn until_finished(&mut self, device: &mut TestDevice, corrs: &[Vec<u8>]) {
+        while let Some(missing) = corrs.iter().find(|c| self.finals(c).is_empty()) {
+            let missing = String::from_utf8_lossy(missing).into_owned();
+            let received = tokio::time::timeout(WAIT, device.next())
+                .await
+                .unwrap_or_else(|_| panic!("no final reply for {missing}"));
+            self.record(received);
+        }
+    }
+}
+
+/// What one device connection published, to check its PUBACKs against.
+#[derive(Default)]
+struct Sent {
+    published: usize,
+    refused: Vec<Vec<u8>>,
+    accepted: Vec<Vec<u8>>,
+}
+
+impl Sent {
+    /// Sends a `stats` request and waits for its first reply: `202` or `503`.
+    async fn request(
+        &mut self,
+        device: &mut TestDevice,
+        ledger: &mut Ledger,
+        corr: &[u8],
+        series: &[f64],
+    ) -> Received {
+        device.request("stats", &values(series), corr, None).await;
+        self.published += 1;
+        let first = ledger.first(device, corr).await;
+        match first.reply.status {
+            Status::Accepted => self.accepted.push(corr.to_vec()),
+            Status::Unavailable => {
+                let error = first.reply.error.as_ref().expect("a 503 has an error");
+                assert_eq!(error.code, "store_unavailable", "{:?}", first.reply);
+                assert!(
+                    first.reply.retry_after_ms.is_some_and(|ms| ms > 0),
+                    "a 503 says when to retry: {:?}",
+                    first.reply
+                );
+                assert!(first.reply.request_id.is_none(), "a 503 stores nothing");
+                self.refused.push(corr.to_vec());
+            }
+            other => panic!("unexpected first reply {other:?}: {:?}", first.reply),
+        }
+        first
+    }
+
+    /// Every publish of this connection was answered by a PUBACK: success exactly for those
+    /// the gateway committed, a refusal for each `503`.
+    async fn check_pubacks(&self, device: &TestDevice) {
+        let deadline = Instant::now() + WAIT;
+        let pubacks = loop {
+            let pubacks = device.pubacks.lock().expect("puback log").clone();
+            if pubacks.len() >= self.published || Instant::now() > deadline {
+                break pubacks;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let success = pubacks.iter().filter(|ok| **ok).count();
+        assert_eq!(pubacks.len(), self.published, "one PUBACK per publish");
+        assert_eq!(
+            success,
+            self.published - self.refused.len(),
+            "a success PUBACK only for what was committed ({} refused)",
+            self.refused.len()
+        );
+    }
+}
+
+async fn healthz(http: SocketAddr) -> (u16, serde_json::Value) {
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(http, "/healthz"))
+        .await
+        .expect("join");
+    (code, serde_json::from_str(&body).expect("healthz is JSON"))
+}
+
+async fn metrics(http: SocketAddr) -> String {
+    tokio::task::spawn_blocking(move || http_get(http, "/metrics").1)
+        .await
+        .expect("join")
+}
+
+/// Waits for the retained gateway status to reach `state`; returns that document.
+async fn wait_state(watcher: &mut TestDevice, state: &str) -> serde_json::Value {
+    let mut seen = Vec::new();
+    loop {
+        let status = watcher
+            .next_json_within(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("no {state:?} status in time; saw {seen:?}"));
+        if status["state"] == state {
+            return status;
+        }
+        seen.push(status["state"].clone());
+    }
+}
+
+async fn watch_status(gateway: &Gateway, id: &str) -> TestDevice {
+    TestDevice::watch(gateway.mqtt, id, STATUS_TOPIC).await
+}
+
+/// The degraded state as operators see it: retained status, `/healthz`, `/metrics`.
+async fn assert_degraded(watcher: &mut TestDevice, http: SocketAddr) {
+    let status = wait_state(watcher, "degraded").await;
+    let reason = status["reason"].as_str().expect("degraded has a reason");
+    assert!(reason.contains("store"), "{status}");
+    let (code, health) = healthz(http).await;
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["store"], "degraded", "{health}");
+    assert!(health["reason"].as_str().is_some(), "{health}");
+    assert!(
+        metrics(http).await.contains("roost_store_degraded 1"),
+        "the degraded gauge is set"
+    );
+}
+
+fn series(len: usize) -> Vec<f64> {
+    (0..len).map(|i| i as f64).collect()
+}
+
+/// Checks the store after recovery: every accepted request done once, nothing refused stored.
+fn assert_store(gateway: &Gateway, device: &str, accepted: &[Vec<u8>], refused: &[Vec<u8>]) {
+    let rows = requests_of(gateway, device);
+    let by_corr: HashMap<&str, _> = rows.iter().map(|row| (row.corr.as_str(), row)).collect();
+    for row in &rows {
+        assert!(row.executions <= 1, "run twice: {row:?}");
+    }
+    for corr in accepted {
+        let row = by_corr
+            .get(hex(corr).as_str())
+            .unwrap_or_else(|| panic!("accepted {} lost", String::from_utf8_lossy(corr)));
+        assert_eq!(row.state, "done", "{row:?}");
+        assert_eq!(row.executions, 1, "{row:?}");
+    }
+    for corr in refused {
+        assert!(
+            !by_corr.contains_key(hex(corr).as_str()),
+            "refused {} was stored",
+            String::from_utf8_lossy(corr)
+        );
+    }
+}
+
+/// Every final reply of one request is the same bytes (duplicates are redeliveries, not runs).
+fn assert_one_result(ledger: &Ledger, corrs: &[Vec<u8>]) {
+    for corr in corrs {
+        let finals = ledger.finals(corr);
+        assert!(!finals.is_empty());
+        assert!(
+            finals.iter().all(|r| r.payload == finals[0].payload),
+            "{} answered with different results",
+            String::from_utf8_lossy(corr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_degrades_the_gateway_which_recovers_by_itself_losing_nothing() {
+    const DEVICE: &str = "full-1";
+    // Room for the database and the gateway's 8 MiB disk reserve.
+    let fs = TinyFs::mount(24 << 20);
+    let data = fs.path().join("data");
+    let mut gateway = Gateway::start_with(&format!(
+        "[gateway]\ndata_dir = {data:?}\n[limits]\nmax_pending_per_device = 1000"
+    ));
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-full-1").await;
+    wait_state(&mut watcher, "online").await;
+
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut first = Sent::default();
+    // A final reply held (never acked) from before the disk fills.
+    first
+        .request(&mut device, &mut ledger, b"held", &[1.0, 2.0, 3.0])
+        .await;
+    ledger
+        .until_finished(&mut device, &[b"held".to_vec()])
+        .await;
+
+    // The disk fills under load: requests of 2,000 values each keep coming until one is
+    // refused.
+    let filler = fs.fill_leaving(512 << 10);
+    let big = series(2000);
+    for i in 0..2000 {
+        let corr = format!("load-{i}").into_bytes();
+        let reply = first.request(&mut device, &mut ledger, &corr, &big).await;
+        if reply.reply.status == Status::Unavailable {
+            break;
+        }
+    }
+    assert!(!first.refused.is_empty(), "the disk never filled");
+    assert_degraded(&mut watcher, http).await;
+    // Still refused while degraded, and the process is up.
+    for i in 0..3 {
+        let corr = format!("while-{i}").into_bytes();
+        let reply = first.request(&mut device, &mut ledger, &corr, &big).await;
+        assert_eq!(reply.reply.status, Status::Unavailable);
+    }
+    // Accepted work still finishes on the full disk, in the released reserve: every accepted
+    // request gets its final reply, and an ack of one is committed (success PUBACK).
+    ledger.until_finished(&mut device, &first.accepted).await;
+    let acked = first
+        .accepted
+        .iter()
+        .find(|corr| corr.starts_with(b"load-"))
+        .expect("a request was accepted before the disk filled")
+        .clone();
+    device.ack(&acked).await;
+    first.published += 1;
+    first.check_pubacks(&device).await;
+    let (code, health) = healthz(http).await;
+    assert_eq!(code, 503, "still degraded while the disk is full: {health}");
+    device.sleep().await;
+
+    // A held reply is still delivered when its device wakes.
+    let before = ledger.count(b"held");
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    ledger.another(&mut device, b"held", before).await;
+    device.disconnect().await;
+
+    // A restart while the disk is still full starts, degraded.
+    gateway.kill();
+    gateway.restart();
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-full-2").await;
+    assert_degraded(&mut watcher, http).await;
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut second = Sent::default();
+    let reply = second
+        .request(&mut device, &mut ledger, b"after-restart", &big)
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+
+    // Space returns: the gateway serves again by itself.
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_state(&mut watcher, "online").await;
+    let (code, health) = healthz(http).await;
+    assert_eq!(code, 200, "{health}");
+    let reply = second
+        .request(&mut device, &mut ledger, b"recovered", &[4.0, 5.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    let mut accepted = first.accepted.clone();
+    accepted.extend(second.accepted.clone());
+    ledger.until_finished(&mut device, &accepted).await;
+    second.check_pubacks(&device).await;
+    device.disconnect().await;
+
+    assert_one_result(&ledger, &accepted);
+    let mut refused = first.refused.clone();
+    refused.extend(second.refused.clone());
+    assert_store(&gateway, DEVICE, &accepted, &refused);
+    let rows = requests_of(&gateway, DEVICE);
+    let acked_row = rows
+        .iter()
+        .find(|row| row.corr == hex(&acked))
+        .expect("acked request");
+    assert_eq!(
+        acked_row.delivery.as_deref(),
+        Some("acked"),
+        "{acked_row:?}"
+    );
+    let metrics = metrics(http).await;
+    assert!(metrics.contains("roost_store_degraded 0"), "{metrics}");
+    gateway.kill();
+}
+
+/// Thaws files on drop.
+struct Thaw(Vec<std::path::PathBuf>);
+
+impl Thaw {
+    fn disarm(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        for file in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(file)
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_made_read_only_degrades_the_gateway_until_it_is_writable() {
+    const DEVICE: &str = "ro-1";
+    // On the temp dir's own filesystem: tmpfs ignores the immutable flag.
+    let mut gateway = Gateway::start_with("[limits]\nmax_pending_per_device = 1000\n");
+    let data = gateway.db_path().parent().expect("data dir").to_path_buf();
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-ro").await;
+    wait_state(&mut watcher, "online").await;
+
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut sent = Sent::default();
+    sent.request(&mut device, &mut ledger, b"held", &[1.0, 2.0])
+        .await;
+    ledger
+        .until_finished(&mut device, &[b"held".to_vec()])
+        .await;
+
+    // A burst of accepted requests, so some are still queued or running when the file turns
+    // read-only: their final replies cannot commit then, and must arrive after it is writable
+    // again, without a restart.
+    let burst = series(20_000);
+    let corrs: Vec<Vec<u8>> = (0..60).map(|i| format!("burst-{i}").into_bytes()).collect();
+    for corr in &corrs {
+        device.request("stats", &values(&burst), corr, None).await;
+        sent.published += 1;
+    }
+    for corr in &corrs {
+        let first = ledger.first(&mut device, corr).await;
+        assert_eq!(first.reply.status, Status::Accepted, "{:?}", first.reply);
+        sent.accepted.push(corr.clone());
+    }
+    let files = [data.join("roost.db"), data.join("roost.db-wal")];
+    // Thawed again even if an assertion fails (the temp dir could not be removed otherwise).
+    let mut thawed = Thaw(files.to_vec());
+    for file in &files {
+        TinyFs::freeze(file);
+    }
+    let reply = sent
+        .request(&mut device, &mut ledger, b"frozen-1", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+    assert_degraded(&mut watcher, http).await;
+    let reply = sent
+        .request(&mut device, &mut ledger, b"frozen-2", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+    // Held replies are read, not written: still delivered on the next wake.
+    sent.check_pubacks(&device).await;
+    device.sleep().await;
+    let before = ledger.count(b"held");
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    ledger.another(&mut device, b"held", before).await;
+
+    for file in &files {
+        TinyFs::thaw(file);
+    }
+    thawed.disarm();
+    wait_state(&mut watcher, "online").await;
+    let mut after = Sent::default();
+    let reply = after
+        .request(&mut device, &mut ledger, b"thawed", &[3.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    let mut accepted = sent.accepted.clone();
+    accepted.extend(after.accepted.clone());
+    ledger.until_finished(&mut device, &accepted).await;
+    after.check_pubacks(&device).await;
+    device.disconnect().await;
+    assert_one_result(&ledger, &accepted);
+    assert_store(&gateway, DEVICE, &accepted, &sent.refused);
+    gateway.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
+    const DEVICE: &str = "pg-out-1";
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("roost");
+    let mut gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-pg").await;
+    wait_state(&mut watcher, "online").await;
+
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut sent = Sent::default();
+    sent.request(&mut device, &mut ledger, b"before", &[1.0, 2.0])
+        .await;
+    ledger
+        .until_finished(&mut device, &[b"before".to_vec()])
+        .await;
+
+    cluster.stop();
+    let reply = sent
+        .request(&mut device, &mut ledger, b"down-1", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+    assert_degraded(&mut watcher, http).await;
+    let reply = sent
+        .request(&mut device, &mut ledger, b"down-2", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+
+    cluster.start_server();
+    wait_state(&mut watcher, "online").await;
+    let reply = sent
+        .request(&mut device, &mut ledger, b"back", &[3.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    let accepted = sent.accepted.clone();
+    ledger.until_finished(&mut device, &accepted).await;
+    sent.check_pubacks(&device).await;
+    device.disconnect().await;
+    assert_one_result(&ledger, &accepted);
+    assert_store(&gateway, DEVICE, &accepted, &sent.refused);
+    assert_eq!(
+        cluster.query(
+            "roost",
+            "SELECT count(*) FROM requests WHERE executions > 1"
+        ),
+        "0"
+    );
+    gateway.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns() {
+    const DEVICE: &str = "full-2";
+    let fs = TinyFs::mount(24 << 20);
+    let data = fs.path().join("data");
+    let mut gateway = Gateway::start_with(&format!("[gateway]\ndata_dir = {data:?}\n"));
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut sent = Sent::default();
+    sent.request(&mut device, &mut ledger, b"first", &[1.0])
+        .await;
+    ledger
+        .until_finished(&mut device, &[b"first".to_vec()])
+        .await;
+    device.ack(b"first").await;
+    device.disconnect().await;
+
+    // Full, with nothing queued or held: nothing but the start itself can notice.
+    let filler = fs.fill();
+    gateway.kill();
+    gateway.restart();
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-full-3").await;
+    assert_degraded(&mut watcher, http).await;
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut after = Sent::default();
+    let reply = after
+        .request(&mut device, &mut ledger, b"full", &[2.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+
+    std::fs::remove_file(&filler).expect("remove the filler");
+    wait_state(&mut watcher, "online").await;
+    let reply = after
+        .request(&mut device, &mut ledger, b"space", &[3.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    ledger.until_finished(&mut device, &after.accepted).await;
+    after.check_pubacks(&device).await;
+    device.disconnect().await;
+    let mut accepted = sent.accepted.clone();
+    accepted.extend(after.accepted.clone());
+    assert_store(&gateway, DEVICE, &accepted, &after.refused);
+    gateway.kill();
+}
