@@ -52,10 +52,31 @@ print(f'{label:<24} {r["throughput_rps"]:>8.0f} req/s  p50 {l["p50"]:6.2f} ms  p
 PY
 }
 
-load() { # $1 = label, $2 = broker address
-    "$bin/device-sim" load --broker "$2" --devices "$devices" --inflight "$inflight" --closed \
-        --duration "$duration" --quiet --json "$out/$1.json" > "$out/$1.log" 2>&1 || true
-    summary "$1" "$out/$1.json"
+# CPU seconds used so far by the PostgreSQL server's processes (its postmaster and children).
+pg_cpu() {
+    local pids
+    pids=$(pgrep -d, -P "$(head -1 "$out/pg/postmaster.pid")" || true)
+    ps -o cputimes= -p "$(head -1 "$out/pg/postmaster.pid")${pids:+,$pids}" 2>/dev/null |
+        awk '{s += $1} END {print s + 0}'
+}
+
+load() { # $1 = label, $2 = broker address, rest: extra device-sim flags
+    local label=$1 broker=$2
+    shift 2
+    local before after
+    before=$(pg_cpu)
+    "$bin/device-sim" load --broker "$broker" --devices "$devices" --inflight "$inflight" --closed \
+        --duration "$duration" --quiet --json "$out/$label.json" "$@" > "$out/$label.log" 2>&1 || true
+    after=$(pg_cpu)
+    summary "$label" "$out/$label.json"
+    python3 - "$out/$label.json" "$before" "$after" <<'PY'
+import json, sys
+r, before, after = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+n = max(r["replies_ok"] + r["replies_error"], 1)
+gw = r.get("gateway_cpu_us_per_request")
+print(f'{"":<24} CPU per request: gateway {f"{gw:.0f} us" if gw else "n/a"}, '
+      f'PostgreSQL {(after - before) * 1e6 / n:.0f} us, device-sim {r.get("sim_cpu_s") or 0:.1f} s in all')
+PY
 }
 
 # PostgreSQL: a throwaway cluster (the server refuses root: it runs as postgres, in a dir it owns).
@@ -80,11 +101,11 @@ address() { grep -o 'mqtt=[0-9.:]*' "$out/$1/out.log" | head -1 | cut -d= -f2; }
 
 echo "== 1. one gateway, embedded broker: SQLite vs PostgreSQL ($shape, $duration)"
 gateway sqlite '[broker]\nlisten = "127.0.0.1:0"'
-load "sqlite" "$(address sqlite)"
+load "sqlite" "$(address sqlite)" --gateway-pid "$gw_pid"
 kill "$gw_pid"
 createdb single
 gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
-load "postgres" "$(address postgres)"
+load "postgres" "$(address postgres)" --gateway-pid "$gw_pid"
 kill "$gw_pid"
 
 echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
