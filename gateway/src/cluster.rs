@@ -54,7 +54,7 @@ async fn beat(
     done_tx: &mpsc::UnboundedSender<FinalReply>,
 ) {
     if let Some(view) = store.cluster_view() {
-        scheduler.set_elsewhere(view.queued as usize);
+        scheduler.set_elsewhere(view.totals.queued as usize);
     }
     if scheduler.counts().queued >= LOW_WATER || scheduler.is_closed() {
         return;

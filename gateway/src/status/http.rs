@@ -210,16 +210,16 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             "roost_cluster_requests",
             "Requests queued or running, and final replies held, cluster-wide.",
             &[
-                ("{state=\"queued\"}", view.queued),
-                ("{state=\"held\"}", view.held),
+                ("{state=\"queued\"}", view.totals.queued),
+                ("{state=\"held\"}", view.totals.held),
             ],
         );
         gauge(
             "roost_cluster_oldest_age_seconds",
             "Age of the oldest queued request and held reply, cluster-wide.",
             &[
-                ("{state=\"queued\"}", age(view.oldest_queued_ms)),
-                ("{state=\"held\"}", age(view.oldest_held_ms)),
+                ("{state=\"queued\"}", age(view.totals.oldest_queued_ms)),
+                ("{state=\"held\"}", age(view.totals.oldest_held_ms)),
             ],
         );
     }

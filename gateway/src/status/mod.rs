@@ -109,10 +109,10 @@ impl GatewayStatus {
             counts["cluster"] = json!({
                 "gateways": gateways,
                 "alive": view.alive(),
-                "queued": view.queued,
-                "held": view.held,
-                "oldest_queued_age_s": age_s(view.oldest_queued_ms),
-                "oldest_held_age_s": age_s(view.oldest_held_ms),
+                "queued": view.totals.queued,
+                "held": view.totals.held,
+                "oldest_queued_age_s": age_s(view.totals.oldest_queued_ms),
+                "oldest_held_age_s": age_s(view.totals.oldest_held_ms),
             });
         }
         serde_json::to_vec(&counts).expect("a JSON value always serialises")

@@ -4,7 +4,7 @@
 //! gateway takes the request over: queued and running work runs again there (ops are pure, and
 //! a result is recorded at most once), committed-but-unpublished replies are published there.
 
-use super::requests::{FinalReply, StoredRequest};
+use super::requests::{Backlog, FinalReply, StoredRequest};
 
 /// One gateway in the database's `gateways` table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -24,14 +24,9 @@ pub struct Member {
 pub struct ClusterView {
     /// Every gateway that ever joined, by id.
     pub gateways: Vec<Member>,
-    /// Requests queued or running, cluster-wide.
-    pub queued: u64,
-    /// Final replies held, cluster-wide.
-    pub held: u64,
-    /// When the oldest queued request was received (ms since epoch).
-    pub oldest_queued_ms: Option<i64>,
-    /// When the oldest held reply was finished (ms since epoch).
-    pub oldest_held_ms: Option<i64>,
+    /// Queued and held counts and ages, cluster-wide (the shared database's backlog).
+    #[serde(flatten)]
+    pub totals: Backlog,
 }
 
 impl ClusterView {

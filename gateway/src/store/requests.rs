@@ -145,7 +145,7 @@ pub struct RequestDetail {
 }
 
 /// The store-wide backlog: the stall gauges and the counts `gateway status` shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Backlog {
     /// Requests queued (or running).
     pub queued: u64,

@@ -3,9 +3,9 @@
 
 use super::delivery::final_reply;
 use super::pool::Conn;
-use super::requests::{correlation, device_id, request_id};
+use super::requests::stored_request;
+use super::views;
 use crate::store::cluster::{ClusterView, Member, Takeover};
-use crate::store::requests::StoredRequest;
 use crate::store::StoreError;
 
 /// Renews this gateway's lease until `now_ms + lease_ms`.
@@ -47,19 +47,7 @@ pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
     let members = conn
         .statement("SELECT id, started_ms, seen_ms, lease_until_ms FROM gateways ORDER BY id")
         .await?;
-    let totals = conn
-        .statement(
-            "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'queued'),
-                    (SELECT COUNT(*) FROM requests WHERE delivery = 'held'),
-                    (SELECT received_ms FROM requests WHERE state = 'queued' ORDER BY id LIMIT 1),
-                    (SELECT finished_ms FROM requests WHERE delivery = 'held'
-                        ORDER BY expires_ms LIMIT 1)",
-        )
-        .await?;
-    let (members, totals) = tokio::join!(
-        conn.client.query(&members, &[]),
-        conn.client.query_one(&totals, &[])
-    );
+    let (members, totals) = tokio::join!(conn.client.query(&members, &[]), views::backlog(conn));
     let (members, totals) = (members?, totals?);
     let gateways = members
         .iter()
@@ -73,16 +61,7 @@ pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    let count = |idx: usize| -> Result<u64, StoreError> {
-        Ok(totals.try_get::<_, i64>(idx)?.max(0) as u64)
-    };
-    Ok(ClusterView {
-        gateways,
-        queued: count(0)?,
-        held: count(1)?,
-        oldest_queued_ms: totals.try_get(2)?,
-        oldest_held_ms: totals.try_get(3)?,
-    })
+    Ok(ClusterView { gateways, totals })
 }
 
 /// Claims up to `limit` queued requests and up to `limit` unpublished replies of gateways
@@ -120,19 +99,7 @@ pub async fn take_over(
         .await?;
     let mut queued = queued
         .iter()
-        .map(|row| {
-            Ok(StoredRequest {
-                id: request_id(row, 0)?,
-                device: device_id(row, 1)?,
-                corr: correlation(row, 2)?,
-                op: row.try_get(3)?,
-                args: row.try_get(4)?,
-                reply_topic: row.try_get(5)?,
-                envelope: row.try_get(6)?,
-                received_ms: row.try_get(7)?,
-                deadline_ms: row.try_get(8)?,
-            })
-        })
+        .map(stored_request)
         .collect::<Result<Vec<_>, StoreError>>()?;
     queued.sort_by_key(|request| request.id);
     let mut unpublished = unpublished

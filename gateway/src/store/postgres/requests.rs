@@ -36,6 +36,22 @@ pub(super) fn correlation(row: &Row, idx: usize) -> Result<Correlation, StoreErr
     Ok(Correlation(Bytes::from(bytes)))
 }
 
+/// A queued request from a row of `id, device, corr, op, args, reply_topic, envelope,
+/// received_ms, deadline_ms`.
+pub(super) fn stored_request(row: &Row) -> Result<StoredRequest, StoreError> {
+    Ok(StoredRequest {
+        id: request_id(row, 0)?,
+        device: device_id(row, 1)?,
+        corr: correlation(row, 2)?,
+        op: row.try_get(3)?,
+        args: row.try_get(4)?,
+        reply_topic: row.try_get(5)?,
+        envelope: row.try_get(6)?,
+        received_ms: row.try_get(7)?,
+        deadline_ms: row.try_get(8)?,
+    })
+}
+
 fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
     let code: Option<i32> = row.try_get(idx)?;
     Ok(code.map(|c| c as u16))
@@ -293,21 +309,7 @@ pub async fn queued_after(
             ],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(StoredRequest {
-                id: request_id(row, 0)?,
-                device: device_id(row, 1)?,
-                corr: correlation(row, 2)?,
-                op: row.try_get(3)?,
-                args: row.try_get(4)?,
-                reply_topic: row.try_get(5)?,
-                envelope: row.try_get(6)?,
-                received_ms: row.try_get(7)?,
-                deadline_ms: row.try_get(8)?,
-            })
-        })
-        .collect()
+    rows.iter().map(stored_request).collect()
 }
 
 /// How many requests are queued, and the newest queued id.
