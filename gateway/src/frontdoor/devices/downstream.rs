@@ -149,12 +149,18 @@ pub fn topic(frame: &[u8]) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::{Packet, Publish, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS;
 
-    fn publish_frame(topic: &str, payload: &str, properties: Option<PublishProperties>) -> Bytes {
+    /// A QoS 1 PUBLISH frame with packet id 9, DUP and RETAIN set (also used by the window's
+    /// tests).
+    pub(crate) fn publish_frame(
+        topic: &str,
+        payload: &str,
+        properties: Option<PublishProperties>,
+    ) -> Bytes {
         let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_owned(), properties);
         publish.pkid = 9;
         publish.dup = true;
@@ -166,7 +172,8 @@ mod tests {
         frame.freeze()
     }
 
-    fn parse(bytes: &[u8]) -> Publish {
+    /// Parses a PUBLISH frame back.
+    pub(crate) fn parse(bytes: &[u8]) -> Publish {
         let mut bytes = BytesMut::from(bytes);
         let Packet::Publish(parsed) = Packet::read(&mut bytes, None).expect("parses") else {
             panic!("not a publish");

@@ -174,32 +174,7 @@ impl Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
-    use rumqttc::v5::mqttbytes::QoS;
-
-    fn publish_frame(
-        topic: &str,
-        payload: &str,
-        properties: Option<rumqttc::v5::mqttbytes::v5::PublishProperties>,
-    ) -> Bytes {
-        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_owned(), properties);
-        publish.pkid = 9;
-        publish.dup = true;
-        publish.retain = true;
-        let mut frame = BytesMut::new();
-        Packet::Publish(publish)
-            .write(&mut frame, None)
-            .expect("encode");
-        frame.freeze()
-    }
-
-    fn parse(bytes: &[u8]) -> Publish {
-        let mut bytes = BytesMut::from(bytes);
-        let Packet::Publish(parsed) = Packet::read(&mut bytes, None).expect("parses") else {
-            panic!("not a publish");
-        };
-        parsed
-    }
+    use crate::frontdoor::devices::downstream::tests::{parse, publish_frame};
 
     #[test]
     fn window_keeps_to_the_receive_maximum_and_resends_with_dup() {
