@@ -322,6 +322,25 @@ mod tests {
         scheduler.push(job);
     }
 
+    /// `queue_capacity` holds for a cluster: what the other gateways have pending (the cluster's
+    /// count minus this gateway's own) fills the same capacity.
+    #[test]
+    fn the_other_gateways_pending_work_counts_against_the_capacity() {
+        let scheduler = Scheduler::new(3, 10, 1);
+        admit(&scheduler, job("a", 1));
+        // Cluster-wide 3 pending, 1 of them here: 2 elsewhere, so the queue is full.
+        scheduler.set_elsewhere(3);
+        assert!(matches!(
+            scheduler.reserve(&DeviceId::parse("b").expect("valid")),
+            Err(Refusal::QueueFull { .. })
+        ));
+        // The others drained: room again.
+        scheduler.set_elsewhere(1);
+        assert!(scheduler
+            .reserve(&DeviceId::parse("b").expect("valid"))
+            .is_ok());
+    }
+
     #[test]
     fn devices_are_served_round_robin() {
         let scheduler = Scheduler::new(100, 100, 1);
