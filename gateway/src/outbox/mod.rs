@@ -108,10 +108,8 @@ impl Outbox {
                         }
                         woke.extend(self.on_event(event));
                     }
-                    if self.clustered() {
-                        if !woke.is_empty() {
-                            later.push_back((Instant::now() + CLUSTER_WAKE_GRACE, woke));
-                        }
+                    if !woke.is_empty() && self.clustered() {
+                        later.push_back((Instant::now() + CLUSTER_WAKE_GRACE, woke));
                     } else {
                         self.redeliver(woke).await;
                     }
