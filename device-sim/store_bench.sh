@@ -2,9 +2,7 @@
 # Store-engine and scale-out benchmark, on loopback: the same `device-sim load` against
 #   1. one gateway (embedded broker) on SQLite, then on PostgreSQL (a throwaway cluster);
 #   2. one, two and three gateways (external mode, one share group) behind Mosquitto, on one
-#      PostgreSQL database;
-#   3. failover: three gateways with queued work, one SIGKILLed; how long until the others
-#      resumed its queued work (from its kill to the first "took over" line in their logs).
+#      PostgreSQL database.
 #
 # Usage, from the workspace root (Debian's postgresql and mosquitto installed; run as root or
 # as a user who may run the PostgreSQL server):
@@ -127,36 +125,4 @@ for n in 1 2 3; do
     for pid in "${members[@]}"; do wait "$pid" 2>/dev/null || true; done
 done
 
-echo "== 3. failover: queued work of a SIGKILLed gateway resumes elsewhere (lease_ms = 2000)"
-createdb failover
-members=()
-for m in 1 2 3; do
-    gateway "f-gw$m" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/failover\"\nlease_ms = 2000" "workers = 1"
-    members+=("$gw_pid")
-done
-# Heavier requests, many in flight, so work queues up behind one worker each; in the background.
-"$bin/device-sim" load --broker "127.0.0.1:$mqtt_port" --devices 50 --inflight 8 --closed \
-    --duration 6s --values 20000 --grace 60s --quiet --json "$out/failover.json" \
-    > "$out/failover.log" 2>&1 &
-sim=$!
-pids+=("$sim")
-sleep 3
-killed_ms=$(date +%s%3N)
-kill -9 "${members[0]}"
-wait "$sim" || true
-summary "failover run" "$out/failover.json"
-python3 - "$out" "$killed_ms" <<'PY'
-import glob, re, sys, datetime
-out, killed = sys.argv[1], int(sys.argv[2])
-first = None
-for log in glob.glob(f"{out}/f-gw[23]/err.log"):
-    for line in open(log):
-        if "took over work of a dead gateway" in line:
-            ts = re.match(r"\S+", re.sub(r"\x1b\[[0-9;]*m", "", line)).group(0)
-            t = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000
-            first = t if first is None else min(first, t)
-            break
-print("no takeover seen" if first is None else
-      f"queued work resumed elsewhere {(first - killed) / 1000:.2f} s after the SIGKILL (lease_ms = 2000)")
-PY
 echo "reports in $out"
