@@ -44,6 +44,14 @@ impl RequestId {
         RequestId(uuid::Uuid::now_v7())
     }
 
+    /// The least id minted at `ms` (ms since the epoch): ids sort by time, so
+    /// `id < RequestId::first_at(ms)` picks the requests received before `ms`.
+    pub fn first_at(ms: i64) -> RequestId {
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&(ms.max(0) as u64).to_be_bytes()[2..]);
+        RequestId(uuid::Uuid::from_bytes(bytes))
+    }
+
     /// The 16 bytes, as stored.
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
@@ -109,5 +117,15 @@ mod tests {
         assert!(a < b);
         assert_eq!(RequestId::from_slice(a.as_bytes()), Some(a));
         assert_eq!(a.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn the_first_id_of_a_millisecond_bounds_the_ids_minted_in_it() {
+        let id = RequestId::new();
+        let (secs, nanos) = id.0.get_timestamp().expect("v7").to_unix();
+        let ms = (secs * 1000 + u64::from(nanos) / 1_000_000) as i64;
+        assert!(RequestId::first_at(ms) <= id);
+        assert!(id < RequestId::first_at(ms + 1));
+        assert!(RequestId::first_at(ms - 1) < RequestId::first_at(ms));
     }
 }

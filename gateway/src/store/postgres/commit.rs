@@ -6,6 +6,7 @@
 //! work sees everything queued before it (a wake's redelivery read sees the publish count the
 //! outbox queued just before), and what waits meanwhile makes the next batch larger.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,10 +14,10 @@ use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::pool::{Conn, Pool};
-use super::{delivery, requests, tables};
+use super::{delivery, grouped, requests, tables};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
-use crate::store::requests::{Completion, FinalReply};
+use crate::store::requests::{Admission, Completion, FinalReply};
 use crate::store::StoreError;
 use crate::wire::{DeviceId, RequestId};
 
@@ -125,22 +126,13 @@ async fn transaction(
         }
         done
     } else {
-        let work = jobs
-            .iter()
-            .map(|job| join_all(job.iter().map(|work| run_slot(conn, me, work))));
-        // BEGIN goes first on the wire, then the device locks; the statements follow without
-        // waiting for their answers.
-        let (begun, locked, done) = tokio::join!(
-            conn.client.batch_execute("BEGIN"),
-            requests::lock_devices(conn, &quota_devices),
-            join_all(work)
-        );
-        begun?;
-        if let Err(error) = locked {
-            let _ = conn.client.batch_execute("ROLLBACK").await;
-            return Err(error);
+        match grouped(conn, me, jobs, &quota_devices).await {
+            Ok(done) => done,
+            Err(error) => {
+                let _ = conn.client.batch_execute("ROLLBACK").await;
+                return Err(error);
+            }
         }
-        done
     };
     let mut outcomes = Vec::with_capacity(done.len());
     let mut failed: Option<StoreError> = None;
@@ -170,6 +162,123 @@ async fn transaction(
     }
     conn.client.batch_execute("COMMIT").await?;
     Ok(outcomes)
+}
+
+type Slots = Vec<Vec<Result<Option<Done>, StoreError>>>;
+
+/// The batch's admissions, completions, publish counts and acks as one statement of each kind
+/// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
+/// after `BEGIN` and the device locks; then, one at a time, whatever the grouped statements
+/// left undecided (an admission that met its key or its device's quota, a request completed
+/// twice in the batch). Statements of one kind run in the order the work was queued; kinds run
+/// admissions, completions, publish counts, acks, then the rest (a wake's redelivery read sees
+/// the publish counts of its batch).
+async fn grouped(
+    conn: &Conn,
+    me: &str,
+    jobs: &[Vec<Option<Work>>],
+    quota_devices: &[DeviceId],
+) -> Result<Slots, StoreError> {
+    let mut admits = Vec::new();
+    let mut completions = Vec::new();
+    let mut published = Vec::new();
+    let mut acks = Vec::new();
+    let mut rest = Vec::new();
+    let mut ranks: HashMap<&str, usize> = HashMap::new();
+    let mut completing = HashSet::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for (s, work) in job.iter().enumerate() {
+            match work {
+                Some(Work::Command(Command::Admit {
+                    request,
+                    max_pending,
+                    ..
+                })) => {
+                    let rank = ranks.entry(request.device.as_str()).or_default();
+                    admits.push((
+                        (j, s),
+                        grouped::Admit {
+                            request,
+                            max_pending: *max_pending,
+                            rank: *rank,
+                        },
+                    ));
+                    *rank += 1;
+                }
+                Some(Work::Complete(done)) if completing.insert(done.id) => {
+                    completions.push(((j, s), done));
+                }
+                Some(Work::Published(id)) => published.push(((j, s), *id)),
+                Some(Work::Command(Command::Ack(device, corr))) => {
+                    acks.push(((j, s), (device, corr.as_bytes())));
+                }
+                _ => rest.push((j, s)),
+            }
+        }
+    }
+    let mut done: Vec<Vec<Option<Result<Option<Done>, StoreError>>>> = jobs
+        .iter()
+        .map(|job| job.iter().map(|_| None).collect())
+        .collect();
+    let admit_rows: Vec<_> = admits.iter().map(|(_, a)| a.clone()).collect();
+    let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
+    let published_ids: Vec<_> = published.iter().map(|(_, id)| *id).collect();
+    let ack_rows: Vec<_> = acks.iter().map(|(_, a)| *a).collect();
+    let (begun, locked, stored, completed, counted, acked, others) = tokio::join!(
+        conn.client.batch_execute("BEGIN"),
+        requests::lock_devices(conn, quota_devices),
+        grouped::admit(conn, me, &admit_rows),
+        grouped::complete(conn, &completion_rows),
+        grouped::published(conn, &published_ids),
+        grouped::ack(conn, &ack_rows),
+        join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
+    );
+    begun?;
+    locked?;
+    let failed = [
+        stored.as_ref().err(),
+        completed.as_ref().err(),
+        counted.as_ref().err(),
+        acked.as_ref().err(),
+    ];
+    if let Some(error) = failed
+        .iter()
+        .flatten()
+        .find(|e| matches!(e, StoreError::Conflict(_)))
+        .or(failed.iter().flatten().next())
+    {
+        return Err((*error).clone());
+    }
+    let (stored, completed, acked) = (stored?, completed?, acked?);
+    for (((j, s), _), acked) in acks.iter().zip(acked) {
+        done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
+    }
+    for ((j, s), _) in published {
+        done[j][s] = Some(Ok(Some(Done::Published)));
+    }
+    for (((j, s), _), completed) in completions.iter().zip(completed) {
+        done[*j][*s] = Some(Ok(Some(Done::Completed(completed))));
+    }
+    for (((j, s), _), stored) in admits.iter().zip(stored) {
+        if stored {
+            done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Admitted(Admission::New)))));
+        }
+    }
+    for (&(j, s), outcome) in rest.iter().zip(others) {
+        done[j][s] = Some(outcome);
+    }
+    // Undecided: run one at a time, in the batch's order.
+    for (j, job) in jobs.iter().enumerate() {
+        for (s, work) in job.iter().enumerate() {
+            if done[j][s].is_none() {
+                done[j][s] = Some(run_slot(conn, me, work).await);
+            }
+        }
+    }
+    Ok(done
+        .into_iter()
+        .map(|job| job.into_iter().flatten().collect())
+        .collect())
 }
 
 /// The devices whose admissions in this batch count against `max_pending_per_device`, sorted

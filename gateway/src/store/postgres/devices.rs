@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use super::pool::Conn;
 use crate::store::devices::{select, Candidate, DeviceRow, Filter, Seen, RECENT_MS};
 use crate::store::StoreError;
+use crate::wire::RequestId;
 
 /// Writes (or updates) these devices' rows in one statement: last seen only grows, a stored
 /// error stays until a newer one comes. Rows go in id order, so two gateways writing
@@ -77,7 +78,7 @@ pub async fn page(
     let statement = conn
         .statement(
             "WITH ids AS (SELECT id FROM devices
-                          UNION SELECT device FROM requests WHERE received_ms > $1)
+                          UNION SELECT device FROM requests WHERE id > $1)
              SELECT ids.id, COALESCE(d.awake, false), d.last_error IS NOT NULL
              FROM ids LEFT JOIN devices d ON d.id = ids.id",
         )
@@ -85,7 +86,10 @@ pub async fn page(
     let recent_ms = crate::store::now_ms() - RECENT_MS;
     let candidates = conn
         .client
-        .query(&statement, &[&recent_ms])
+        .query(
+            &statement,
+            &[&RequestId::first_at(recent_ms).as_bytes().as_slice()],
+        )
         .await?
         .iter()
         .map(|row| {

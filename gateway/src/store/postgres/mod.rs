@@ -11,6 +11,7 @@ mod commit;
 mod console;
 mod delivery;
 mod devices;
+mod grouped;
 mod operators;
 mod pool;
 mod requests;

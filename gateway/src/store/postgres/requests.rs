@@ -336,7 +336,13 @@ pub async fn queued_extent(
 /// Forgets finished requests received before `before_ms` whose replies were acked or dead.
 pub async fn prune(conn: &Conn, before_ms: i64) -> Result<usize, StoreError> {
     let statement = conn
-        .statement("DELETE FROM requests WHERE received_ms < $1 AND delivery IN ('acked', 'dead')")
+        .statement("DELETE FROM requests WHERE id < $1 AND delivery IN ('acked', 'dead')")
         .await?;
-    Ok(conn.client.execute(&statement, &[&before_ms]).await? as usize)
+    // Ids are time-ordered (UUID v7, minted as the request is received): the primary key
+    // finds what was received before `before_ms`.
+    let before = RequestId::first_at(before_ms);
+    Ok(conn
+        .client
+        .execute(&statement, &[&before.as_bytes().as_slice()])
+        .await? as usize)
 }

@@ -1,0 +1,183 @@
+//! One statement for many pieces of work of a kind: the commit's admissions, completions,
+//! publish counts and acks each go to the server as one array-valued statement per batch
+//! instead of one statement per request. PostgreSQL's cost per statement (bind, plan, executor
+//! start, its answer) is what these save, on the server and in the gateway alike; the rows
+//! written are the same as [`super::requests`]' and [`super::delivery`]'s one-at-a-time
+//! statements, which stay for whatever a grouped statement leaves undecided (a duplicate, a
+//! device near its quota, one request completed twice in a batch).
+
+use std::collections::HashMap;
+
+use super::pool::Conn;
+use super::requests::request_id;
+use crate::store::requests::{Completion, NewRequest};
+use crate::store::StoreError;
+use crate::wire::{DeviceId, RequestId};
+
+/// Inserts new requests, each unless its key exists or its device is at its quota; `rank` is
+/// how many admissions of the same device come before it in the batch (the count of queued
+/// requests is taken when the statement starts, so it cannot see them). A row this refuses is
+/// decided again by [`super::requests::admit`], which counts exactly.
+const INSERT_MANY: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic,
+        envelope, received_ms, deadline_ms, state, owner)
+    SELECT n.id, n.device, n.corr, n.op, n.args, n.reply_topic, n.envelope, n.received_ms,
+        n.deadline_ms, 'queued', $12
+    FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::bytea[], $6::text[],
+        $7::bool[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+        AS n(id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms,
+             max_pending, rank)
+    WHERE n.max_pending = 0
+        OR (SELECT COUNT(*) FROM requests q WHERE q.device = n.device AND q.state = 'queued')
+            + n.rank < n.max_pending
+    ON CONFLICT (device, corr) DO NOTHING
+    RETURNING id";
+
+/// A request to admit, with its device's quota and its rank among the batch's admissions of
+/// that device.
+#[derive(Clone)]
+pub struct Admit<'a> {
+    /// The request.
+    pub request: &'a NewRequest,
+    /// `max_pending_per_device` (0: unchecked).
+    pub max_pending: usize,
+    /// Admissions of the same device before it in the batch.
+    pub rank: usize,
+}
+
+/// Which of `admits` were stored.
+pub async fn admit(
+    conn: &Conn,
+    owner: &str,
+    admits: &[Admit<'_>],
+) -> Result<Vec<bool>, StoreError> {
+    if admits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = conn.statement(INSERT_MANY).await?;
+    let ids: Vec<&[u8]> = admits
+        .iter()
+        .map(|a| a.request.id.as_bytes().as_slice())
+        .collect();
+    let devices: Vec<&str> = admits.iter().map(|a| a.request.device.as_str()).collect();
+    let corrs: Vec<&[u8]> = admits.iter().map(|a| a.request.corr.as_bytes()).collect();
+    let ops: Vec<&str> = admits.iter().map(|a| a.request.op.as_str()).collect();
+    let args: Vec<&[u8]> = admits.iter().map(|a| a.request.args.as_slice()).collect();
+    let topics: Vec<&str> = admits
+        .iter()
+        .map(|a| a.request.reply_topic.as_str())
+        .collect();
+    let envelopes: Vec<bool> = admits.iter().map(|a| a.request.envelope).collect();
+    let received: Vec<i64> = admits.iter().map(|a| a.request.received_ms).collect();
+    let deadlines: Vec<i64> = admits.iter().map(|a| a.request.deadline_ms).collect();
+    let quotas: Vec<i64> = admits.iter().map(|a| a.max_pending as i64).collect();
+    let ranks: Vec<i64> = admits.iter().map(|a| a.rank as i64).collect();
+    let rows = conn
+        .client
+        .query(
+            &statement,
+            &[
+                &ids, &devices, &corrs, &ops, &args, &topics, &envelopes, &received, &deadlines,
+                &quotas, &ranks, &owner,
+            ],
+        )
+        .await?;
+    let mut stored = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        stored.insert(request_id(row, 0)?);
+    }
+    Ok(admits
+        .iter()
+        .map(|a| stored.contains(&a.request.id))
+        .collect())
+}
+
+/// Records final replies of queued requests (ids distinct); which ones were still queued.
+pub async fn complete(conn: &Conn, done: &[&Completion]) -> Result<Vec<bool>, StoreError> {
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = conn
+        .statement(
+            "UPDATE requests r SET state = c.state, status = c.status, reply = c.reply,
+                 finished_ms = c.finished_ms, expires_ms = c.expires_ms, delivery = 'held',
+                 executions = r.executions + c.executed
+             FROM UNNEST($1::bytea[], $2::text[], $3::int[], $4::bytea[], $5::bigint[],
+                 $6::bigint[], $7::int[])
+                 AS c(id, state, status, reply, finished_ms, expires_ms, executed)
+             WHERE r.id = c.id AND r.state = 'queued'
+             RETURNING r.id",
+        )
+        .await?;
+    let ids: Vec<&[u8]> = done.iter().map(|d| d.id.as_bytes().as_slice()).collect();
+    let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
+    let statuses: Vec<i32> = done.iter().map(|d| i32::from(d.status)).collect();
+    let replies: Vec<&[u8]> = done.iter().map(|d| d.payload.as_slice()).collect();
+    let finished: Vec<i64> = done.iter().map(|d| d.finished_ms).collect();
+    let expires: Vec<i64> = done.iter().map(|d| d.expires_ms).collect();
+    let executed: Vec<i32> = done.iter().map(|d| i32::from(d.executed)).collect();
+    let rows = conn
+        .client
+        .query(
+            &statement,
+            &[
+                &ids, &states, &statuses, &replies, &finished, &expires, &executed,
+            ],
+        )
+        .await?;
+    let mut changed = std::collections::HashSet::with_capacity(rows.len());
+    for row in &rows {
+        changed.insert(request_id(row, 0)?);
+    }
+    Ok(done.iter().map(|d| changed.contains(&d.id)).collect())
+}
+
+/// Counts that these final replies were handed to the broker (an id twice: counted twice).
+pub async fn published(conn: &Conn, ids: &[RequestId]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let statement = conn
+        .statement(
+            "UPDATE requests r SET published = r.published + p.n, sent_ms = $2
+             FROM (SELECT id, COUNT(*)::int AS n FROM UNNEST($1::bytea[]) AS u(id) GROUP BY id) p
+             WHERE r.id = p.id",
+        )
+        .await?;
+    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+    conn.client
+        .execute(&statement, &[&ids, &crate::store::now_ms()])
+        .await?;
+    Ok(())
+}
+
+/// Acknowledgements, in order: the request whose held reply each ended (a second ack of the
+/// same reply ends nothing, as it would one at a time).
+pub async fn ack(
+    conn: &Conn,
+    acks: &[(&DeviceId, &[u8])],
+) -> Result<Vec<Option<RequestId>>, StoreError> {
+    if acks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = conn
+        .statement(
+            "UPDATE requests r SET delivery = 'acked', args = ''::bytea
+             FROM UNNEST($1::text[], $2::bytea[]) AS a(device, corr)
+             WHERE r.device = a.device AND r.corr = a.corr AND r.delivery = 'held'
+             RETURNING r.device, r.corr, r.id",
+        )
+        .await?;
+    let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
+    let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
+    let rows = conn.client.query(&statement, &[&devices, &corrs]).await?;
+    let mut ended: HashMap<(String, Vec<u8>), RequestId> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let device: String = row.try_get(0)?;
+        let corr: Vec<u8> = row.try_get(1)?;
+        ended.insert((device, corr), request_id(row, 2)?);
+    }
+    Ok(acks
+        .iter()
+        .map(|(device, corr)| ended.remove(&(device.as_str().to_owned(), corr.to_vec())))
+        .collect())
+}
