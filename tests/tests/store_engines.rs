@@ -500,6 +500,96 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     );
 }
 
+/// One batch of many admissions and acks (PostgreSQL groups each kind into one statement):
+/// every piece is decided as it would be alone, in the batch's order, quota and dedupe
+/// included (the quota is the store's on a shared store only: one SQLite gateway's scheduler
+/// holds it); a request completed twice at once is recorded once.
+async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool) {
+    let held = request("g1", "x");
+    assert!(matches!(
+        store.admit(held.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    assert!(store
+        .complete(completion(held.id, b"r"))
+        .await
+        .expect("complete"));
+    store.mark_published(held.id);
+    let admit = |request: NewRequest| {
+        Some(Command::Admit {
+            request,
+            dedupe_after_ms: 0,
+            max_pending: 2,
+        })
+    };
+    let a = request("g1", "a");
+    let outcomes = store
+        .batch(vec![
+            admit(a.clone()),
+            admit(request("g1", "b")),
+            admit(request("g1", "a")),
+            admit(request("g1", "c")),
+            admit(request("g2", "a")),
+            Some(Command::Ack(device("g1"), corr("x"))),
+            Some(Command::Ack(device("g1"), corr("x"))),
+        ])
+        .await
+        .expect("batch");
+    assert!(matches!(
+        outcomes[0],
+        Some(Outcome::Admitted(Admission::New))
+    ));
+    assert!(matches!(
+        outcomes[1],
+        Some(Outcome::Admitted(Admission::New))
+    ));
+    assert!(
+        matches!(&outcomes[2], Some(Outcome::Admitted(Admission::Existing(e))) if e.id == a.id),
+        "a duplicate in the same batch is answered as the original: {:?}",
+        outcomes[2]
+    );
+    if shared {
+        assert!(
+            matches!(outcomes[3], Some(Outcome::Admitted(Admission::OverQuota))),
+            "the third pending request of a device in one batch is over its quota of 2: {:?}",
+            outcomes[3]
+        );
+    } else {
+        assert!(matches!(
+            outcomes[3],
+            Some(Outcome::Admitted(Admission::New))
+        ));
+    }
+    assert!(matches!(
+        outcomes[4],
+        Some(Outcome::Admitted(Admission::New))
+    ));
+    assert!(
+        matches!(outcomes[5], Some(Outcome::Acked(Some(id))) if id == held.id),
+        "{:?}",
+        outcomes[5]
+    );
+    assert!(
+        matches!(outcomes[6], Some(Outcome::Acked(None))),
+        "a second ack of one reply ends nothing: {:?}",
+        outcomes[6]
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    for payload in [&b"first"[..], b"second"] {
+        let tx = tx.clone();
+        store.complete_then(completion(a.id, payload), move |done| {
+            let _ = tx.send(done.expect("complete"));
+        });
+    }
+    let mut recorded = [rx.recv().expect("one"), rx.recv().expect("two")];
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [false, true],
+        "one of two completions is recorded"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_engine_keeps_the_store_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -507,6 +597,7 @@ async fn the_sqlite_engine_keeps_the_store_contract() {
     let store = Store::open(&config, dir.path()).await.expect("open");
     let console = Console::open(&config, dir.path(), true).expect("console");
     keeps_the_contract(&store, console).await;
+    decides_a_crowded_batch_one_piece_at_a_time(&store, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,6 +618,7 @@ async fn the_postgres_engine_keeps_the_store_contract() {
             .expect("console")
     };
     keeps_the_contract(&store, console).await;
+    decides_a_crowded_batch_one_piece_at_a_time(&store, true).await;
     drop(store);
     drop(cluster);
 }

@@ -64,8 +64,9 @@ pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
     Ok(ClusterView { gateways, totals })
 }
 
-/// Claims up to `limit` queued requests and up to `limit` unpublished replies of gateways
-/// whose lease ran out before `now_ms` (call inside a transaction).
+/// Claims up to `limit` queued requests and up to `limit` held replies of gateways whose lease
+/// ran out before `now_ms` (call inside a transaction); returns the queued ones and the held
+/// ones never published.
 pub async fn take_over(
     conn: &Conn,
     me: &str,
@@ -84,11 +85,12 @@ pub async fn take_over(
     let unpublished = conn
         .statement(
             "UPDATE requests SET owner = $1 WHERE id IN (
-                SELECT r.id FROM requests r WHERE r.delivery = 'held' AND r.published = 0
+                SELECT r.id FROM requests r WHERE r.delivery = 'held'
                     AND (r.owner IS NULL OR r.owner IN (
                         SELECT id FROM gateways WHERE lease_until_ms < $2 AND id <> $1))
-                ORDER BY r.id LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, device, corr, reply_topic, status, reply, expires_ms, envelope",
+                ORDER BY r.published, r.id LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING id, device, corr, reply_topic, status, reply, expires_ms, envelope,
+                       published",
         )
         .await?;
     let limit = limit as i64;
@@ -102,8 +104,14 @@ pub async fn take_over(
         .map(stored_request)
         .collect::<Result<Vec<_>, StoreError>>()?;
     queued.sort_by_key(|request| request.id);
+    // Every held reply of a dead gateway moves (so that later beats need not look at it
+    // again), never-published ones first; only those are published now.
     let mut unpublished = unpublished
         .iter()
+        .filter(|row| {
+            row.try_get::<_, i32>(8)
+                .is_ok_and(|published| published == 0)
+        })
         .map(final_reply)
         .collect::<Result<Vec<_>, _>>()?;
     unpublished.sort_by_key(|reply| reply.id);
