@@ -2,18 +2,22 @@
 # Store-engine and scale-out benchmark, on loopback: the same `device-sim load` against
 #   1. one gateway (embedded broker) on SQLite, then on PostgreSQL (a throwaway cluster);
 #   2. one, two and three gateways (external mode, one share group) behind Mosquitto, on one
-#      PostgreSQL database.
+#      PostgreSQL database;
+#   3. failover: three gateways with a backlog (one worker each, a slow model), one SIGKILLed:
+#      how long until its queued work resumes at the others (the target: lease_ms + 1 s).
 #
 # Usage, from the workspace root (Debian's postgresql and mosquitto installed; run as root or
 # as a user who may run the PostgreSQL server):
 #   cargo build --release -p gateway -p device-sim
 #   device-sim/store_bench.sh [DURATION] [SHAPE]        e.g. device-sim/store_bench.sh 10s 50x4
+#   PARTS=3 device-sim/store_bench.sh                   only part 3 (default PARTS=123)
 #
 # Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
 set -euo pipefail
 
 duration=${1:-10s}
 shape=${2:-50x4}
+parts=${PARTS:-123}
 devices=${shape%x*}
 inflight=${shape#*x}
 bin=${BIN:-target/release}
@@ -97,6 +101,7 @@ gateway() { # $1 = name, $2 = extra TOML, $3 = extra [gateway] keys; sets $gw_pi
 }
 address() { grep -o 'mqtt=[0-9.:]*' "$out/$1/out.log" | head -1 | cut -d= -f2; }
 
+if [[ $parts == *1* ]]; then
 echo "== 1. one gateway, embedded broker: SQLite vs PostgreSQL ($shape, $duration)"
 gateway sqlite '[broker]\nlisten = "127.0.0.1:0"'
 load "sqlite" "$(address sqlite)" --gateway-pid "$gw_pid"
@@ -105,8 +110,8 @@ createdb single
 gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
 load "postgres" "$(address postgres)" --gateway-pid "$gw_pid"
 kill "$gw_pid"
+fi
 
-echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
 mqtt_port=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n' \
     "$mqtt_port" > "$out/mosquitto.conf"
@@ -116,6 +121,8 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null &&
 member() { # $1 = name, $2 = database, $3 = lease_ms
     gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3"
 }
+if [[ $parts == *2* ]]; then
+echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
 for n in 1 2 3; do
     createdb "cluster$n"
     members=()
@@ -124,5 +131,45 @@ for n in 1 2 3; do
     for pid in "${members[@]}"; do kill "$pid"; done
     for pid in "${members[@]}"; do wait "$pid" 2>/dev/null || true; done
 done
+
+fi
+
+if [[ $parts == *3* ]]; then
+echo "== 3. failover: three gateways with a backlog, one killed with SIGKILL (lease_ms = 2000)"
+createdb failover
+psql_fo() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d failover -At "$@"; }
+now_ms() { date +%s%3N; }
+slow_model="[models.slow]\npath = \"$PWD/tests/fixtures/models/slow.onnx\""
+members=()
+for m in 1 2 3; do
+    gateway "fo-gw$m" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/failover\"\nlease_ms = 2000\n$slow_model" \
+        "workers = 1"
+    members+=("$gw_pid")
+done
+# Offered above what three single workers run, so that every gateway holds queued work.
+"$bin/device-sim" load --broker "127.0.0.1:$mqtt_port" --devices 60 --rate 900 --duration 12s \
+    --mix infer=1 --infer-model slow --infer-features 128 --quiet --json "$out/failover.json" \
+    > "$out/failover.log" 2>&1 &
+sim=$!
+pids+=("$sim")
+sleep 6
+kill -KILL "${members[1]}"
+killed_ms=$(now_ms)
+psql_fo -c "CREATE TABLE victim AS SELECT id FROM requests WHERE owner = 'fo-gw2' AND state = 'queued'" >/dev/null
+wait "$sim" || true
+for _ in $(seq 600); do
+    [ "$(psql_fo -c "SELECT COUNT(*) FROM requests WHERE state = 'queued'")" = 0 ] && break
+    sleep 0.1
+done
+psql_fo -F ' ' -c "SELECT COUNT(*), MIN(r.finished_ms) - $killed_ms, MAX(r.finished_ms) - $killed_ms,
+        COUNT(*) FILTER (WHERE r.state = 'queued'), MAX(r.executions)
+    FROM victim v JOIN requests r ON r.id = v.id" | {
+    read -r n first last left runs
+    echo "killed gateway's queued requests: $n; the first finished elsewhere ${first:-?} ms after the kill, the last ${last:-?} ms; still queued: $left; most runs of one request: ${runs:-0}"
+}
+summary "failover" "$out/failover.json"
+for pid in "${members[0]}" "${members[2]}"; do kill "$pid"; done
+
+fi
 
 echo "reports in $out"

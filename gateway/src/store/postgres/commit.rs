@@ -7,6 +7,7 @@
 //! outbox queued just before), and what waits meanwhile makes the next batch larger.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -67,6 +68,7 @@ pub async fn run(
     pool: Arc<Pool>,
     latency: Arc<Histogram>,
     me: Arc<str>,
+    shared: Arc<AtomicBool>,
 ) {
     let mut waiting = Vec::new();
     while jobs_rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
@@ -81,7 +83,9 @@ pub async fn run(
                 Ok(mut conn) => {
                     let mut tries = 1;
                     loop {
-                        match transaction(&mut conn, &me, &work).await {
+                        match transaction(&mut conn, &me, &work, shared.load(Ordering::Relaxed))
+                            .await
+                        {
                             // Another transaction (this gateway's or another's) locked rows in
                             // the other order: run the whole batch again.
                             Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
@@ -108,6 +112,7 @@ async fn transaction(
     conn: &mut super::pool::Pooled,
     me: &str,
     jobs: &[Vec<Option<Work>>],
+    shared: bool,
 ) -> Result<Outcomes, StoreError> {
     let conn: &Conn = conn;
     let quota_devices = quota_devices(jobs);
@@ -126,7 +131,7 @@ async fn transaction(
         }
         done
     } else {
-        match grouped(conn, me, jobs, &quota_devices).await {
+        match grouped(conn, me, jobs, &quota_devices, shared).await {
             Ok(done) => done,
             Err(error) => {
                 let _ = conn.client.batch_execute("ROLLBACK").await;
@@ -168,7 +173,8 @@ type Slots = Vec<Vec<Result<Option<Done>, StoreError>>>;
 
 /// The batch's admissions, completions, publish counts and acks as one statement of each kind
 /// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
-/// after `BEGIN` and the device locks; then, one at a time, whatever the grouped statements
+/// after `BEGIN` and the device locks (and, with other gateways on the database, after their
+/// rows are locked in id order: [`grouped::lock_rows`]); then, one at a time, whatever the grouped statements
 /// left undecided (an admission that met its key or its device's quota, a request completed
 /// twice in the batch). Statements of one kind run in the order the work was queued; kinds run
 /// admissions, completions, publish counts, acks, then the rest (a wake's redelivery read sees
@@ -178,6 +184,7 @@ async fn grouped(
     me: &str,
     jobs: &[Vec<Option<Work>>],
     quota_devices: &[DeviceId],
+    shared: bool,
 ) -> Result<Slots, StoreError> {
     let mut admits = Vec::new();
     let mut completions = Vec::new();
@@ -224,17 +231,39 @@ async fn grouped(
     let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
     let published_ids: Vec<_> = published.iter().map(|(_, id)| *id).collect();
     let ack_rows: Vec<_> = acks.iter().map(|(_, a)| *a).collect();
-    let (begun, locked, stored, completed, counted, acked, others) = tokio::join!(
-        conn.client.batch_execute("BEGIN"),
-        requests::lock_devices(conn, quota_devices),
-        grouped::admit(conn, me, &admit_rows),
-        grouped::complete(conn, &completion_rows),
-        grouped::published(conn, &published_ids),
-        grouped::ack(conn, &ack_rows),
-        join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
-    );
+    let mut locked_ids: Vec<RequestId> = completion_rows.iter().map(|c| c.id).collect();
+    locked_ids.extend(&published_ids);
+    let prelude = async {
+        let (begun, locked) = tokio::join!(
+            conn.client.batch_execute("BEGIN"),
+            requests::lock_devices(conn, quota_devices),
+        );
+        begun?;
+        locked?;
+        if shared {
+            grouped::lock_rows(conn, &locked_ids, &ack_rows).await?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    let statements = async {
+        tokio::join!(
+            grouped::admit(conn, me, &admit_rows),
+            grouped::complete(conn, &completion_rows),
+            grouped::published(conn, &published_ids),
+            grouped::ack(conn, &ack_rows),
+            join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
+        )
+    };
+    // Alone on the database, everything is pipelined behind `BEGIN`; with other gateways, the
+    // rows are locked (in order) before anything updates them.
+    let (begun, (stored, completed, counted, acked, others)) = if shared {
+        let begun = prelude.await;
+        begun?;
+        (Ok(()), statements.await)
+    } else {
+        tokio::join!(prelude, statements)
+    };
     begun?;
-    locked?;
     let failed = [
         stored.as_ref().err(),
         completed.as_ref().err(),

@@ -44,6 +44,39 @@ pub struct Admit<'a> {
     pub rank: usize,
 }
 
+/// Locks, in id order, the rows that this batch's completions, publish counts and acks will
+/// update. Another gateway's batch updates some of the same rows (a reply published here is
+/// acked through the other gateway a moment later); each statement taking its own rows in its
+/// own order, two batches deadlocked and each deadlock stalled a commit for PostgreSQL's
+/// `deadlock_timeout` (1 s). Taking them all first, in one order, leaves no cycle among them.
+pub async fn lock_rows(
+    conn: &Conn,
+    ids: &[RequestId],
+    acks: &[(&DeviceId, &[u8])],
+) -> Result<(), StoreError> {
+    if ids.is_empty() && acks.is_empty() {
+        return Ok(());
+    }
+    let statement = conn
+        .statement(
+            "SELECT r.id FROM (
+                 SELECT UNNEST($1::bytea[]) AS id
+                 UNION
+                 SELECT q.id FROM UNNEST($2::text[], $3::bytea[]) AS a(device, corr)
+                 JOIN requests q ON q.device = a.device AND q.corr = a.corr) k
+             JOIN requests r ON r.id = k.id
+             ORDER BY r.id FOR UPDATE OF r",
+        )
+        .await?;
+    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
+    let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
+    let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
+    conn.client
+        .execute(&statement, &[&ids, &devices, &corrs])
+        .await?;
+    Ok(())
+}
+
 /// Which of `admits` were stored.
 pub async fn admit(
     conn: &Conn,

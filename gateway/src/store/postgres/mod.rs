@@ -19,6 +19,7 @@ mod schema;
 mod tables;
 mod views;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +78,8 @@ pub struct PgStore {
     lease: Duration,
     started_ms: i64,
     view: Arc<Mutex<Option<ClusterView>>>,
+    /// Whether other gateways are alive on the database (as of the last heartbeat).
+    shared: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -104,11 +107,13 @@ impl PgStore {
         drop(conn);
         let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let commit_latency = Arc::new(Histogram::default());
+        let shared = Arc::new(AtomicBool::new(false));
         tokio::spawn(commit::run(
             jobs_rx,
             pool.clone(),
             commit_latency.clone(),
             me.into(),
+            shared.clone(),
         ));
         Ok(PgStore {
             pool,
@@ -119,6 +124,7 @@ impl PgStore {
             lease,
             started_ms,
             view: Arc::default(),
+            shared,
         })
     }
 
@@ -134,6 +140,7 @@ impl PgStore {
         let lease_ms = self.lease.as_millis() as i64;
         cluster::heartbeat(&conn, &self.me, self.started_ms, now, lease_ms).await?;
         let view = cluster::view(&conn, now).await?;
+        self.shared.store(view.alive() > 1, Ordering::Relaxed);
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
         Ok(())
     }
