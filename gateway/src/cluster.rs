@@ -21,6 +21,8 @@ use crate::store::Store;
 
 /// Most rows of each kind claimed per beat.
 const TAKE_PER_BEAT: usize = 1000;
+/// Failed beats in a row between two warnings.
+const FAILURES_SAID: u32 = 60;
 
 /// Beats until `stop`: renew the lease, take over abandoned work.
 pub async fn run(
@@ -34,10 +36,24 @@ pub async fn run(
         return;
     };
     let every = (lease / 4).min(Duration::from_millis(500));
+    let mut failing = 0u32;
     loop {
         match store.heartbeat().await {
-            Err(error) => tracing::warn!(%error, "heartbeat failed"),
-            Ok(()) => beat(&store, &scheduler, &limits, &done_tx).await,
+            // Said once when beats start failing and then every `FAILURES_SAID` beats, not at
+            // every beat of an outage (the store's degraded state says the rest).
+            Err(error) => {
+                if failing % FAILURES_SAID == 0 {
+                    tracing::warn!(%error, failed_beats = failing + 1, "heartbeat failed");
+                }
+                failing = failing.saturating_add(1);
+            }
+            Ok(()) => {
+                if failing > 0 {
+                    tracing::info!(failed_beats = failing, "heartbeat renewed");
+                    failing = 0;
+                }
+                beat(&store, &scheduler, &limits, &done_tx).await;
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

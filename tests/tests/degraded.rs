@@ -462,6 +462,20 @@ async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
 
     cluster.start_server();
     wait_state(&mut watcher, "online").await;
+    // The outage is said once, not at every beat it lasted (beats are 500 ms apart).
+    let renewed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let log = gateway.log();
+            if log.contains("heartbeat renewed") {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the heartbeat is renewed after the outage");
+    assert!(renewed.contains("failed_beats"), "{renewed}");
+    assert_eq!(renewed.matches("heartbeat failed").count(), 1, "{renewed}");
     let reply = sent
         .request(&mut device, &mut ledger, b"back", &[3.0])
         .await;
