@@ -541,3 +541,79 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns(
     assert_store(&gateway, DEVICE, &accepted, &after.refused);
     gateway.kill();
 }
+
+/// A gateway started while its PostgreSQL is down waits for the database (saying so) instead of
+/// exiting, and serves once the server is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_database_waits_for_it() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("roost");
+    cluster.stop();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw-wait\"\ndata_dir = {:?}\n[broker]\nlisten = \"127.0.0.1:0\"\n\
+             [http]\nlisten = \"\"\n[store]\nengine = \"postgres\"\nurl = \"{url}\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("config");
+    let log_path = dir.path().join("gateway.log");
+    let mut child = Command::new(Gateway::binary())
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .env("RUST_LOG", gateway::logging::DEFAULT_FILTER)
+        .spawn()
+        .expect("spawn gateway");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("waiting for the store") {
+        assert!(
+            child.try_wait().expect("status").is_none(),
+            "the gateway exited instead of waiting for its database:\n{}",
+            log()
+        );
+        assert!(Instant::now() < deadline, "no wait was said:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.start_server();
+    let stdout = child.stdout.take().expect("stdout");
+    let listening = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| {
+                line.strip_prefix("roost gateway listening ")
+                    .and_then(|rest| {
+                        rest.split_whitespace()
+                            .find_map(|p| p.strip_prefix("mqtt="))
+                    })
+                    .map(|addr| addr.parse::<SocketAddr>().expect("mqtt addr"))
+            })
+    });
+    let mqtt = tokio::time::timeout(Duration::from_secs(60), listening)
+        .await
+        .expect("the gateway starts once the database is up")
+        .expect("thread")
+        .unwrap_or_else(|| panic!("the gateway ended:\n{}", log()));
+    let mut device = TestDevice::connect(mqtt, "wait-1").await;
+    let (mut ledger, mut sent) = (Ledger::default(), Sent::default());
+    let reply = sent
+        .request(&mut device, &mut ledger, b"after", &[1.0, 2.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    ledger
+        .until_finished(&mut device, &[b"after".to_vec()])
+        .await;
+    device.disconnect().await;
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}

@@ -11,6 +11,7 @@ mod descriptors;
 mod error;
 mod http_login;
 mod sink;
+mod store_wait;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +33,6 @@ use crate::metrics::{IntakeStats, Metrics};
 use crate::outbox::Outbox;
 use crate::status::http::{self, Health, HttpState};
 use crate::status::GatewayStatus;
-use crate::store::Store;
 use crate::wire::topics;
 use crate::{recovery, status};
 
@@ -98,7 +98,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         None => None,
     };
 
-    let store = Store::open(&config.store, &config.gateway.data_dir).await?;
+    let Some(store) = store_wait::open(&config.store, &config.gateway.data_dir, &shutdown).await?
+    else {
+        return Ok(());
+    };
     // A start on a full disk (or a read-only database) serves degraded instead of failing
     // later: one probe write tells.
     if let Err(error) = store.probe().await {
