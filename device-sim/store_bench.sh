@@ -11,6 +11,8 @@
 #   cargo build --release -p gateway -p device-sim
 #   device-sim/store_bench.sh [DURATION] [SHAPE]        e.g. device-sim/store_bench.sh 10s 50x4
 #   PARTS=3 device-sim/store_bench.sh                   only part 3 (default PARTS=123)
+#   STATEMENTS=8 device-sim/store_bench.sh              and the 8 statements that cost the server most
+#   MEMBER_TOML='[limits]\nmax_pending_per_device = 0'  extra TOML for part 2's gateways
 #
 # Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
 set -euo pipefail
@@ -86,8 +88,22 @@ pg_port=$(free_port)
 [ "$(id -u)" = 0 ] && chown postgres: "$out"
 as_pg "$pg_bin/initdb" -D "$out/pg" -U postgres -A trust -E UTF8 >/dev/null
 as_pg "$pg_bin/pg_ctl" -D "$out/pg" -l "$out/pg.log" -w \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out" start >/dev/null
-createdb() { "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$1"; }
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out ${STATEMENTS:+-c shared_preload_libraries=pg_stat_statements}" start >/dev/null
+createdb() {
+    "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$1"
+    if [ -n "${STATEMENTS:-}" ]; then
+        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -qc "CREATE EXTENSION pg_stat_statements"
+    fi
+}
+# With STATEMENTS=1: the statements that took the server's time in database $1, since the last call.
+statements() {
+    [ -n "${STATEMENTS:-}" ] || return 0
+    psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -At -F ' | ' -c "
+        SELECT calls, round(total_exec_time::numeric) AS ms, rows,
+               left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+        FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$1')
+        ORDER BY total_exec_time DESC LIMIT ${STATEMENTS}"
+}
 
 gateway() { # $1 = name, $2 = extra TOML, $3 = extra [gateway] keys; sets $gw_pid once listening
     mkdir -p "$out/$1"
@@ -109,6 +125,7 @@ kill "$gw_pid"
 createdb single
 gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
 load "postgres" "$(address postgres)" --gateway-pid "$gw_pid"
+statements single
 kill "$gw_pid"
 fi
 
@@ -119,7 +136,7 @@ printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_q
 pids+=($!)
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
 member() { # $1 = name, $2 = database, $3 = lease_ms
-    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3"
+    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3\n${MEMBER_TOML:-}"
 }
 if [[ $parts == *2* ]]; then
 echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
@@ -128,6 +145,7 @@ for n in 1 2 3; do
     members=()
     for m in $(seq "$n"); do member "c$n-gw$m" "cluster$n" 10000; members+=("$gw_pid"); done
     load "$n-gateways" "127.0.0.1:$mqtt_port"
+    statements "cluster$n"
     for pid in "${members[@]}"; do kill "$pid"; done
     for pid in "${members[@]}"; do wait "$pid" 2>/dev/null || true; done
 done

@@ -173,12 +173,12 @@ type Slots = Vec<Vec<Result<Option<Done>, StoreError>>>;
 
 /// The batch's admissions, completions, publish counts and acks as one statement of each kind
 /// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
-/// after `BEGIN` and the device locks (and, with other gateways on the database, after their
-/// rows are locked in id order: [`grouped::lock_rows`]); then, one at a time, whatever the grouped statements
-/// left undecided (an admission that met its key or its device's quota, a request completed
+/// after `BEGIN` (and, with other gateways on the database, after their rows are locked in id
+/// order: [`grouped::lock_rows`]); then, one at a time, whatever the grouped statements left
+/// undecided (an admission that met its key or its device's quota, a request completed
 /// twice in the batch). Statements of one kind run in the order the work was queued; kinds run
-/// admissions, completions, publish counts, acks, then the rest (a wake's redelivery read sees
-/// the publish counts of its batch).
+/// completions, publish counts, acks, the rest (a wake's redelivery read sees the publish counts
+/// of its batch), then the device locks and the admissions.
 async fn grouped(
     conn: &Conn,
     me: &str,
@@ -234,29 +234,36 @@ async fn grouped(
     let mut locked_ids: Vec<RequestId> = completion_rows.iter().map(|c| c.id).collect();
     locked_ids.extend(&published_ids);
     let prelude = async {
-        let (begun, locked) = tokio::join!(
-            conn.client.batch_execute("BEGIN"),
-            requests::lock_devices(conn, quota_devices),
-        );
-        begun?;
-        locked?;
+        conn.client.batch_execute("BEGIN").await?;
         if shared {
             grouped::lock_rows(conn, &locked_ids, &ack_rows).await?;
         }
         Ok::<(), StoreError>(())
     };
+    // The devices' quota locks are taken last, right before the admissions they guard, so that
+    // they are held for the insert and the commit only: two gateways admitting for the same
+    // devices (a device's requests spread over them) wait on each other that long, not for
+    // each other's whole batch.
+    let admission = async {
+        let (locked, stored) = tokio::join!(
+            requests::lock_devices(conn, quota_devices),
+            grouped::admit(conn, me, &admit_rows),
+        );
+        locked?;
+        stored
+    };
     let statements = async {
         tokio::join!(
-            grouped::admit(conn, me, &admit_rows),
             grouped::complete(conn, &completion_rows),
             grouped::published(conn, &published_ids),
             grouped::ack(conn, &ack_rows),
             join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
+            admission,
         )
     };
     // Alone on the database, everything is pipelined behind `BEGIN`; with other gateways, the
     // rows are locked (in order) before anything updates them.
-    let (begun, (stored, completed, counted, acked, others)) = if shared {
+    let (begun, (completed, counted, acked, others, stored)) = if shared {
         let begun = prelude.await;
         begun?;
         (Ok(()), statements.await)
