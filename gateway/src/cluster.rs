@@ -42,7 +42,7 @@ pub async fn run(
             // Said once when beats start failing and then every `FAILURES_SAID` beats, not at
             // every beat of an outage (the store's degraded state says the rest).
             Err(error) => {
-                if failing % FAILURES_SAID == 0 {
+                if failing.is_multiple_of(FAILURES_SAID) {
                     tracing::warn!(%error, failed_beats = failing + 1, "heartbeat failed");
                 }
                 failing = failing.saturating_add(1);

@@ -169,7 +169,9 @@ async fn transaction(
     Ok(outcomes)
 }
 
-type Slots = Vec<Vec<Result<Option<Done>, StoreError>>>;
+/// One piece of work's outcome.
+type Slot = Result<Option<Done>, StoreError>;
+type Slots = Vec<Vec<Slot>>;
 
 /// The batch's admissions, completions, publish counts and acks as one statement of each kind
 /// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
@@ -223,7 +225,7 @@ async fn grouped(
             }
         }
     }
-    let mut done: Vec<Vec<Option<Result<Option<Done>, StoreError>>>> = jobs
+    let mut done: Vec<Vec<Option<Slot>>> = jobs
         .iter()
         .map(|job| job.iter().map(|_| None).collect())
         .collect();

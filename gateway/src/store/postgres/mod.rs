@@ -12,6 +12,7 @@ mod console;
 mod delivery;
 mod devices;
 mod grouped;
+mod marks;
 mod operators;
 mod pool;
 mod requests;
@@ -80,6 +81,8 @@ pub struct PgStore {
     view: Arc<Mutex<Option<ClusterView>>>,
     /// Whether other gateways are alive on the database (as of the last heartbeat).
     shared: Arc<AtomicBool>,
+    /// Publish counts held back while shared.
+    marks: Arc<marks::Marks>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -115,6 +118,8 @@ impl PgStore {
             me.into(),
             shared.clone(),
         ));
+        let marks = Arc::new(marks::Marks::default());
+        tokio::spawn(marks::flush(marks.clone(), jobs_tx.downgrade()));
         Ok(PgStore {
             pool,
             jobs_tx,
@@ -125,6 +130,7 @@ impl PgStore {
             started_ms,
             view: Arc::default(),
             shared,
+            marks,
         })
     }
 
@@ -147,6 +153,7 @@ impl PgStore {
 
     /// See [`crate::store::Store::leave`].
     pub async fn leave(&self) -> Result<(), StoreError> {
+        self.commit(self.marks.take()).await?;
         cluster::leave(&*self.pool.get().await?, &self.me).await
     }
 
@@ -270,7 +277,11 @@ impl PgStore {
 
     /// See [`crate::store::Store::mark_published`].
     pub fn mark_published(&self, id: RequestId) {
-        self.submit(vec![Some(Work::Published(id))], |_| {});
+        if self.shared.load(Ordering::Relaxed) {
+            self.marks.push(id);
+        } else {
+            self.submit(vec![Some(Work::Published(id))], |_| {});
+        }
     }
 
     /// See [`crate::store::Store::unpublished`].
@@ -308,11 +319,10 @@ impl PgStore {
             crate::store::now_ms() - quiet.as_millis() as i64
         };
         // Through the commit queue: it must see the publish counts queued before it.
-        match self
-            .commit(vec![Some(Work::HeldFor(devices, limit, sent_before_ms))])
-            .await?
-            .pop()
-        {
+        // Publish counts held back go first (see `marks`).
+        let mut work = self.marks.take();
+        work.push(Some(Work::HeldFor(devices, limit, sent_before_ms)));
+        match self.commit(work).await?.pop() {
             Some(Some(Done::Held(held))) => Ok(held),
             _ => Err(StoreError::Sql("store answered out of kind".into())),
         }
@@ -403,7 +413,7 @@ impl PgStore {
 
     /// See [`crate::store::Store::ping`].
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.commit(Vec::new()).await.map(drop)
+        self.commit(self.marks.take()).await.map(drop)
     }
 
     /// A reader for one worker thread.
