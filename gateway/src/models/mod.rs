@@ -23,10 +23,13 @@ pub mod config;
 mod infer;
 pub mod list;
 pub mod load;
+mod plans;
 pub mod run;
 mod tensor;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_plans;
 
 pub use crate::config::RawModel;
 pub use load::Model;
