@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -58,7 +59,7 @@ pub(super) struct Plans {
     occurrences: Vec<(usize, usize, usize)>,
     entries: Mutex<HashMap<Vec<usize>, Entry>>,
     changed: Condvar,
-    tick: std::sync::atomic::AtomicU64,
+    tick: AtomicU64,
 }
 
 impl Plans {
@@ -106,7 +107,7 @@ impl Plans {
             occurrences,
             entries: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
-            tick: std::sync::atomic::AtomicU64::new(0),
+            tick: AtomicU64::new(0),
         }
     }
 
@@ -140,7 +141,7 @@ impl Plans {
             return self.free.clone();
         };
         let mut entries = self.lock();
-        let tick = self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         match entries.get_mut(&key) {
             Some(Entry::Ready { plan, used }) => {
                 *used = tick;
@@ -236,18 +237,26 @@ impl Plans {
         }));
         let entry = match built {
             Ok(Ok(plan)) => {
-                tracing::debug!(model = %self.name, sizes = ?key, ms = started.elapsed().as_millis() as u64, "specialised plan ready");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(model = %self.name, sizes = ?key, ms, "specialised plan ready");
                 Entry::Ready {
                     plan,
-                    used: self.tick.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                    used: self.tick.fetch_add(1, Ordering::Relaxed),
                 }
             }
             Ok(Err(error)) => {
-                tracing::info!(model = %self.name, sizes = ?key, error = %super::load::one_line(&error), "cannot specialise; the free plan serves this size");
+                let error = super::load::one_line(&error);
+                tracing::info!(
+                    model = %self.name, sizes = ?key, %error,
+                    "cannot specialise; the free plan serves this size"
+                );
                 Entry::Failed
             }
             Err(_) => {
-                tracing::info!(model = %self.name, sizes = ?key, "specialising panicked; the free plan serves this size");
+                tracing::info!(
+                    model = %self.name, sizes = ?key,
+                    "specialising panicked; the free plan serves this size"
+                );
                 Entry::Failed
             }
         };
