@@ -1,6 +1,6 @@
 //! Opens one model with tract: reads the `.onnx` file, applies the declared input and output
-//! facts, optimises the graph once into a runnable plan, then has [`super::run`] time a
-//! warm-up. Fed by [`super::Registry::load`] at start; the [`Model`] it returns is shared by
+//! facts, optimises the graph once into a runnable plan (free dimensions left free; plans bound
+//! to the sizes seen come later, [`super::plans`]), then has [`super::run`] time a warm-up. Fed by [`super::Registry::load`] at start; the [`Model`] it returns is shared by
 //! every worker, which runs it with [`Model::run`].
 
 use std::path::PathBuf;
@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, TDim, TypedSimplePlan,
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, TDim,
 };
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
 use super::config::{self, Declared, Dim, Dtype, RawModel};
+use super::plans::Plans;
 use super::ModelError;
 
 /// One input the model takes, as requests must give it.
@@ -70,7 +71,8 @@ pub struct Model {
     pub cost_key: &'static str,
     /// What the warm-up measured.
     pub warmup: Warmup,
-    pub(super) plan: Arc<TypedSimplePlan>,
+    /// The free plan and the plans specialised per batch size ([`super::plans`]).
+    pub(super) plans: Arc<Plans>,
 }
 
 impl std::fmt::Debug for Model {
@@ -159,7 +161,13 @@ pub fn load(name: &str, raw: &RawModel) -> Result<Model, ModelError> {
             ),
         )
     };
-    let typed = model.into_optimized().map_err(cannot_take)?;
+    // Decluttered (free dimensions still symbols) is kept to specialise plans per size later;
+    // optimised from it, the free plan serves every size.
+    let decluttered = model
+        .into_typed()
+        .and_then(|typed| typed.into_decluttered())
+        .map_err(cannot_take)?;
+    let typed = decluttered.clone().into_optimized().map_err(cannot_take)?;
     let mut inputs = Vec::new();
     for (ix, name) in input_names.iter().enumerate() {
         let fact = typed.input_fact(ix).map_err(cannot_take)?;
@@ -224,7 +232,7 @@ pub fn load(name: &str, raw: &RawModel) -> Result<Model, ModelError> {
             per_element_us: 0.0,
             ok: false,
         },
-        plan,
+        plans: Arc::new(Plans::new(name, decluttered, plan)),
     };
     model.warmup = super::run::warm_up(&model);
     Ok(model)

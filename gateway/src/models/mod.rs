@@ -2,7 +2,8 @@
 //!
 //! Fed by `[models.NAME]` config tables ([`config`]): at start every model is loaded, checked
 //! against its declared inputs and optimised once by tract, a pure-Rust runtime ([`load`]), then
-//! timed by a warm-up whose figures seed the scheduler's cost model. A mistake (missing or
+//! timed by a warm-up whose figures seed the scheduler's cost model. Sizes seen twice get a plan
+//! of their own, optimised in the background ([`plans`]). A mistake (missing or
 //! invalid file, a declared shape the graph cannot take) is a [`ModelError`] naming the key:
 //! exit 2. The loaded [`Registry`] is installed once ([`install`]) before serving.
 //!
@@ -13,6 +14,7 @@
 //!
 //! **Invariant:** inference runs only on worker threads (and the warm-up at start), never on an
 //! async task; a model's own panic is caught and becomes a failed run, never a dead worker.
+//! Plans per size are optimised only on their background thread, never waited for by a run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,10 +25,13 @@ pub mod config;
 mod infer;
 pub mod list;
 pub mod load;
+mod plans;
 pub mod run;
 mod tensor;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_plans;
 
 pub use crate::config::RawModel;
 pub use load::Model;

@@ -1,13 +1,15 @@
-//! Running a loaded model: [`Model::run`] on a worker thread (or the warm-up at start), cut at
+//! Running a loaded model: [`Model::run`] on a worker thread (or the warm-up at start), on the
+//! plan specialised to its inputs' sizes once one is ready ([`super::plans`]), cut at
 //! node granularity once past its deadline (tract evaluates the plan node by node through our
 //! eval hook, which checks the clock before each node), with tract's panics caught; and the
 //! warm-up that times a model at load to seed the cost model.
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::{DatumType, TValue, TVec, Tensor, TypedSimpleState};
+use tract_onnx::prelude::{DatumType, TValue, TVec, Tensor, TypedSimplePlan, TypedSimpleState};
 
 use super::config::{Dim, Dtype};
 use super::load::{one_line, Model, Warmup};
@@ -24,42 +26,83 @@ pub enum RunError {
 }
 
 impl Model {
-    /// Runs the model on `inputs` (in graph order). Past `deadline` the run stops before its
-    /// next node. A panic inside tract is caught and reported as a failure.
+    /// Runs the model on `inputs` (in graph order), on the plan specialised to their sizes when
+    /// it is ready, else on the free plan ([`super::plans`]). Past `deadline` the run stops
+    /// before its next node. A panic inside tract is caught and reported as a failure.
     pub fn run(
         &self,
         inputs: TVec<TValue>,
         deadline: Option<Instant>,
     ) -> Result<TVec<TValue>, RunError> {
-        quiet_model_panics();
-        let timed_out = Cell::new(false);
-        IN_MODEL.with(|flag| flag.set(true));
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut state = TypedSimpleState::new(&self.plan)?;
-            state.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    timed_out.set(true);
-                    return Err(tract_onnx::prelude::TractError::msg("deadline passed"));
-                }
-                tract_onnx::tract_core::plan::eval(ctx, op_state, node, input)
-            })
-        }));
-        IN_MODEL.with(|flag| flag.set(false));
-        match outcome {
-            Ok(Ok(outputs)) => Ok(outputs),
-            Ok(Err(_)) if timed_out.get() => Err(RunError::TimedOut),
-            Ok(Err(error)) => Err(RunError::Failed(one_line(&error))),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("no message");
-                Err(RunError::Failed(format!("the runtime panicked: {message}")))
-            }
-        }
+        let plan = self.plans.for_inputs(&inputs);
+        run_plan(&plan, inputs, deadline)
     }
 
+    /// [`Model::run`] on the free plan, whatever the sizes: what a size's first runs cost
+    /// (benchmarks; the warm-up).
+    pub fn run_free_plan(
+        &self,
+        inputs: TVec<TValue>,
+        deadline: Option<Instant>,
+    ) -> Result<TVec<TValue>, RunError> {
+        run_plan(self.plans.free(), inputs, deadline)
+    }
+
+    /// Builds the plan specialised to the sizes of `inputs` now, on this thread, instead of
+    /// after [`super::plans::BUILD_AFTER`] runs in the background (benchmarks, tests). False
+    /// when the model has no free dimension to bind or tract cannot specialise it.
+    pub fn specialise_now(&self, inputs: &[TValue]) -> bool {
+        self.plans.specialise_now(inputs)
+    }
+
+    /// Waits up to `limit` for the background build of the plan specialised to the sizes of
+    /// `inputs`; true once it is ready.
+    pub fn wait_specialised(&self, inputs: &[TValue], limit: Duration) -> bool {
+        self.plans.wait_specialised(inputs, limit)
+    }
+
+    /// How many plans specialised to a size this model holds now.
+    pub fn specialised_plans(&self) -> usize {
+        self.plans.ready()
+    }
+}
+
+/// Runs `plan` on `inputs`, cut at `deadline`, tract's panics caught.
+fn run_plan(
+    plan: &Arc<TypedSimplePlan>,
+    inputs: TVec<TValue>,
+    deadline: Option<Instant>,
+) -> Result<TVec<TValue>, RunError> {
+    quiet_model_panics();
+    let timed_out = Cell::new(false);
+    IN_MODEL.with(|flag| flag.set(true));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        let mut state = TypedSimpleState::new(plan)?;
+        state.run_plan_with_eval(inputs, |ctx, op_state, node, input| {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                timed_out.set(true);
+                return Err(tract_onnx::prelude::TractError::msg("deadline passed"));
+            }
+            tract_onnx::tract_core::plan::eval(ctx, op_state, node, input)
+        })
+    }));
+    IN_MODEL.with(|flag| flag.set(false));
+    match outcome {
+        Ok(Ok(outputs)) => Ok(outputs),
+        Ok(Err(_)) if timed_out.get() => Err(RunError::TimedOut),
+        Ok(Err(error)) => Err(RunError::Failed(one_line(&error))),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Err(RunError::Failed(format!("the runtime panicked: {message}")))
+        }
+    }
+}
+
+impl Model {
     /// All-zero inputs with every free dimension set to `free`.
     pub fn zeros(&self, free: usize) -> TVec<TValue> {
         self.inputs
@@ -142,7 +185,7 @@ pub(super) fn warm_up(model: &Model) -> Warmup {
         for _ in 0..WARMUP_RUNS {
             let inputs = model.zeros(free);
             let started = Instant::now();
-            let outcome = model.run(inputs, Some(started + limit));
+            let outcome = model.run_free_plan(inputs, Some(started + limit));
             let us = started.elapsed().as_secs_f64() * 1e6;
             best[slot] = best[slot].min(us);
             ok &= outcome.is_ok();

@@ -11,16 +11,16 @@ use super::{RawModel, Registry};
 use crate::analytics::ops::{OpError, PrepareError, Series, Source};
 use crate::wire::envelope::map_get;
 
-fn fixtures() -> PathBuf {
+pub(super) fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
 }
 
-fn reference() -> serde_json::Value {
+pub(super) fn reference() -> serde_json::Value {
     let text = std::fs::read_to_string(fixtures().join("reference.json")).expect("reference");
     serde_json::from_str(&text).expect("JSON")
 }
 
-fn raw(tables: &str) -> BTreeMap<String, RawModel> {
+pub(super) fn raw(tables: &str) -> BTreeMap<String, RawModel> {
     #[derive(serde::Deserialize)]
     struct File {
         models: BTreeMap<String, RawModel>,
@@ -46,11 +46,11 @@ fn registry(fallback: bool) -> Arc<Registry> {
     Arc::new(Registry::load(&raw(&tables)).expect("fixtures load"))
 }
 
-fn text(s: &str) -> Value {
+pub(super) fn text(s: &str) -> Value {
     Value::Text(s.into())
 }
 
-fn nested(tensor: &serde_json::Value) -> Value {
+pub(super) fn nested(tensor: &serde_json::Value) -> Value {
     let shape: Vec<usize> = serde_json::from_value(tensor["shape"].clone()).expect("shape");
     let data: Vec<f64> = serde_json::from_value(tensor["data"].clone()).expect("data");
     let width = shape[1];
@@ -61,18 +61,18 @@ fn nested(tensor: &serde_json::Value) -> Value {
     )
 }
 
-fn request(model: &str, input: Value) -> Value {
+pub(super) fn request(model: &str, input: Value) -> Value {
     Value::Map(vec![(text("model"), text(model)), (text("input"), input)])
 }
 
-fn field<'a>(map: &'a Value, key: &str) -> &'a Value {
+pub(super) fn field<'a>(map: &'a Value, key: &str) -> &'a Value {
     let Value::Map(entries) = map else {
         panic!("not a map")
     };
     map_get(entries, key).unwrap_or_else(|| panic!("no {key}"))
 }
 
-fn assert_close(result: &Value, expected: &serde_json::Value) {
+pub(super) fn assert_close(result: &Value, expected: &serde_json::Value) {
     let tolerance = &reference()["tolerance"];
     let (rtol, atol) = (
         tolerance["rtol"].as_f64().expect("rtol"),
