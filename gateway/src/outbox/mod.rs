@@ -239,6 +239,7 @@ impl Outbox {
         };
         let now = now_ms();
         for reply in held.into_iter().filter(|r| r.expires_ms > now) {
+            tracing::debug!(request_id = %reply.id, device_id = %reply.device, "redelivering on wake");
             self.publish(reply).await;
         }
     }
