@@ -235,17 +235,24 @@ async fn grouped(
     let ack_rows: Vec<_> = acks.iter().map(|(_, a)| *a).collect();
     let mut locked_ids: Vec<RequestId> = completion_rows.iter().map(|c| c.id).collect();
     locked_ids.extend(&published_ids);
+    // Every statement below is prepared (cached) before any is sent, so they reach the server
+    // in the order they are issued, all in one flight: `BEGIN`, with other gateways alive the
+    // row locks in id order, the grouped statements and the rest, then the devices' quota locks
+    // right before the admissions they guard (held for the insert and the commit only: two
+    // gateways admitting for the same devices wait on each other that long, not for each
+    // other's whole batch).
+    grouped::prepare(conn).await?;
     let prelude = async {
-        conn.client.batch_execute("BEGIN").await?;
-        if shared {
-            grouped::lock_rows(conn, &locked_ids, &ack_rows).await?;
-        }
-        Ok::<(), StoreError>(())
+        let (begun, locked) = tokio::join!(conn.client.batch_execute("BEGIN"), async {
+            if shared {
+                grouped::lock_rows(conn, &locked_ids, &ack_rows).await
+            } else {
+                Ok(())
+            }
+        });
+        begun?;
+        locked
     };
-    // The devices' quota locks are taken last, right before the admissions they guard, so that
-    // they are held for the insert and the commit only: two gateways admitting for the same
-    // devices (a device's requests spread over them) wait on each other that long, not for
-    // each other's whole batch.
     let admission = async {
         let (locked, stored) = tokio::join!(
             requests::lock_devices(conn, quota_devices),
@@ -263,15 +270,7 @@ async fn grouped(
             admission,
         )
     };
-    // Alone on the database, everything is pipelined behind `BEGIN`; with other gateways, the
-    // rows are locked (in order) before anything updates them.
-    let (begun, (completed, counted, acked, others, stored)) = if shared {
-        let begun = prelude.await;
-        begun?;
-        (Ok(()), statements.await)
-    } else {
-        tokio::join!(prelude, statements)
-    };
+    let (begun, (completed, counted, acked, others, stored)) = tokio::join!(prelude, statements);
     begun?;
     let failed = [
         stored.as_ref().err(),

@@ -32,6 +32,54 @@ const INSERT_MANY: &str = "INSERT INTO requests (id, device, corr, op, args, rep
     ON CONFLICT (device, corr) DO NOTHING
     RETURNING id";
 
+/// Locks rows in id order: see [`lock_rows`].
+const LOCK_ROWS: &str = "SELECT r.id FROM (
+                 SELECT UNNEST($1::bytea[]) AS id
+                 UNION
+                 SELECT q.id FROM UNNEST($2::text[], $3::bytea[]) AS a(device, corr)
+                 JOIN requests q ON q.device = a.device AND q.corr = a.corr) k
+             JOIN requests r ON r.id = k.id
+             ORDER BY r.id FOR UPDATE OF r";
+
+/// Records final replies: see [`complete`].
+const COMPLETE_MANY: &str =
+    "UPDATE requests r SET state = c.state, status = c.status, reply = c.reply,
+                 finished_ms = c.finished_ms, expires_ms = c.expires_ms, delivery = 'held',
+                 executions = r.executions + c.executed
+             FROM UNNEST($1::bytea[], $2::text[], $3::int[], $4::bytea[], $5::bigint[],
+                 $6::bigint[], $7::int[])
+                 AS c(id, state, status, reply, finished_ms, expires_ms, executed)
+             WHERE r.id = c.id AND r.state = 'queued'
+             RETURNING r.id";
+
+/// Counts publishes: see [`published`].
+const PUBLISHED_MANY: &str = "UPDATE requests r SET published = r.published + p.n, sent_ms = $2
+             FROM (SELECT id, COUNT(*)::int AS n FROM UNNEST($1::bytea[]) AS u(id) GROUP BY id) p
+             WHERE r.id = p.id";
+
+/// Ends held replies: see [`ack`].
+const ACK_MANY: &str = "UPDATE requests r SET delivery = 'acked', args = ''::bytea
+             FROM UNNEST($1::text[], $2::bytea[]) AS a(device, corr)
+             WHERE r.device = a.device AND r.corr = a.corr AND r.delivery = 'held'
+             RETURNING r.device, r.corr, r.id";
+
+/// Prepares this module's statements on `conn` (once per connection; later calls find them
+/// cached and cost no round trip), so that a batch's statements go to the server in the order
+/// they are issued: a statement prepared first would be sent after the others.
+pub async fn prepare(conn: &Conn) -> Result<(), StoreError> {
+    for sql in [
+        LOCK_ROWS,
+        INSERT_MANY,
+        COMPLETE_MANY,
+        PUBLISHED_MANY,
+        ACK_MANY,
+        super::requests::LOCK_DEVICES,
+    ] {
+        conn.statement(sql).await?;
+    }
+    Ok(())
+}
+
 /// A request to admit, with its device's quota and its rank among the batch's admissions of
 /// that device.
 #[derive(Clone)]
@@ -57,17 +105,7 @@ pub async fn lock_rows(
     if ids.is_empty() && acks.is_empty() {
         return Ok(());
     }
-    let statement = conn
-        .statement(
-            "SELECT r.id FROM (
-                 SELECT UNNEST($1::bytea[]) AS id
-                 UNION
-                 SELECT q.id FROM UNNEST($2::text[], $3::bytea[]) AS a(device, corr)
-                 JOIN requests q ON q.device = a.device AND q.corr = a.corr) k
-             JOIN requests r ON r.id = k.id
-             ORDER BY r.id FOR UPDATE OF r",
-        )
-        .await?;
+    let statement = conn.statement(LOCK_ROWS).await?;
     let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
     let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
     let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
@@ -129,18 +167,7 @@ pub async fn complete(conn: &Conn, done: &[&Completion]) -> Result<Vec<bool>, St
     if done.is_empty() {
         return Ok(Vec::new());
     }
-    let statement = conn
-        .statement(
-            "UPDATE requests r SET state = c.state, status = c.status, reply = c.reply,
-                 finished_ms = c.finished_ms, expires_ms = c.expires_ms, delivery = 'held',
-                 executions = r.executions + c.executed
-             FROM UNNEST($1::bytea[], $2::text[], $3::int[], $4::bytea[], $5::bigint[],
-                 $6::bigint[], $7::int[])
-                 AS c(id, state, status, reply, finished_ms, expires_ms, executed)
-             WHERE r.id = c.id AND r.state = 'queued'
-             RETURNING r.id",
-        )
-        .await?;
+    let statement = conn.statement(COMPLETE_MANY).await?;
     let ids: Vec<&[u8]> = done.iter().map(|d| d.id.as_bytes().as_slice()).collect();
     let states: Vec<&str> = done.iter().map(|d| d.state.as_str()).collect();
     let statuses: Vec<i32> = done.iter().map(|d| i32::from(d.status)).collect();
@@ -169,13 +196,7 @@ pub async fn published(conn: &Conn, ids: &[RequestId]) -> Result<(), StoreError>
     if ids.is_empty() {
         return Ok(());
     }
-    let statement = conn
-        .statement(
-            "UPDATE requests r SET published = r.published + p.n, sent_ms = $2
-             FROM (SELECT id, COUNT(*)::int AS n FROM UNNEST($1::bytea[]) AS u(id) GROUP BY id) p
-             WHERE r.id = p.id",
-        )
-        .await?;
+    let statement = conn.statement(PUBLISHED_MANY).await?;
     let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
     conn.client
         .execute(&statement, &[&ids, &crate::store::now_ms()])
@@ -192,14 +213,7 @@ pub async fn ack(
     if acks.is_empty() {
         return Ok(Vec::new());
     }
-    let statement = conn
-        .statement(
-            "UPDATE requests r SET delivery = 'acked', args = ''::bytea
-             FROM UNNEST($1::text[], $2::bytea[]) AS a(device, corr)
-             WHERE r.device = a.device AND r.corr = a.corr AND r.delivery = 'held'
-             RETURNING r.device, r.corr, r.id",
-        )
-        .await?;
+    let statement = conn.statement(ACK_MANY).await?;
     let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
     let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
     let rows = conn.client.query(&statement, &[&devices, &corrs]).await?;

@@ -67,6 +67,10 @@ const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_to
         OR (SELECT COUNT(*) FROM requests WHERE device = $2 AND state = 'queued') < $11::bigint
     ON CONFLICT (device, corr) DO NOTHING";
 
+/// Takes devices' advisory locks, in the order given: see [`lock_devices`].
+pub(super) const LOCK_DEVICES: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d, 0))
+    FROM UNNEST($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n";
+
 /// Takes the advisory locks of these devices (sorted, as [`super::commit`] passes them) until
 /// the transaction ends: gateways admitting for one device at once take turns, so the quota's
 /// count is exact cluster-wide. Locks are taken in the order given (the function is volatile,
@@ -75,12 +79,7 @@ pub async fn lock_devices(conn: &Conn, devices: &[DeviceId]) -> Result<(), Store
     if devices.is_empty() {
         return Ok(());
     }
-    let lock = conn
-        .statement(
-            "SELECT pg_advisory_xact_lock(hashtextextended(d, 0))
-             FROM UNNEST($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n",
-        )
-        .await?;
+    let lock = conn.statement(LOCK_DEVICES).await?;
     let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
     conn.client.execute(&lock, &[&names]).await?;
     Ok(())
