@@ -182,6 +182,7 @@ impl Outbox {
         self.board.touch(&device);
         let woke = self.presence.apply(&event, Instant::now());
         if woke.is_some() {
+            tracing::debug!(device_id = %device, ?event, "device woke");
             self.metrics
                 .devices_known
                 .store(self.presence.known_count(), Relaxed);
