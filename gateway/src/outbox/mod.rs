@@ -88,13 +88,18 @@ impl Outbox {
                 // Device events first: intake sends a device's `Seen` before its job can run, so
                 // handling events first keeps that order, and a wake never re-sends a final
                 // reply that was only just published. Every turn that handles events also
-                // publishes the replies waiting by then, so a stream of events (thousands of
-                // wakes a second) cannot starve final replies.
+                // publishes the replies that were waiting when it began, so a stream of events
+                // (thousands of wakes a second) cannot starve final replies.
                 biased;
                 received = events_rx.recv_many(&mut events, MAX_TURN) => {
                     if received == 0 {
                         break;
                     }
+                    // The finals already waiting were raised before this turn's events were
+                    // taken; a final raised while this turn awaits the store may follow an
+                    // event not handled yet (its device's first `Seen`), so it waits for the
+                    // next turn, which handles that event first.
+                    let waiting = done_rx.len();
                     let mut undeliverable = Vec::new();
                     let mut woke = Vec::new();
                     for event in events.drain(..) {
@@ -114,7 +119,7 @@ impl Outbox {
                         self.redeliver(woke).await;
                     }
                     self.dead_letter(undeliverable).await;
-                    for _ in 0..MAX_TURN {
+                    for _ in 0..waiting.min(MAX_TURN) {
                         let Ok(reply) = done_rx.try_recv() else { break };
                         self.on_final(reply).await;
                     }
