@@ -445,4 +445,130 @@ mod tests {
         drop((events_tx, done_tx));
         running.await.expect("outbox ends");
     }
+
+    /// Records replies by device; a reply to `gated` waits until the gate opens, and says when
+    /// it began waiting: the outbox's turn is then held mid-redelivery.
+    struct GatedSink {
+        gated: DeviceId,
+        began_tx: mpsc::UnboundedSender<()>,
+        gate: Arc<tokio::sync::Semaphore>,
+        sent_tx: mpsc::UnboundedSender<String>,
+    }
+
+    impl Sink for GatedSink {
+        fn reply(&self, reply: OutboundReply) -> Sent<'_> {
+            let gated = reply.device == self.gated;
+            let _ = self.sent_tx.send(reply.device.as_str().to_owned());
+            Box::pin(async move {
+                if gated {
+                    let _ = self.began_tx.send(());
+                    let _ = self.gate.acquire().await.map(|permit| permit.forget());
+                }
+            })
+        }
+
+        fn announce(&self, _: String, _: Vec<u8>, _: bool) -> Sent<'_> {
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    /// A final reply raised while a turn of the outbox is busy with other devices' wakes, just
+    /// after its own device's first `Seen`, goes out once: the turn must not publish it ahead of
+    /// that `Seen`, which would then wake the device and send the reply again (seen through an
+    /// external broker: up to 184 duplicates in a 10 s closed loop).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_final_raised_during_a_turn_waits_for_its_devices_earlier_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&Default::default(), dir.path())
+            .await
+            .expect("store opens");
+        let [a, d, e] = ["a", "d", "e"].map(|id| DeviceId::parse(id).expect("valid"));
+        held_reply(&store, &a).await;
+        held_reply(&store, &e).await;
+        // d's request is done and held, not yet published: its final is on its way.
+        let id = RequestId::new();
+        let now = now_ms();
+        let corr = Correlation(bytes::Bytes::from_static(b"d1"));
+        let request = NewRequest {
+            id,
+            device: d.clone(),
+            corr: corr.clone(),
+            op: "stats".into(),
+            args: Vec::new(),
+            reply_topic: topics::reply(&d),
+            envelope: false,
+            received_ms: now,
+            deadline_ms: now + 60_000,
+        };
+        store.admit(request, 0).await.expect("admitted");
+        let done = Completion {
+            id,
+            state: State::Done,
+            status: 200,
+            payload: b"final".to_vec(),
+            finished_ms: now,
+            expires_ms: now + 60_000,
+            executed: true,
+        };
+        store.complete(done).await.expect("completed");
+
+        let (began_tx, mut began_rx) = mpsc::unbounded_channel();
+        let (sent_tx, mut sent_rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let sink = GatedSink {
+            gated: a.clone(),
+            began_tx,
+            gate: gate.clone(),
+            sent_tx,
+        };
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let outbox = Outbox {
+            replies: Replies::new(sink),
+            store,
+            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
+            metrics: Arc::default(),
+            gateway_id: "gw-test".into(),
+            limits: Limits::default(),
+            presence: Presence::default(),
+            board: StatusBoard::default(),
+        };
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
+        let window = Duration::from_secs(60);
+        let _ = events_tx.send(DeviceEvent::Seen(a.clone(), window));
+        // The turn that woke `a` is now redelivering to it, held at the gate.
+        began_rx.recv().await.expect("a's redelivery began");
+        let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window));
+        let _ = done_tx.send(FinalReply {
+            id,
+            reply_topic: topics::reply(&d),
+            device: d.clone(),
+            corr,
+            status: 200,
+            payload: b"final".to_vec(),
+            expires_ms: now + 60_000,
+            envelope: false,
+        });
+        gate.add_permits(1);
+        // `e` wakes after all of that: once its redelivery and d's final are out, a duplicate
+        // of d's final would have been sent too.
+        let _ = events_tx.send(DeviceEvent::Seen(e.clone(), window));
+        let mut sent = Vec::new();
+        while !(sent.iter().any(|s| s == "e") && sent.iter().any(|s| s == "d")) {
+            let device = tokio::time::timeout(Duration::from_secs(20), sent_rx.recv())
+                .await
+                .expect("replies in time")
+                .expect("a reply");
+            sent.push(device);
+        }
+        assert_eq!(
+            sent.iter().filter(|s| *s == "d").count(),
+            1,
+            "d's final went out once: {sent:?}"
+        );
+        stop.cancel();
+        drop((events_tx, done_tx));
+        running.await.expect("outbox ends");
+    }
 }
