@@ -338,15 +338,31 @@ mod tests {
     /// Stores a final reply for `device` that was published once and is held: what a wake of
     /// `device` redelivers.
     async fn held_reply(store: &Store, device: &DeviceId) {
+        stored_reply(store, device, true).await;
+    }
+
+    /// Stores a done request of `device` with its held final reply, counted published or not;
+    /// returns the reply, as a worker hands it to the outbox.
+    async fn stored_reply(store: &Store, device: &DeviceId, published: bool) -> FinalReply {
         let id = RequestId::new();
         let now = now_ms();
-        let request = NewRequest {
+        let reply = FinalReply {
             id,
             device: device.clone(),
             corr: Correlation(bytes::Bytes::from_static(b"held")),
+            reply_topic: topics::reply(device),
+            status: 200,
+            payload: b"held".to_vec(),
+            expires_ms: now + 60_000,
+            envelope: false,
+        };
+        let request = NewRequest {
+            id,
+            device: device.clone(),
+            corr: reply.corr.clone(),
             op: "stats".into(),
             args: Vec::new(),
-            reply_topic: topics::reply(device),
+            reply_topic: reply.reply_topic.clone(),
             envelope: false,
             received_ms: now,
             deadline_ms: now + 60_000,
@@ -354,17 +370,34 @@ mod tests {
         let done = Completion {
             id,
             state: State::Done,
-            status: 200,
-            payload: b"held".to_vec(),
+            status: reply.status,
+            payload: reply.payload.clone(),
             finished_ms: now,
-            expires_ms: now + 60_000,
+            expires_ms: reply.expires_ms,
             executed: true,
         };
-        store.admit(request, 0).await.expect("held request stored");
-        store.complete(done).await.expect("held reply stored");
-        store.mark_published(id);
+        store.admit(request, 0).await.expect("request stored");
+        store.complete(done).await.expect("reply stored");
+        if published {
+            store.mark_published(id);
+        }
         // SQLite runs store work in queue order: once this commits, so has the count above.
         store.ping().await.expect("publish count stored");
+        reply
+    }
+
+    /// The outbox as `gateway run` builds it, replying through `sink`.
+    fn outbox(sink: impl Sink, store: Store) -> Outbox {
+        Outbox {
+            replies: Replies::new(sink),
+            store,
+            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
+            metrics: Arc::default(),
+            gateway_id: "gw-test".into(),
+            limits: Limits::default(),
+            presence: Presence::default(),
+            board: StatusBoard::default(),
+        }
     }
 
     /// A stream of wakes (each turn of them costs the outbox a store round trip) must not hold
@@ -415,16 +448,7 @@ mod tests {
             envelope: false,
         });
 
-        let outbox = Outbox {
-            replies: Replies::new(RouterOnly(router.clone())),
-            store,
-            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
-            metrics: Arc::default(),
-            gateway_id: "gw-test".into(),
-            limits: Limits::default(),
-            presence: Presence::default(),
-            board: StatusBoard::default(),
-        };
+        let outbox = outbox(RouterOnly(router.clone()), store);
         let stop = CancellationToken::new();
         let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
         let mut topics_in_order = Vec::new();
@@ -486,31 +510,7 @@ mod tests {
         held_reply(&store, &a).await;
         held_reply(&store, &e).await;
         // d's request is done and held, not yet published: its final is on its way.
-        let id = RequestId::new();
-        let now = now_ms();
-        let corr = Correlation(bytes::Bytes::from_static(b"d1"));
-        let request = NewRequest {
-            id,
-            device: d.clone(),
-            corr: corr.clone(),
-            op: "stats".into(),
-            args: Vec::new(),
-            reply_topic: topics::reply(&d),
-            envelope: false,
-            received_ms: now,
-            deadline_ms: now + 60_000,
-        };
-        store.admit(request, 0).await.expect("admitted");
-        let done = Completion {
-            id,
-            state: State::Done,
-            status: 200,
-            payload: b"final".to_vec(),
-            finished_ms: now,
-            expires_ms: now + 60_000,
-            executed: true,
-        };
-        store.complete(done).await.expect("completed");
+        let final_d = stored_reply(&store, &d, false).await;
 
         let (began_tx, mut began_rx) = mpsc::unbounded_channel();
         let (sent_tx, mut sent_rx) = mpsc::unbounded_channel();
@@ -523,16 +523,7 @@ mod tests {
         };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let outbox = Outbox {
-            replies: Replies::new(sink),
-            store,
-            scheduler: Arc::new(Scheduler::new(10, 10, 1)),
-            metrics: Arc::default(),
-            gateway_id: "gw-test".into(),
-            limits: Limits::default(),
-            presence: Presence::default(),
-            board: StatusBoard::default(),
-        };
+        let outbox = outbox(sink, store);
         let stop = CancellationToken::new();
         let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
         let window = Duration::from_secs(60);
@@ -540,16 +531,7 @@ mod tests {
         // The turn that woke `a` is now redelivering to it, held at the gate.
         began_rx.recv().await.expect("a's redelivery began");
         let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window));
-        let _ = done_tx.send(FinalReply {
-            id,
-            reply_topic: topics::reply(&d),
-            device: d.clone(),
-            corr,
-            status: 200,
-            payload: b"final".to_vec(),
-            expires_ms: now + 60_000,
-            envelope: false,
-        });
+        let _ = done_tx.send(final_d);
         gate.add_permits(1);
         // `e` wakes after all of that: once its redelivery and d's final are out, a duplicate
         // of d's final would have been sent too.
