@@ -8,6 +8,7 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
+use super::grouped;
 use super::pool::Conn;
 use crate::store::requests::{
     Admission, CancelOutcome, CancelReply, Completion, Existing, FinalReply, NewRequest,
@@ -57,16 +58,6 @@ fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
     Ok(code.map(|c| c as u16))
 }
 
-/// Inserts unless the key exists, or the device has `$11` requests queued or running (`$11` =
-/// 0: unchecked). The count is taken when the statement starts: after the device's advisory
-/// lock, which the batch takes first ([`lock_devices`]).
-const INSERT: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
-        received_ms, deadline_ms, state, owner)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued', $10
-    WHERE $11::bigint = 0
-        OR (SELECT COUNT(*) FROM requests WHERE device = $2 AND state = 'queued') < $11::bigint
-    ON CONFLICT (device, corr) DO NOTHING";
-
 /// Takes devices' advisory locks, in the order given: see [`lock_devices`].
 pub(super) const LOCK_DEVICES: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d, 0))
     FROM UNNEST($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n";
@@ -85,35 +76,20 @@ pub async fn lock_devices(conn: &Conn, devices: &[DeviceId]) -> Result<(), Store
     Ok(())
 }
 
-/// Whether the request was stored (the batch took the device's lock first).
+/// Whether the request was stored: the grouped insert with this one row (its device's count
+/// then sees every earlier insert of the transaction, so no rank is needed).
 async fn insert(
     conn: &Conn,
     request: &NewRequest,
     owner: &str,
     max_pending: usize,
 ) -> Result<bool, StoreError> {
-    let statement = conn.statement(INSERT).await?;
-    let max = max_pending as i64;
-    let inserted = conn
-        .client
-        .execute(
-            &statement,
-            &[
-                &request.id.as_bytes().as_slice(),
-                &request.device.as_str(),
-                &request.corr.as_bytes(),
-                &request.op,
-                &request.args,
-                &request.reply_topic,
-                &request.envelope,
-                &request.received_ms,
-                &request.deadline_ms,
-                &owner,
-                &max,
-            ],
-        )
-        .await?;
-    Ok(inserted == 1)
+    let row = grouped::Admit {
+        request,
+        max_pending,
+        rank: 0,
+    };
+    Ok(grouped::admit(conn, owner, &[row]).await?[0])
 }
 
 /// Stores a request unless its (device, correlation) was seen within the dedupe window, or the
