@@ -259,15 +259,15 @@ impl Outbox {
                 device: reply.device.clone(),
                 topic: reply.reply_topic,
                 payload: reply.payload,
-                corr: Some(reply.corr),
+                corr: Some(reply.corr.clone()),
                 status,
                 expiry: Duration::from_millis(left_ms),
                 envelope: reply.envelope,
             })
             .await;
         tracing::debug!(request_id = %reply.id, device_id = %reply.device, "replied");
-        let id = reply.id;
-        self.store.mark_published(id);
+        self.store
+            .mark_published(reply.id, &reply.device, &reply.corr);
     }
 
     /// Publishes `devices/{id}/status` for every device whose status changed and is due, and
@@ -379,7 +379,7 @@ mod tests {
         store.admit(request, 0).await.expect("request stored");
         store.complete(done).await.expect("reply stored");
         if published {
-            store.mark_published(id);
+            store.mark_published(id, &reply.device, &reply.corr);
         }
         // SQLite runs store work in queue order: once this commits, so has the count above.
         store.ping().await.expect("publish count stored");

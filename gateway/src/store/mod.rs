@@ -266,11 +266,11 @@ impl Store {
     /// Skipped while degraded: a write that cannot commit would only take the reads it
     /// shares a transaction with down too; an uncounted reply is published again after a
     /// restart (delivery is at least once).
-    pub fn mark_published(&self, id: RequestId) {
+    pub fn mark_published(&self, id: RequestId, device: &DeviceId, corr: &Correlation) {
         if !self.health.may_write() {
             return;
         }
-        dispatch!(self.mark_published(id))
+        dispatch!(self.mark_published(id, device, corr))
     }
 
     /// Held replies of each of these devices.

@@ -14,13 +14,14 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
+use super::marks::Count;
 use super::pool::{Conn, Pool};
 use super::{delivery, grouped, requests, tables};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
 use crate::store::requests::{Admission, Completion, FinalReply};
 use crate::store::StoreError;
-use crate::wire::{DeviceId, RequestId};
+use crate::wire::{Correlation, DeviceId, RequestId};
 
 /// Most pieces of work in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -36,6 +37,9 @@ pub enum Work {
     Complete(Completion),
     /// A reply was handed to the broker.
     Published(RequestId),
+    /// A device's ack of its reply, with the reply's publishes not yet counted (see
+    /// [`super::marks`]), which the ack's update counts; answered as [`Command::Ack`].
+    Ack(DeviceId, Correlation, Option<Count>),
     /// Held replies of these devices, at most this many each, not sent since the time given
     /// (a wake's redelivery, claimed).
     HeldFor(Vec<DeviceId>, usize, i64),
@@ -218,8 +222,15 @@ async fn grouped(
                     completions.push(((j, s), done));
                 }
                 Some(Work::Published(id)) => published.push(((j, s), *id)),
-                Some(Work::Command(Command::Ack(device, corr))) => {
-                    acks.push(((j, s), (device, corr.as_bytes())));
+                Some(Work::Ack(device, corr, count)) => {
+                    acks.push((
+                        (j, s),
+                        grouped::Ack {
+                            device,
+                            corr: corr.as_bytes(),
+                            count: *count,
+                        },
+                    ));
                 }
                 _ => rest.push((j, s)),
             }
@@ -232,7 +243,7 @@ async fn grouped(
     let admit_rows: Vec<_> = admits.iter().map(|(_, a)| a.clone()).collect();
     let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
     let published_ids: Vec<_> = published.iter().map(|(_, id)| *id).collect();
-    let ack_rows: Vec<_> = acks.iter().map(|(_, a)| *a).collect();
+    let ack_rows: Vec<_> = acks.iter().map(|(_, a)| a.clone()).collect();
     let mut locked_ids: Vec<RequestId> = completion_rows.iter().map(|c| c.id).collect();
     locked_ids.extend(&published_ids);
     // Every statement below is prepared (cached) before any is sent, so they reach the server
@@ -287,8 +298,12 @@ async fn grouped(
         return Err((*error).clone());
     }
     let (stored, completed, acked) = (stored?, completed?, acked?);
-    for (((j, s), _), acked) in acks.iter().zip(acked) {
-        done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
+    for (((j, s), ack), acked) in acks.iter().zip(acked) {
+        // An ack that ended nothing counted nothing: its reply's publishes are counted below,
+        // with the other undecided work.
+        if acked.is_some() || ack.count.is_none() {
+            done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
+        }
     }
     for ((j, s), _) in published {
         done[j][s] = Some(Ok(Some(Done::Published)));
@@ -377,8 +392,15 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
         Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
         Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
         Work::Published(id) => {
-            delivery::mark_published(conn, *id).await?;
+            delivery::mark_published(conn, *id, 1).await?;
             Done::Published
+        }
+        Work::Ack(device, corr, count) => {
+            let acked = delivery::ack(conn, device, corr, *count).await?;
+            if let (None, Some(count)) = (acked, count) {
+                delivery::mark_published(conn, count.id, count.n).await?;
+            }
+            Done::Command(Outcome::Acked(acked))
         }
         Work::HeldFor(devices, limit, sent_before_ms) => {
             Done::Held(delivery::held_for(conn, devices, *limit, *sent_before_ms).await?)
@@ -409,7 +431,9 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
             tables::insert_dead_letter(conn, letter).await?;
             Outcome::Done
         }
-        Command::Ack(device, corr) => Outcome::Acked(delivery::ack(conn, device, corr).await?),
+        Command::Ack(device, corr) => {
+            Outcome::Acked(delivery::ack(conn, device, corr, None).await?)
+        }
         Command::Telemetry(device, readings) => {
             tables::insert_readings(conn, device, readings).await?;
             Outcome::Done

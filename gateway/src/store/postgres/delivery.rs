@@ -3,6 +3,7 @@
 
 use tokio_postgres::Row;
 
+use super::marks::Count;
 use super::pool::Conn;
 use super::requests::{correlation, device_id, request_id};
 use super::tables;
@@ -79,35 +80,52 @@ pub async fn held_for(
     Ok(held)
 }
 
-/// Counts that a final reply was handed to the broker, and when.
-pub async fn mark_published(conn: &Conn, id: RequestId) -> Result<(), StoreError> {
+/// Counts that a final reply was handed to the broker `n` times, the last just now.
+pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<(), StoreError> {
     let statement = conn
-        .statement("UPDATE requests SET published = published + 1, sent_ms = $2 WHERE id = $1")
+        .statement("UPDATE requests SET published = published + $3, sent_ms = $2 WHERE id = $1")
         .await?;
     conn.client
         .execute(
             &statement,
-            &[&id.as_bytes().as_slice(), &crate::store::now_ms()],
+            &[
+                &id.as_bytes().as_slice(),
+                &crate::store::now_ms(),
+                &(n as i32),
+            ],
         )
         .await?;
     Ok(())
 }
 
-/// The device acknowledged its final reply: stop holding it.
+/// The device acknowledged its final reply: stop holding it, and count the publishes of it
+/// not yet counted (see [`super::marks`]).
 pub async fn ack(
     conn: &Conn,
     device: &DeviceId,
     corr: &Correlation,
+    count: Option<Count>,
 ) -> Result<Option<RequestId>, StoreError> {
     let statement = conn
         .statement(
-            "UPDATE requests SET delivery = 'acked', args = ''::bytea
+            "UPDATE requests SET delivery = 'acked', args = ''::bytea,
+                 published = published + $3,
+                 sent_ms = CASE WHEN $3 > 0 THEN $4 ELSE sent_ms END
              WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id",
         )
         .await?;
+    let n = count.map_or(0, |count| count.n as i32);
     let row = conn
         .client
-        .query_opt(&statement, &[&device.as_str(), &corr.as_bytes()])
+        .query_opt(
+            &statement,
+            &[
+                &device.as_str(),
+                &corr.as_bytes(),
+                &n,
+                &crate::store::now_ms(),
+            ],
+        )
         .await?;
     row.map(|row| request_id(&row, 0)).transpose()
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::marks::Count;
 use super::pool::Conn;
 use super::requests::request_id;
 use crate::store::requests::{Completion, NewRequest};
@@ -58,8 +59,10 @@ const PUBLISHED_MANY: &str = "UPDATE requests r SET published = r.published + p.
              WHERE r.id = p.id";
 
 /// Ends held replies: see [`ack`].
-const ACK_MANY: &str = "UPDATE requests r SET delivery = 'acked', args = ''::bytea
-             FROM UNNEST($1::text[], $2::bytea[]) AS a(device, corr)
+const ACK_MANY: &str = "UPDATE requests r SET delivery = 'acked', args = ''::bytea,
+                 published = r.published + a.n,
+                 sent_ms = CASE WHEN a.n > 0 THEN $4 ELSE r.sent_ms END
+             FROM UNNEST($1::text[], $2::bytea[], $3::int[]) AS a(device, corr, n)
              WHERE r.device = a.device AND r.corr = a.corr AND r.delivery = 'held'
              RETURNING r.device, r.corr, r.id";
 
@@ -97,18 +100,14 @@ pub struct Admit<'a> {
 /// acked through the other gateway a moment later); each statement taking its own rows in its
 /// own order, two batches deadlocked and each deadlock stalled a commit for PostgreSQL's
 /// `deadlock_timeout` (1 s). Taking them all first, in one order, leaves no cycle among them.
-pub async fn lock_rows(
-    conn: &Conn,
-    ids: &[RequestId],
-    acks: &[(&DeviceId, &[u8])],
-) -> Result<(), StoreError> {
+pub async fn lock_rows(conn: &Conn, ids: &[RequestId], acks: &[Ack<'_>]) -> Result<(), StoreError> {
     if ids.is_empty() && acks.is_empty() {
         return Ok(());
     }
     let statement = conn.statement(LOCK_ROWS).await?;
     let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes().as_slice()).collect();
-    let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
-    let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
+    let devices: Vec<&str> = acks.iter().map(|a| a.device.as_str()).collect();
+    let corrs: Vec<&[u8]> = acks.iter().map(|a| a.corr).collect();
     conn.client
         .execute(&statement, &[&ids, &devices, &corrs])
         .await?;
@@ -204,19 +203,49 @@ pub async fn published(conn: &Conn, ids: &[RequestId]) -> Result<(), StoreError>
     Ok(())
 }
 
+/// A device's ack, with the publishes of its reply not yet counted.
+#[derive(Clone)]
+pub struct Ack<'a> {
+    /// The device.
+    pub device: &'a DeviceId,
+    /// The reply's correlation.
+    pub corr: &'a [u8],
+    /// Publishes to count with the ack.
+    pub count: Option<Count>,
+}
+
 /// Acknowledgements, in order: the request whose held reply each ended (a second ack of the
-/// same reply ends nothing, as it would one at a time).
-pub async fn ack(
-    conn: &Conn,
-    acks: &[(&DeviceId, &[u8])],
-) -> Result<Vec<Option<RequestId>>, StoreError> {
+/// same reply ends nothing, as it would one at a time), its reply's publishes counted.
+pub async fn ack(conn: &Conn, acks: &[Ack<'_>]) -> Result<Vec<Option<RequestId>>, StoreError> {
     if acks.is_empty() {
         return Ok(Vec::new());
     }
     let statement = conn.statement(ACK_MANY).await?;
-    let devices: Vec<&str> = acks.iter().map(|(device, _)| device.as_str()).collect();
-    let corrs: Vec<&[u8]> = acks.iter().map(|(_, corr)| *corr).collect();
-    let rows = conn.client.query(&statement, &[&devices, &corrs]).await?;
+    let devices: Vec<&str> = acks.iter().map(|a| a.device.as_str()).collect();
+    let corrs: Vec<&[u8]> = acks.iter().map(|a| a.corr).collect();
+    // An ack twice in the batch updates its row once, joined with either: both carry the count.
+    let mut counts: HashMap<(&str, &[u8]), i32> = HashMap::new();
+    for a in acks {
+        if let Some(count) = a.count {
+            *counts.entry((a.device.as_str(), a.corr)).or_default() += count.n as i32;
+        }
+    }
+    let ns: Vec<i32> = acks
+        .iter()
+        .map(|a| {
+            counts
+                .get(&(a.device.as_str(), a.corr))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect();
+    let rows = conn
+        .client
+        .query(
+            &statement,
+            &[&devices, &corrs, &ns, &crate::store::now_ms()],
+        )
+        .await?;
     let mut ended: HashMap<(String, Vec<u8>), RequestId> = HashMap::with_capacity(rows.len());
     for row in &rows {
         let device: String = row.try_get(0)?;
@@ -225,6 +254,6 @@ pub async fn ack(
     }
     Ok(acks
         .iter()
-        .map(|(device, corr)| ended.remove(&(device.as_str().to_owned(), corr.to_vec())))
+        .map(|a| ended.remove(&(a.device.as_str().to_owned(), a.corr.to_vec())))
         .collect())
 }

@@ -217,7 +217,18 @@ impl PgStore {
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
-        let work = commands.into_iter().map(|c| c.map(Work::Command)).collect();
+        let work = commands
+            .into_iter()
+            .map(|command| {
+                command.map(|command| match command {
+                    Command::Ack(device, corr) => {
+                        let count = self.marks.take_for_ack(&device, &corr);
+                        Work::Ack(device, corr, count)
+                    }
+                    command => Work::Command(command),
+                })
+            })
+            .collect();
         self.commit(work)
             .await?
             .into_iter()
@@ -276,12 +287,8 @@ impl PgStore {
     }
 
     /// See [`crate::store::Store::mark_published`].
-    pub fn mark_published(&self, id: RequestId) {
-        if self.shared.load(Ordering::Relaxed) {
-            self.marks.push(id);
-        } else {
-            self.submit(vec![Some(Work::Published(id))], |_| {});
-        }
+    pub fn mark_published(&self, id: RequestId, device: &DeviceId, corr: &Correlation) {
+        self.marks.push(id, device, corr);
     }
 
     /// See [`crate::store::Store::unpublished`].

@@ -216,7 +216,7 @@ impl SqliteStore {
     }
 
     /// See [`crate::store::Store::mark_published`].
-    pub fn mark_published(&self, id: RequestId) {
+    pub fn mark_published(&self, id: RequestId, _device: &DeviceId, _corr: &Correlation) {
         self.submit(move |txn| requests::mark_published(txn, id), |_| {});
     }
 
