@@ -37,9 +37,10 @@ fn request(dev: &str, c: &str) -> NewRequest {
     }
 }
 
-fn completion(id: RequestId, payload: &[u8]) -> Completion {
+fn completion(of: &NewRequest, payload: &[u8]) -> Completion {
     Completion {
-        id,
+        id: of.id,
+        device: of.device.clone(),
         state: State::Done,
         status: 200,
         payload: payload.to_vec(),
@@ -159,12 +160,12 @@ async fn keeps_the_contract(store: &Store, console: Console) {
 
     // Completion is recorded at most once; a cancel after it finds it finished.
     assert!(store
-        .complete(completion(first.id, b"r1"))
+        .complete(completion(&first, b"r1"))
         .await
         .expect("complete"));
     assert!(
         !store
-            .complete(completion(first.id, b"other"))
+            .complete(completion(&first, b"other"))
             .await
             .expect("complete"),
         "a second completion changes nothing"
@@ -214,7 +215,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     ));
     assert!(
         !store
-            .complete(completion(second.id, b"late"))
+            .complete(completion(&second, b"late"))
             .await
             .expect("complete"),
         "a worker finishing a cancelled request records nothing"
@@ -278,7 +279,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
         Admission::New
     ));
     assert!(store
-        .complete(completion(reused.id, b"r2"))
+        .complete(completion(&reused, b"r2"))
         .await
         .expect("complete"));
 
@@ -511,7 +512,7 @@ async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool
         Admission::New
     ));
     assert!(store
-        .complete(completion(held.id, b"r"))
+        .complete(completion(&held, b"r"))
         .await
         .expect("complete"));
     store.mark_published(held.id, &held.device, &held.corr);
@@ -577,7 +578,7 @@ async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool
     let (tx, rx) = std::sync::mpsc::channel();
     for payload in [&b"first"[..], b"second"] {
         let tx = tx.clone();
-        store.complete_then(completion(a.id, payload), move |done| {
+        store.complete_then(completion(&a, payload), move |done| {
             let _ = tx.send(done.expect("complete"));
         });
     }
@@ -600,7 +601,7 @@ async fn counts_every_publish_of_a_reply_acked_at_once(store: &Store) {
         Admission::New
     ));
     assert!(store
-        .complete(completion(reply.id, b"r"))
+        .complete(completion(&reply, b"r"))
         .await
         .expect("complete"));
     let published = || async {
@@ -723,7 +724,7 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
     };
     let first = request("q1", "p1");
     let id = first.id;
-    assert!(matches!(admit(&a, first).await, Admission::New));
+    assert!(matches!(admit(&a, first.clone()).await, Admission::New));
     assert!(matches!(
         admit(&b, request("q1", "p2")).await,
         Admission::New
@@ -740,7 +741,10 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
         Admission::Existing(existing) => assert_eq!(existing.id, id),
         other => panic!("a duplicate past the quota is answered as the original: {other:?}"),
     }
-    assert!(a.complete(completion(id, b"r1")).await.expect("complete"));
+    assert!(a
+        .complete(completion(&first, b"r1"))
+        .await
+        .expect("complete"));
     assert!(
         matches!(admit(&b, request("q1", "p3")).await, Admission::New),
         "a finished request frees its slot"
@@ -752,7 +756,7 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
     for store in [&a, &b, &a] {
         store.heartbeat().await.expect("heartbeat");
     }
-    a.mark_published(id, &device("q1"), &corr("p1"));
+    a.mark_published(id, &first.device, &first.corr);
     let quiet = Duration::from_secs(3600);
     assert!(
         a.held_for(vec![device("q1")], 8, quiet)

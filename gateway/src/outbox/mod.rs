@@ -369,6 +369,7 @@ mod tests {
         };
         let done = Completion {
             id,
+            device: device.clone(),
             state: State::Done,
             status: reply.status,
             payload: reply.payload.clone(),

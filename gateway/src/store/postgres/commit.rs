@@ -35,8 +35,8 @@ pub enum Work {
     Command(Command),
     /// A worker's completion.
     Complete(Completion),
-    /// A reply was handed to the broker.
-    Published(RequestId),
+    /// A reply (of this device) was handed to the broker.
+    Published(RequestId, DeviceId),
     /// A device's ack of its reply, with the reply's publishes not yet counted (see
     /// [`super::marks`]), which the ack's update counts; answered as [`Command::Ack`].
     Ack(DeviceId, Correlation, Option<Count>),
@@ -110,7 +110,8 @@ pub async fn run(
 
 type Outcomes = Vec<Vec<Option<Done>>>;
 
-type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
+/// What a job's writer is called with.
+pub type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
 
 async fn transaction(
     conn: &mut super::pool::Pooled,
@@ -221,7 +222,7 @@ async fn grouped(
                 Some(Work::Complete(done)) if completing.insert(done.id) => {
                     completions.push(((j, s), done));
                 }
-                Some(Work::Published(id)) => published.push(((j, s), *id)),
+                Some(Work::Published(id, _)) => published.push(((j, s), *id)),
                 Some(Work::Ack(device, corr, count)) => {
                     acks.push((
                         (j, s),
@@ -391,7 +392,7 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
     Ok(match work {
         Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
         Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
-        Work::Published(id) => {
+        Work::Published(id, _) => {
             delivery::mark_published(conn, *id, 1).await?;
             Done::Published
         }

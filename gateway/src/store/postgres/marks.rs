@@ -13,12 +13,11 @@
 //! the gateway that takes over), which the contract allows (devices dedupe by correlation).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc::WeakUnboundedSender;
-
-use super::commit::{Job, Work};
+use super::commit::Work;
+use super::lanes::Lanes;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
 /// How long a publish count waits for its ack.
@@ -60,9 +59,11 @@ impl Marks {
     /// Every held count, as work for the commit queue (to go ahead of what must see them).
     pub fn take(&self) -> Vec<Option<Work>> {
         std::mem::take(&mut *self.lock())
-            .into_values()
-            .flat_map(|count| std::iter::repeat_n(count.id, count.n as usize))
-            .map(|id| Some(Work::Published(id)))
+            .into_iter()
+            .flat_map(|((device, _), count)| {
+                std::iter::repeat_n((count.id, device), count.n as usize)
+            })
+            .map(|(id, device)| Some(Work::Published(id, device)))
             .collect()
     }
 
@@ -72,16 +73,13 @@ impl Marks {
 }
 
 /// Hands the held counts to the commit queue every [`DELAY`], until the store is gone.
-pub async fn flush(marks: Arc<Marks>, jobs: WeakUnboundedSender<Job>) {
+pub async fn flush(marks: Arc<Marks>, lanes: Weak<Lanes>) {
     loop {
         tokio::time::sleep(DELAY).await;
-        let Some(jobs) = jobs.upgrade() else { return };
+        let Some(lanes) = lanes.upgrade() else { return };
         let work = marks.take();
         if !work.is_empty() {
-            let _ = jobs.send(Job {
-                work,
-                then: Box::new(|_| {}),
-            });
+            lanes.submit(work, Box::new(|_| {}));
         }
     }
 }
@@ -109,7 +107,9 @@ mod tests {
         assert_eq!(marks.take_for_ack(&da, &ca), Some(Count { id: a, n: 2 }));
         assert_eq!(marks.take_for_ack(&da, &ca), None, "taken once");
         let rest: Vec<_> = marks.take().into_iter().flatten().collect();
-        assert!(matches!(rest.as_slice(), [Work::Published(id)] if *id == b));
+        assert!(
+            matches!(rest.as_slice(), [Work::Published(id, device)] if *id == b && *device == db)
+        );
         assert!(marks.take().is_empty());
     }
 }

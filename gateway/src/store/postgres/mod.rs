@@ -12,6 +12,7 @@ mod console;
 mod delivery;
 mod devices;
 mod grouped;
+mod lanes;
 mod marks;
 mod operators;
 mod pool;
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::metrics::Histogram;
 use crate::store::cluster::{ClusterView, Takeover};
@@ -36,7 +37,7 @@ use crate::store::requests::{
 };
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
-use commit::{Done, Job, Work};
+use commit::{Done, Work};
 pub use console::{PgConsole, PgReader};
 use pool::Pool;
 
@@ -68,11 +69,21 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
+/// Committers for a pool of `pool_size` connections: two, each device's work on one of them,
+/// when that leaves a connection for reads (see [`lanes`]); one otherwise.
+fn lanes_for(pool_size: usize) -> usize {
+    if pool_size >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
 /// A handle to the PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Arc<Pool>,
-    jobs_tx: mpsc::UnboundedSender<Job>,
+    lanes: Arc<lanes::Lanes>,
     commit_latency: Arc<Histogram>,
     runtime: Handle,
     me: Arc<str>,
@@ -108,21 +119,20 @@ impl PgStore {
         let started_ms = now_ms();
         cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
         drop(conn);
-        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel();
         let commit_latency = Arc::new(Histogram::default());
         let shared = Arc::new(AtomicBool::new(false));
-        tokio::spawn(commit::run(
-            jobs_rx,
-            pool.clone(),
-            commit_latency.clone(),
-            me.into(),
-            shared.clone(),
+        let lanes = Arc::new(lanes::Lanes::start(
+            lanes_for(pool_size),
+            &pool,
+            &commit_latency,
+            me,
+            &shared,
         ));
         let marks = Arc::new(marks::Marks::default());
-        tokio::spawn(marks::flush(marks.clone(), jobs_tx.downgrade()));
+        tokio::spawn(marks::flush(marks.clone(), Arc::downgrade(&lanes)));
         Ok(PgStore {
             pool,
-            jobs_tx,
+            lanes,
             commit_latency,
             runtime: Handle::current(),
             me: me.into(),
@@ -153,7 +163,7 @@ impl PgStore {
 
     /// See [`crate::store::Store::leave`].
     pub async fn leave(&self) -> Result<(), StoreError> {
-        self.commit(self.marks.take()).await?;
+        self.barrier().await?;
         cluster::leave(&*self.pool.get().await?, &self.me).await
     }
 
@@ -188,13 +198,7 @@ impl PgStore {
         work: Vec<Option<Work>>,
         then: impl FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send + 'static,
     ) {
-        let job = Job {
-            work,
-            then: Box::new(then),
-        };
-        if let Err(mpsc::error::SendError(job)) = self.jobs_tx.send(job) {
-            (job.then)(Err(StoreError::Closed));
-        }
+        self.lanes.submit(work, Box::new(then));
     }
 
     async fn commit(&self, work: Vec<Option<Work>>) -> Result<Vec<Option<Done>>, StoreError> {
@@ -420,7 +424,19 @@ impl PgStore {
 
     /// See [`crate::store::Store::ping`].
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.commit(self.marks.take()).await.map(drop)
+        self.barrier().await
+    }
+
+    /// Commits the publish counts held back, once everything queued before committed.
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.lanes.submit_everywhere(
+            self.marks.take(),
+            Box::new(move |outcome| {
+                let _ = done_tx.send(outcome);
+            }),
+        );
+        done_rx.await.unwrap_or(Err(StoreError::Closed)).map(drop)
     }
 
     /// A reader for one worker thread.
