@@ -2,9 +2,10 @@
 //! `postgres` (the server refuses to run as root) in a temp dir that user owns, listening on a
 //! free loopback port; stopped and removed on drop. Each test makes its own database in it.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// A running cluster.
 pub struct PgCluster {
@@ -186,6 +187,59 @@ impl PgCluster {
             .expect("psql");
         assert!(out.status.success(), "psql {sql}: {}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs `sql` (say, a `SELECT ... FOR UPDATE`) in an open transaction in database `db`,
+    /// which holds its locks until the returned [`Open`] is committed or dropped.
+    pub fn hold(&self, db: &str, sql: &str) -> Open {
+        let port = self.port.to_string();
+        let mut child = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-v", "ON_ERROR_STOP=1", "-At"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("psql");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "BEGIN;\n{sql};\n\\echo held").expect("to psql");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line == "held" => break,
+                Some(Ok(_)) => {}
+                other => panic!("psql ended before holding {sql}: {other:?}"),
+            }
+        }
+        Open {
+            child,
+            stdin: Some(stdin),
+        }
+    }
+}
+
+/// A transaction left open by [`PgCluster::hold`].
+pub struct Open {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Open {
+    /// Commits it, releasing its locks.
+    pub fn commit(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = writeln!(stdin, "COMMIT;");
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -794,3 +794,41 @@ async fn futures_join<T>(
     }
     results
 }
+
+/// A publish count whose row another transaction holds (typically that reply's ack, through
+/// another gateway) is skipped, not waited for (two such waits deadlocked), and lands with a
+/// later commit once the row is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("skip");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open(&postgres(&url), dir.path())
+        .await
+        .expect("open");
+    let reply = request("s1", "k");
+    assert!(matches!(
+        store.admit(reply.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    assert!(store
+        .complete(completion(&reply, b"r"))
+        .await
+        .expect("complete"));
+    let published = || cluster.query("skip", "SELECT published FROM requests WHERE corr = 'k'");
+    let open = cluster.hold(
+        "skip",
+        "SELECT id FROM requests WHERE corr = 'k' FOR UPDATE",
+    );
+    store.mark_published(reply.id, &reply.device, &reply.corr);
+    tokio::time::timeout(Duration::from_secs(10), store.ping())
+        .await
+        .expect("the commit does not wait for the locked row")
+        .expect("ping");
+    assert_eq!(published(), "0", "skipped while locked");
+    open.commit();
+    store.ping().await.expect("ping");
+    assert_eq!(published(), "1", "counted once the row was free");
+}

@@ -14,14 +14,14 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
-use super::marks::Count;
+use super::marks::{Count, Mark};
 use super::pool::{Conn, Pool};
 use super::{delivery, grouped, requests, tables};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
 use crate::store::requests::{Admission, Completion, FinalReply};
 use crate::store::StoreError;
-use crate::wire::{Correlation, DeviceId, RequestId};
+use crate::wire::{Correlation, DeviceId};
 
 /// Most pieces of work in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -35,8 +35,8 @@ pub enum Work {
     Command(Command),
     /// A worker's completion.
     Complete(Completion),
-    /// A reply (of this device) was handed to the broker.
-    Published(RequestId, DeviceId),
+    /// A reply was handed to the broker (counted unless another transaction holds its row).
+    Published(Mark),
     /// A device's ack of its reply, with the reply's publishes not yet counted (see
     /// [`super::marks`]), which the ack's update counts; answered as [`Command::Ack`].
     Ack(DeviceId, Correlation, Option<Count>),
@@ -52,8 +52,8 @@ pub enum Done {
     Command(Outcome),
     /// For [`Work::Complete`]: whether the request was still queued.
     Completed(bool),
-    /// For [`Work::Published`].
-    Published,
+    /// For [`Work::Published`]: whether it was counted (not: its row was locked elsewhere).
+    Published(bool),
     /// For [`Work::HeldFor`].
     Held(Vec<FinalReply>),
 }
@@ -222,7 +222,7 @@ async fn grouped(
                 Some(Work::Complete(done)) if completing.insert(done.id) => {
                     completions.push(((j, s), done));
                 }
-                Some(Work::Published(id, _)) => published.push(((j, s), *id)),
+                Some(Work::Published(mark)) => published.push(((j, s), mark.count)),
                 Some(Work::Ack(device, corr, count)) => {
                     acks.push((
                         (j, s),
@@ -243,10 +243,8 @@ async fn grouped(
         .collect();
     let admit_rows: Vec<_> = admits.iter().map(|(_, a)| a.clone()).collect();
     let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
-    let published_ids: Vec<_> = published.iter().map(|(_, id)| *id).collect();
+    let counts: Vec<Count> = published.iter().map(|(_, count)| *count).collect();
     let ack_rows: Vec<_> = acks.iter().map(|(_, a)| a.clone()).collect();
-    let mut locked_ids: Vec<RequestId> = completion_rows.iter().map(|c| c.id).collect();
-    locked_ids.extend(&published_ids);
     // Every statement below is prepared (cached) before any is sent, so they reach the server
     // in the order they are issued, all in one flight: `BEGIN`, with other gateways alive the
     // row locks in id order, the grouped statements and the rest, then the devices' quota locks
@@ -257,7 +255,7 @@ async fn grouped(
     let prelude = async {
         let (begun, locked) = tokio::join!(conn.client.batch_execute("BEGIN"), async {
             if shared {
-                grouped::lock_rows(conn, &locked_ids, &ack_rows).await
+                grouped::lock_rows(conn, &ack_rows).await
             } else {
                 Ok(())
             }
@@ -276,7 +274,7 @@ async fn grouped(
     let statements = async {
         tokio::join!(
             grouped::complete(conn, &completion_rows),
-            grouped::published(conn, &published_ids),
+            grouped::published(conn, &counts),
             grouped::ack(conn, &ack_rows),
             join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
             admission,
@@ -298,7 +296,7 @@ async fn grouped(
     {
         return Err((*error).clone());
     }
-    let (stored, completed, acked) = (stored?, completed?, acked?);
+    let (stored, completed, counted, acked) = (stored?, completed?, counted?, acked?);
     for (((j, s), ack), acked) in acks.iter().zip(acked) {
         // An ack that ended nothing counted nothing: its reply's publishes are counted below,
         // with the other undecided work.
@@ -306,8 +304,8 @@ async fn grouped(
             done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
         }
     }
-    for ((j, s), _) in published {
-        done[j][s] = Some(Ok(Some(Done::Published)));
+    for (((j, s), _), counted) in published.iter().zip(counted) {
+        done[*j][*s] = Some(Ok(Some(Done::Published(counted))));
     }
     for (((j, s), _), completed) in completions.iter().zip(completed) {
         done[*j][*s] = Some(Ok(Some(Done::Completed(completed))));
@@ -392,9 +390,8 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
     Ok(match work {
         Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
         Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
-        Work::Published(id, _) => {
-            delivery::mark_published(conn, *id, 1).await?;
-            Done::Published
+        Work::Published(mark) => {
+            Done::Published(delivery::mark_published(conn, mark.count.id, mark.count.n).await?)
         }
         Work::Ack(device, corr, count) => {
             let acked = delivery::ack(conn, device, corr, *count).await?;

@@ -80,12 +80,17 @@ pub async fn held_for(
     Ok(held)
 }
 
-/// Counts that a final reply was handed to the broker `n` times, the last just now.
-pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<(), StoreError> {
+/// Counts that a final reply was handed to the broker `n` times, the last just now; whether
+/// it was counted (not: another transaction holds its row, see [`super::grouped::published`]).
+pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<bool, StoreError> {
     let statement = conn
-        .statement("UPDATE requests SET published = published + $3, sent_ms = $2 WHERE id = $1")
+        .statement(
+            "UPDATE requests SET published = published + $3, sent_ms = $2
+             WHERE id = (SELECT id FROM requests WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
-    conn.client
+    let counted = conn
+        .client
         .execute(
             &statement,
             &[
@@ -95,7 +100,7 @@ pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<(), St
             ],
         )
         .await?;
-    Ok(())
+    Ok(counted > 0)
 }
 
 /// The device acknowledged its final reply: stop holding it, and count the publishes of it

@@ -212,7 +212,8 @@ fn key(work: &Work) -> Option<&str> {
             Command::Dead(letter) => letter.device.as_deref(),
         },
         Work::Complete(completion) => Some(completion.device.as_str()),
-        Work::Published(_, device) | Work::Ack(device, ..) => Some(device.as_str()),
+        Work::Published(mark) => Some(mark.device.as_str()),
+        Work::Ack(device, ..) => Some(device.as_str()),
         Work::HeldFor(devices, ..) => devices.first().map(DeviceId::as_str),
     }
 }
@@ -286,7 +287,7 @@ mod tests {
             &merge,
             vec![1, 0],
             Ok(vec![
-                Some(Done::Published),
+                Some(Done::Published(true)),
                 Some(Done::Held(vec![from_b.clone()])),
             ]),
         );
@@ -313,7 +314,7 @@ mod tests {
             expected.iter().map(|r| r.id).collect::<Vec<_>>(),
             "both lanes' replies, by device"
         );
-        assert!(matches!(outcome[1], Some(Done::Published)));
+        assert!(matches!(outcome[1], Some(Done::Published(true))));
         assert!(outcome[2].is_none());
     }
 
@@ -331,7 +332,7 @@ mod tests {
             then: Some(then),
         });
         Merge::part(&merge, vec![0], Err(StoreError::Closed));
-        Merge::part(&merge, vec![1], Ok(vec![Some(Done::Published)]));
+        Merge::part(&merge, vec![1], Ok(vec![Some(Done::Published(true))]));
         assert!(matches!(
             answer.lock().unwrap().take(),
             Some(Err(StoreError::Closed))

@@ -16,12 +16,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::commit::Work;
+use super::commit::{Done, Work};
 use super::lanes::Lanes;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
 /// How long a publish count waits for its ack.
 pub const DELAY: Duration = Duration::from_millis(100);
+
+/// Flushes a count may be skipped (its row locked elsewhere) before it is given up: a reply
+/// whose count is lost is published again after a crash, which the contract allows.
+const MAX_TRIES: u32 = 50;
 
 /// A reply's publishes not yet counted: its request and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +36,23 @@ pub struct Count {
     pub n: u32,
 }
 
+/// A count on its way to the database.
+#[derive(Debug, Clone)]
+pub struct Mark {
+    /// The reply's device.
+    pub device: DeviceId,
+    /// The reply's correlation.
+    pub corr: Correlation,
+    /// Its request and publishes.
+    pub count: Count,
+    /// Flushes that skipped it.
+    tries: u32,
+}
+
 /// Publish counts not yet handed to the commit queue, by the reply's (device, correlation).
 #[derive(Default)]
 pub struct Marks {
-    pending: Mutex<HashMap<(DeviceId, Correlation), Count>>,
+    pending: Mutex<HashMap<(DeviceId, Correlation), (Count, u32)>>,
 }
 
 impl Marks {
@@ -43,8 +60,8 @@ impl Marks {
     pub fn push(&self, id: RequestId, device: &DeviceId, corr: &Correlation) {
         self.lock()
             .entry((device.clone(), corr.clone()))
-            .and_modify(|count| count.n += 1)
-            .or_insert(Count { id, n: 1 });
+            .and_modify(|(count, _)| count.n += 1)
+            .or_insert((Count { id, n: 1 }, 0));
     }
 
     /// The count waiting for the reply this ack ends, to be written with the ack.
@@ -53,23 +70,57 @@ impl Marks {
         if pending.is_empty() {
             return None;
         }
-        pending.remove(&(device.clone(), corr.clone()))
+        pending
+            .remove(&(device.clone(), corr.clone()))
+            .map(|(count, _)| count)
     }
 
-    /// Every held count, as work for the commit queue (to go ahead of what must see them).
-    pub fn take(&self) -> Vec<Option<Work>> {
+    /// Every held count (to go to the commit queue ahead of what must see them: [`work`];
+    /// then [`Marks::settle`]).
+    pub fn take(&self) -> Vec<Mark> {
         std::mem::take(&mut *self.lock())
             .into_iter()
-            .flat_map(|((device, _), count)| {
-                std::iter::repeat_n((count.id, device), count.n as usize)
+            .map(|((device, corr), (count, tries))| Mark {
+                device,
+                corr,
+                count,
+                tries,
             })
-            .map(|(id, device)| Some(Work::Published(id, device)))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(DeviceId, Correlation), Count>> {
+    /// Holds again the counts of `taken` that its commit skipped (their rows were locked by
+    /// another transaction: see [`super::grouped::published`]), or all of them if the commit
+    /// failed; `done` starts with their outcomes, in order.
+    pub fn settle<E>(&self, taken: Vec<Mark>, done: &Result<Vec<Option<Done>>, E>) {
+        let counted = |i: usize| match done {
+            Ok(done) => matches!(done.get(i), Some(Some(Done::Published(true)))),
+            Err(_) => false,
+        };
+        let mut pending = self.lock();
+        for (i, mark) in taken.into_iter().enumerate() {
+            if counted(i) || mark.tries + 1 >= MAX_TRIES {
+                continue;
+            }
+            let (count, tries) = pending
+                .entry((mark.device, mark.corr))
+                .or_insert((Count { n: 0, ..mark.count }, 0));
+            count.n += mark.count.n;
+            *tries = (*tries).max(mark.tries + 1);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(DeviceId, Correlation), (Count, u32)>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `taken` as work for the commit queue.
+pub fn work(taken: &[Mark]) -> Vec<Option<Work>> {
+    taken
+        .iter()
+        .map(|mark| Some(Work::Published(mark.clone())))
+        .collect()
 }
 
 /// Hands the held counts to the commit queue every [`DELAY`], until the store is gone.
@@ -77,9 +128,11 @@ pub async fn flush(marks: Arc<Marks>, lanes: Weak<Lanes>) {
     loop {
         tokio::time::sleep(DELAY).await;
         let Some(lanes) = lanes.upgrade() else { return };
-        let work = marks.take();
-        if !work.is_empty() {
-            lanes.submit(work, Box::new(|_| {}));
+        let taken = marks.take();
+        if !taken.is_empty() {
+            let work = work(&taken);
+            let marks = marks.clone();
+            lanes.submit(work, Box::new(move |done| marks.settle(taken, &done)));
         }
     }
 }
@@ -106,10 +159,41 @@ mod tests {
         marks.push(b, &db, &cb);
         assert_eq!(marks.take_for_ack(&da, &ca), Some(Count { id: a, n: 2 }));
         assert_eq!(marks.take_for_ack(&da, &ca), None, "taken once");
-        let rest: Vec<_> = marks.take().into_iter().flatten().collect();
-        assert!(
-            matches!(rest.as_slice(), [Work::Published(id, device)] if *id == b && *device == db)
+        let rest = marks.take();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            (rest[0].count, &rest[0].device),
+            (Count { id: b, n: 1 }, &db)
         );
         assert!(marks.take().is_empty());
+    }
+
+    #[test]
+    fn a_count_skipped_by_its_commit_is_held_again_and_added_to_newer_ones() {
+        let marks = Marks::default();
+        let (a, b) = (RequestId::new(), RequestId::new());
+        let (da, ca) = key("dev-a", "1");
+        let (db, cb) = key("dev-b", "1");
+        marks.push(a, &da, &ca);
+        marks.push(b, &db, &cb);
+        let mut taken = marks.take();
+        taken.sort_by(|x, y| x.device.cmp(&y.device));
+        // a's row was locked elsewhere; b's was counted. Meanwhile a went out once more.
+        marks.push(a, &da, &ca);
+        let done: Result<_, ()> = Ok(vec![
+            Some(Done::Published(false)),
+            Some(Done::Published(true)),
+        ]);
+        marks.settle(taken, &done);
+        let again = marks.take();
+        assert_eq!(again.len(), 1, "b's count is not held again");
+        assert_eq!(again[0].count, Count { id: a, n: 2 });
+        // A failed commit holds all again, until the count was skipped too often.
+        marks.settle::<()>(again.clone(), &Err(()));
+        assert_eq!(marks.take()[0].count.n, 2);
+        let mut stale = again;
+        stale[0].tries = MAX_TRIES - 1;
+        marks.settle::<()>(stale, &Err(()));
+        assert!(marks.take().is_empty(), "given up");
     }
 }

@@ -331,9 +331,12 @@ impl PgStore {
         };
         // Through the commit queue: it must see the publish counts queued before it.
         // Publish counts held back go first (see `marks`).
-        let mut work = self.marks.take();
+        let taken = self.marks.take();
+        let mut work = marks::work(&taken);
         work.push(Some(Work::HeldFor(devices, limit, sent_before_ms)));
-        match self.commit(work).await?.pop() {
+        let done = self.commit(work).await;
+        self.marks.settle(taken, &done);
+        match done?.pop() {
             Some(Some(Done::Held(held))) => Ok(held),
             _ => Err(StoreError::Sql("store answered out of kind".into())),
         }
@@ -430,13 +433,16 @@ impl PgStore {
     /// Commits the publish counts held back, once everything queued before committed.
     async fn barrier(&self) -> Result<(), StoreError> {
         let (done_tx, done_rx) = oneshot::channel();
+        let taken = self.marks.take();
         self.lanes.submit_everywhere(
-            self.marks.take(),
+            marks::work(&taken),
             Box::new(move |outcome| {
                 let _ = done_tx.send(outcome);
             }),
         );
-        done_rx.await.unwrap_or(Err(StoreError::Closed)).map(drop)
+        let done = done_rx.await.unwrap_or(Err(StoreError::Closed));
+        self.marks.settle(taken, &done);
+        done.map(drop)
     }
 
     /// A reader for one worker thread.
