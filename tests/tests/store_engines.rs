@@ -832,3 +832,44 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
     store.ping().await.expect("ping");
     assert_eq!(published(), "1", "counted once the row was free");
 }
+
+/// A wake's redelivery skips replies sent within the quiet period only while another gateway
+/// is alive, as the database says when the redelivery is claimed, not as this gateway last
+/// heard: alone, every held reply goes again; once another gateway joined (even before this one
+/// beat again and saw it), a reply just sent is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("quiet");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let open = |id: &str| {
+        let mut config = postgres(&url);
+        config.gateway_id = id.into();
+        let path = dir.path().to_owned();
+        async move { Store::open(&config, &path).await.expect("open") }
+    };
+    let a = open("gw-a").await;
+    let reply = request("w1", "q");
+    assert!(matches!(
+        a.admit(reply.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    assert!(a.complete(completion(&reply, b"r")).await.expect("complete"));
+    a.mark_published(reply.id, &reply.device, &reply.corr);
+    let quiet = Duration::from_secs(3600);
+    let held = a
+        .held_for(vec![device("w1")], 8, quiet)
+        .await
+        .expect("held");
+    assert_eq!(held.len(), 1, "alone: the reply goes again on a wake");
+    let _b = open("gw-b").await;
+    assert!(
+        a.held_for(vec![device("w1")], 8, quiet)
+            .await
+            .expect("held")
+            .is_empty(),
+        "another gateway alive: not again within the quiet period"
+    );
+}

@@ -42,8 +42,8 @@ const MAX_TURN: usize = 1024;
 /// does not send that reply again.
 const CLUSTER_WAKE_GRACE: Duration = Duration::from_millis(300);
 
-/// With other gateways alive on the store, a held reply handed to the broker within this is not
-/// redelivered: the other gateways that saw the same wake (its presence, request and acks each
+/// With other gateways alive on the store (as the database says when a redelivery is claimed),
+/// a held reply handed to the broker within this is not redelivered: the other gateways that saw the same wake (its presence, request and acks each
 /// reach one of them) leave it to the one that claimed it, and a reply published while its
 /// device was already awake is not sent twice. A device waking again within it gets the reply
 /// on a later wake (or from its broker session).
@@ -230,7 +230,10 @@ impl Outbox {
             return;
         }
         let limit = self.limits.max_held_replies_per_device;
-        let quiet = if self.clustered() {
+        // On a store gateways can share, the store applies the quiet period only while another
+        // gateway is alive, as the database says when the redelivery is claimed (this
+        // gateway's view of the cluster may not show one that just joined).
+        let quiet = if self.store.lease().is_some() {
             CLUSTER_QUIET
         } else {
             Duration::ZERO

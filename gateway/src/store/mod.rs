@@ -246,9 +246,10 @@ impl Store {
 
     /// Held final replies of these devices that were published at least once, oldest first per
     /// device, at most `limit` per device: what their wakes redeliver. On a shared store
-    /// (PostgreSQL) only those not handed to the broker within `quiet`, claimed: of several
-    /// gateways seeing one wake, one redelivers each reply. SQLite has one gateway, which sees
-    /// a device's events in order, and ignores `quiet`.
+    /// (PostgreSQL) only those not handed to the broker within `quiet` while another gateway is
+    /// alive (checked in the database when claiming), claimed: of several gateways seeing one
+    /// wake, one redelivers each reply. SQLite has one gateway, which sees a device's events in
+    /// order, and ignores `quiet`.
     pub async fn held_for(
         &self,
         devices: Vec<DeviceId>,

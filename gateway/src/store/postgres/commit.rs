@@ -401,7 +401,7 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
             Done::Command(Outcome::Acked(acked))
         }
         Work::HeldFor(devices, limit, sent_before_ms) => {
-            Done::Held(delivery::held_for(conn, devices, *limit, *sent_before_ms).await?)
+            Done::Held(delivery::held_for(conn, me, devices, *limit, *sent_before_ms).await?)
         }
     })
 }

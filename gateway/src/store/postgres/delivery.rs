@@ -42,23 +42,32 @@ pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, St
 /// handed to the broker since `sent_before_ms`, oldest first, at most `limit` per device, and
 /// marks them sent now: what a wake redelivers. Several gateways may see one wake (its
 /// presence, its request and its ack each reach one of them): the claim re-checks `sent_ms`
-/// under the row lock, so between them each reply goes out once per quiet period.
+/// under the row lock, so between them each reply goes out once per quiet period. The quiet
+/// period holds only while another gateway's lease runs, as the database says at the claim (a
+/// gateway's cached view of the cluster lags by up to a heartbeat: one that had not yet seen a
+/// gateway join redelivered at once, and sent replies twice); `me` alone, every held reply of
+/// the devices is sent.
 pub async fn held_for(
     conn: &Conn,
+    me: &str,
     devices: &[DeviceId],
     limit: usize,
     sent_before_ms: i64,
 ) -> Result<Vec<FinalReply>, StoreError> {
     let statement = conn
         .statement(
-            "UPDATE requests r SET sent_ms = $3
-             FROM (SELECT q.id FROM UNNEST($1::text[]) AS d(device)
+            "WITH quiet AS (
+                 SELECT CASE WHEN EXISTS (SELECT 1 FROM gateways g
+                                          WHERE g.id <> $5 AND g.lease_until_ms > $3)
+                        THEN $4::bigint ELSE 9223372036854775807 END AS before)
+             UPDATE requests r SET sent_ms = $3
+             FROM quiet w, (SELECT q.id FROM quiet w, UNNEST($1::text[]) AS d(device)
                    CROSS JOIN LATERAL (
                       SELECT id FROM requests q
                       WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
-                        AND q.sent_ms <= $4
+                        AND q.sent_ms <= w.before
                       ORDER BY q.id LIMIT $2) q) c
-             WHERE r.id = c.id AND r.delivery = 'held' AND r.sent_ms <= $4
+             WHERE r.id = c.id AND r.delivery = 'held' AND r.sent_ms <= w.before
              RETURNING r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
                        r.envelope",
         )
@@ -69,7 +78,7 @@ pub async fn held_for(
         .client
         .query(
             &statement,
-            &[&names, &(limit as i64), &now, &sent_before_ms],
+            &[&names, &(limit as i64), &now, &sent_before_ms, &me],
         )
         .await?;
     let mut held = rows
