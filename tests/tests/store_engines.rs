@@ -856,7 +856,10 @@ async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
         a.admit(reply.clone(), 0).await.expect("admit"),
         Admission::New
     ));
-    assert!(a.complete(completion(&reply, b"r")).await.expect("complete"));
+    assert!(a
+        .complete(completion(&reply, b"r"))
+        .await
+        .expect("complete"));
     a.mark_published(reply.id, &reply.device, &reply.corr);
     let quiet = Duration::from_secs(3600);
     let held = a
