@@ -273,7 +273,7 @@ mod tests {
         let answer = Arc::new(Mutex::new(None));
         let then: Then = {
             let answer = answer.clone();
-            Box::new(move |outcome| *answer.lock().unwrap() = Some(outcome))
+            Box::new(move |outcome| *answer.lock().expect("lock") = Some(outcome))
         };
         let merge = Mutex::new(Merge {
             waiting: 2,
@@ -291,7 +291,10 @@ mod tests {
                 Some(Done::Held(vec![from_b.clone()])),
             ]),
         );
-        assert!(answer.lock().unwrap().is_none(), "one part still waiting");
+        assert!(
+            answer.lock().expect("lock").is_none(),
+            "one part still waiting"
+        );
         Merge::part(
             &merge,
             vec![0, 2],
@@ -299,7 +302,7 @@ mod tests {
         );
         let outcome = answer
             .lock()
-            .unwrap()
+            .expect("lock")
             .take()
             .expect("answered")
             .expect("ok");
@@ -307,7 +310,7 @@ mod tests {
         let Some(Done::Held(held)) = &outcome[0] else {
             panic!("not a redelivery read: {:?}", outcome[0]);
         };
-        let mut expected = vec![from_a, from_b];
+        let mut expected = [from_a, from_b];
         expected.sort_by(|x, y| x.device.as_str().cmp(y.device.as_str()));
         assert_eq!(
             held.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -323,7 +326,7 @@ mod tests {
         let answer = Arc::new(Mutex::new(None));
         let then: Then = {
             let answer = answer.clone();
-            Box::new(move |outcome| *answer.lock().unwrap() = Some(outcome))
+            Box::new(move |outcome| *answer.lock().expect("lock") = Some(outcome))
         };
         let merge = Mutex::new(Merge {
             waiting: 2,
@@ -334,7 +337,7 @@ mod tests {
         Merge::part(&merge, vec![0], Err(StoreError::Closed));
         Merge::part(&merge, vec![1], Ok(vec![Some(Done::Published(true))]));
         assert!(matches!(
-            answer.lock().unwrap().take(),
+            answer.lock().expect("lock").take(),
             Some(Err(StoreError::Closed))
         ));
     }
