@@ -159,7 +159,6 @@ pub async fn requeue(
             };
             let completion = Completion {
                 id: final_reply.id,
-                device: final_reply.device.clone(),
                 state: State::Failed,
                 status: 500,
                 payload: final_reply.payload.clone(),

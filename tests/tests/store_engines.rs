@@ -40,7 +40,6 @@ fn request(dev: &str, c: &str) -> NewRequest {
 fn completion(of: &NewRequest, payload: &[u8]) -> Completion {
     Completion {
         id: of.id,
-        device: of.device.clone(),
         state: State::Done,
         status: 200,
         payload: payload.to_vec(),

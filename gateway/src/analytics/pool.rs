@@ -277,7 +277,6 @@ impl Pool {
         };
         let completion = Completion {
             id: job.id,
-            device: job.device.clone(),
             state,
             status: final_reply.status,
             payload: final_reply.payload.clone(),

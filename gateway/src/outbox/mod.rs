@@ -372,7 +372,6 @@ mod tests {
         };
         let done = Completion {
             id,
-            device: device.clone(),
             state: State::Done,
             status: reply.status,
             payload: reply.payload.clone(),

@@ -174,8 +174,6 @@ pub enum OperatorCancel {
 pub struct Completion {
     /// The request.
     pub id: RequestId,
-    /// Its device (PostgreSQL commits each device's work on one of its writers).
-    pub device: DeviceId,
     /// Its final state.
     pub state: State,
     /// The final reply's status code.

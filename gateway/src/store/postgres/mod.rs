@@ -69,14 +69,10 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// Committers for a pool of `pool_size` connections: two, each device's work on one of them,
-/// when that leaves a connection for reads (see [`lanes`]); one otherwise.
-fn lanes_for(pool_size: usize) -> usize {
-    if pool_size >= 3 {
-        2
-    } else {
-        1
-    }
+/// Whether a pool of `pool_size` connections runs two committers (intake's and the rest's, see
+/// [`lanes`]): when that leaves a connection for reads.
+fn two_lanes(pool_size: usize) -> bool {
+    pool_size >= 3
 }
 
 /// A handle to the PostgreSQL store. Cheap to clone.
@@ -122,7 +118,7 @@ impl PgStore {
         let commit_latency = Arc::new(Histogram::default());
         let shared = Arc::new(AtomicBool::new(false));
         let lanes = Arc::new(lanes::Lanes::start(
-            lanes_for(pool_size),
+            two_lanes(pool_size),
             &pool,
             &commit_latency,
             me,
@@ -432,17 +428,26 @@ impl PgStore {
 
     /// Commits the publish counts held back, once everything queued before committed.
     async fn barrier(&self) -> Result<(), StoreError> {
-        let (done_tx, done_rx) = oneshot::channel();
         let taken = self.marks.take();
-        self.lanes.submit_everywhere(
-            marks::work(&taken),
-            Box::new(move |outcome| {
+        let lanes = (0..self.lanes.count()).map(|lane| {
+            let (done_tx, done_rx) = oneshot::channel();
+            // The counts go where publish counts go; the other lane gets an empty job.
+            let work = if lane + 1 == self.lanes.count() {
+                marks::work(&taken)
+            } else {
+                Vec::new()
+            };
+            let then: commit::Then = Box::new(move |outcome| {
                 let _ = done_tx.send(outcome);
-            }),
-        );
-        let done = done_rx.await.unwrap_or(Err(StoreError::Closed));
-        self.marks.settle(taken, &done);
-        done.map(drop)
+            });
+            self.lanes.submit_to(lane, commit::Job { work, then });
+            async move { done_rx.await.unwrap_or(Err(StoreError::Closed)) }
+        });
+        let mut done = futures_util::future::join_all(lanes).await;
+        let counted = done.pop().unwrap_or(Err(StoreError::Closed));
+        self.marks.settle(taken, &counted);
+        done.into_iter().try_for_each(|outcome| outcome.map(drop))?;
+        counted.map(drop)
     }
 
     /// A reader for one worker thread.

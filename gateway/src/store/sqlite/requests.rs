@@ -259,7 +259,6 @@ pub fn cancel(
     let payload = make_reply(id, envelope, corr);
     let done = Completion {
         id,
-        device: device.clone(),
         state: State::Cancelled,
         status: 410,
         payload: payload.clone(),
