@@ -1,10 +1,11 @@
 //! Group commit on PostgreSQL. Writers (intake's batches, workers' completions, the outbox's
-//! publish counts and its redelivery reads) queue their typed work; the committer takes
-//! everything waiting, borrows a connection, and runs it as one transaction whose statements are
-//! **pipelined** (sent without waiting for each answer), then commits once and only then answers
-//! each writer. Transactions run one after another, in queue order, as on SQLite's store thread:
-//! work sees everything queued before it (a wake's redelivery read sees the publish count the
-//! outbox queued just before), and what waits meanwhile makes the next batch larger.
+//! publish counts and its redelivery reads) queue their typed work on a lane
+//! ([`super::lanes`]); each lane's committer takes everything waiting, borrows a connection, and
+//! runs it as one transaction whose statements are **pipelined** (sent without waiting for each
+//! answer), then commits once and only then answers each writer. A lane's transactions run one
+//! after another, in queue order, as on SQLite's store thread: work sees everything queued
+//! before it on its lane (a wake's redelivery read sees the publish count the outbox queued just
+//! before), and what waits meanwhile makes the next batch larger.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
