@@ -49,6 +49,27 @@ fn completion(of: &NewRequest, payload: &[u8]) -> Completion {
     }
 }
 
+/// A request of `dev` admitted and completed: its reply is held, not yet published.
+async fn held_reply(store: &Store, dev: &str, c: &str) -> NewRequest {
+    let reply = request(dev, c);
+    assert!(matches!(
+        store.admit(reply.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    assert!(store
+        .complete(completion(&reply, b"r"))
+        .await
+        .expect("complete"));
+    reply
+}
+
+/// A store on database `url` as gateway `id`.
+async fn gateway_store(url: &str, dir: &std::path::Path, id: &str) -> Store {
+    let mut config = postgres(url);
+    config.gateway_id = id.into();
+    Store::open(&config, dir).await.expect("open")
+}
+
 fn cancelled(id: RequestId, _envelope: bool, _of: &Correlation) -> Vec<u8> {
     id.as_bytes().to_vec()
 }
@@ -505,15 +526,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
 /// included (the quota is the store's on a shared store only: one SQLite gateway's scheduler
 /// holds it); a request completed twice at once is recorded once.
 async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool) {
-    let held = request("g1", "x");
-    assert!(matches!(
-        store.admit(held.clone(), 0).await.expect("admit"),
-        Admission::New
-    ));
-    assert!(store
-        .complete(completion(&held, b"r"))
-        .await
-        .expect("complete"));
+    let held = held_reply(store, "g1", "x").await;
     store.mark_published(held.id, &held.device, &held.corr);
     let admit = |request: NewRequest| {
         Some(Command::Admit {
@@ -594,15 +607,7 @@ async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool
 /// written before the ack or with it (PostgreSQL holds counts back for the ack to carry), and
 /// a count that comes after its reply was acked is counted too.
 async fn counts_every_publish_of_a_reply_acked_at_once(store: &Store) {
-    let reply = request("p9", "r");
-    assert!(matches!(
-        store.admit(reply.clone(), 0).await.expect("admit"),
-        Admission::New
-    ));
-    assert!(store
-        .complete(completion(&reply, b"r"))
-        .await
-        .expect("complete"));
+    let reply = held_reply(store, "p9", "r").await;
     let published = || async {
         let shown = store
             .request(reply.id.to_string())
@@ -700,12 +705,7 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
         .expect("cluster");
     let url = cluster.create_database("shared");
     let dir = tempfile::tempdir().expect("temp dir");
-    let open = |id: &str| {
-        let mut config = postgres(&url);
-        config.gateway_id = id.into();
-        let path = dir.path().to_owned();
-        async move { Store::open(&config, &path).await.expect("open") }
-    };
+    let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let (a, b) = (open("gw-a").await, open("gw-b").await);
     let admit = |store: &Store, request: NewRequest| {
         let command = Command::Admit {
@@ -807,15 +807,7 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
     let store = Store::open(&postgres(&url), dir.path())
         .await
         .expect("open");
-    let reply = request("s1", "k");
-    assert!(matches!(
-        store.admit(reply.clone(), 0).await.expect("admit"),
-        Admission::New
-    ));
-    assert!(store
-        .complete(completion(&reply, b"r"))
-        .await
-        .expect("complete"));
+    let reply = held_reply(&store, "s1", "k").await;
     let published = || cluster.query("skip", "SELECT published FROM requests WHERE corr = 'k'");
     let open = cluster.hold(
         "skip",
@@ -843,22 +835,9 @@ async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
         .expect("cluster");
     let url = cluster.create_database("quiet");
     let dir = tempfile::tempdir().expect("temp dir");
-    let open = |id: &str| {
-        let mut config = postgres(&url);
-        config.gateway_id = id.into();
-        let path = dir.path().to_owned();
-        async move { Store::open(&config, &path).await.expect("open") }
-    };
+    let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let a = open("gw-a").await;
-    let reply = request("w1", "q");
-    assert!(matches!(
-        a.admit(reply.clone(), 0).await.expect("admit"),
-        Admission::New
-    ));
-    assert!(a
-        .complete(completion(&reply, b"r"))
-        .await
-        .expect("complete"));
+    let reply = held_reply(&a, "w1", "q").await;
     a.mark_published(reply.id, &reply.device, &reply.corr);
     let quiet = Duration::from_secs(3600);
     let held = a
