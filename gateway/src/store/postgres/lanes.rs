@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::commit::{self, Job, Then, Work};
+use super::commit::{self, Job, Then};
 use super::pool::Pool;
+use super::work::Work;
 use crate::metrics::Histogram;
 
 /// Intake's lane.

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use super::commit::{Done, Work};
 use super::lanes::Lanes;
+use super::work::{Done, Work};
 use crate::wire::{Correlation, DeviceId, RequestId};
 
 /// How long a publish count waits for its ack.

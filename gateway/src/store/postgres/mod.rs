@@ -20,6 +20,7 @@ mod requests;
 mod schema;
 mod tables;
 mod views;
+mod work;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,9 +38,9 @@ use crate::store::requests::{
 };
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
-use commit::{Done, Work};
 pub use console::{PgConsole, PgReader};
 use pool::Pool;
+use work::{Done, Work};
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
