@@ -25,7 +25,7 @@ use super::work::Work;
 use crate::metrics::Histogram;
 
 /// Intake's lane.
-const INTAKE: usize = 0;
+pub const INTAKE: usize = 0;
 /// The workers' and the outbox's lane.
 const FINISH: usize = 1;
 
@@ -59,11 +59,6 @@ impl Lanes {
         Lanes { queues }
     }
 
-    /// How many committers run.
-    pub fn count(&self) -> usize {
-        self.queues.len()
-    }
-
     /// Queues `work` on its lane; `then` gets its outcomes, in its order, once it committed.
     pub fn submit(&self, work: Vec<Option<Work>>, then: Then) {
         let lane = if work.iter().flatten().any(is_intakes) {
@@ -74,7 +69,7 @@ impl Lanes {
         self.submit_to(lane, Job { work, then });
     }
 
-    /// Queues `job` on lane `lane` (of [`Lanes::count`]; the last when past it).
+    /// Queues `job` on lane `lane` (with one committer, on it whatever the lane).
     pub fn submit_to(&self, lane: usize, job: Job) {
         let queue = &self.queues[lane.min(self.queues.len() - 1)];
         if let Err(mpsc::error::SendError(job)) = queue.send(job) {

@@ -89,7 +89,7 @@ pub struct PgStore {
     view: Arc<Mutex<Option<ClusterView>>>,
     /// Whether other gateways are alive on the database (as of the last heartbeat).
     shared: Arc<AtomicBool>,
-    /// Publish counts held back while shared.
+    /// Publish counts held back for their acks to carry (see [`marks`]).
     marks: Arc<marks::Marks>,
 }
 
@@ -326,14 +326,12 @@ impl PgStore {
         } else {
             crate::store::now_ms() - quiet.as_millis() as i64
         };
-        // Through the commit queue: it must see the publish counts queued before it.
-        // Publish counts held back go first (see `marks`).
-        let taken = self.marks.take();
-        let mut work = marks::work(&taken);
-        work.push(Some(Work::HeldFor(devices, limit, sent_before_ms)));
-        let done = self.commit(work).await;
-        self.marks.settle(taken, &done);
-        match done?.pop() {
+        // Through the commit queue, after the publish counts: it must see them.
+        match self
+            .commit_after_counts(vec![Some(Work::HeldFor(devices, limit, sent_before_ms))])
+            .await?
+            .pop()
+        {
             Some(Some(Done::Held(held))) => Ok(held),
             _ => Err(StoreError::Sql("store answered out of kind".into())),
         }
@@ -427,28 +425,38 @@ impl PgStore {
         self.barrier().await
     }
 
-    /// Commits the publish counts held back, once everything queued before committed.
-    async fn barrier(&self) -> Result<(), StoreError> {
+    /// Commits the publish counts held back (see [`marks`]) and then `rest`, in one job, so that
+    /// `rest` sees them; the outcomes of `rest`.
+    async fn commit_after_counts(
+        &self,
+        rest: Vec<Option<Work>>,
+    ) -> Result<Vec<Option<Done>>, StoreError> {
         let taken = self.marks.take();
-        let lanes = (0..self.lanes.count()).map(|lane| {
-            let (done_tx, done_rx) = oneshot::channel();
-            // The counts go where publish counts go; the other lane gets an empty job.
-            let work = if lane + 1 == self.lanes.count() {
-                marks::work(&taken)
-            } else {
-                Vec::new()
-            };
-            let then: commit::Then = Box::new(move |outcome| {
-                let _ = done_tx.send(outcome);
-            });
-            self.lanes.submit_to(lane, commit::Job { work, then });
-            async move { done_rx.await.unwrap_or(Err(StoreError::Closed)) }
-        });
-        let mut done = futures_util::future::join_all(lanes).await;
-        let counted = done.pop().unwrap_or(Err(StoreError::Closed));
-        self.marks.settle(taken, &counted);
-        done.into_iter().try_for_each(|outcome| outcome.map(drop))?;
-        counted.map(drop)
+        let mut work = marks::work(&taken);
+        let counts = work.len();
+        work.extend(rest);
+        let done = self.commit(work).await;
+        self.marks.settle(taken, &done);
+        Ok(done?.split_off(counts))
+    }
+
+    /// Commits the publish counts held back, once everything queued before, on both lanes,
+    /// committed.
+    async fn barrier(&self) -> Result<(), StoreError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.lanes.submit_to(
+            lanes::INTAKE,
+            commit::Job {
+                work: Vec::new(),
+                then: Box::new(move |outcome| {
+                    let _ = done_tx.send(outcome);
+                }),
+            },
+        );
+        let intake = async { done_rx.await.unwrap_or(Err(StoreError::Closed)) };
+        let (counted, intake) = tokio::join!(self.commit_after_counts(Vec::new()), intake);
+        counted?;
+        intake.map(drop)
     }
 
     /// A reader for one worker thread.
