@@ -6,7 +6,7 @@
 //! statements, which stay for whatever a grouped statement leaves undecided (a duplicate, a
 //! device near its quota, one request completed twice in a batch).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::marks::Count;
 use super::pool::Conn;
@@ -150,10 +150,7 @@ pub async fn admit(
             ],
         )
         .await?;
-    let mut stored = std::collections::HashSet::with_capacity(rows.len());
-    for row in &rows {
-        stored.insert(request_id(row, 0)?);
-    }
+    let stored = returned_ids(&rows)?;
     Ok(admits
         .iter()
         .map(|a| stored.contains(&a.request.id))
@@ -182,10 +179,7 @@ pub async fn complete(conn: &Conn, done: &[&Completion]) -> Result<Vec<bool>, St
             ],
         )
         .await?;
-    let mut changed = std::collections::HashSet::with_capacity(rows.len());
-    for row in &rows {
-        changed.insert(request_id(row, 0)?);
-    }
+    let changed = returned_ids(&rows)?;
     Ok(done.iter().map(|d| changed.contains(&d.id)).collect())
 }
 
@@ -205,10 +199,7 @@ pub async fn published(conn: &Conn, counts: &[Count]) -> Result<Vec<bool>, Store
         .client
         .query(&statement, &[&ids, &ns, &crate::store::now_ms()])
         .await?;
-    let mut counted = std::collections::HashSet::with_capacity(rows.len());
-    for row in &rows {
-        counted.insert(request_id(row, 0)?);
-    }
+    let counted = returned_ids(&rows)?;
     Ok(counts.iter().map(|c| counted.contains(&c.id)).collect())
 }
 
@@ -265,4 +256,9 @@ pub async fn ack(conn: &Conn, acks: &[Ack<'_>]) -> Result<Vec<Option<RequestId>>
         .iter()
         .map(|a| ended.remove(&(a.device.as_str().to_owned(), a.corr.to_vec())))
         .collect())
+}
+
+/// The request ids a statement's `RETURNING id` gave.
+fn returned_ids(rows: &[tokio_postgres::Row]) -> Result<HashSet<RequestId>, StoreError> {
+    rows.iter().map(|row| request_id(row, 0)).collect()
 }
