@@ -43,10 +43,11 @@ const MAX_TURN: usize = 1024;
 const CLUSTER_WAKE_GRACE: Duration = Duration::from_millis(300);
 
 /// With other gateways alive on the store (as the database says when a redelivery is claimed),
-/// a held reply handed to the broker within this is not redelivered: the other gateways that saw the same wake (its presence, request and acks each
-/// reach one of them) leave it to the one that claimed it, and a reply published while its
-/// device was already awake is not sent twice. A device waking again within it gets the reply
-/// on a later wake (or from its broker session).
+/// a held reply handed to the broker within this is not redelivered: the other gateways that
+/// saw the same wake (its presence, request and acks each reach one of them) leave it to the one
+/// that claimed it, and a reply published while its device was already awake is not sent
+/// twice. A device waking again within it gets the reply on a later wake (or from its broker
+/// session).
 const CLUSTER_QUIET: Duration = Duration::from_secs(2);
 
 /// The outbox stage.
@@ -153,8 +154,10 @@ impl Outbox {
     }
 
     /// Whether other gateways share the store now (as of the last heartbeat): only then may one
-    /// wake reach several gateways, and only then does a wake wait and claim its redelivery.
-    /// A gateway alone on PostgreSQL redelivers at once, as on SQLite.
+    /// wake reach several gateways, and only then does a wake wait [`CLUSTER_WAKE_GRACE`]
+    /// before its redelivery. (Whether the redelivery keeps the quiet period the store decides
+    /// from the database itself, when it claims: this view may not yet show a gateway that just
+    /// joined.)
     fn clustered(&self) -> bool {
         self.store
             .cluster_view()
