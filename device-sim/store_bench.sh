@@ -12,6 +12,9 @@
 #   device-sim/store_bench.sh [DURATION] [SHAPE]        e.g. device-sim/store_bench.sh 10s 50x4
 #   PARTS=3 device-sim/store_bench.sh                   only part 3 (default PARTS=123)
 #   STATEMENTS=8 device-sim/store_bench.sh              and the 8 statements that cost the server most
+#   GATEWAYS="1 3" PARTS=2 device-sim/store_bench.sh     part 2 with one and three gateways only
+#   LOOP="--rate 2000" PARTS=2 device-sim/store_bench.sh  offered load instead of closed loops
+#   WAITS=1 PARTS=2 device-sim/store_bench.sh           and what the server's backends wait on
 #   MEMBER_TOML='[limits]\nmax_pending_per_device = 0'  extra TOML for part 2's gateways
 #
 # Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
@@ -56,12 +59,47 @@ print(f'{label:<24} {r["throughput_rps"]:>8.0f} req/s  p50 {l["p50"]:6.2f} ms  p
 PY
 }
 
+# CPU seconds (user and system, all threads) used so far by the processes whose PIDs are given.
+cpu_of() {
+    local pid ticks=0 stat
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        stat=${stat##*) }   # the fields after the command name; utime and stime are 12 and 13
+        read -r -a f <<< "$stat"
+        ticks=$((ticks + f[11] + f[12]))
+    done
+    echo "$ticks $(getconf CLK_TCK)" | awk '{print $1 / $2}'
+}
+
+# CPU seconds the whole machine has been busy (all but idle and I/O wait).
+machine_cpu() {
+    awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / '"$(getconf CLK_TCK)"'}' /proc/stat
+}
+
 # CPU seconds used so far by the PostgreSQL server's processes (its postmaster and children).
 pg_cpu() {
-    local pids
-    pids=$(pgrep -d, -P "$(head -1 "$out/pg/postmaster.pid")" || true)
-    ps -o cputimes= -p "$(head -1 "$out/pg/postmaster.pid")${pids:+,$pids}" 2>/dev/null |
-        awk '{s += $1} END {print s + 0}'
+    local postmaster
+    postmaster=$(head -1 "$out/pg/postmaster.pid")
+    # shellcheck disable=SC2046
+    cpu_of "$postmaster" $(pgrep -P "$postmaster" || true)
+}
+
+# The same load for 5 s before each measured run, unmeasured, with an ANALYZE of PostgreSQL
+# database $2 (if any) 4 s into it, as autovacuum would run it under load. A new table's first
+# statistics come from autovacuum within a minute of its growth; until then the plans cached
+# for the grouped statements were made for a table of a few hundred rows (sequential scans,
+# kept as the table grew): a 10 s run on a fresh database would measure that minute, not a
+# running cluster. WARMUP=0 leaves the warm-up out.
+warm() { # $1 = broker address, $2 = database (empty: SQLite)
+    [ "${WARMUP:-}" = 0 ] && return 0
+    "$bin/device-sim" load --broker "$1" --devices "$devices" --inflight "$inflight" --closed \
+        --duration 5s --quiet > /dev/null 2>&1 &
+    local sim=$!
+    if [ -n "$2" ]; then
+        sleep 4
+        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$2" -qc "ANALYZE"
+    fi
+    wait "$sim" || true
 }
 
 load() { # $1 = label, $2 = broker address, rest: extra device-sim flags
@@ -69,7 +107,8 @@ load() { # $1 = label, $2 = broker address, rest: extra device-sim flags
     shift 2
     local before after
     before=$(pg_cpu)
-    "$bin/device-sim" load --broker "$broker" --devices "$devices" --inflight "$inflight" --closed \
+    # shellcheck disable=SC2086
+    "$bin/device-sim" load --broker "$broker" --devices "$devices" --inflight "$inflight" ${LOOP:---closed} \
         --duration "$duration" --quiet --json "$out/$label.json" "$@" > "$out/$label.log" 2>&1 || true
     after=$(pg_cpu)
     summary "$label" "$out/$label.json"
@@ -88,7 +127,7 @@ pg_port=$(free_port)
 [ "$(id -u)" = 0 ] && chown postgres: "$out"
 as_pg "$pg_bin/initdb" -D "$out/pg" -U postgres -A trust -E UTF8 >/dev/null
 as_pg "$pg_bin/pg_ctl" -D "$out/pg" -l "$out/pg.log" -w \
-    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out ${STATEMENTS:+-c shared_preload_libraries=pg_stat_statements}" start >/dev/null
+    -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out ${STATEMENTS:+-c shared_preload_libraries=pg_stat_statements} ${PG_OPTIONS:-}" start >/dev/null
 createdb() {
     "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres "$1"
     if [ -n "${STATEMENTS:-}" ]; then
@@ -99,10 +138,39 @@ createdb() {
 statements() {
     [ -n "${STATEMENTS:-}" ] || return 0
     psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -At -F ' | ' -c "
-        SELECT calls, round(total_exec_time::numeric) AS ms, rows,
+        SELECT calls, round(total_exec_time::numeric) AS ms, rows, shared_blks_hit AS pages,
                left(regexp_replace(query, '\s+', ' ', 'g'), 90)
         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '$1')
         ORDER BY total_exec_time DESC LIMIT ${STATEMENTS}"
+    psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -At -F ' | ' -c "
+        SELECT relname, 'seq scans', seq_scan, 'rows read by them', seq_tup_read,
+               'index scans', idx_scan, 'updates', n_tup_upd, 'heap-only', n_tup_hot_upd
+        FROM pg_stat_user_tables ORDER BY seq_tup_read DESC LIMIT 4"
+}
+
+# With WAITS=1: what the server's backends of database $1 are doing, sampled every 20 ms
+# (pg_stat_activity: running, or the wait event they wait on), until killed.
+waits() {
+    printf 'SELECT coalesce(wait_event_type || \x27:\x27 || wait_event, \x27running\x27), count(*)
+        FROM pg_stat_activity WHERE datname = \x27%s\x27 AND state = \x27active\x27
+        AND pid <> pg_backend_pid() GROUP BY 1 UNION ALL SELECT \x27-\x27, 0 \\watch 0.02\n' "$1" |
+        psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -At -F ' ' > "$out/waits.txt" 2>/dev/null
+}
+# Mean number of backends in each state over the samples of waits().
+waits_summary() {
+    python3 - "$out/waits.txt" <<'PY'
+import collections, sys
+lines = open(sys.argv[1]).read().split("\n")
+samples = max(lines.count("- 0"), 1)
+counts = collections.Counter()
+for l in lines:
+    if " " in l and l != "- 0":
+        state, n = l.rsplit(" ", 1)
+        if n.isdigit():
+            counts[state] += int(n)
+print(f'{"":<24} backends per sample ({samples}): ' +
+      ", ".join(f"{s} {c / samples:.2f}" for s, c in counts.most_common(8)))
+PY
 }
 
 gateway() { # $1 = name, $2 = extra TOML, $3 = extra [gateway] keys; sets $gw_pid once listening
@@ -120,10 +188,13 @@ address() { grep -o 'mqtt=[0-9.:]*' "$out/$1/out.log" | head -1 | cut -d= -f2; }
 if [[ $parts == *1* ]]; then
 echo "== 1. one gateway, embedded broker: SQLite vs PostgreSQL ($shape, $duration)"
 gateway sqlite '[broker]\nlisten = "127.0.0.1:0"'
+warm "$(address sqlite)" ""
 load "sqlite" "$(address sqlite)" --gateway-pid "$gw_pid"
 kill "$gw_pid"
 createdb single
 gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
+warm "$(address postgres)" single
+[ -n "${STATEMENTS:-}" ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -d single -qAtc "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()" > /dev/null
 load "postgres" "$(address postgres)" --gateway-pid "$gw_pid"
 statements single
 kill "$gw_pid"
@@ -133,18 +204,33 @@ mqtt_port=$(free_port)
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n' \
     "$mqtt_port" > "$out/mosquitto.conf"
 /usr/sbin/mosquitto -c "$out/mosquitto.conf" > "$out/mosquitto.log" 2>&1 &
-pids+=($!)
+mosquitto_pid=$!
+pids+=("$mosquitto_pid")
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
 member() { # $1 = name, $2 = database, $3 = lease_ms
     gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3\n${MEMBER_TOML:-}"
 }
 if [[ $parts == *2* ]]; then
 echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
-for n in 1 2 3; do
+for n in ${GATEWAYS:-1 2 3}; do
     createdb "cluster$n"
     members=()
     for m in $(seq "$n"); do member "c$n-gw$m" "cluster$n" 10000; members+=("$gw_pid"); done
+    warm "127.0.0.1:$mqtt_port" "cluster$n"
+    [ -n "${STATEMENTS:-}" ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "cluster$n" -qAtc "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()" > /dev/null
+    before=$(cpu_of "${members[@]}"); mq_before=$(cpu_of "$mosquitto_pid"); m_before=$(machine_cpu)
+    [ -n "${WAITS:-}" ] && { waits "cluster$n" & sampler=$!; }
     load "$n-gateways" "127.0.0.1:$mqtt_port"
+    [ -n "${WAITS:-}" ] && { kill "$sampler"; wait "$sampler" 2>/dev/null || true; waits_summary; }
+    after=$(cpu_of "${members[@]}"); mq_after=$(cpu_of "$mosquitto_pid"); m_after=$(machine_cpu)
+    python3 - "$out/$n-gateways.json" "$before" "$after" "$mq_before" "$mq_after" "$m_before" "$m_after" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+gw0, gw1, mq0, mq1, m0, m1 = map(float, sys.argv[2:])
+n = max(r["replies_ok"] + r["replies_error"], 1)
+print(f'{"":<24} CPU per request: gateways together {(gw1 - gw0) * 1e6 / n:.0f} us, '
+      f'Mosquitto {(mq1 - mq0) * 1e6 / n:.0f} us, the whole machine {(m1 - m0) * 1e6 / n:.0f} us')
+PY
     statements "cluster$n"
     for pid in "${members[@]}"; do kill "$pid"; done
     for pid in "${members[@]}"; do wait "$pid" 2>/dev/null || true; done

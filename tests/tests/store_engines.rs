@@ -685,7 +685,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|5", "one row, the newest version");
+    assert_eq!(versions, "1|6", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await
@@ -822,6 +822,83 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
     open.commit();
     store.ping().await.expect("ping");
     assert_eq!(published(), "1", "counted once the row was free");
+}
+
+/// The device quota is kept by slots, without a lock: a gateway whose admission picked the slot
+/// another gateway's uncommitted admission holds waits for that commit, then takes another free
+/// slot; once every slot is held, the next admission is over the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("slots");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = gateway_store(&url, dir.path(), "gw-a").await;
+    let admit = |request: NewRequest| {
+        let store = store.clone();
+        async move {
+            let command = Command::Admit {
+                request,
+                dedupe_after_ms: 0,
+                max_pending: 2,
+            };
+            match store.batch(vec![Some(command)]).await.expect("batch").pop() {
+                Some(Some(Outcome::Admitted(admission))) => admission,
+                other => panic!("not an admission: {other:?}"),
+            }
+        }
+    };
+    // Another gateway's admission of device q1 in slot 0, not yet committed.
+    let other = RequestId::new();
+    let open = cluster.hold(
+        "slots",
+        &format!(
+            "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
+                 received_ms, deadline_ms, state, owner, slot)
+             VALUES ('\\x{}', 'q1', 'other', 'stats', '', 'devices/q1/reply', false, 0, 0,
+                 'queued', 'gw-b', 0)",
+            other
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+    );
+    let first = tokio::spawn(admit(request("q1", "p1")));
+    // This gateway, alone, looks from slot 0 first: its insert waits for the other's commit.
+    let waiting = || {
+        cluster.query(
+            "slots",
+            "SELECT COUNT(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO requests%'",
+        ) == "1"
+    };
+    let started = std::time::Instant::now();
+    while !waiting() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the admission waits for the slot's other holder"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open.commit();
+    assert!(
+        matches!(first.await.expect("task"), Admission::New),
+        "a free slot was left: admitted in it"
+    );
+    assert_eq!(
+        cluster.query(
+            "slots",
+            "SELECT string_agg(slot::text, ',' ORDER BY slot) FROM requests WHERE device = 'q1'"
+        ),
+        "0,1",
+        "one slot each"
+    );
+    assert!(
+        matches!(admit(request("q1", "p2")).await, Admission::OverQuota),
+        "both slots held: over the quota"
+    );
 }
 
 /// A wake's redelivery skips replies sent within the quiet period only while another gateway

@@ -15,15 +15,14 @@ use std::time::Instant;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
+use super::grouped;
 use super::marks::Count;
 use super::pool::{Conn, Pool};
 use super::work::{run_slot, Done, Work};
-use super::{grouped, requests};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
 use crate::store::requests::Admission;
 use crate::store::StoreError;
-use crate::wire::DeviceId;
 
 /// Most pieces of work in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -92,12 +91,10 @@ async fn transaction(
     shared: bool,
 ) -> Result<Outcomes, StoreError> {
     let conn: &Conn = conn;
-    let quota_devices = quota_devices(jobs);
     let done = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
         // A `status` or `cancel` must see the requests before it in the batch: one at a time
         // (pipelined, a command preparing a statement could overtake an earlier one).
         conn.client.batch_execute("BEGIN").await?;
-        requests::lock_devices(conn, &quota_devices).await?;
         let mut done = Vec::with_capacity(jobs.len());
         for job in jobs {
             let mut outcomes = Vec::with_capacity(job.len());
@@ -108,7 +105,7 @@ async fn transaction(
         }
         done
     } else {
-        match grouped(conn, me, jobs, &quota_devices, shared).await {
+        match grouped(conn, me, jobs, shared).await {
             Ok(done) => done,
             Err(error) => {
                 let _ = conn.client.batch_execute("ROLLBACK").await;
@@ -154,15 +151,15 @@ type Slots = Vec<Vec<Slot>>;
 /// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
 /// after `BEGIN` (and, with other gateways on the database, after their rows are locked in id
 /// order: [`grouped::lock_rows`]); then, one at a time, whatever the grouped statements left
-/// undecided (an admission that met its key or its device's quota, a request completed
-/// twice in the batch). Statements of one kind run in the order the work was queued; kinds run
-/// completions, publish counts, acks, the rest (a wake's redelivery read sees the publish counts
-/// of its batch), then the device locks and the admissions.
+/// undecided (an admission that met its key, its device's full quota or a quota slot another
+/// gateway took, a request completed twice in the batch). Statements of one kind run in the
+/// order the work was queued (admissions sorted by device); kinds run completions, publish
+/// counts, acks, the rest (a wake's redelivery read sees the publish counts of its batch), then
+/// the admissions.
 async fn grouped(
     conn: &Conn,
     me: &str,
     jobs: &[Vec<Option<Work>>],
-    quota_devices: &[DeviceId],
     shared: bool,
 ) -> Result<Slots, StoreError> {
     let mut admits = Vec::new();
@@ -187,6 +184,7 @@ async fn grouped(
                             request,
                             max_pending: *max_pending,
                             rank: *rank,
+                            batched: 0,
                         },
                     ));
                     *rank += 1;
@@ -213,16 +211,18 @@ async fn grouped(
         .iter()
         .map(|job| job.iter().map(|_| None).collect())
         .collect();
+    // Admissions by device, then rank: the order the grouped insert takes quota slots in.
+    admits.sort_by(|(_, a), (_, b)| a.request.device.as_str().cmp(b.request.device.as_str()));
+    for (_, admit) in &mut admits {
+        admit.batched = ranks[admit.request.device.as_str()];
+    }
     let admit_rows: Vec<_> = admits.iter().map(|(_, a)| a.clone()).collect();
     let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
     let counts: Vec<Count> = published.iter().map(|(_, count)| *count).collect();
     let ack_rows: Vec<_> = acks.iter().map(|(_, a)| a.clone()).collect();
     // Every statement below is prepared (cached) before any is sent, so they reach the server
     // in the order they are issued, all in one flight: `BEGIN`, with other gateways alive the
-    // row locks in id order, the grouped statements and the rest, then the devices' quota locks
-    // right before the admissions they guard (held for the insert and the commit only: two
-    // gateways admitting for the same devices wait on each other that long, not for each
-    // other's whole batch).
+    // row locks in id order, the grouped statements and the rest, the admissions last.
     grouped::prepare(conn).await?;
     let prelude = async {
         let (begun, locked) = tokio::join!(conn.client.batch_execute("BEGIN"), async {
@@ -235,14 +235,7 @@ async fn grouped(
         begun?;
         locked
     };
-    let admission = async {
-        let (locked, stored) = tokio::join!(
-            requests::lock_devices(conn, quota_devices),
-            grouped::admit(conn, me, &admit_rows),
-        );
-        locked?;
-        stored
-    };
+    let admission = grouped::admit(conn, me, &admit_rows);
     let statements = async {
         tokio::join!(
             grouped::complete(conn, &completion_rows),
@@ -302,28 +295,6 @@ async fn grouped(
         .into_iter()
         .map(|job| job.into_iter().flatten().collect())
         .collect())
-}
-
-/// The devices whose admissions in this batch count against `max_pending_per_device`, sorted
-/// and once each: their locks are taken up front, in this order, so that two gateways' batches
-/// never wait on each other's device locks in a cycle.
-fn quota_devices(jobs: &[Vec<Option<Work>>]) -> Vec<DeviceId> {
-    let mut devices: Vec<DeviceId> = jobs
-        .iter()
-        .flatten()
-        .flatten()
-        .filter_map(|work| match work {
-            Work::Command(Command::Admit {
-                request,
-                max_pending,
-                ..
-            }) if *max_pending > 0 => Some(request.device.clone()),
-            _ => None,
-        })
-        .collect();
-    devices.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
-    devices.dedup();
-    devices
 }
 
 /// Whether this work reads requests that earlier work of its batch may have written.

@@ -4,7 +4,7 @@
 //! start, its answer) is what these save, on the server and in the gateway alike; the rows
 //! written are the same as [`super::requests`]' and [`super::delivery`]'s one-at-a-time
 //! statements, which stay for whatever a grouped statement leaves undecided (a duplicate, a
-//! device near its quota, one request completed twice in a batch).
+//! device without a free quota slot, one request completed twice in a batch).
 
 use std::collections::{HashMap, HashSet};
 
@@ -15,22 +15,44 @@ use crate::store::requests::{Completion, NewRequest};
 use crate::store::StoreError;
 use crate::wire::{DeviceId, RequestId};
 
-/// Inserts new requests, each unless its key exists or its device is at its quota; `rank` is
-/// how many admissions of the same device come before it in the batch (the count of queued
-/// requests is taken when the statement starts, so it cannot see them). A row this refuses is
-/// decided again by [`super::requests::admit`], which counts exactly.
+/// Inserts new requests, each unless its key exists or its device has no free quota slot.
+///
+/// `max_pending_per_device` is kept by slots: each queued request of a device holds one of its
+/// slots `0..max_pending` until it finishes, and a unique index on (device, slot) lets no two
+/// take one, so the quota holds cluster-wide with no lock (it was a per-device advisory lock held to
+/// the commit, which made the intake of two gateways take turns whenever their batches shared a
+/// device: nearly always). A row takes a free slot as the statement's snapshot sees them; each
+/// gateway looks from its own place among the live gateways (`pos * max / alive`), so gateways
+/// admitting for one device at once seldom pick the same slot. When they do, the later insert
+/// waits for the earlier's commit and is then skipped (`ON CONFLICT DO NOTHING`), to be decided
+/// again by [`super::requests::admit`], as are duplicates and a full quota. Rows come sorted by
+/// device and `rank` (the admissions of the same device before it in the batch); a device's
+/// `batched` rows take the first free slots in the gateway's order, smallest slot to the first,
+/// so that two gateways inserting in device and slot order cannot wait on each other in a cycle.
 const INSERT_MANY: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic,
-        envelope, received_ms, deadline_ms, state, owner)
+        envelope, received_ms, deadline_ms, state, owner, slot)
     SELECT n.id, n.device, n.corr, n.op, n.args, n.reply_topic, n.envelope, n.received_ms,
-        n.deadline_ms, 'queued', $12
+        n.deadline_ms, 'queued', $12, s.slot
     FROM UNNEST($1::bytea[], $2::text[], $3::bytea[], $4::text[], $5::bytea[], $6::text[],
-        $7::bool[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[])
+        $7::bool[], $8::bigint[], $9::bigint[], $10::int[], $11::int[], $13::int[])
         AS n(id, device, corr, op, args, reply_topic, envelope, received_ms, deadline_ms,
-             max_pending, rank)
-    WHERE n.max_pending = 0
-        OR (SELECT COUNT(*) FROM requests q WHERE q.device = n.device AND q.state = 'queued')
-            + n.rank < n.max_pending
-    ON CONFLICT (device, corr) DO NOTHING
+             max_pending, rank, batched)
+    CROSS JOIN (SELECT COUNT(*) FILTER (WHERE g.id < $12) AS pos, GREATEST(COUNT(*), 1) AS alive
+                FROM gateways g WHERE g.lease_until_ms > $14) me
+    LEFT JOIN LATERAL (
+        SELECT COALESCE(ARRAY_AGG(q.slot), '{}') AS taken FROM requests q
+        WHERE q.device = n.device AND q.slot IS NOT NULL) u
+        ON n.max_pending > 0
+    LEFT JOIN LATERAL (
+        SELECT f.slot FROM (
+            SELECT c.slot FROM (
+                SELECT (GENERATE_SERIES(0, n.max_pending - 1) + me.pos * n.max_pending / me.alive)
+                    % n.max_pending AS slot) c
+            WHERE c.slot <> ALL (u.taken) LIMIT n.batched) f
+        ORDER BY f.slot OFFSET n.rank LIMIT 1) s
+        ON n.max_pending > 0
+    WHERE n.max_pending = 0 OR s.slot IS NOT NULL
+    ON CONFLICT DO NOTHING
     RETURNING id";
 
 /// Locks acked rows in id order: see [`lock_rows`].
@@ -42,7 +64,7 @@ const LOCK_ROWS: &str = "SELECT q.id FROM UNNEST($1::text[], $2::bytea[]) AS a(d
 const COMPLETE_MANY: &str =
     "UPDATE requests r SET state = c.state, status = c.status, reply = c.reply,
                  finished_ms = c.finished_ms, expires_ms = c.expires_ms, delivery = 'held',
-                 executions = r.executions + c.executed
+                 executions = r.executions + c.executed, slot = NULL
              FROM UNNEST($1::bytea[], $2::text[], $3::int[], $4::bytea[], $5::bigint[],
                  $6::bigint[], $7::int[])
                  AS c(id, state, status, reply, finished_ms, expires_ms, executed)
@@ -77,15 +99,14 @@ pub async fn prepare(conn: &Conn) -> Result<(), StoreError> {
         COMPLETE_MANY,
         PUBLISHED_MANY,
         ACK_MANY,
-        super::requests::LOCK_DEVICES,
     ] {
         conn.statement(sql).await?;
     }
     Ok(())
 }
 
-/// A request to admit, with its device's quota and its rank among the batch's admissions of
-/// that device.
+/// A request to admit, with its device's quota, its rank among the batch's admissions of that
+/// device and their number.
 #[derive(Clone)]
 pub struct Admit<'a> {
     /// The request.
@@ -94,6 +115,8 @@ pub struct Admit<'a> {
     pub max_pending: usize,
     /// Admissions of the same device before it in the batch.
     pub rank: usize,
+    /// Admissions of the same device in the batch.
+    pub batched: usize,
 }
 
 /// Locks, in id order, the rows that this batch's acks will update. A reply published by
@@ -113,7 +136,7 @@ pub async fn lock_rows(conn: &Conn, acks: &[Ack<'_>]) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Which of `admits` were stored.
+/// Which of `admits` (sorted by device, then rank: see [`INSERT_MANY`]) were stored.
 pub async fn admit(
     conn: &Conn,
     owner: &str,
@@ -122,6 +145,9 @@ pub async fn admit(
     if admits.is_empty() {
         return Ok(Vec::new());
     }
+    debug_assert!(admits.windows(2).all(|w| {
+        (w[0].request.device.as_str(), w[0].rank) < (w[1].request.device.as_str(), w[1].rank)
+    }));
     let statement = conn.statement(INSERT_MANY).await?;
     let ids: Vec<&[u8]> = admits
         .iter()
@@ -138,15 +164,28 @@ pub async fn admit(
     let envelopes: Vec<bool> = admits.iter().map(|a| a.request.envelope).collect();
     let received: Vec<i64> = admits.iter().map(|a| a.request.received_ms).collect();
     let deadlines: Vec<i64> = admits.iter().map(|a| a.request.deadline_ms).collect();
-    let quotas: Vec<i64> = admits.iter().map(|a| a.max_pending as i64).collect();
-    let ranks: Vec<i64> = admits.iter().map(|a| a.rank as i64).collect();
+    let quotas: Vec<i32> = admits.iter().map(|a| to_i32(a.max_pending)).collect();
+    let ranks: Vec<i32> = admits.iter().map(|a| to_i32(a.rank)).collect();
+    let batched: Vec<i32> = admits.iter().map(|a| to_i32(a.batched)).collect();
     let rows = conn
         .client
         .query(
             &statement,
             &[
-                &ids, &devices, &corrs, &ops, &args, &topics, &envelopes, &received, &deadlines,
-                &quotas, &ranks, &owner,
+                &ids,
+                &devices,
+                &corrs,
+                &ops,
+                &args,
+                &topics,
+                &envelopes,
+                &received,
+                &deadlines,
+                &quotas,
+                &ranks,
+                &owner,
+                &batched,
+                &crate::store::now_ms(),
             ],
         )
         .await?;
@@ -256,6 +295,11 @@ pub async fn ack(conn: &Conn, acks: &[Ack<'_>]) -> Result<Vec<Option<RequestId>>
         .iter()
         .map(|a| ended.remove(&(a.device.as_str().to_owned(), a.corr.to_vec())))
         .collect())
+}
+
+/// A count as a statement's `int` (quotas and batches are far below its bound).
+fn to_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// The request ids a statement's `RETURNING id` gave.

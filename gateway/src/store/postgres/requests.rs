@@ -58,26 +58,10 @@ fn status(row: &Row, idx: usize) -> Result<Option<u16>, StoreError> {
     Ok(code.map(|c| c as u16))
 }
 
-/// Takes devices' advisory locks, in the order given: see [`lock_devices`].
-pub(super) const LOCK_DEVICES: &str = "SELECT pg_advisory_xact_lock(hashtextextended(d, 0))
-    FROM UNNEST($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n";
+/// How often [`admit`] tries again when another gateway took the quota slot it picked.
+const SLOT_TRIES: usize = 8;
 
-/// Takes the advisory locks of these devices (sorted, as [`super::commit`] passes them) until
-/// the transaction ends: gateways admitting for one device at once take turns, so the quota's
-/// count is exact cluster-wide. Locks are taken in the order given (the function is volatile,
-/// so it runs after the sort).
-pub async fn lock_devices(conn: &Conn, devices: &[DeviceId]) -> Result<(), StoreError> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    let lock = conn.statement(LOCK_DEVICES).await?;
-    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
-    conn.client.execute(&lock, &[&names]).await?;
-    Ok(())
-}
-
-/// Whether the request was stored: the grouped insert with this one row (its device's count
-/// then sees every earlier insert of the transaction, so no rank is needed).
+/// Whether the request was stored: the grouped insert with this one row.
 async fn insert(
     conn: &Conn,
     request: &NewRequest,
@@ -88,6 +72,7 @@ async fn insert(
         request,
         max_pending,
         rank: 0,
+        batched: 1,
     };
     Ok(grouped::admit(conn, owner, &[row]).await?[0])
 }
@@ -96,9 +81,9 @@ async fn insert(
 /// device already has `max_pending` requests queued or running (0: unchecked); a duplicate is
 /// answered as the original even past the quota. Two gateways admitting the same key at once:
 /// the second insert waits for the first's commit, then finds its row (read committed), so both
-/// answer with one request id. The quota is counted under a per-device advisory lock held to
-/// the commit, so gateways admitting for one device at once take turns and the count stays
-/// exact cluster-wide.
+/// answer with one request id. The quota is kept by slots ([`grouped`]'s insert): an insert
+/// that found neither its key nor a full quota lost its slot to another gateway's commit, and
+/// tries again, seeing that commit.
 pub async fn admit(
     conn: &Conn,
     owner: &str,
@@ -106,9 +91,38 @@ pub async fn admit(
     dedupe_after_ms: i64,
     max_pending: usize,
 ) -> Result<Admission, StoreError> {
-    if insert(conn, request, owner, max_pending).await? {
-        return Ok(Admission::New);
+    let mut forgot = false;
+    for _ in 0..SLOT_TRIES {
+        if insert(conn, request, owner, max_pending).await? {
+            return Ok(Admission::New);
+        }
+        if !forgot {
+            forgot = true;
+            if forget(conn, request, dedupe_after_ms).await? {
+                continue;
+            }
+        }
+        // Not stored: a duplicate, the device over its quota, or a slot taken meanwhile.
+        if let Some(existing) = find(conn, &request.device, &request.corr).await? {
+            return Ok(Admission::Existing(existing));
+        }
+        if max_pending == 0 {
+            return Err(StoreError::Sql("admitted request vanished".into()));
+        }
+        if pending(conn, &request.device).await? >= max_pending {
+            return Ok(Admission::OverQuota);
+        }
     }
+    Ok(Admission::OverQuota)
+}
+
+/// Forgets the finished request with this key received before `dedupe_after_ms` (its key may
+/// be used again); whether there was one.
+async fn forget(
+    conn: &Conn,
+    request: &NewRequest,
+    dedupe_after_ms: i64,
+) -> Result<bool, StoreError> {
     let forget = conn
         .statement(
             "DELETE FROM requests WHERE device = $1 AND corr = $2 AND received_ms < $3
@@ -126,19 +140,20 @@ pub async fn admit(
             ],
         )
         .await?;
-    if forgotten == 1 {
-        return Ok(if insert(conn, request, owner, max_pending).await? {
-            Admission::New
-        } else {
-            Admission::OverQuota
-        });
-    }
-    // Not stored: a duplicate, or (no such key) the device is over its quota.
-    match find(conn, &request.device, &request.corr).await? {
-        Some(existing) => Ok(Admission::Existing(existing)),
-        None if max_pending > 0 => Ok(Admission::OverQuota),
-        None => Err(StoreError::Sql("admitted request vanished".into())),
-    }
+    Ok(forgotten == 1)
+}
+
+/// How many quota slots the device's queued and running requests hold.
+async fn pending(conn: &Conn, device: &DeviceId) -> Result<usize, StoreError> {
+    let statement = conn
+        .statement("SELECT COUNT(*) FROM requests WHERE device = $1 AND slot IS NOT NULL")
+        .await?;
+    let count: i64 = conn
+        .client
+        .query_one(&statement, &[&device.as_str()])
+        .await?
+        .try_get(0)?;
+    Ok(usize::try_from(count).unwrap_or(0))
 }
 
 /// Looks a request up by its dedupe key.
@@ -176,7 +191,7 @@ pub async fn complete(conn: &Conn, done: &Completion) -> Result<bool, StoreError
     let statement = conn
         .statement(
             "UPDATE requests SET state = $2, status = $3, reply = $4, finished_ms = $5,
-                 expires_ms = $6, delivery = 'held', executions = executions + $7
+                 expires_ms = $6, delivery = 'held', executions = executions + $7, slot = NULL
              WHERE id = $1 AND state = 'queued'",
         )
         .await?;
