@@ -8,7 +8,6 @@
 //! resumes here within `lease_ms` plus one beat.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +34,7 @@ pub async fn run(
     let Some(lease) = store.lease() else {
         return;
     };
-    let every = (lease / 4).min(Duration::from_millis(500));
+    let every = crate::store::cluster::beat_every(lease);
     let mut failing = 0u32;
     loop {
         match store.heartbeat().await {

@@ -4,7 +4,15 @@
 //! gateway takes the request over: queued and running work runs again there (ops are pure, and
 //! a result is recorded at most once), committed-but-unpublished replies are published there.
 
+use std::time::Duration;
+
 use super::requests::{Backlog, FinalReply, StoredRequest};
+
+/// How often a gateway renews its lease of `lease`: four times within it, at least twice a
+/// second.
+pub fn beat_every(lease: Duration) -> Duration {
+    (lease / 4).min(Duration::from_millis(500))
+}
 
 /// One gateway in the database's `gateways` table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -27,6 +35,10 @@ pub struct ClusterView {
     /// Queued and held counts and ages, cluster-wide (the shared database's backlog).
     #[serde(flatten)]
     pub totals: Backlog,
+    /// When `totals` were counted (ms since epoch): not at every beat, see
+    /// `PgStore::heartbeat`.
+    #[serde(skip)]
+    pub totals_ms: i64,
 }
 
 impl ClusterView {

@@ -6,6 +6,7 @@ use super::pool::Conn;
 use super::requests::stored_request;
 use super::views;
 use crate::store::cluster::{ClusterView, Member, Takeover};
+use crate::store::requests::Backlog;
 use crate::store::StoreError;
 
 /// Renews this gateway's lease until `now_ms + lease_ms`.
@@ -42,13 +43,23 @@ pub async fn leave(conn: &Conn, id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The gateways and the cluster-wide totals.
-pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
+/// The gateways, and the cluster-wide totals unless `counted` gives them (with when they were
+/// counted).
+pub async fn view(
+    conn: &Conn,
+    now_ms: i64,
+    counted: Option<(Backlog, i64)>,
+) -> Result<ClusterView, StoreError> {
     let members = conn
         .statement("SELECT id, started_ms, seen_ms, lease_until_ms FROM gateways ORDER BY id")
         .await?;
-    let (members, totals) = tokio::join!(conn.client.query(&members, &[]), views::backlog(conn));
-    let (members, totals) = (members?, totals?);
+    let (members, totals) = tokio::join!(conn.client.query(&members, &[]), async {
+        match counted {
+            Some(counted) => Ok::<_, StoreError>(counted),
+            None => Ok((views::backlog(conn).await?, now_ms)),
+        }
+    });
+    let (members, (totals, totals_ms)) = (members?, totals?);
     let gateways = members
         .iter()
         .map(|row| {
@@ -61,7 +72,11 @@ pub async fn view(conn: &Conn, now_ms: i64) -> Result<ClusterView, StoreError> {
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    Ok(ClusterView { gateways, totals })
+    Ok(ClusterView {
+        gateways,
+        totals,
+        totals_ms,
+    })
 }
 
 /// Claims up to `limit` queued requests and up to `limit` held replies of gateways whose lease

@@ -100,11 +100,12 @@ const MIGRATIONS: &[&str] = &[
     // 6: the device quota kept by slots instead of a lock (see `grouped::INSERT_MANY`): each
     // queued request of a device holds one of its slots, no two the same, until it finishes
     // (its slot is then NULL). Requests already queued take the first slots in the order they
-    // came. And each partial index that is not looked up by device gets a predicate that a
-    // lookup by device does not imply, so that the planner cannot take it for one: with the
-    // statistics of a moment when little was held (an `ANALYZE` between bursts), every partial
-    // index of held replies looked equally empty, and a wake's claim by device was planned on
-    // the expiry index, reading every held reply of the fleet.
+    // came. And the held replies' expiry index gets a predicate that a lookup by device does
+    // not imply, so that the planner cannot take it for one: with the statistics of a moment
+    // when little was held (an `ANALYZE` between bursts), the partial indexes of held replies
+    // looked equally empty, and a wake's claim by device was planned on the expiry index,
+    // reading every held reply of the fleet. (The owner index keeps its predicate: the
+    // takeover, which also takes replies with no owner, reads it.)
     "ALTER TABLE requests ADD COLUMN slot INTEGER;
     UPDATE requests r SET slot = n.slot
         FROM (SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY id) - 1 AS slot
@@ -114,10 +115,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX requests_device_slot ON requests (device, slot) WHERE slot IS NOT NULL;
     DROP INDEX requests_held_expiry;
     CREATE INDEX requests_held_expiry ON requests (expires_ms)
-        WHERE delivery = 'held' AND expires_ms IS NOT NULL;
-    DROP INDEX requests_held_owner;
-    CREATE INDEX requests_held_owner ON requests (owner, id)
-        WHERE delivery = 'held' AND owner IS NOT NULL;",
+        WHERE delivery = 'held' AND expires_ms IS NOT NULL;",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

@@ -189,7 +189,8 @@ pub async fn backlog(conn: &Conn) -> Result<Backlog, StoreError> {
             "SELECT (SELECT COUNT(*) FROM requests WHERE state = 'queued'),
                     (SELECT COUNT(*) FROM requests WHERE delivery = 'held'),
                     (SELECT received_ms FROM requests WHERE state = 'queued' ORDER BY id LIMIT 1),
-                    (SELECT finished_ms FROM requests WHERE delivery = 'held'
+                    (SELECT finished_ms FROM requests
+                        WHERE delivery = 'held' AND expires_ms IS NOT NULL
                         ORDER BY expires_ms LIMIT 1)",
         )
         .await?;
