@@ -901,6 +901,45 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
     );
 }
 
+/// With other gateways alive, a gateway counts the cluster's totals again only once each of
+/// them had a beat's time to count them (the cluster counts about twice a second whatever its
+/// size): its beats in between keep the last count, and after that the count is fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("totals");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lease = Duration::from_secs(1);
+    let open = |id: &'static str| {
+        let mut config = postgres(&url);
+        config.gateway_id = id.into();
+        config.lease = lease;
+        let path = dir.path().to_owned();
+        async move { Store::open(&config, &path).await.expect("open") }
+    };
+    let (a, b) = (open("gw-a").await, open("gw-b").await);
+    for store in [&a, &b, &a] {
+        store.heartbeat().await.expect("heartbeat");
+    }
+    let queued = |store: &Store| {
+        let view = store.cluster_view().expect("a view");
+        assert_eq!(view.alive(), 2, "both gateways alive");
+        view.totals.queued
+    };
+    assert_eq!(queued(&a), 0);
+    assert!(matches!(
+        a.admit(request("t1", "c1"), 0).await.expect("admit"),
+        Admission::New
+    ));
+    a.heartbeat().await.expect("heartbeat");
+    assert_eq!(queued(&a), 0, "a beat right after the count keeps it");
+    tokio::time::sleep(gateway::store::cluster::beat_every(lease) * 2).await;
+    a.heartbeat().await.expect("heartbeat");
+    assert_eq!(queued(&a), 1, "two beats' time later, counted again");
+}
+
 /// A wake's redelivery skips replies sent within the quiet period only while another gateway
 /// is alive, as the database says when the redelivery is claimed, not as this gateway last
 /// heard: alone, every held reply goes again; once another gateway joined (even before this one
