@@ -19,16 +19,18 @@ use crate::wire::{DeviceId, RequestId};
 ///
 /// `max_pending_per_device` is kept by slots: each queued request of a device holds one of its
 /// slots `0..max_pending` until it finishes, and a unique index on (device, slot) lets no two
-/// take one, so the quota holds cluster-wide with no lock (it was a per-device advisory lock held to
-/// the commit, which made the intake of two gateways take turns whenever their batches shared a
-/// device: nearly always). A row takes a free slot as the statement's snapshot sees them; each
+/// take one, so the quota holds cluster-wide with no lock (it was a per-device advisory lock
+/// held to the commit, which made the intake of two gateways take turns whenever their batches
+/// shared a device: nearly always). A row takes a free slot as the statement's snapshot sees them; each
 /// gateway looks from its own place among the live gateways (`pos * max / alive`), so gateways
 /// admitting for one device at once seldom pick the same slot. When they do, the later insert
 /// waits for the earlier's commit and is then skipped (`ON CONFLICT DO NOTHING`), to be decided
 /// again by [`super::requests::admit`], as are duplicates and a full quota. Rows come sorted by
 /// device and `rank` (the admissions of the same device before it in the batch); a device's
 /// `batched` rows take the first free slots in the gateway's order, smallest slot to the first,
-/// so that two gateways inserting in device and slot order cannot wait on each other in a cycle.
+/// so that two gateways inserting in device and slot order cannot wait on each other's slots in
+/// a cycle. (Duplicates of one key sent through two gateways at once still can: PostgreSQL then
+/// aborts one of the batches, which runs again.)
 const INSERT_MANY: &str = "INSERT INTO requests (id, device, corr, op, args, reply_topic,
         envelope, received_ms, deadline_ms, state, owner, slot)
     SELECT n.id, n.device, n.corr, n.op, n.args, n.reply_topic, n.envelope, n.received_ms,
