@@ -125,7 +125,12 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .env("RUST_LOG", gateway::logging::DEFAULT_FILTER)
+            // The outbox's debug lines (a device woke, a reply sent or redelivered) too: they
+            // are what a failing delivery test's printed log needs.
+            .env(
+                "RUST_LOG",
+                format!("{},gateway::outbox=debug", gateway::logging::DEFAULT_FILTER),
+            )
             .spawn()
             .expect("spawn gateway");
         let stdout = child.stdout.take().expect("piped stdout");
