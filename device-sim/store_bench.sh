@@ -15,7 +15,11 @@
 #   GATEWAYS="1 3" PARTS=2 device-sim/store_bench.sh     part 2 with one and three gateways only
 #   LOOP="--rate 2000" PARTS=2 device-sim/store_bench.sh  offered load instead of closed loops
 #   WAITS=1 PARTS=2 device-sim/store_bench.sh           and what the server's backends wait on
-#   MEMBER_TOML='[limits]\nmax_pending_per_device = 0'  extra TOML for part 2's gateways
+#   MEMBER_TOML='[limits]\nmax_pending_per_device = 4'  extra TOML for part 2's gateways
+#   WARMUP=0 device-sim/store_bench.sh                  no 5 s warm-up (with an ANALYZE under
+#                                                       load) before each measured run
+#   PG_OPTIONS="-c shared_preload_libraries=auto_explain -c auto_explain.log_min_duration=0"
+#                                                       extra PostgreSQL server settings
 #
 # Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
 set -euo pipefail
