@@ -903,7 +903,8 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
 
 /// With other gateways alive, a gateway counts the cluster's totals again only once each of
 /// them had a beat's time to count them (the cluster counts about twice a second whatever its
-/// size): its beats in between keep the last count, and after that the count is fresh.
+/// size): its beats in between keep the last count, and after that the count is fresh. The
+/// status document's held count is that count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
@@ -929,8 +930,9 @@ async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
         view.totals.queued
     };
     assert_eq!(queued(&a), 0);
+    let first = request("t1", "c1");
     assert!(matches!(
-        a.admit(request("t1", "c1"), 0).await.expect("admit"),
+        a.admit(first.clone(), 0).await.expect("admit"),
         Admission::New
     ));
     a.heartbeat().await.expect("heartbeat");
@@ -938,6 +940,21 @@ async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
     tokio::time::sleep(gateway::store::cluster::beat_every(lease) * 2).await;
     a.heartbeat().await.expect("heartbeat");
     assert_eq!(queued(&a), 1, "two beats' time later, counted again");
+
+    // The status document's held count is the heartbeat's count too.
+    assert!(a
+        .complete(completion(&first, b"r1"))
+        .await
+        .expect("complete"));
+    b.heartbeat().await.expect("heartbeat");
+    tokio::time::sleep(gateway::store::cluster::beat_every(lease) * 2).await;
+    a.heartbeat().await.expect("heartbeat");
+    assert_eq!(queued(&a), 0);
+    assert_eq!(
+        a.held_total().await.expect("held total"),
+        1,
+        "the held count the status document shows"
+    );
 }
 
 /// A wake's redelivery skips replies sent within the quiet period only while another gateway
