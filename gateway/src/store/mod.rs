@@ -279,7 +279,8 @@ impl Store {
         dispatch!(self.held_counts(devices).await)
     }
 
-    /// Held replies of all devices.
+    /// Held replies of all devices (on PostgreSQL, of the whole database, as the heartbeat last
+    /// counted them: see `PgStore::held_total`).
     pub async fn held_total(&self) -> Result<usize, StoreError> {
         dispatch!(self.held_total().await)
     }
