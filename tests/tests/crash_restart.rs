@@ -18,8 +18,14 @@ fn corr(i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_requests_survive_kill_9_and_run_once() {
+    // The device never acks, so at the restart every request that finished still holds its final
+    // reply, and the device's one wake redelivers at most `max_held_replies_per_device` of them,
+    // oldest first. With the default 64, a run that had fewer than 16 requests still queued at
+    // the kill left the newest held replies (those the device had not seen yet) for a next wake
+    // that never comes. The cap is above REQUESTS, so the wake redelivers every held reply.
     let mut gateway = Gateway::start_with(
-        "[gateway]\nworkers = 1\n[limits]\nmax_payload_bytes = 1048576\nmax_pending_per_device = 1000\n",
+        "[gateway]\nworkers = 1\n[limits]\nmax_payload_bytes = 1048576\n\
+         max_pending_per_device = 1000\nmax_held_replies_per_device = 1000\n",
     );
     let mut device = TestDevice::connect(gateway.mqtt, "crash-1").await;
     let series: Vec<f64> = (0..POINTS).map(|i| ((i * 7919) % 10007) as f64).collect();
