@@ -603,9 +603,10 @@ async fn decides_a_crowded_batch_one_piece_at_a_time(store: &Store, shared: bool
     );
 }
 
-/// A reply published and acked at once: every publish is counted, whether the count is
-/// written before the ack or with it (PostgreSQL holds counts back for the ack to carry), and
-/// a count that comes after its reply was acked is counted too.
+/// A reply published and acked at once: every publish before the ack is counted, whether the
+/// count is written before the ack or with it (PostgreSQL holds counts back for the ack to
+/// carry); a count that comes after its reply was acked is dropped, not written (on PostgreSQL
+/// with several gateways that is most counts, and a row version each cost the server).
 async fn counts_every_publish_of_a_reply_acked_at_once(store: &Store) {
     let reply = held_reply(store, "p9", "r").await;
     let published = || async {
@@ -624,12 +625,13 @@ async fn counts_every_publish_of_a_reply_acked_at_once(store: &Store) {
     store.ping().await.expect("ping");
     assert_eq!(published().await, (2, "acked"), "counted with the ack");
     // Published again as the ack came in, and that ack repeated: it ends nothing, and the
-    // count it picked up still lands.
+    // count it picked up is dropped with it; so is a count on its own.
     store.mark_published(reply.id, &reply.device, &reply.corr);
     let acked = ack().await.expect("ack");
     assert!(matches!(acked[0], Some(Outcome::Acked(None))));
+    store.mark_published(reply.id, &reply.device, &reply.corr);
     store.ping().await.expect("ping");
-    assert_eq!(published().await, (3, "acked"), "counted after the ack");
+    assert_eq!(published().await, (2, "acked"), "not counted after the ack");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,4 +55,6 @@ pub struct Takeover {
     pub queued: Vec<StoredRequest>,
     /// Final replies committed but never published: publish them here.
     pub unpublished: Vec<FinalReply>,
+    /// Held replies that moved here, published or not.
+    pub held_moved: usize,
 }

@@ -119,6 +119,7 @@ pub async fn take_over(
         .map(stored_request)
         .collect::<Result<Vec<_>, StoreError>>()?;
     queued.sort_by_key(|request| request.id);
+    let held_moved = unpublished.len();
     // Every held reply of a dead gateway moves (so that later beats need not look at it
     // again), never-published ones first; only those are published now.
     let mut unpublished = unpublished
@@ -133,5 +134,6 @@ pub async fn take_over(
     Ok(Takeover {
         queued,
         unpublished,
+        held_moved,
     })
 }

@@ -90,12 +90,18 @@ pub async fn held_for(
 }
 
 /// Counts that a final reply was handed to the broker `n` times, the last just now; whether
-/// it was counted (not: another transaction holds its row, see [`super::grouped::published`]).
+/// the count was settled: written, or dropped because the reply is no longer held (not: another
+/// transaction holds its row; see [`super::grouped::published`]).
 pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<bool, StoreError> {
     let statement = conn
         .statement(
-            "UPDATE requests SET published = published + $3, sent_ms = $2
-             WHERE id = (SELECT id FROM requests WHERE id = $1 FOR UPDATE SKIP LOCKED)",
+            "WITH counted AS (
+                 UPDATE requests SET published = published + $3, sent_ms = $2
+                 WHERE id = (SELECT id FROM requests WHERE id = $1 AND delivery = 'held'
+                             FOR UPDATE SKIP LOCKED)
+                 RETURNING id)
+             SELECT id FROM counted
+             UNION ALL SELECT id FROM requests WHERE id = $1 AND delivery <> 'held'",
         )
         .await?;
     let counted = conn

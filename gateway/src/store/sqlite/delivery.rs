@@ -68,10 +68,13 @@ pub fn held_any(
     rows.collect()
 }
 
-/// Counts that a final reply was handed to the broker.
+/// Counts that a final reply was handed to the broker, while it is held (a count after the
+/// ack is dropped, as on PostgreSQL).
 pub fn mark_published(conn: &Connection, id: RequestId) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE requests SET published = published + 1 WHERE id = ?1")?
-        .execute(params![id.as_bytes()])?;
+    conn.prepare_cached(
+        "UPDATE requests SET published = published + 1 WHERE id = ?1 AND delivery = 'held'",
+    )?
+    .execute(params![id.as_bytes()])?;
     Ok(())
 }
 
