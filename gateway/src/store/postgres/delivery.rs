@@ -67,7 +67,7 @@ pub async fn held_for(
                       WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
                         AND q.sent_ms <= w.before
                       ORDER BY q.id LIMIT $2) q) c
-             WHERE r.id = c.id AND r.delivery = 'held' AND r.sent_ms <= w.before
+             WHERE r.id = c.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before
              RETURNING r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
                        r.envelope",
         )
@@ -97,7 +97,7 @@ pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<bool, 
         .statement(
             "WITH counted AS (
                  UPDATE requests SET published = published + $3, sent_ms = $2
-                 WHERE id = (SELECT id FROM requests WHERE id = $1 AND delivery = 'held'
+                 WHERE id = (SELECT id FROM requests WHERE id = $1 AND COALESCE(delivery, '') = 'held'
                              FOR UPDATE SKIP LOCKED)
                  RETURNING id)
              SELECT id FROM counted
@@ -131,7 +131,7 @@ pub async fn ack(
             "UPDATE requests SET delivery = 'acked', args = ''::bytea,
                  published = published + $3,
                  sent_ms = CASE WHEN $3 > 0 THEN $4 ELSE sent_ms END
-             WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id",
+             WHERE device = $1 AND corr = $2 AND COALESCE(delivery, '') = 'held' RETURNING id",
         )
         .await?;
     let n = count.map_or(0, |count| count.n as i32);
@@ -200,7 +200,8 @@ pub async fn undeliverable(
             let statement = conn
                 .statement(
                     "UPDATE requests SET delivery = 'dead'
-                     WHERE device = $1 AND corr = $2 AND delivery = 'held' RETURNING id, op",
+                     WHERE device = $1 AND corr = $2 AND COALESCE(delivery, '') = 'held'
+                     RETURNING id, op",
                 )
                 .await?;
             let row = conn

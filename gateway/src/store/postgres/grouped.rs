@@ -65,12 +65,13 @@ const COMPLETE_MANY: &str =
              FROM UNNEST($1::bytea[], $2::text[], $3::int[], $4::bytea[], $5::bigint[],
                  $6::bigint[], $7::int[])
                  AS c(id, state, status, reply, finished_ms, expires_ms, executed)
-             WHERE r.id = c.id AND r.state = 'queued'
+             WHERE r.id = c.id AND COALESCE(r.state, '') = 'queued'
              RETURNING r.id";
 
 /// Counts publishes: see [`published`].
 const PUBLISHED_MANY: &str = "WITH free AS (
-                 SELECT q.id FROM requests q WHERE q.id = ANY($1::bytea[]) AND q.delivery = 'held'
+                 SELECT q.id FROM requests q
+                 WHERE q.id = ANY($1::bytea[]) AND COALESCE(q.delivery, '') = 'held'
                  FOR UPDATE SKIP LOCKED),
              ended AS (
                  SELECT q.id FROM requests q WHERE q.id = ANY($1::bytea[]) AND q.delivery <> 'held'),
@@ -87,18 +88,18 @@ const ACK_MANY: &str = "UPDATE requests r SET delivery = 'acked', args = ''::byt
                  published = r.published + a.n,
                  sent_ms = CASE WHEN a.n > 0 THEN $4 ELSE r.sent_ms END
              FROM UNNEST($1::text[], $2::bytea[], $3::int[]) AS a(device, corr, n)
-             WHERE r.device = a.device AND r.corr = a.corr AND r.delivery = 'held'
+             WHERE r.device = a.device AND r.corr = a.corr AND COALESCE(r.delivery, '') = 'held'
              RETURNING r.device, r.corr, r.id";
 
 /// Ends held replies with other gateways on the database: see [`ack`].
 const ACK_LOCKED_MANY: &str = "WITH l AS MATERIALIZED (
                  SELECT q.id, a.n FROM UNNEST($1::text[], $2::bytea[], $3::int[]) AS a(device, corr, n)
                  JOIN requests q ON q.device = a.device AND q.corr = a.corr
-                 WHERE q.delivery = 'held' ORDER BY q.id FOR UPDATE OF q)
+                 WHERE COALESCE(q.delivery, '') = 'held' ORDER BY q.id FOR UPDATE OF q)
              UPDATE requests r SET delivery = 'acked', args = ''::bytea,
                  published = r.published + l.n,
                  sent_ms = CASE WHEN l.n > 0 THEN $4 ELSE r.sent_ms END
-             FROM l WHERE r.id = l.id AND r.delivery = 'held'
+             FROM l WHERE r.id = l.id AND COALESCE(r.delivery, '') = 'held'
              RETURNING r.device, r.corr, r.id";
 
 /// Prepares this module's statements on `conn` (once per connection; later calls find them

@@ -192,7 +192,7 @@ pub async fn complete(conn: &Conn, done: &Completion) -> Result<bool, StoreError
         .statement(
             "UPDATE requests SET state = $2, status = $3, reply = $4, finished_ms = $5,
                  expires_ms = $6, delivery = 'held', executions = executions + $7, slot = NULL
-             WHERE id = $1 AND state = 'queued'",
+             WHERE id = $1 AND COALESCE(state, '') = 'queued'",
         )
         .await?;
     let changed = conn
