@@ -14,7 +14,11 @@
 //! key: 7-15 k pages per publish count, and the server's CPU per request doubled in 3 of 22
 //! runs of three gateways (session 8). The `COALESCE` form means the same and implies no index's
 //! predicate, so only the key's index serves it. Statements that want a partial index (a
-//! device's held replies in id order, the expiry sweep, the takeover) name its predicate.
+//! device's held replies in id order, the expiry sweep, the takeover) name its predicate, and
+//! each partial index has a predicate only its own lookups imply (`expires_ms IS NOT NULL`,
+//! `owner IS NOT NULL`: migrations 6 and 7). The store test
+//! `postgres_rows_found_by_key_do_not_scan_the_partial_indexes` plans a request's whole way
+//! generically over statistics that say nothing is queued or held.
 
 mod cluster;
 mod commit;
