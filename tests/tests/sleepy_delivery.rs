@@ -137,3 +137,35 @@ async fn unacknowledged_reply_is_dead_lettered_when_its_ttl_passes() {
     let (redelivered, _) = final_for(&mut device, b"t1").await;
     assert_eq!(redelivered, request_id);
 }
+
+/// A wake redelivers at most `max_held_replies_per_device` held replies; a device that stays
+/// awake and acks them gets the next ones then, without waking again.
+#[tokio::test]
+async fn a_device_that_stays_awake_gets_the_held_replies_past_the_limit_as_it_acks() {
+    let gateway = Gateway::start_with("[limits]\nmax_held_replies_per_device = 2\n");
+    let mut device = TestDevice::wake(gateway.mqtt, "many-1").await;
+    for corr in [&b"m1"[..], b"m2", b"m3"] {
+        device.request("stats", &values(&[1.0]), corr, None).await;
+        final_for(&mut device, corr).await;
+    }
+    device.sleep().await;
+
+    // The wake gives the two oldest, which the device acks; the third follows on the same
+    // connection.
+    let mut device = TestDevice::wake(gateway.mqtt, "many-1").await;
+    for expected in [&b"m1"[..], b"m2"] {
+        let got = device.next().await;
+        assert_eq!(
+            got.corr.as_deref(),
+            Some(expected),
+            "oldest first, two per wake"
+        );
+        device.ack(expected).await;
+    }
+    let third = device.next().await;
+    assert_eq!(
+        third.corr.as_deref(),
+        Some(&b"m3"[..]),
+        "the held reply past the limit, once the first two were acked"
+    );
+}

@@ -236,6 +236,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         limits: limits.clone(),
         presence: Default::default(),
         board: Default::default(),
+        refill: Default::default(),
     };
     let outbox_task = tokio::spawn(outbox.run(done_rx, events_rx, outbox_stop.clone()));
     let gateway_status = GatewayStatus {

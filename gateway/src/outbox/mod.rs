@@ -13,6 +13,7 @@
 mod housekeeping;
 mod presence;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +69,9 @@ pub struct Outbox {
     pub presence: Presence,
     /// Device status to publish.
     pub board: StatusBoard,
+    /// Devices whose last redelivery stopped at `max_held_replies_per_device`: the acks still
+    /// to come before the next batch goes (while the device stays awake).
+    pub refill: HashMap<DeviceId, usize>,
 }
 
 impl Outbox {
@@ -195,7 +199,26 @@ impl Outbox {
                 .devices_known
                 .store(self.presence.known_count(), Relaxed);
         }
-        woke
+        woke.or_else(|| self.refilled(&event))
+    }
+
+    /// The device, when this ack is the last one its cut-short redelivery waited for and it is
+    /// still awake: its next held replies go now, not at its next wake.
+    fn refilled(&mut self, event: &DeviceEvent) -> Option<DeviceId> {
+        let DeviceEvent::Acked(device) = event else {
+            return None;
+        };
+        let left = self.refill.get_mut(device)?;
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return None;
+        }
+        self.refill.remove(device);
+        if !self.presence.is_awake(device) {
+            return None;
+        }
+        tracing::debug!(device_id = %device, "acked its redelivered replies: redelivering more");
+        Some(device.clone())
     }
 
     /// Replies the front door could not send: dead-lettered (a held one stops being held).
@@ -224,9 +247,10 @@ impl Outbox {
         }
     }
 
-    /// These devices just woke: publish their held replies again, oldest first per device, in
-    /// one store round trip for all of them.
-    async fn redeliver(&self, mut devices: Vec<DeviceId>) {
+    /// These devices just woke (or acked all of a redelivery cut short at the limit): publish
+    /// their held replies again, oldest first per device, at most `max_held_replies_per_device`
+    /// each, in one store round trip for all of them.
+    async fn redeliver(&mut self, mut devices: Vec<DeviceId>) {
         devices.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         devices.dedup();
         if devices.is_empty() {
@@ -241,7 +265,7 @@ impl Outbox {
         } else {
             Duration::ZERO
         };
-        let held = self.store.held_for(devices, limit, quiet).await;
+        let held = self.store.held_for(devices.clone(), limit, quiet).await;
         let held = match held {
             Ok(held) => held,
             Err(error) => {
@@ -249,6 +273,15 @@ impl Outbox {
                 return;
             }
         };
+        // A device given the whole limit may hold more: it gets them as it acks these.
+        for device in &devices {
+            let given = held.iter().filter(|r| &r.device == device).count();
+            if given >= limit {
+                self.refill.insert(device.clone(), given);
+            } else {
+                self.refill.remove(device);
+            }
+        }
         let now = now_ms();
         for reply in held.into_iter().filter(|r| r.expires_ms > now) {
             tracing::debug!(request_id = %reply.id, device_id = %reply.device, "redelivering on wake");
@@ -403,6 +436,7 @@ mod tests {
             limits: Limits::default(),
             presence: Presence::default(),
             board: StatusBoard::default(),
+            refill: HashMap::default(),
         }
     }
 
