@@ -274,13 +274,15 @@ impl Outbox {
             }
         };
         // A device given the whole limit may hold more: it gets them as it acks these.
+        let mut given: HashMap<&DeviceId, usize> = HashMap::new();
+        for reply in &held {
+            *given.entry(&reply.device).or_default() += 1;
+        }
         for device in &devices {
-            let given = held.iter().filter(|r| &r.device == device).count();
-            if given >= limit {
-                self.refill.insert(device.clone(), given);
-            } else {
-                self.refill.remove(device);
-            }
+            match given.get(device) {
+                Some(&n) if n >= limit => self.refill.insert(device.clone(), n),
+                _ => self.refill.remove(device),
+            };
         }
         let now = now_ms();
         for reply in held.into_iter().filter(|r| r.expires_ms > now) {
