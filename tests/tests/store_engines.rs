@@ -997,8 +997,9 @@ async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
 /// Here the partial indexes hold 20,000 dead entries, the statistics say nothing is queued or
 /// held, every plan is generic (as the store's prepared statements become), and a request goes
 /// through admission, completion, its publish count, a redelivery claim and its ack on a
-/// gateway with another alive: the partial indexes are read for a handful of entries, not
-/// whole.
+/// gateway with another alive, then another is cancelled, and the held counts, the
+/// unpublished replies, a device's and a request's views are read: the partial indexes are
+/// read for a handful of entries, not whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
@@ -1047,6 +1048,40 @@ async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
         .await
         .expect("ack");
     assert!(matches!(acked[0], Some(Outcome::Acked(Some(id))) if id == reply.id));
+    // A cancel of a queued request, and the reads operators and a restart make.
+    let queued = request("k1", "q");
+    assert!(matches!(
+        a.admit(queued.clone(), 0).await.expect("admit"),
+        Admission::New
+    ));
+    let cancelled_now = a
+        .batch(vec![Some(Command::Cancel {
+            device: device("k1"),
+            of: corr("q"),
+            now_ms: now_ms(),
+            expires_ms: now_ms() + 60_000,
+            reply: cancelled,
+        })])
+        .await
+        .expect("cancel");
+    assert!(matches!(
+        cancelled_now[0],
+        Some(Outcome::Cancel(CancelOutcome::Cancelled(_)))
+    ));
+    assert_eq!(
+        a.held_counts(vec![device("k1")]).await.expect("counts"),
+        vec![1],
+        "the cancel's 410 is held"
+    );
+    assert_eq!(a.unpublished().await.expect("unpublished").len(), 1);
+    a.device("k1".into(), 10)
+        .await
+        .expect("device")
+        .expect("known");
+    a.request(queued.id.to_string())
+        .await
+        .expect("request")
+        .expect("stored");
     // A backend's counters reach the statistics when it exits.
     drop((a, b));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
