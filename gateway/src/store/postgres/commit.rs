@@ -268,12 +268,9 @@ async fn grouped(
         return Err((*error).clone());
     }
     let (stored, completed, counted, acked) = (stored?, completed?, counted?, acked?);
-    for (((j, s), ack), acked) in acks.iter().zip(acked) {
-        // An ack that ended nothing counted nothing: its reply's publishes are counted below,
-        // with the other undecided work.
-        if acked.is_some() || ack.count.is_none() {
-            done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
-        }
+    // An ack that ended nothing drops the publishes it carried: its reply is no longer held.
+    for (((j, s), _), acked) in acks.iter().zip(acked) {
+        done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
     }
     for (((j, s), _), counted) in published.iter().zip(counted) {
         done[*j][*s] = Some(Ok(Some(Done::Published(counted))));

@@ -59,13 +59,10 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
         Work::Published(mark) => {
             Done::Published(delivery::mark_published(conn, mark.count.id, mark.count.n).await?)
         }
-        Work::Ack(device, corr, count) => {
-            let acked = delivery::ack(conn, device, corr, *count).await?;
-            if let (None, Some(count)) = (acked, count) {
-                delivery::mark_published(conn, count.id, count.n).await?;
-            }
-            Done::Command(Outcome::Acked(acked))
-        }
+        // An ack that ends nothing drops the publishes it carries: its reply is no longer held.
+        Work::Ack(device, corr, count) => Done::Command(Outcome::Acked(
+            delivery::ack(conn, device, corr, *count).await?,
+        )),
         Work::HeldFor(devices, limit, sent_before_ms) => {
             Done::Held(delivery::held_for(conn, me, devices, *limit, *sent_before_ms).await?)
         }
