@@ -184,4 +184,30 @@ mod tests {
         vacancies.settle(runs(&[("c", 1)]));
         assert!(!vacancies.due(&runs(&[("c", 1)])));
     }
+
+    #[test]
+    fn the_dead_are_the_runs_whose_lease_ran_out() {
+        use crate::store::cluster::Member;
+        let member = |id: &str, started_ms, alive| Member {
+            id: id.into(),
+            started_ms,
+            seen_ms: 0,
+            alive,
+        };
+        let view = ClusterView {
+            gateways: vec![
+                member("a", 1, true),
+                member("b", 2, false),
+                member("c", 3, true),
+            ],
+            totals: Default::default(),
+            totals_ms: 0,
+        };
+        assert_eq!(dead(&view), runs(&[("b", 2)]));
+        // So a beat after a quiet one looks again as soon as b's lease runs out.
+        let mut vacancies = Vacancies::default();
+        vacancies.due(&HashSet::new());
+        vacancies.settle(HashSet::new());
+        assert!(vacancies.due(&dead(&view)));
+    }
 }
