@@ -63,6 +63,16 @@ async fn held_reply(store: &Store, dev: &str, c: &str) -> NewRequest {
     reply
 }
 
+/// A throwaway PostgreSQL cluster (Debian's server, as user `postgres`, on a free loopback
+/// port) with database `name`, its URL, and a directory for the stores' files.
+async fn pg_database(name: &str) -> (PgCluster, String, tempfile::TempDir) {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database(name);
+    (cluster, url, tempfile::tempdir().expect("temp dir"))
+}
+
 /// A store on database `url` as gateway `id`.
 async fn gateway_store(url: &str, dir: &std::path::Path, id: &str) -> Store {
     let mut config = postgres(url);
@@ -647,12 +657,8 @@ async fn the_sqlite_engine_keeps_the_store_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_engine_keeps_the_store_contract() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("contract");
+    let (cluster, url, dir) = pg_database("contract").await;
     let config = postgres(&url);
-    let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&config, dir.path()).await.expect("open");
     let console = {
         let config = config.clone();
@@ -673,12 +679,8 @@ async fn the_postgres_engine_keeps_the_store_contract() {
 /// schema is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("race");
+    let (cluster, url, dir) = pg_database("race").await;
     let config = postgres(&url);
-    let dir = tempfile::tempdir().expect("temp dir");
     let opens = (0..6).map(|_| {
         let (config, path) = (config.clone(), dir.path().to_owned());
         tokio::spawn(async move { Store::open(&config, &path).await })
@@ -697,16 +699,12 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
     .expect("bounded");
 }
 
-/// Two gateways on one database: `max_pending_per_device` holds for both together (counted
-/// under the device's lock in the admitting transaction), a duplicate past the quota is still
+/// Two gateways on one database: `max_pending_per_device` holds for both together (each queued
+/// request holds one of its device's slots in the database), a duplicate past the quota is still
 /// answered as the original, and a wake seen by both redelivers each held reply once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("shared");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, url, dir) = pg_database("shared").await;
     let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let (a, b) = (open("gw-a").await, open("gw-b").await);
     let admit = |store: &Store, request: NewRequest| {
@@ -801,11 +799,7 @@ async fn futures_join<T>(
 /// later commit once the row is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("skip");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, url, dir) = pg_database("skip").await;
     let store = Store::open(&postgres(&url), dir.path())
         .await
         .expect("open");
@@ -831,11 +825,7 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
 /// slot; once every slot is held, the next admission is over the quota.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("slots");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (cluster, url, dir) = pg_database("slots").await;
     let store = gateway_store(&url, dir.path(), "gw-a").await;
     let admit = |request: NewRequest| {
         let store = store.clone();
@@ -909,11 +899,7 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
 /// status document's held count is that count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("totals");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_cluster, url, dir) = pg_database("totals").await;
     let lease = Duration::from_secs(1);
     let open = |id: &'static str| {
         let mut config = postgres(&url);
@@ -965,11 +951,7 @@ async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
 /// beat again and saw it), a reply just sent is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("quiet");
-    let dir = tempfile::tempdir().expect("temp dir");
+    let (_cluster, url, dir) = pg_database("quiet").await;
     let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let a = open("gw-a").await;
     let reply = held_reply(&a, "w1", "q").await;
@@ -1002,15 +984,11 @@ async fn postgres_the_quiet_period_holds_while_another_gateway_is_alive() {
 /// read for a handful of entries, not whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("plans");
+    let (cluster, url, dir) = pg_database("plans").await;
     cluster.query(
         "plans",
         "ALTER DATABASE plans SET plan_cache_mode = force_generic_plan",
     );
-    let dir = tempfile::tempdir().expect("temp dir");
     let (a, b) = (
         gateway_store(&url, dir.path(), "gw-a").await,
         gateway_store(&url, dir.path(), "gw-b").await,
