@@ -54,7 +54,7 @@ pub async fn run(
 ) {
     let mut waiting = Vec::new();
     while jobs_rx.recv_many(&mut waiting, MAX_BATCH).await > 0 {
-        if shared.load(Ordering::Relaxed) {
+        if shared.load(Ordering::Relaxed) && waiting.len() < MAX_BATCH {
             tokio::time::sleep(LINGER).await;
             while waiting.len() < MAX_BATCH {
                 match jobs_rx.try_recv() {
