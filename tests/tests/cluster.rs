@@ -207,6 +207,64 @@ async fn status_and_telemetry_are_handled_once_by_any_gateway() {
     }
 }
 
+/// A device's retained status is the cluster's: its requests, spread by the broker over the
+/// three gateways, are all counted in `pending` whichever gateway publishes the status (each
+/// used to count only its own share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_status_counts_the_whole_clusters_requests() {
+    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
+    let rig = rig(&format!(
+        "[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n"
+    ))
+    .await;
+    let mut watcher =
+        TestDevice::watch(rig.mosquitto.addr, "st-watch", "devices/st-1/status").await;
+    let device = TestDevice::connect(rig.mosquitto.addr, "st-1").await;
+    // Six runs of the slow model (300 chained 128 x 128 layers over 1,024 rows: about a second
+    // each), two per gateway behind one worker each: all six stay pending past the first
+    // status publish of every gateway (one a second).
+    const REQUESTS: usize = 6;
+    let rows = ciborium::Value::Array(vec![
+        ciborium::Value::Array(vec![
+            ciborium::Value::Float(0.5);
+            128
+        ]);
+        1024
+    ]);
+    let request = ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("model".into()),
+            ciborium::Value::Text("slow".into()),
+        ),
+        (ciborium::Value::Text("input".into()), rows),
+    ]);
+    for i in 0..REQUESTS {
+        device
+            .request("infer", &request, format!("s{i}").as_bytes(), None)
+            .await;
+    }
+    rig.admitted(REQUESTS);
+    let share: usize = rig
+        .sql("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM requests GROUP BY owner) s")
+        .parse()
+        .expect("count");
+    assert!(
+        share < REQUESTS,
+        "the broker spread the requests over the gateways"
+    );
+    let mut most = 0;
+    while most <= share {
+        let Some(status) = watcher
+            .next_json_within(std::time::Duration::from_secs(10))
+            .await
+        else {
+            panic!("no status counted more than one gateway's share ({share}) of the requests");
+        };
+        most = most.max(status["pending"].as_u64().expect("pending") as usize);
+    }
+    assert!(most <= REQUESTS, "pending {most} of {REQUESTS} requests");
+}
+
 /// A gateway is killed (SIGKILL) holding an unacknowledged reply and with queued work: the
 /// device's next wake, taken by another gateway, redelivers the held reply; after `lease_ms`
 /// the others finish the queued work; every request ends with one final reply and `executions`

@@ -361,11 +361,12 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     // order with filters; one device, one request, dead letters, the backlog.
     let seen = |id: &str, awake: bool, last_seen_ms: i64, error: Option<&str>| Seen {
         id: device(id),
-        awake,
+        awake_until_ms: if awake { i64::MAX } else { 0 },
+        asleep_ms: None,
         last_seen_ms,
         last_error: error.map(|e| (e.to_owned(), 5)),
     };
-    let held = store
+    let now = store
         .devices_seen(vec![
             seen("d1", true, 1000, None),
             seen("d10", false, 900, Some("bad_request: x")),
@@ -373,7 +374,16 @@ async fn keeps_the_contract(store: &Store, console: Console) {
         ])
         .await
         .expect("devices seen");
-    assert_eq!(held, vec![1, 0, 0], "the requeued reply of d1 is held");
+    assert_eq!(
+        now.iter().map(|d| d.held).collect::<Vec<_>>(),
+        vec![1, 0, 0],
+        "the requeued reply of d1 is held"
+    );
+    assert_eq!(
+        now.iter().map(|d| d.awake).collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
+    assert_eq!(now[1].last_error.as_deref(), Some("bad_request: x"));
     // A later status without a new error keeps the stored one; last seen only grows.
     store
         .devices_seen(vec![seen("d10", false, 0, None)])
@@ -689,7 +699,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|7", "one row, the newest version");
+    assert_eq!(versions, "1|8", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await
@@ -780,6 +790,103 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
         1,
         "one wake seen by two gateways redelivers the reply once"
     );
+    drop((a, b));
+    drop(cluster);
+}
+
+/// Two gateways on one database each see part of a device's traffic; the device's status is
+/// the cluster's: the latest window either opened, closed by an `asleep` newer than anything
+/// either saw (and not opened again by a window from before it), the newest last seen and last
+/// error, and the pending requests of both (their quota slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gateways_merge_what_each_saw_of_a_device() {
+    let (cluster, url, dir) = pg_database("merge").await;
+    let open = |id: &'static str| gateway_store(&url, dir.path(), id);
+    let (a, b) = (open("gw-a").await, open("gw-b").await);
+    let admit = |store: &Store, request: NewRequest| {
+        let command = Command::Admit {
+            request,
+            dedupe_after_ms: 0,
+            max_pending: 4,
+        };
+        let store = store.clone();
+        async move {
+            let outcome = store.batch(vec![Some(command)]).await.expect("batch");
+            assert!(matches!(
+                outcome.as_slice(),
+                [Some(Outcome::Admitted(Admission::New))]
+            ));
+        }
+    };
+    let first = request("m1", "r1");
+    admit(&a, first.clone()).await;
+    admit(&a, request("m1", "r2")).await;
+    admit(&b, request("m1", "r3")).await;
+    let t = now_ms();
+    let view = |until: i64, asleep: Option<i64>, last_seen: i64, error: Option<(&str, i64)>| {
+        vec![Seen {
+            id: device("m1"),
+            awake_until_ms: until,
+            asleep_ms: asleep,
+            last_seen_ms: last_seen,
+            last_error: error.map(|(e, at)| (e.to_owned(), at)),
+        }]
+    };
+    let seen = |store: &Store, seen: Vec<Seen>| {
+        let store = store.clone();
+        async move { store.devices_seen(seen).await.expect("seen").remove(0) }
+    };
+
+    // A saw a publish a moment ago; B nothing yet, and an error.
+    let now = seen(&a, view(t + 60_000, None, t - 10, None)).await;
+    assert!(now.awake);
+    assert_eq!(now.pending, Some(3), "both gateways' queued requests");
+    let now = seen(&b, view(0, None, 0, Some(("bad_request: x", t - 5)))).await;
+    assert!(now.awake, "A's window, which B did not see");
+    assert_eq!(now.last_seen_ms, t - 10, "A's sighting");
+    assert_eq!(now.last_error.as_deref(), Some("bad_request: x"));
+    let now = seen(
+        &a,
+        view(t + 60_000, None, t - 10, Some(("too_large: y", t - 50))),
+    )
+    .await;
+    assert_eq!(
+        now.last_error.as_deref(),
+        Some("bad_request: x"),
+        "an older error does not replace a newer one"
+    );
+
+    // B sees the device's `asleep`: nothing newer was seen anywhere, so it sleeps.
+    let now = seen(&b, view(t, Some(t), 0, None)).await;
+    assert!(!now.awake, "the asleep closes A's window");
+    // A writes its window again, opened before the asleep: still asleep.
+    let now = seen(&a, view(t + 60_000, None, t - 10, None)).await;
+    assert!(
+        !now.awake,
+        "a window from before the asleep does not wake it"
+    );
+    // A sees it publish again after the asleep: awake.
+    let now = seen(&a, view(t + 60_000, None, t + 5, None)).await;
+    assert!(now.awake);
+    assert_eq!(now.last_seen_ms, t + 5);
+    // B's old asleep, written again, is older than A's sighting: it stays awake.
+    let now = seen(&b, view(t, Some(t), 0, None)).await;
+    assert!(
+        now.awake,
+        "an asleep older than the last sighting closes nothing"
+    );
+    assert_eq!(
+        cluster.query("merge", "SELECT awake FROM devices WHERE id = 'm1'"),
+        "t",
+        "the row operators list says the same"
+    );
+
+    // A request finishing frees its slot: one fewer pending, whoever asks.
+    assert!(a
+        .complete(completion(&first, b"done"))
+        .await
+        .expect("complete"));
+    assert_eq!(seen(&b, view(0, None, 0, None)).await.pending, Some(2));
     drop((a, b));
     drop(cluster);
 }

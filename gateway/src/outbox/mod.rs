@@ -27,7 +27,7 @@ use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::store::deadletters::Undeliverable;
-use crate::store::devices::Seen;
+use crate::store::devices::{DeviceNow, Seen};
 use crate::store::requests::FinalReply;
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
@@ -312,36 +312,55 @@ impl Outbox {
     }
 
     /// Publishes `devices/{id}/status` for every device whose status changed and is due, and
-    /// writes the same to their rows for operators' device list (one store round trip for all
-    /// of them, which also reads their held counts).
+    /// writes what this gateway saw of each to its row for operators' device list, in one store
+    /// round trip that returns the status to publish: on a shared store the cluster's (wake,
+    /// last seen and last error as every gateway saw them, held replies and, with
+    /// `max_pending_per_device` set, pending requests of every gateway), else this gateway's.
     async fn publish_device_status(&mut self) {
         let due = self.board.due();
         if due.is_empty() {
             return;
         }
+        let (now, now_ms) = (Instant::now(), now_ms());
         let seen: Vec<Seen> = due
             .iter()
-            .map(|device| Seen {
-                id: device.clone(),
-                awake: self.presence.is_awake(device),
-                last_seen_ms: self.board.last_seen_ms.get(device).copied().unwrap_or(0),
-                last_error: self.board.last_error.get(device).cloned(),
+            .map(|device| {
+                let (awake_until_ms, asleep_ms) = self.presence.window(device, now, now_ms);
+                Seen {
+                    id: device.clone(),
+                    awake_until_ms,
+                    asleep_ms,
+                    last_seen_ms: self.board.last_seen_ms.get(device).copied().unwrap_or(0),
+                    last_error: self.board.last_error.get(device).cloned(),
+                }
             })
             .collect();
-        let held = match self.store.devices_seen(seen).await {
-            Ok(held) => held,
+        let stored = match self.store.devices_seen(seen.clone()).await {
+            Ok(stored) => stored,
             Err(error) => {
                 tracing::warn!(%error, "cannot record device rows");
-                vec![0; due.len()]
+                seen.iter()
+                    .map(|s| DeviceNow {
+                        awake: s.awake_at(now_ms),
+                        last_seen_ms: s.last_seen_ms,
+                        last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
+                        held: 0,
+                        pending: None,
+                    })
+                    .collect()
             }
         };
-        for (device, held) in due.into_iter().zip(held) {
+        for (device, now) in due.into_iter().zip(stored) {
+            let pending = now
+                .pending
+                .filter(|_| self.limits.max_pending_per_device > 0)
+                .unwrap_or_else(|| self.scheduler.pending_of(&device));
             let status = DeviceStatus {
-                awake: self.presence.is_awake(&device),
-                last_seen_ms: self.board.last_seen_ms.get(&device).copied().unwrap_or(0),
-                pending: self.scheduler.pending_of(&device),
-                held,
-                last_error: self.board.last_error.get(&device).map(|(e, _)| e.clone()),
+                awake: now.awake,
+                last_seen_ms: now.last_seen_ms,
+                pending,
+                held: now.held,
+                last_error: now.last_error,
             };
             self.replies
                 .announce(topics::device_status(&device), status.to_json(), true)

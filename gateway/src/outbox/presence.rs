@@ -23,6 +23,9 @@ struct Awake {
     front_door: bool,
     /// Whether it was awake when last looked at (by `apply` or `sweep`).
     was_awake: bool,
+    /// Its window was last ended by the device itself (`asleep`, or its connection's end), at
+    /// `until`, rather than left to run out.
+    ended: bool,
 }
 
 impl Awake {
@@ -45,6 +48,26 @@ impl Presence {
             .is_some_and(|a| a.is_awake(Instant::now()))
     }
 
+    /// What this gateway knows of `device`'s wake, as wall-clock ms (`now` is `now_ms` on the
+    /// monotonic clock): until when it is awake (`i64::MAX` while connected through the front
+    /// door, 0 when never seen), and when the device itself ended its last wake, if that is the
+    /// last thing seen of it. A shared store merges these with other gateways' (see
+    /// [`crate::store::devices::Seen`]).
+    pub fn window(&self, device: &DeviceId, now: Instant, now_ms: i64) -> (i64, Option<i64>) {
+        let Some(entry) = self.devices.get(device) else {
+            return (0, None);
+        };
+        if entry.connected {
+            return (i64::MAX, None);
+        }
+        let until_ms = if entry.until >= now {
+            now_ms.saturating_add(entry.until.duration_since(now).as_millis() as i64)
+        } else {
+            now_ms.saturating_sub(now.duration_since(entry.until).as_millis() as i64)
+        };
+        (until_ms, entry.ended.then_some(until_ms))
+    }
+
     /// Devices awake now.
     pub fn awake_count(&self) -> usize {
         let now = Instant::now();
@@ -65,30 +88,36 @@ impl Presence {
             connected: false,
             front_door: false,
             was_awake: false,
+            ended: false,
         });
         let was_awake = entry.is_awake(now);
         match event {
             DeviceEvent::Seen(_, window) if !entry.front_door => {
                 entry.until = entry.until.max(now + *window);
+                entry.ended = false;
             }
             DeviceEvent::Seen(..) => {}
             DeviceEvent::Connected(_) => {
                 entry.connected = true;
                 entry.front_door = true;
+                entry.ended = false;
             }
             // Behind the front door connections are seen: leaving ends the listen window too.
             DeviceEvent::Disconnected(_) => {
                 entry.connected = false;
                 entry.until = now;
+                entry.ended = true;
             }
             // A front-door device is awake while connected: its `asleep` comes from intake
             // after the commit, and may arrive after its next connection began (which would
             // then redeliver nothing); its connection's end says when it left.
             DeviceEvent::Asleep(_) => {
                 entry.until = now;
+                entry.ended = true;
             }
             DeviceEvent::Acked(_) if !entry.front_door => {
-                entry.until = entry.until.max(now + Duration::from_millis(1))
+                entry.until = entry.until.max(now + Duration::from_millis(1));
+                entry.ended = false;
             }
             DeviceEvent::Acked(_) => {}
             DeviceEvent::Rejected(_, _) | DeviceEvent::Undeliverable(..) => {}
@@ -133,6 +162,31 @@ mod tests {
         assert_eq!(presence.apply(&DeviceEvent::Asleep(d.clone()), t0), None);
         assert!(!presence.is_awake(&d));
         assert_eq!(presence.apply(&seen, t0), Some(d.clone()), "woke again");
+    }
+
+    #[test]
+    fn the_window_says_until_when_and_whether_the_device_ended_it() {
+        let mut presence = Presence::default();
+        let d = dev("w1");
+        let t0 = Instant::now();
+        assert_eq!(presence.window(&d, t0, 1_000), (0, None), "never seen");
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), t0);
+        assert_eq!(presence.window(&d, t0, 1_000), (6_000, None));
+        let later = t0 + Duration::from_secs(2);
+        presence.apply(&DeviceEvent::Asleep(d.clone()), later);
+        assert_eq!(
+            presence.window(&d, later, 3_000),
+            (3_000, Some(3_000)),
+            "ended by the device"
+        );
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), later);
+        assert_eq!(
+            presence.window(&d, later, 3_000),
+            (8_000, None),
+            "woke again"
+        );
+        presence.apply(&DeviceEvent::Connected(d.clone()), later);
+        assert_eq!(presence.window(&d, later, 3_000), (i64::MAX, None));
     }
 
     #[test]

@@ -68,17 +68,49 @@ pub struct Filter {
     pub errors: bool,
 }
 
-/// What the outbox writes for a device when it publishes its status.
+/// What the outbox writes for a device when it publishes its status: what this gateway saw of
+/// it. On a shared store each gateway sees part of a device's traffic, and the row merges their
+/// views: last seen and last error are the newest any gateway saw; the device is awake until the
+/// latest window any gateway opened, unless the device itself ended its wake (`asleep`) after
+/// everything any gateway had seen of it.
 #[derive(Debug, Clone)]
 pub struct Seen {
     /// Device id.
     pub id: DeviceId,
-    /// Awake now.
-    pub awake: bool,
+    /// Awake until then (ms since epoch): `i64::MAX` while connected through the front door, in
+    /// the past (or 0) when asleep.
+    pub awake_until_ms: i64,
+    /// When the device itself ended its last wake, if that is the last this gateway saw of it.
+    pub asleep_ms: Option<i64>,
     /// Last publish of its own (ms since epoch), 0 when not seen since start.
     pub last_seen_ms: i64,
     /// Its last error since start, and when, if any (a stored older one is kept otherwise).
     pub last_error: Option<(String, i64)>,
+}
+
+impl Seen {
+    /// Awake at `now_ms`, by this gateway's view alone.
+    pub fn awake_at(&self, now_ms: i64) -> bool {
+        self.awake_until_ms > now_ms
+    }
+}
+
+/// A device's status as the store has it once [`Seen`] is written: the cluster's view on a
+/// shared store, this gateway's otherwise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceNow {
+    /// Awake now.
+    pub awake: bool,
+    /// Last publish of its own (ms since epoch), 0 when never seen.
+    pub last_seen_ms: i64,
+    /// Its last error, `"code: message"`.
+    pub last_error: Option<String>,
+    /// Final replies held for it.
+    pub held: usize,
+    /// Requests queued or running on any gateway, counted by the quota slots they hold, where
+    /// the store can count them (PostgreSQL): meaningful only with `max_pending_per_device`
+    /// set (no slot is taken without it). `None` on SQLite, whose one gateway counts its own.
+    pub pending: Option<usize>,
 }
 
 /// A device an engine found for a listing, before filtering.

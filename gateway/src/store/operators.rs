@@ -4,14 +4,16 @@
 //! gauges). Reads only, but for [`Store::devices_seen`].
 
 use super::deadletters::DeadLetterRow;
-use super::devices::{DeviceDetail, DeviceRow, Filter, Seen};
+use super::devices::{DeviceDetail, DeviceNow, DeviceRow, Filter, Seen};
 use super::requests::{Backlog, RequestDetail};
 use super::{Engine, Store, StoreError};
 
 impl Store {
-    /// Writes these devices' rows (what the outbox publishes as their status: awake, last seen,
-    /// last error) and returns each one's held count, in one round trip.
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<usize>, StoreError> {
+    /// Writes these devices' rows (what this gateway saw of each: its wake, last seen, last
+    /// error) and returns each one's status as the store now has it (merged with other
+    /// gateways' on a shared store; held replies and, where it can, pending requests counted),
+    /// in `seen`'s order, in one round trip.
+    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
         dispatch!(self.devices_seen(seen).await)
     }
 

@@ -3,63 +3,137 @@
 //! device's requests, for operators' listings.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use super::pool::Conn;
-use crate::store::devices::{select, Candidate, DeviceRow, Filter, Seen, RECENT_MS};
+use crate::store::devices::{select, Candidate, DeviceNow, DeviceRow, Filter, Seen, RECENT_MS};
 use crate::store::StoreError;
 use crate::wire::RequestId;
 
-/// Writes (or updates) these devices' rows in one statement: last seen only grows, a stored
-/// error stays until a newer one comes. Rows go in id order, so two gateways writing
-/// overlapping sets lock them in the same order.
-pub async fn upsert(conn: &Conn, me: &str, seen: &[Seen]) -> Result<(), StoreError> {
-    let mut seen: Vec<&Seen> = seen.iter().collect();
-    seen.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-    seen.dedup_by(|a, b| a.id == b.id);
-    let ids: Vec<&str> = seen.iter().map(|s| s.id.as_str()).collect();
-    let awake: Vec<bool> = seen.iter().map(|s| s.awake).collect();
-    let last_seen: Vec<Option<i64>> = seen
+/// Writes (or updates) these devices' rows in one statement, merging what this gateway saw
+/// with what the row holds from every gateway, and returns each device's status as merged, in
+/// `seen`'s order:
+/// - last seen only grows; a stored error stays until a newer one comes;
+/// - the device is awake until the latest window any gateway opened (`awake_until_ms`), unless
+///   this gateway saw it end its wake (`asleep`, a front-door disconnect) no earlier than the
+///   last time any gateway had seen it, which closes the window then; a window opened before
+///   the last recorded `asleep` does not open it again;
+/// - held replies, and pending requests: the quota slots they hold (none are taken when
+///   `max_pending_per_device` is 0: the count is then 0 and means nothing).
+///
+/// Rows go in id order, so two gateways writing overlapping sets lock them in the same order.
+pub async fn upsert(conn: &Conn, me: &str, seen: &[Seen]) -> Result<Vec<DeviceNow>, StoreError> {
+    let mut sorted: Vec<&Seen> = seen.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+    sorted.dedup_by(|a, b| a.id == b.id);
+    let ids: Vec<&str> = sorted.iter().map(|s| s.id.as_str()).collect();
+    let until: Vec<i64> = sorted.iter().map(|s| s.awake_until_ms).collect();
+    let asleep: Vec<Option<i64>> = sorted.iter().map(|s| s.asleep_ms).collect();
+    let last_seen: Vec<Option<i64>> = sorted
         .iter()
         .map(|s| (s.last_seen_ms > 0).then_some(s.last_seen_ms))
         .collect();
-    let errors: Vec<Option<&str>> = seen
+    let errors: Vec<Option<&str>> = sorted
         .iter()
         .map(|s| s.last_error.as_ref().map(|(e, _)| e.as_str()))
         .collect();
-    let error_ms: Vec<Option<i64>> = seen
+    let error_ms: Vec<Option<i64>> = sorted
         .iter()
         .map(|s| s.last_error.as_ref().map(|(_, at)| *at))
         .collect();
-    let statement = conn
-        .statement(
-            "INSERT INTO devices (id, awake, last_seen_ms, last_error, last_error_ms, seen_by)
-             SELECT id, awake, seen, err, err_ms, $6
-             FROM UNNEST($1::text[], $2::bool[], $3::bigint[], $4::text[], $5::bigint[])
-                  AS u(id, awake, seen, err, err_ms)
-             ON CONFLICT (id) DO UPDATE SET
-                awake = excluded.awake,
-                last_seen_ms = NULLIF(GREATEST(COALESCE(excluded.last_seen_ms, 0),
-                                               COALESCE(devices.last_seen_ms, 0)), 0),
-                last_error = COALESCE(excluded.last_error, devices.last_error),
-                last_error_ms = COALESCE(excluded.last_error_ms, devices.last_error_ms),
-                seen_by = excluded.seen_by",
-        )
-        .await?;
-    conn.client
-        .execute(
+    let statement = conn.statement(UPSERT.as_str()).await?;
+    let rows = conn
+        .client
+        .query(
             &statement,
-            &[&ids, &awake, &last_seen, &errors, &error_ms, &me],
+            &[
+                &ids,
+                &until,
+                &last_seen,
+                &errors,
+                &error_ms,
+                &me,
+                &asleep,
+                &crate::store::now_ms(),
+            ],
         )
         .await?;
-    Ok(())
+    let mut merged = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let held: i64 = row.try_get(4)?;
+        let pending: i64 = row.try_get(5)?;
+        merged.insert(
+            id,
+            DeviceNow {
+                awake: row.try_get(1)?,
+                last_seen_ms: row.try_get(2)?,
+                last_error: row.try_get(3)?,
+                held: held as usize,
+                pending: Some(pending as usize),
+            },
+        );
+    }
+    seen.iter()
+        .map(|s| {
+            merged
+                .get(s.id.as_str())
+                .cloned()
+                .ok_or_else(|| StoreError::Sql(format!("device {} not written", s.id)))
+        })
+        .collect()
 }
 
-/// On start nobody this gateway saw is awake yet: its previous run's flags mean nothing
-/// (devices other gateways serve keep theirs).
+/// [`upsert`]'s statement.
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO devices (id, awake, awake_until_ms, asleep_ms, last_seen_ms, last_error,
+                                  last_error_ms, seen_by)
+             SELECT id, until > $8, until, asleep, seen, err, err_ms, $6
+             FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
+                         $7::bigint[])
+                  AS u(id, until, seen, err, err_ms, asleep)
+             ON CONFLICT (id) DO UPDATE SET
+                awake = {MERGED_UNTIL} > $8,
+                awake_until_ms = {MERGED_UNTIL},
+                asleep_ms = GREATEST(excluded.asleep_ms, devices.asleep_ms),
+                last_seen_ms = NULLIF(GREATEST(COALESCE(excluded.last_seen_ms, 0),
+                                               COALESCE(devices.last_seen_ms, 0)), 0),
+                last_error = CASE WHEN {NEWER_ERROR} THEN excluded.last_error
+                                  ELSE devices.last_error END,
+                last_error_ms = CASE WHEN {NEWER_ERROR} THEN excluded.last_error_ms
+                                     ELSE devices.last_error_ms END,
+                seen_by = excluded.seen_by
+             RETURNING id, awake, COALESCE(last_seen_ms, 0), last_error,
+                 (SELECT COUNT(*) FROM requests q WHERE q.device = devices.id
+                     AND q.delivery = 'held'),
+                 (SELECT COUNT(*) FROM requests q
+                     WHERE q.device = devices.id AND q.slot IS NOT NULL)"
+    )
+});
+
+/// The merged end of a device's wake (see [`upsert`]): this gateway's `asleep` when nothing
+/// newer was seen of the device anywhere; else the latest window, counting this gateway's only
+/// if it saw the device since its last recorded `asleep` (a window opened before the device went
+/// to sleep does not wake it again).
+const MERGED_UNTIL: &str = "CASE WHEN excluded.asleep_ms IS NOT NULL
+        AND excluded.asleep_ms >= COALESCE(devices.last_seen_ms, 0)
+    THEN excluded.asleep_ms
+    WHEN COALESCE(excluded.last_seen_ms, 0) >= COALESCE(devices.asleep_ms, 0)
+    THEN GREATEST(COALESCE(devices.awake_until_ms, 0), excluded.awake_until_ms)
+    ELSE devices.awake_until_ms END";
+
+/// This gateway's error is newer than the stored one.
+const NEWER_ERROR: &str = "excluded.last_error IS NOT NULL
+    AND excluded.last_error_ms >= COALESCE(devices.last_error_ms, 0)";
+
+/// On start nobody this gateway saw is awake yet: its previous run's flags and windows mean
+/// nothing (devices other gateways serve keep theirs).
 pub async fn reset_awake(conn: &Conn, me: &str) -> Result<(), StoreError> {
     conn.client
         .execute(
-            "UPDATE devices SET awake = false WHERE awake AND seen_by = $1",
+            "UPDATE devices SET awake = false, awake_until_ms = NULL
+             WHERE (awake OR awake_until_ms IS NOT NULL) AND seen_by = $1",
             &[&me],
         )
         .await?;

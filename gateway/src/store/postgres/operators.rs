@@ -4,19 +4,17 @@
 
 use super::console::PgConsole;
 use super::pool::Conn;
-use super::{delivery, devices, views, PgStore};
+use super::{devices, views, PgStore};
 use crate::store::deadletters::DeadLetterRow;
-use crate::store::devices::{DeviceDetail, DeviceRow, Filter, Seen};
+use crate::store::devices::{DeviceDetail, DeviceNow, DeviceRow, Filter, Seen};
 use crate::store::requests::{Backlog, CancelReply, OperatorCancel, RequestDetail};
 use crate::store::StoreError;
 
 impl PgStore {
     /// See [`crate::store::Store::devices_seen`].
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<usize>, StoreError> {
+    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
         let conn = self.pool.get().await?;
-        devices::upsert(&conn, &self.me, &seen).await?;
-        let ids: Vec<_> = seen.into_iter().map(|s| s.id).collect();
-        delivery::held_counts(&conn, &ids).await
+        devices::upsert(&conn, &self.me, &seen).await
     }
 
     /// See [`crate::store::Store::devices_page`].

@@ -125,6 +125,12 @@ const MIGRATIONS: &[&str] = &[
     "DROP INDEX requests_held_owner;
     CREATE INDEX requests_held_owner ON requests (owner, id)
         WHERE delivery = 'held' AND owner IS NOT NULL;",
+    // 8: a device's wake as the cluster saw it. Each gateway sees part of a device's traffic
+    // (its presence, requests and acks each go to one of them), so each had its own idea of
+    // whether it was awake, and the last to write its status won. The row now keeps the latest
+    // window any gateway opened and when the device last said it was going to sleep
+    // (`devices::upsert` merges them).
+    "ALTER TABLE devices ADD COLUMN awake_until_ms BIGINT, ADD COLUMN asleep_ms BIGINT;",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

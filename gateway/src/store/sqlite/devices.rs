@@ -9,7 +9,7 @@ use crate::store::devices::{select, Candidate, DeviceRow, Filter, Seen, RECENT_M
 
 /// Writes (or updates) a device's row: last seen only grows, a stored error stays until a newer
 /// one comes.
-pub fn upsert(conn: &Connection, seen: &Seen) -> rusqlite::Result<()> {
+pub fn upsert(conn: &Connection, seen: &Seen, now_ms: i64) -> rusqlite::Result<()> {
     let last_seen = (seen.last_seen_ms > 0).then_some(seen.last_seen_ms);
     let (error, error_ms) = seen.last_error.clone().unzip();
     conn.prepare_cached(
@@ -24,7 +24,7 @@ pub fn upsert(conn: &Connection, seen: &Seen) -> rusqlite::Result<()> {
     )?
     .execute(params![
         seen.id.as_str(),
-        seen.awake,
+        seen.awake_at(now_ms),
         last_seen,
         error,
         error_ms

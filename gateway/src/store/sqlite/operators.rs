@@ -8,18 +8,26 @@ use rusqlite::TransactionBehavior;
 use super::api::SqliteConsole;
 use super::{deadletters, devices, requests, views, SqliteStore};
 use crate::store::deadletters::DeadLetterRow;
-use crate::store::devices::{DeviceDetail, DeviceRow, Filter, Seen};
+use crate::store::devices::{DeviceDetail, DeviceNow, DeviceRow, Filter, Seen};
 use crate::store::requests::{Backlog, CancelReply, OperatorCancel, RequestDetail};
 use crate::store::StoreError;
 
 impl SqliteStore {
     /// See [`crate::store::Store::devices_seen`].
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<usize>, StoreError> {
+    /// One gateway writes a SQLite store: its view is the device's.
+    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
+        let now_ms = crate::store::now_ms();
         self.call(move |txn| {
             seen.iter()
                 .map(|row| {
-                    devices::upsert(txn, row)?;
-                    requests::held_counts(txn, Some(&row.id))
+                    devices::upsert(txn, row, now_ms)?;
+                    Ok(DeviceNow {
+                        awake: row.awake_at(now_ms),
+                        last_seen_ms: row.last_seen_ms,
+                        last_error: row.last_error.as_ref().map(|(e, _)| e.clone()),
+                        held: requests::held_counts(txn, Some(&row.id))?,
+                        pending: None,
+                    })
                 })
                 .collect()
         })
