@@ -1133,7 +1133,7 @@ async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
         .await
         .expect("ack");
     assert!(matches!(acked[0], Some(Outcome::Acked(Some(id))) if id == reply.id));
-    // A cancel of a queued request, and the reads operators and a restart make.
+    // A cancel of a queued request, and the reads operators, device status and a restart make.
     let queued = request("k1", "q");
     assert!(matches!(
         a.admit(queued.clone(), 0).await.expect("admit"),
@@ -1158,6 +1158,17 @@ async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
         vec![1],
         "the cancel's 410 is held"
     );
+    let status = a
+        .devices_seen(vec![Seen {
+            id: device("k1"),
+            awake_until_ms: now_ms() + 60_000,
+            asleep_ms: None,
+            last_seen_ms: now_ms(),
+            last_error: None,
+        }])
+        .await
+        .expect("device status");
+    assert_eq!(status[0].held, 1, "the device status counts the held 410");
     assert_eq!(a.unpublished().await.expect("unpublished").len(), 1);
     a.device("k1".into(), 10)
         .await

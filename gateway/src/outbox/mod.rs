@@ -350,17 +350,17 @@ impl Outbox {
                     .collect()
             }
         };
-        for (device, now) in due.into_iter().zip(stored) {
-            let pending = now
+        for (device, stored) in due.into_iter().zip(stored) {
+            let pending = stored
                 .pending
                 .filter(|_| self.limits.max_pending_per_device > 0)
                 .unwrap_or_else(|| self.scheduler.pending_of(&device));
             let status = DeviceStatus {
-                awake: now.awake,
-                last_seen_ms: now.last_seen_ms,
+                awake: stored.awake,
+                last_seen_ms: stored.last_seen_ms,
                 pending,
-                held: now.held,
-                last_error: now.last_error,
+                held: stored.held,
+                last_error: stored.last_error,
             };
             self.replies
                 .announce(topics::device_status(&device), status.to_json(), true)
