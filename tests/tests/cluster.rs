@@ -265,6 +265,98 @@ async fn a_devices_status_counts_the_whole_clusters_requests() {
     assert!(most <= REQUESTS, "pending {most} of {REQUESTS} requests");
 }
 
+/// A device that said `asleep` is asleep in its status whichever gateway publishes it: the
+/// gateway that runs its request saw only the request, whose listen window (60 s here) is still
+/// open when the reply is ready (and held); the `asleep` went through the broker to whichever
+/// gateway the share group picked. (Before, each gateway published its own view: the one
+/// publishing after the reply said `awake`, seen failing three times in three.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_said_asleep_is_asleep_whichever_gateway_publishes() {
+    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
+    let rig = rig(&format!(
+        "listen_window_ms = 60000\n[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n"
+    ))
+    .await;
+    let mut watcher =
+        TestDevice::watch(rig.mosquitto.addr, "aw-watch", "devices/aw-1/status").await;
+    let device = TestDevice::connect(rig.mosquitto.addr, "aw-1").await;
+    // The slow model over 2,048 rows: seconds, long past every gateway's next status write.
+    let rows = ciborium::Value::Array(vec![
+        ciborium::Value::Array(vec![
+            ciborium::Value::Float(0.5);
+            128
+        ]);
+        2048
+    ]);
+    let request = ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("model".into()),
+            ciborium::Value::Text("slow".into()),
+        ),
+        (ciborium::Value::Text("input".into()), rows),
+    ]);
+    // Its `awake`, then the request, then its `asleep`: Mosquitto hands each shared
+    // subscription's messages round to its subscribers in turn, so the `asleep` (the second
+    // presence) goes to another gateway than the request (the first request).
+    device
+        .publish_raw(
+            "devices/aw-1/presence",
+            roost_tests::device::presence(true),
+            None,
+        )
+        .await;
+    device.request("infer", &request, b"s", None).await;
+    rig.admitted(1);
+    device
+        .publish_raw(
+            "devices/aw-1/presence",
+            roost_tests::device::presence(false),
+            None,
+        )
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while rig.sql("SELECT COUNT(*) FROM devices WHERE id = 'aw-1' AND asleep_ms IS NOT NULL") != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the asleep was never written"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let queued: usize = rig
+        .sql("SELECT COUNT(*) FROM requests WHERE corr = 's'::bytea AND state = 'queued'")
+        .parse()
+        .expect("count");
+    assert_eq!(
+        queued, 1,
+        "the request still runs once the asleep is written"
+    );
+    // The reply is held for the sleeping device; the first status written after it (the only
+    // ones counting it) says asleep.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rig.sql("SELECT COUNT(*) FROM requests WHERE corr = 's'::bytea AND delivery = 'held'")
+        != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = loop {
+        let Some(status) = watcher
+            .next_json_within(std::time::Duration::from_secs(10))
+            .await
+        else {
+            panic!("no status after the reply");
+        };
+        if status["held"].as_u64() == Some(1) {
+            break status;
+        }
+    };
+    assert_eq!(status["state"], "asleep", "{status}");
+}
+
 /// A gateway is killed (SIGKILL) holding an unacknowledged reply and with queued work: the
 /// device's next wake, taken by another gateway, redelivers the held reply; after `lease_ms`
 /// the others finish the queued work; every request ends with one final reply and `executions`
