@@ -220,16 +220,16 @@ async fn a_devices_status_counts_the_whole_clusters_requests() {
     let mut watcher =
         TestDevice::watch(rig.mosquitto.addr, "st-watch", "devices/st-1/status").await;
     let device = TestDevice::connect(rig.mosquitto.addr, "st-1").await;
-    // Six runs of the slow model (300 chained 128 x 128 layers over 1,024 rows: about a second
-    // each), two per gateway behind one worker each: all six stay pending past the first
-    // status publish of every gateway (one a second).
+    // Six runs of the slow model (300 chained 128 x 128 layers over 2,048 rows: seconds each
+    // here), two per gateway behind one worker each: more than one gateway's share stays
+    // pending past the first status publish of every gateway (one a second).
     const REQUESTS: usize = 6;
     let rows = ciborium::Value::Array(vec![
         ciborium::Value::Array(vec![
             ciborium::Value::Float(0.5);
             128
         ]);
-        1024
+        2048
     ]);
     let request = ciborium::Value::Map(vec![
         (
@@ -280,13 +280,14 @@ async fn a_device_that_said_asleep_is_asleep_whichever_gateway_publishes() {
     let mut watcher =
         TestDevice::watch(rig.mosquitto.addr, "aw-watch", "devices/aw-1/status").await;
     let device = TestDevice::connect(rig.mosquitto.addr, "aw-1").await;
-    // The slow model over 2,048 rows: seconds, long past every gateway's next status write.
+    // The slow model over 4,096 rows: seconds, long past every gateway's next status write
+    // (checked below, once the asleep is written).
     let rows = ciborium::Value::Array(vec![
         ciborium::Value::Array(vec![
             ciborium::Value::Float(0.5);
             128
         ]);
-        2048
+        4096
     ]);
     let request = ciborium::Value::Map(vec![
         (
