@@ -316,6 +316,9 @@ impl Outbox {
     /// round trip that returns the status to publish: on a shared store the cluster's (wake,
     /// last seen and last error as every gateway saw them, held replies and, with
     /// `max_pending_per_device` set, pending requests of every gateway), else this gateway's.
+    /// With other gateways alive, a device another gateway published within the last second is
+    /// left to that publish and tried again a second later: the cluster publishes a busy
+    /// device about once a second, not once a second per gateway.
     async fn publish_device_status(&mut self) {
         let due = self.board.due();
         if due.is_empty() {
@@ -340,17 +343,25 @@ impl Outbox {
             Err(error) => {
                 tracing::warn!(%error, "cannot record device rows");
                 seen.iter()
-                    .map(|s| DeviceNow {
-                        awake: s.awake_at(now_ms),
-                        last_seen_ms: s.last_seen_ms,
-                        last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
-                        held: 0,
-                        pending: None,
+                    .map(|s| {
+                        Some(DeviceNow {
+                            awake: s.awake_at(now_ms),
+                            last_seen_ms: s.last_seen_ms,
+                            last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
+                            held: 0,
+                            pending: None,
+                        })
                     })
                     .collect()
             }
         };
         for (device, stored) in due.into_iter().zip(stored) {
+            // Another gateway published it within the last second: this one's sightings are in
+            // its row, and its own publish comes a second later (if nobody's came meanwhile).
+            let Some(stored) = stored else {
+                self.board.touch(&device);
+                continue;
+            };
             let pending = stored
                 .pending
                 .filter(|_| self.limits.max_pending_per_device > 0)

@@ -10,10 +10,14 @@ use super::{Engine, Store, StoreError};
 
 impl Store {
     /// Writes these devices' rows (what this gateway saw of each: its wake, last seen, last
-    /// error) and returns each one's status as the store now has it (merged with other
-    /// gateways' on a shared store; held replies and, where it can, pending requests counted),
-    /// in `seen`'s order, in one round trip.
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
+    /// error) and returns each one's status to publish as the store now has it (merged with
+    /// other gateways' on a shared store; held replies and, where it can, pending requests
+    /// counted), in `seen`'s order, in one round trip. `None` for a device whose status another
+    /// gateway published within the last second (shared store only): publish it later.
+    pub async fn devices_seen(
+        &self,
+        seen: Vec<Seen>,
+    ) -> Result<Vec<Option<DeviceNow>>, StoreError> {
         dispatch!(self.devices_seen(seen).await)
     }
 

@@ -21,8 +21,18 @@ use crate::wire::RequestId;
 /// - held replies, and pending requests: the quota slots they hold (none are taken when
 ///   `max_pending_per_device` is 0: the count is then 0 and means nothing).
 ///
+/// With other gateways alive (`shared`), a device whose status another gateway published less
+/// than [`CLAIM_MS`] ago is written but not counted, and comes back `None`: that gateway's
+/// publish stands, and this one publishes later (each gateway sees part of every busy device's
+/// traffic, and each published every such device once a second).
+///
 /// Rows go in id order, so two gateways writing overlapping sets lock them in the same order.
-pub async fn upsert(conn: &Conn, me: &str, seen: &[Seen]) -> Result<Vec<DeviceNow>, StoreError> {
+pub async fn upsert(
+    conn: &Conn,
+    me: &str,
+    seen: &[Seen],
+    shared: bool,
+) -> Result<Vec<Option<DeviceNow>>, StoreError> {
     let mut sorted: Vec<&Seen> = seen.iter().collect();
     sorted.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
     sorted.dedup_by(|a, b| a.id == b.id);
@@ -55,24 +65,26 @@ pub async fn upsert(conn: &Conn, me: &str, seen: &[Seen]) -> Result<Vec<DeviceNo
                 &me,
                 &asleep,
                 &crate::store::now_ms(),
+                &shared,
             ],
         )
         .await?;
     let mut merged = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let id: String = row.try_get(0)?;
-        let held: i64 = row.try_get(4)?;
-        let pending: i64 = row.try_get(5)?;
-        merged.insert(
-            id,
-            DeviceNow {
+        let held: Option<i64> = row.try_get(4)?;
+        let pending: Option<i64> = row.try_get(5)?;
+        let now = match (held, pending) {
+            (Some(held), Some(pending)) => Some(DeviceNow {
                 awake: row.try_get(1)?,
                 last_seen_ms: row.try_get(2)?,
                 last_error: row.try_get(3)?,
                 held: held as usize,
                 pending: Some(pending as usize),
-            },
-        );
+            }),
+            _ => None,
+        };
+        merged.insert(id, now);
     }
     seen.iter()
         .map(|s| {
@@ -88,8 +100,8 @@ pub async fn upsert(conn: &Conn, me: &str, seen: &[Seen]) -> Result<Vec<DeviceNo
 static UPSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO devices (id, awake, awake_until_ms, asleep_ms, last_seen_ms, last_error,
-                                  last_error_ms, seen_by)
-             SELECT id, until > $8, until, asleep, seen, err, err_ms, $6
+                                  last_error_ms, seen_by, status_ms)
+             SELECT id, until > $8, until, asleep, seen, err, err_ms, $6, $8
              FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[],
                          $7::bigint[])
                   AS u(id, until, seen, err, err_ms, asleep)
@@ -103,12 +115,15 @@ static UPSERT: LazyLock<String> = LazyLock::new(|| {
                                   ELSE devices.last_error END,
                 last_error_ms = CASE WHEN {NEWER_ERROR} THEN excluded.last_error_ms
                                      ELSE devices.last_error_ms END,
-                seen_by = excluded.seen_by
+                seen_by = excluded.seen_by,
+                status_ms = CASE WHEN NOT $9 OR devices.status_ms IS NULL
+                                      OR devices.status_ms <= $8 - {CLAIM_MS}
+                                 THEN $8 ELSE devices.status_ms END
              RETURNING id, awake, COALESCE(last_seen_ms, 0), last_error,
-                 (SELECT COUNT(*) FROM requests q WHERE q.device = devices.id
-                     AND q.delivery = 'held'),
-                 (SELECT COUNT(*) FROM requests q
-                     WHERE q.device = devices.id AND q.slot IS NOT NULL)"
+                 CASE WHEN status_ms = $8 THEN (SELECT COUNT(*) FROM requests q
+                     WHERE q.device = devices.id AND q.delivery = 'held') END,
+                 CASE WHEN status_ms = $8 THEN (SELECT COUNT(*) FROM requests q
+                     WHERE q.device = devices.id AND q.slot IS NOT NULL) END"
     )
 });
 
@@ -122,6 +137,11 @@ const MERGED_UNTIL: &str = "CASE WHEN excluded.asleep_ms IS NOT NULL
     WHEN COALESCE(excluded.last_seen_ms, 0) >= COALESCE(devices.asleep_ms, 0)
     THEN GREATEST(COALESCE(devices.awake_until_ms, 0), excluded.awake_until_ms)
     ELSE devices.awake_until_ms END";
+
+/// With other gateways alive, how long after one gateway published a device's status another
+/// leaves it alone: a little under the outbox's second per device, so that one gateway's own
+/// publishes a second apart never find their previous one too recent.
+pub const CLAIM_MS: i64 = 900;
 
 /// This gateway's error is newer than the stored one.
 const NEWER_ERROR: &str = "excluded.last_error IS NOT NULL

@@ -12,9 +12,13 @@ use crate::store::StoreError;
 
 impl PgStore {
     /// See [`crate::store::Store::devices_seen`].
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
+    pub async fn devices_seen(
+        &self,
+        seen: Vec<Seen>,
+    ) -> Result<Vec<Option<DeviceNow>>, StoreError> {
         let conn = self.pool.get().await?;
-        devices::upsert(&conn, &self.me, &seen).await
+        let shared = self.shared.load(std::sync::atomic::Ordering::Relaxed);
+        devices::upsert(&conn, &self.me, &seen, shared).await
     }
 
     /// See [`crate::store::Store::devices_page`].

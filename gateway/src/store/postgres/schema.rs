@@ -129,8 +129,10 @@ const MIGRATIONS: &[&str] = &[
     // (its presence, requests and acks each go to one of them), so each had its own idea of
     // whether it was awake, and the last to write its status won. The row now keeps the latest
     // window any gateway opened and when the device last said it was going to sleep
-    // (`devices::upsert` merges them).
-    "ALTER TABLE devices ADD COLUMN awake_until_ms BIGINT, ADD COLUMN asleep_ms BIGINT;",
+    // (`devices::upsert` merges them), and when a gateway last published the device's status
+    // (so that the cluster publishes it about once a second, not once per gateway).
+    "ALTER TABLE devices ADD COLUMN awake_until_ms BIGINT, ADD COLUMN asleep_ms BIGINT,
+        ADD COLUMN status_ms BIGINT;",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

@@ -15,19 +15,22 @@ use crate::store::StoreError;
 impl SqliteStore {
     /// See [`crate::store::Store::devices_seen`].
     /// One gateway writes a SQLite store: its view is the device's.
-    pub async fn devices_seen(&self, seen: Vec<Seen>) -> Result<Vec<DeviceNow>, StoreError> {
+    pub async fn devices_seen(
+        &self,
+        seen: Vec<Seen>,
+    ) -> Result<Vec<Option<DeviceNow>>, StoreError> {
         let now_ms = crate::store::now_ms();
         self.call(move |txn| {
             seen.iter()
                 .map(|row| {
                     devices::upsert(txn, row, now_ms)?;
-                    Ok(DeviceNow {
+                    Ok(Some(DeviceNow {
                         awake: row.awake_at(now_ms),
                         last_seen_ms: row.last_seen_ms,
                         last_error: row.last_error.as_ref().map(|(e, _)| e.clone()),
                         held: requests::held_counts(txn, Some(&row.id))?,
                         pending: None,
-                    })
+                    }))
                 })
                 .collect()
         })
