@@ -207,16 +207,34 @@ async fn status_and_telemetry_are_handled_once_by_any_gateway() {
     }
 }
 
+/// `[models.slow]` (300 chained 128 x 128 layers, tests/fixtures/models) for a rig's extra
+/// config, with room for long runs.
+fn slow_model() -> String {
+    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
+    format!("[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n")
+}
+
+/// An `infer` request of the slow model over `rows` rows of 128 features.
+fn slow_infer(rows: usize) -> ciborium::Value {
+    let row = ciborium::Value::Array(vec![ciborium::Value::Float(0.5); 128]);
+    ciborium::Value::Map(vec![
+        (
+            ciborium::Value::Text("model".into()),
+            ciborium::Value::Text("slow".into()),
+        ),
+        (
+            ciborium::Value::Text("input".into()),
+            ciborium::Value::Array(vec![row; rows]),
+        ),
+    ])
+}
+
 /// A device's retained status is the cluster's: its requests, spread by the broker over the
 /// three gateways, are all counted in `pending` whichever gateway publishes the status (each
 /// used to count only its own share).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_devices_status_counts_the_whole_clusters_requests() {
-    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
-    let rig = rig(&format!(
-        "[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n"
-    ))
-    .await;
+    let rig = rig(&slow_model()).await;
     let mut watcher =
         TestDevice::watch(rig.mosquitto.addr, "st-watch", "devices/st-1/status").await;
     let device = TestDevice::connect(rig.mosquitto.addr, "st-1").await;
@@ -224,20 +242,7 @@ async fn a_devices_status_counts_the_whole_clusters_requests() {
     // here), two per gateway behind one worker each: more than one gateway's share stays
     // pending past the first status publish of every gateway (one a second).
     const REQUESTS: usize = 6;
-    let rows = ciborium::Value::Array(vec![
-        ciborium::Value::Array(vec![
-            ciborium::Value::Float(0.5);
-            128
-        ]);
-        2048
-    ]);
-    let request = ciborium::Value::Map(vec![
-        (
-            ciborium::Value::Text("model".into()),
-            ciborium::Value::Text("slow".into()),
-        ),
-        (ciborium::Value::Text("input".into()), rows),
-    ]);
+    let request = slow_infer(2048);
     for i in 0..REQUESTS {
         device
             .request("infer", &request, format!("s{i}").as_bytes(), None)
@@ -272,30 +277,13 @@ async fn a_devices_status_counts_the_whole_clusters_requests() {
 /// publishing after the reply said `awake`, seen failing three times in three.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_said_asleep_is_asleep_whichever_gateway_publishes() {
-    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
-    let rig = rig(&format!(
-        "listen_window_ms = 60000\n[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n"
-    ))
-    .await;
+    let rig = rig(&format!("listen_window_ms = 60000\n{}", slow_model())).await;
     let mut watcher =
         TestDevice::watch(rig.mosquitto.addr, "aw-watch", "devices/aw-1/status").await;
     let device = TestDevice::connect(rig.mosquitto.addr, "aw-1").await;
     // The slow model over 4,096 rows: seconds, long past every gateway's next status write
     // (checked below, once the asleep is written).
-    let rows = ciborium::Value::Array(vec![
-        ciborium::Value::Array(vec![
-            ciborium::Value::Float(0.5);
-            128
-        ]);
-        4096
-    ]);
-    let request = ciborium::Value::Map(vec![
-        (
-            ciborium::Value::Text("model".into()),
-            ciborium::Value::Text("slow".into()),
-        ),
-        (ciborium::Value::Text("input".into()), rows),
-    ]);
+    let request = slow_infer(4096);
     // Its `awake`, then the request, then its `asleep`: Mosquitto hands each shared
     // subscription's messages round to its subscribers in turn, so the `asleep` (the second
     // presence) goes to another gateway than the request (the first request).

@@ -80,6 +80,19 @@ async fn gateway_store(url: &str, dir: &std::path::Path, id: &str) -> Store {
     Store::open(&config, dir).await.expect("open")
 }
 
+/// Admits `request` alone in a batch, with the device quota `max_pending`.
+async fn admit_alone(store: &Store, request: NewRequest, max_pending: usize) -> Admission {
+    let command = Command::Admit {
+        request,
+        dedupe_after_ms: 0,
+        max_pending,
+    };
+    match store.batch(vec![Some(command)]).await.expect("batch").pop() {
+        Some(Some(Outcome::Admitted(admission))) => admission,
+        other => panic!("not an admission: {other:?}"),
+    }
+}
+
 fn cancelled(id: RequestId, _envelope: bool, _of: &Correlation) -> Vec<u8> {
     id.as_bytes().to_vec()
 }
@@ -722,18 +735,8 @@ async fn postgres_gateways_share_the_device_quota_and_the_wake_redelivery() {
     let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let (a, b) = (open("gw-a").await, open("gw-b").await);
     let admit = |store: &Store, request: NewRequest| {
-        let command = Command::Admit {
-            request,
-            dedupe_after_ms: 0,
-            max_pending: 2,
-        };
         let store = store.clone();
-        async move {
-            match store.batch(vec![Some(command)]).await.expect("batch").pop() {
-                Some(Some(Outcome::Admitted(admission))) => admission,
-                other => panic!("not an admission: {other:?}"),
-            }
-        }
+        async move { admit_alone(&store, request, 2).await }
     };
     let first = request("q1", "p1");
     let id = first.id;
@@ -808,17 +811,11 @@ async fn postgres_gateways_merge_what_each_saw_of_a_device() {
     let open = |id: &'static str| gateway_store(&url, dir.path(), id);
     let (a, b) = (open("gw-a").await, open("gw-b").await);
     let admit = |store: &Store, request: NewRequest| {
-        let command = Command::Admit {
-            request,
-            dedupe_after_ms: 0,
-            max_pending: 4,
-        };
         let store = store.clone();
         async move {
-            let outcome = store.batch(vec![Some(command)]).await.expect("batch");
             assert!(matches!(
-                outcome.as_slice(),
-                [Some(Outcome::Admitted(Admission::New))]
+                admit_alone(&store, request, 4).await,
+                Admission::New
             ));
         }
     };
@@ -969,17 +966,7 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
     let store = gateway_store(&url, dir.path(), "gw-a").await;
     let admit = |request: NewRequest| {
         let store = store.clone();
-        async move {
-            let command = Command::Admit {
-                request,
-                dedupe_after_ms: 0,
-                max_pending: 2,
-            };
-            match store.batch(vec![Some(command)]).await.expect("batch").pop() {
-                Some(Some(Outcome::Admitted(admission))) => admission,
-                other => panic!("not an admission: {other:?}"),
-            }
-        }
+        async move { admit_alone(&store, request, 2).await }
     };
     // Another gateway's admission of device q1 in slot 0, not yet committed.
     let other = RequestId::new();
