@@ -27,7 +27,7 @@ use crate::flow::{DeviceEvent, OutboundReply, Replies};
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::store::deadletters::Undeliverable;
-use crate::store::devices::{DeviceNow, Seen};
+use crate::store::devices::Seen;
 use crate::store::requests::FinalReply;
 use crate::store::{now_ms, Store};
 use crate::wire::{topics, DeviceId, Status};
@@ -342,17 +342,7 @@ impl Outbox {
             Ok(stored) => stored,
             Err(error) => {
                 tracing::warn!(%error, "cannot record device rows");
-                seen.iter()
-                    .map(|s| {
-                        Some(DeviceNow {
-                            awake: s.awake_at(now_ms),
-                            last_seen_ms: s.last_seen_ms,
-                            last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
-                            held: 0,
-                            pending: None,
-                        })
-                    })
-                    .collect()
+                seen.iter().map(|s| Some(s.alone(now_ms, 0))).collect()
             }
         };
         for (device, stored) in due.into_iter().zip(stored) {

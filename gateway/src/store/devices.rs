@@ -93,6 +93,18 @@ impl Seen {
     pub fn awake_at(&self, now_ms: i64) -> bool {
         self.awake_until_ms > now_ms
     }
+
+    /// The status this gateway's view alone gives at `now_ms`, with `held` replies (what a
+    /// store with one gateway returns, and what the outbox publishes when the store fails).
+    pub fn alone(&self, now_ms: i64, held: usize) -> DeviceNow {
+        DeviceNow {
+            awake: self.awake_at(now_ms),
+            last_seen_ms: self.last_seen_ms,
+            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
+            held,
+            pending: None,
+        }
+    }
 }
 
 /// A device's status as the store has it once [`Seen`] is written: the cluster's view on a

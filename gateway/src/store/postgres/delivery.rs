@@ -89,35 +89,6 @@ pub async fn held_for(
     Ok(held)
 }
 
-/// Counts that a final reply was handed to the broker `n` times, the last just now; whether
-/// the count was settled: written, or dropped because the reply is no longer held (not: another
-/// transaction holds its row; see [`super::grouped::published`]).
-pub async fn mark_published(conn: &Conn, id: RequestId, n: u32) -> Result<bool, StoreError> {
-    let statement = conn
-        .statement(
-            "WITH counted AS (
-                 UPDATE requests SET published = published + $3, sent_ms = $2
-                 WHERE id = (SELECT id FROM requests WHERE id = $1 AND COALESCE(delivery, '') = 'held'
-                             FOR UPDATE SKIP LOCKED)
-                 RETURNING id)
-             SELECT id FROM counted
-             UNION ALL SELECT id FROM requests WHERE id = $1 AND delivery <> 'held'",
-        )
-        .await?;
-    let counted = conn
-        .client
-        .execute(
-            &statement,
-            &[
-                &id.as_bytes().as_slice(),
-                &crate::store::now_ms(),
-                &(n as i32),
-            ],
-        )
-        .await?;
-    Ok(counted > 0)
-}
-
 /// The device acknowledged its final reply: stop holding it, and count the publishes of it
 /// not yet counted (see [`super::marks`]).
 pub async fn ack(

@@ -4,7 +4,7 @@
 
 use super::marks::{Count, Mark};
 use super::pool::Conn;
-use super::{delivery, requests, tables};
+use super::{delivery, grouped, requests, tables};
 use crate::store::commands::{Command, Outcome};
 use crate::store::requests::{Completion, FinalReply};
 use crate::store::StoreError;
@@ -34,7 +34,8 @@ pub enum Done {
     Command(Outcome),
     /// For [`Work::Complete`]: whether the request was still queued.
     Completed(bool),
-    /// For [`Work::Published`]: whether it was counted (not: its row was locked elsewhere).
+    /// For [`Work::Published`]: whether the count was settled (not: its row was locked
+    /// elsewhere; see [`grouped::published`]).
     Published(bool),
     /// For [`Work::HeldFor`].
     Held(Vec<FinalReply>),
@@ -56,9 +57,13 @@ async fn run_work(conn: &Conn, me: &str, work: &Work) -> Result<Done, StoreError
     Ok(match work {
         Work::Command(command) => Done::Command(run_command(conn, me, command).await?),
         Work::Complete(completion) => Done::Completed(requests::complete(conn, completion).await?),
-        Work::Published(mark) => {
-            Done::Published(delivery::mark_published(conn, mark.count.id, mark.count.n).await?)
-        }
+        Work::Published(mark) => Done::Published(
+            grouped::published(conn, &[mark.count])
+                .await?
+                .first()
+                .copied()
+                .unwrap_or(false),
+        ),
         // An ack that ends nothing drops the publishes it carries: its reply is no longer held.
         Work::Ack(device, corr, count) => Done::Command(Outcome::Acked(
             delivery::ack(conn, device, corr, *count).await?,

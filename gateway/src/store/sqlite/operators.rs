@@ -24,13 +24,8 @@ impl SqliteStore {
             seen.iter()
                 .map(|row| {
                     devices::upsert(txn, row, now_ms)?;
-                    Ok(Some(DeviceNow {
-                        awake: row.awake_at(now_ms),
-                        last_seen_ms: row.last_seen_ms,
-                        last_error: row.last_error.as_ref().map(|(e, _)| e.clone()),
-                        held: requests::held_counts(txn, Some(&row.id))?,
-                        pending: None,
-                    }))
+                    let held = requests::held_counts(txn, Some(&row.id))?;
+                    Ok(Some(row.alone(now_ms, held)))
                 })
                 .collect()
         })
