@@ -88,6 +88,15 @@ impl PgCluster {
         self.dir.path().join("server.log")
     }
 
+    /// How many times the server has logged `deadlock detected` (written as it happens, unlike
+    /// `pg_stat_database.deadlocks`, which a backend reports up to seconds later).
+    pub fn deadlocks_logged(&self) -> usize {
+        std::fs::read_to_string(self.log_file())
+            .unwrap_or_default()
+            .matches("deadlock detected")
+            .count()
+    }
+
     fn as_postgres(&self, program: &str, args: &[&str]) -> Output {
         let program = self.bin.join(program);
         let mut command = if is_root() {

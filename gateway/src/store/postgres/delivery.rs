@@ -46,7 +46,8 @@ pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, St
 /// period holds only while another gateway's lease runs, as the database says at the claim (a
 /// gateway's cached view of the cluster lags by up to a heartbeat: one that had not yet seen a
 /// gateway join redelivered at once, and sent replies twice); `me` alone, every held reply of
-/// the devices is sent.
+/// the devices is sent. Rows are locked in id order, as acks lock theirs, so that two
+/// gateways' claims and acks of the same devices wait for each other instead of deadlocking.
 pub async fn held_for(
     conn: &Conn,
     me: &str,
@@ -59,15 +60,19 @@ pub async fn held_for(
             "WITH quiet AS (
                  SELECT CASE WHEN EXISTS (SELECT 1 FROM gateways g
                                           WHERE g.id <> $5 AND g.lease_until_ms > $3)
-                        THEN $4::bigint ELSE 9223372036854775807 END AS before)
+                        THEN $4::bigint ELSE 9223372036854775807 END AS before),
+             c AS MATERIALIZED (
+                 SELECT q.id FROM quiet w, UNNEST($1::text[]) AS d(device)
+                 CROSS JOIN LATERAL (
+                     SELECT id FROM requests q
+                     WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
+                       AND q.sent_ms <= w.before
+                     ORDER BY q.id LIMIT $2) q),
+             l AS MATERIALIZED (
+                 SELECT r.id FROM requests r JOIN c ON r.id = c.id ORDER BY r.id FOR UPDATE OF r)
              UPDATE requests r SET sent_ms = $3
-             FROM quiet w, (SELECT q.id FROM quiet w, UNNEST($1::text[]) AS d(device)
-                   CROSS JOIN LATERAL (
-                      SELECT id FROM requests q
-                      WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
-                        AND q.sent_ms <= w.before
-                      ORDER BY q.id LIMIT $2) q) c
-             WHERE r.id = c.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before
+             FROM quiet w, l
+             WHERE r.id = l.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before
              RETURNING r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
                        r.envelope",
         )

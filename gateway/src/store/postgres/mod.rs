@@ -84,12 +84,6 @@ impl From<tokio_postgres::Error> for StoreError {
     }
 }
 
-/// Whether a pool of `pool_size` connections runs two committers (intake's and the rest's, see
-/// [`lanes`]): when that leaves a connection for reads.
-fn two_lanes(pool_size: usize) -> bool {
-    pool_size >= 3
-}
-
 /// A handle to the PostgreSQL store. Cheap to clone.
 #[derive(Clone)]
 pub struct PgStore {
@@ -132,13 +126,7 @@ impl PgStore {
         drop(conn);
         let commit_latency = Arc::new(Histogram::default());
         let shared = Arc::new(AtomicBool::new(false));
-        let lanes = Arc::new(lanes::Lanes::start(
-            two_lanes(pool_size),
-            &pool,
-            &commit_latency,
-            me,
-            &shared,
-        ));
+        let lanes = Arc::new(lanes::Lanes::start(&pool, &commit_latency, me, &shared));
         let marks = Arc::new(marks::Marks::default());
         tokio::spawn(marks::flush(marks.clone(), Arc::downgrade(&lanes)));
         Ok(PgStore {
