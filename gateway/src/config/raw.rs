@@ -152,7 +152,9 @@ pub struct RawStore {
     pub synchronous: String,
     /// PostgreSQL: `postgres://user@host:port/db`.
     pub url: String,
-    /// PostgreSQL: connections per gateway.
+    /// PostgreSQL: connections per gateway. The default, 2, is one per committer: more
+    /// connections only added busy server backends on a small box (docs/BENCHMARKS.md, session
+    /// 10).
     pub pool_size: u64,
     /// PostgreSQL: a dead gateway's claimed work moves on after this.
     pub lease_ms: u64,
@@ -164,7 +166,7 @@ impl Default for RawStore {
             engine: "sqlite".into(),
             synchronous: "full".into(),
             url: String::new(),
-            pool_size: 4,
+            pool_size: 2,
             lease_ms: 10_000,
         }
     }
