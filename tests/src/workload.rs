@@ -1,7 +1,9 @@
 //! Work that is tiny to send and long to run: a device's stored telemetry ([`READINGS`] readings
 //! of metric `x`, one a millisecond, ending now) and windowed ops over it. A `spectrum` over that
 //! window keeps a worker busy for a good while from a request of a few bytes, so tests can build
-//! a real backlog (fairness, drain) without multi-megabyte payloads.
+//! a real backlog (fairness, drain) without multi-megabyte payloads. Or, with no telemetry to
+//! upload first, `infer` on the slow fixture model ([`slow_model`], [`slow_infer`]): its cost
+//! grows with the rows, its payload stays small.
 
 use ciborium::Value;
 use gateway::wire::Status;
@@ -83,4 +85,20 @@ pub async fn store_telemetry(device: &mut TestDevice) {
         }
     }
     assert_eq!(stored, READINGS, "all telemetry stored");
+}
+
+/// `[models.slow]` (300 chained 128 x 128 layers, `tests/fixtures/models`) for a gateway's
+/// config, with room for long runs.
+pub fn slow_model() -> String {
+    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
+    format!("[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n")
+}
+
+/// Args of an `infer` of the slow model over `rows` rows of 128 features.
+pub fn slow_infer(rows: usize) -> Value {
+    let row = Value::Array(vec![Value::Float(0.5); 128]);
+    Value::Map(vec![
+        (text("model"), text("slow")),
+        (text("input"), Value::Array(vec![row; rows])),
+    ])
 }

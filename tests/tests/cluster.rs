@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use gateway::wire::Status;
 use roost_tests::device::{values, TestDevice};
 use roost_tests::postgres::PgCluster;
+use roost_tests::workload::{slow_infer, slow_model};
 use roost_tests::{http_get, Gateway, Mosquitto};
 
 /// One gateway of the cluster; `store` adds to its `[store]` table, `extra` follows `[limits]`.
@@ -205,28 +206,6 @@ async fn status_and_telemetry_are_handled_once_by_any_gateway() {
         );
         tokio::task::yield_now().await;
     }
-}
-
-/// `[models.slow]` (300 chained 128 x 128 layers, tests/fixtures/models) for a rig's extra
-/// config, with room for long runs.
-fn slow_model() -> String {
-    let slow = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/models/slow.onnx");
-    format!("[models.slow]\npath = {slow:?}\ntimeout_ms = 120000\n")
-}
-
-/// An `infer` request of the slow model over `rows` rows of 128 features.
-fn slow_infer(rows: usize) -> ciborium::Value {
-    let row = ciborium::Value::Array(vec![ciborium::Value::Float(0.5); 128]);
-    ciborium::Value::Map(vec![
-        (
-            ciborium::Value::Text("model".into()),
-            ciborium::Value::Text("slow".into()),
-        ),
-        (
-            ciborium::Value::Text("input".into()),
-            ciborium::Value::Array(vec![row; rows]),
-        ),
-    ])
 }
 
 /// A device's retained status is the cluster's: its requests, spread by the broker over the
