@@ -16,6 +16,7 @@
 #   LOOP="--rate 2000" PARTS=2 device-sim/store_bench.sh  offered load instead of closed loops
 #   WAITS=1 PARTS=2 device-sim/store_bench.sh           and what the server's backends wait on
 #   MEMBER_TOML='[limits]\nmax_pending_per_device = 4'  extra TOML for part 2's gateways
+#   MEMBER_GATEWAY='workers = 1'                     extra [gateway] keys for part 2's gateways
 #   WARMUP=0 device-sim/store_bench.sh                  no 5 s warm-up (with an ANALYZE under
 #                                                       load) before each measured run
 #   PG_OPTIONS="-c shared_preload_libraries=auto_explain -c auto_explain.log_min_duration=0"
@@ -212,7 +213,7 @@ mosquitto_pid=$!
 pids+=("$mosquitto_pid")
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
 member() { # $1 = name, $2 = database, $3 = lease_ms
-    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3\n${MEMBER_TOML:-}"
+    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3\n${MEMBER_TOML:-}" "${MEMBER_GATEWAY:-}"
 }
 if [[ $parts == *2* ]]; then
 echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
