@@ -957,6 +957,40 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
     assert_eq!(published(), "1", "counted once the row was free");
 }
 
+/// A wake's redelivery claim leaves a reply whose row another transaction holds (its ack, or its
+/// publish count, through another gateway) for a later wake instead of waiting for it: the claim
+/// runs after its batch's publish counts, which hold their rows, so two gateways' claims
+/// waiting for each other's counted rows could deadlock. Once the row is free, a wake sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_redelivery_claim_skips_a_locked_row() {
+    let (cluster, url, dir) = pg_database("claim").await;
+    let store = Store::open(&postgres(&url), dir.path())
+        .await
+        .expect("open");
+    let reply = held_reply(&store, "c1", "k").await;
+    store.mark_published(reply.id, &reply.device, &reply.corr);
+    store.ping().await.expect("ping");
+    let open = cluster.hold(
+        "claim",
+        "SELECT id FROM requests WHERE corr = 'k' FOR UPDATE",
+    );
+    let held = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.held_for(vec![device("c1")], 8, Duration::ZERO),
+    )
+    .await
+    .expect("the claim does not wait for the locked row")
+    .expect("held");
+    assert!(held.is_empty(), "left for a later wake: {held:?}");
+    open.commit();
+    let held = store
+        .held_for(vec![device("c1")], 8, Duration::ZERO)
+        .await
+        .expect("held");
+    assert_eq!(held.len(), 1, "the next wake sends it");
+    assert_eq!(held[0].id, reply.id);
+}
+
 /// The device quota is kept by slots, without a lock: a gateway whose admission picked the slot
 /// another gateway's uncommitted admission holds waits for that commit, then takes another free
 /// slot; once every slot is held, the next admission is over the quota.

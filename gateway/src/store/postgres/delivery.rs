@@ -46,8 +46,10 @@ pub async fn unpublished(conn: &Conn, owner: &str) -> Result<Vec<FinalReply>, St
 /// period holds only while another gateway's lease runs, as the database says at the claim (a
 /// gateway's cached view of the cluster lags by up to a heartbeat: one that had not yet seen a
 /// gateway join redelivered at once, and sent replies twice); `me` alone, every held reply of
-/// the devices is sent. Rows are locked in id order, as acks lock theirs, so that two
-/// gateways' claims and acks of the same devices wait for each other instead of deadlocking.
+/// the devices is sent. A reply whose row another transaction holds is left for a later wake:
+/// it is being acked, counted (its publisher sent it a moment ago) or claimed elsewhere. So a
+/// claim never waits for a lock: it runs after its batch's publish counts, which hold their
+/// rows, and two gateways' batches each waiting for the other's counted rows would deadlock.
 pub async fn held_for(
     conn: &Conn,
     me: &str,
@@ -69,7 +71,7 @@ pub async fn held_for(
                        AND q.sent_ms <= w.before
                      ORDER BY q.id LIMIT $2) q),
              l AS MATERIALIZED (
-                 SELECT r.id FROM requests r JOIN c ON r.id = c.id ORDER BY r.id FOR UPDATE OF r)
+                 SELECT r.id FROM requests r JOIN c ON r.id = c.id FOR UPDATE OF r SKIP LOCKED)
              UPDATE requests r SET sent_ms = $3
              FROM quiet w, l
              WHERE r.id = l.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before

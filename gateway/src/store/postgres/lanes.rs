@@ -11,8 +11,8 @@
 //! batches (which intake sends one at a time) see each other, and a wake's redelivery read sees
 //! the publish counts queued before it. What the two lanes write of one row cannot deadlock: a
 //! request's completion follows its admission's commit and precedes its reply; publish counts
-//! skip rows held elsewhere (`grouped::published`); an ack meets a redelivery claim as it
-//! would another gateway's.
+//! skip rows held elsewhere (`grouped::published`), and so do redelivery claims
+//! (`delivery::held_for`): the workers' and the outbox's lane never waits for a row lock.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
