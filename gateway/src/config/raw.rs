@@ -152,9 +152,8 @@ pub struct RawStore {
     pub synchronous: String,
     /// PostgreSQL: `postgres://user@host:port/db`.
     pub url: String,
-    /// PostgreSQL: connections per gateway. The default, 2, is one per committer: more
-    /// connections only added busy server backends on a small box (docs/BENCHMARKS.md, session
-    /// 10).
+    /// PostgreSQL: connections per gateway. The default, 2, is one per committer; 4 did no
+    /// better on a small box (docs/BENCHMARKS.md, session 10).
     pub pool_size: u64,
     /// PostgreSQL: a dead gateway's claimed work moves on after this.
     pub lease_ms: u64,

@@ -36,8 +36,8 @@ pub struct Lanes {
 
 impl Lanes {
     /// Starts the two committers. Whatever the pool's size: with one lane, a transaction held
-    /// a wake's redelivery claim and acks together, and two gateways' such transactions
-    /// deadlocked each other (13 deadlocks, 1 s each, in 10 s of three gateways at
+    /// publish counts (which lock rows) and acks (which wait for rows) together, and two
+    /// gateways' such transactions deadlocked each other (13 deadlocks, 1 s each, in 10 s of three gateways at
     /// `pool_size = 2`: a third of the throughput); a pool of one or two connections makes
     /// them take turns instead.
     pub fn start(
