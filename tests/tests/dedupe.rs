@@ -59,13 +59,24 @@ async fn duplicates_never_run_the_op_again() {
     assert_ne!(accepted.reply.request_id, Some(request_ids[0]));
 }
 
+/// The dedupe window: long enough for a kill and restart inside it on a slow machine (a
+/// 2 s window was once outlasted by the restart under load), and waited out after.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(6);
+
 #[tokio::test]
 async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
-    let mut gateway = Gateway::start_with("[limits]\ndedupe_window_s = 2\n");
+    let mut gateway = Gateway::start_with(&format!(
+        "[limits]\ndedupe_window_s = {}\n",
+        WINDOW.as_secs()
+    ));
     let mut device = TestDevice::connect(gateway.mqtt, "dd-3").await;
     let args = values(&[7.0, 8.0]);
+    let sent = std::time::Instant::now();
     device.request("stats", &args, b"k", None).await;
     let accepted = device.reply_for(b"k").await;
+    // The gateway received the request between `sent` and now: its window ends after
+    // `sent + WINDOW` and by `received_by + WINDOW`.
+    let received_by = std::time::Instant::now();
     let first_id = accepted.reply.request_id.expect("request_id");
     let done = loop {
         let got = device.reply_for(b"k").await;
@@ -82,6 +93,11 @@ async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
     let mut device = TestDevice::connect(gateway.mqtt, "dd-3").await;
     device.request("stats", &args, b"k", None).await;
     let again = device.reply_for(b"k").await;
+    assert!(
+        sent.elapsed() < WINDOW,
+        "the restart took longer than the dedupe window ({:?}): the test cannot tell",
+        sent.elapsed()
+    );
     assert_eq!(
         again.reply.request_id,
         Some(first_id),
@@ -89,8 +105,9 @@ async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
     );
     assert_eq!(again.payload, done.payload);
 
-    // Let the two-second window pass: the same correlation is then a new request.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Let the window pass: the same correlation is then a new request.
+    tokio::time::sleep_until((received_by + WINDOW + std::time::Duration::from_millis(100)).into())
+        .await;
     device.request("stats", &args, b"k", None).await;
     let fresh = device.reply_for(b"k").await;
     assert_eq!(fresh.reply.status, Status::Accepted);
