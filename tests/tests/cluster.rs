@@ -383,7 +383,7 @@ async fn a_killed_gateways_replies_and_work_are_taken_over() {
         .expect("count");
     assert!(
         queued_there > 0,
-        "the killed gateway had queued work to take over (the test needs heavier requests)"
+        "the killed gateway had queued work to take over (the test needs slower requests)"
     );
     // Accepted means committed: a request the holder had not committed when it died was never
     // accepted (no 202; a device retries it, or the broker hands it to another gateway).

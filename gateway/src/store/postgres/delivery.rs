@@ -62,19 +62,15 @@ pub async fn held_for(
             "WITH quiet AS (
                  SELECT CASE WHEN EXISTS (SELECT 1 FROM gateways g
                                           WHERE g.id <> $5 AND g.lease_until_ms > $3)
-                        THEN $4::bigint ELSE 9223372036854775807 END AS before),
-             c AS MATERIALIZED (
-                 SELECT q.id FROM quiet w, UNNEST($1::text[]) AS d(device)
-                 CROSS JOIN LATERAL (
-                     SELECT id FROM requests q
-                     WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
-                       AND q.sent_ms <= w.before
-                     ORDER BY q.id LIMIT $2) q),
-             l AS MATERIALIZED (
-                 SELECT r.id FROM requests r JOIN c ON r.id = c.id FOR UPDATE OF r SKIP LOCKED)
+                        THEN $4::bigint ELSE 9223372036854775807 END AS before)
              UPDATE requests r SET sent_ms = $3
-             FROM quiet w, l
-             WHERE r.id = l.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before
+             FROM quiet w, (SELECT q.id FROM quiet w, UNNEST($1::text[]) AS d(device)
+                   CROSS JOIN LATERAL (
+                      SELECT id FROM requests q
+                      WHERE q.device = d.device AND q.delivery = 'held' AND q.published > 0
+                        AND q.sent_ms <= w.before
+                      ORDER BY q.id LIMIT $2 FOR UPDATE SKIP LOCKED) q) c
+             WHERE r.id = c.id AND COALESCE(r.delivery, '') = 'held' AND r.sent_ms <= w.before
              RETURNING r.id, r.device, r.corr, r.reply_topic, r.status, r.reply, r.expires_ms,
                        r.envelope",
         )
