@@ -162,12 +162,27 @@ pub fn load(name: &str, raw: &RawModel) -> Result<Model, ModelError> {
         )
     };
     // Decluttered (free dimensions still symbols) is kept to specialise plans per size later;
-    // optimised from it, the free plan serves every size.
+    // optimised from it, the free plan serves every size. A graph with no free dimension is
+    // bound already: its one plan gets the kernel trials a specialised plan gets.
     let decluttered = model
         .into_typed()
         .and_then(|typed| typed.into_decluttered())
         .map_err(cannot_take)?;
-    let typed = decluttered.clone().into_optimized().map_err(cannot_take)?;
+    let bound = (0..decluttered.inputs.len()).all(|ix| {
+        decluttered
+            .input_fact(ix)
+            .is_ok_and(|fact| fact.shape.is_concrete())
+    });
+    let plan = if bound {
+        super::kernels::optimise(&decluttered).map(|tuned| tuned.plan)
+    } else {
+        decluttered
+            .clone()
+            .into_optimized()
+            .and_then(IntoRunnable::into_runnable)
+    }
+    .map_err(cannot_take)?;
+    let typed = plan.model();
     let mut inputs = Vec::new();
     for (ix, name) in input_names.iter().enumerate() {
         let fact = typed.input_fact(ix).map_err(cannot_take)?;
@@ -217,7 +232,6 @@ pub fn load(name: &str, raw: &RawModel) -> Result<Model, ModelError> {
             dims: fact.shape.iter().map(|d| d.to_string()).collect(),
         });
     }
-    let plan = typed.into_runnable().map_err(cannot_take)?;
     let mut model = Model {
         name: name.to_owned(),
         path: raw.path.clone(),

@@ -3,7 +3,8 @@
 //! Fed by `[models.NAME]` config tables ([`config`]): at start every model is loaded, checked
 //! against its declared inputs and optimised once by tract, a pure-Rust runtime ([`load`]), then
 //! timed by a warm-up whose figures seed the scheduler's cost model. Sizes seen twice get a plan
-//! of their own, optimised in the background ([`plans`]). A mistake (missing or
+//! of their own, optimised in the background ([`plans`]), whose matrix-product kernel is timed
+//! against the alternatives on this machine ([`kernels`]). A mistake (missing or
 //! invalid file, a declared shape the graph cannot take) is a [`ModelError`] naming the key:
 //! exit 2. The loaded [`Registry`] is installed once ([`install`]) before serving.
 //!
@@ -23,6 +24,7 @@ use ciborium::Value;
 
 pub mod config;
 mod infer;
+mod kernels;
 pub mod list;
 pub mod load;
 mod plans;
@@ -30,6 +32,8 @@ pub mod run;
 mod tensor;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_kernels;
 #[cfg(test)]
 mod tests_plans;
 

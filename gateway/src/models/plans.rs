@@ -1,7 +1,8 @@
 //! Plans specialised per batch size: a model's free dimensions (`"N"`) cost tract dearly at run
 //! time (measured ~4× on the MLP: with a symbolic size it cannot specialise its matrix products,
 //! docs/BENCHMARKS.md), so once a size has been seen [`BUILD_AFTER`] times a plan with the
-//! free dimensions bound to it is optimised in the background and used from then on.
+//! free dimensions bound to it is optimised in the background and used from then on. Its matrix
+//! products' kernel is chosen by trial on this machine ([`super::kernels`]).
 //!
 //! Fed by [`super::Model::run`] (the free-dimension sizes of each run's inputs) and by
 //! [`super::load`], which hands over the decluttered graph and its free plan. Feeds the run with
@@ -18,7 +19,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tract_onnx::prelude::{IntoRunnable, Symbol, TDim, TValue, TypedModel, TypedSimplePlan};
+use tract_onnx::prelude::{Symbol, TDim, TValue, TypedModel, TypedSimplePlan};
 
 /// Runs of one size before its specialised plan is built (one-off sizes never cost an
 /// optimisation).
@@ -232,15 +233,20 @@ impl Plans {
         let built = catch_unwind(AssertUnwindSafe(|| {
             self.decluttered
                 .set_symbols(&values)
-                .and_then(TypedModel::into_optimized)
-                .and_then(IntoRunnable::into_runnable)
+                .and_then(|bound| super::kernels::optimise(&bound))
         }));
         let entry = match built {
-            Ok(Ok(plan)) => {
+            Ok(Ok(tuned)) => {
                 let ms = started.elapsed().as_millis() as u64;
-                tracing::debug!(model = %self.name, sizes = ?key, ms, "specialised plan ready");
+                tracing::debug!(
+                    model = %self.name, sizes = ?key, ms,
+                    kernel = tuned.kernel.unwrap_or("tract's choice"),
+                    tract_us = format!("{:.1}", tuned.tract_us),
+                    kept_us = format!("{:.1}", tuned.kept_us),
+                    "specialised plan ready"
+                );
                 Entry::Ready {
-                    plan,
+                    plan: tuned.plan,
                     used: self.tick.fetch_add(1, Ordering::Relaxed),
                 }
             }

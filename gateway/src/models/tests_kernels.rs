@@ -1,0 +1,101 @@
+//! Kernel trials ([`super::kernels`]): our dispatch tier forces a kernel only while a trial
+//! builds; the plan kept answers as tract's own; a forced kernel is kept only past the margin.
+
+use tract_onnx::prelude::{
+    DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor, TypedModel,
+};
+use tract_onnx::tract_core::internal::DatumExt;
+use tract_onnx::tract_core::tract_linalg::MmmDispatch;
+
+use super::kernels::{f32_kernels, optimise, pick, with_forced, MARGIN};
+use super::tests::fixtures;
+
+const ROWS: usize = 1000;
+
+/// The MLP fixture with its batch bound to 1,000 rows, decluttered, not optimised.
+fn bound_mlp() -> TypedModel {
+    tract_onnx::onnx()
+        .model_for_path(fixtures().join("mlp.onnx"))
+        .and_then(|m| m.with_input_fact(0, f32::fact([ROWS, 8]).into()))
+        .and_then(|m| m.into_typed())
+        .and_then(|m| m.into_decluttered())
+        .expect("mlp.onnx loads")
+}
+
+fn rows() -> Tensor {
+    let data: Vec<f32> = (0..ROWS * 8)
+        .map(|i| ((i * 7919) % 1000) as f32 / 300.0 - 1.5)
+        .collect();
+    Tensor::from_shape(&[ROWS, 8], &data).expect("tensor")
+}
+
+/// An f32 kernel of this machine's own instruction set (tract's dispatch ignores a generic one)
+/// with more than one column, other than `not`.
+fn another_kernel(not: &[&str]) -> &'static str {
+    MmmDispatch::native()
+        .runnable()
+        .iter()
+        .filter(|k| k.internal_type() == DatumType::F32 && k.nr() > 1 && k.arch().is_some())
+        .map(|k| k.name())
+        .find(|k| !not.contains(k))
+        .expect("an f32 kernel for this machine beside tract's choice")
+}
+
+#[test]
+fn a_forced_kernel_serves_every_f32_product_only_while_forced() {
+    let bound = bound_mlp();
+    let own = f32_kernels(&bound.clone().into_optimized().expect("optimises"));
+    assert!(!own.is_empty(), "the MLP's products run f32 kernels");
+    let kernel = another_kernel(&own);
+    let forced = with_forced(kernel, || bound.clone().into_optimized()).expect("optimises");
+    assert_eq!(
+        f32_kernels(&forced),
+        vec![kernel],
+        "every product on the forced kernel"
+    );
+    let after = f32_kernels(&bound.clone().into_optimized().expect("optimises"));
+    assert_eq!(after, own, "tract chooses again once the trial is over");
+}
+
+#[test]
+fn the_plan_kept_answers_as_tracts_own() {
+    let bound = bound_mlp();
+    let own = bound
+        .clone()
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .expect("optimises");
+    let tuned = optimise(&bound).expect("optimises");
+    if let Some(kernel) = tuned.kernel {
+        assert!(
+            f32_kernels(&bound.clone().into_optimized().expect("optimises")).contains(&kernel),
+            "a kept kernel is one tract chose somewhere in the plan"
+        );
+        assert!(
+            tuned.kept_us < tuned.tract_us * (1.0 - MARGIN),
+            "kept past the margin"
+        );
+    }
+    let expected = own.run(tvec(rows())).expect("runs");
+    let got = tuned.plan.run(tvec(rows())).expect("runs");
+    assert_eq!(expected.len(), got.len());
+    for (e, g) in expected.iter().zip(&got) {
+        e.close_enough(g, true).expect("same outputs");
+    }
+}
+
+fn tvec(t: Tensor) -> tract_onnx::prelude::TVec<tract_onnx::prelude::TValue> {
+    std::iter::once(t.into_tvalue()).collect()
+}
+
+#[test]
+fn a_forced_kernel_is_kept_only_when_clearly_faster() {
+    assert_eq!(
+        pick(&[100.0, 80.0, 90.0]),
+        1,
+        "the fastest, well past the margin"
+    );
+    assert_eq!(pick(&[100.0, 97.0]), 0, "within the margin: tract's own");
+    assert_eq!(pick(&[100.0, 120.0]), 0, "slower: tract's own");
+    assert_eq!(pick(&[100.0]), 0);
+}
