@@ -1054,6 +1054,57 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
     );
 }
 
+/// A heartbeat renews the lease on a connection of its own: a committer stuck in a lock wait
+/// with the pool's only connection does not hold it up, so a live gateway never looks dead to
+/// the others (who would take its work over and run it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
+    let (cluster, url, dir) = pg_database("beat").await;
+    let config = StoreConfig {
+        engine: StoreEngine::Postgres {
+            url: url.clone(),
+            pool_size: 1,
+        },
+        ..StoreConfig::default()
+    };
+    let store = Store::open(&config, dir.path()).await.expect("open");
+    let reply = held_reply(&store, "b1", "k").await;
+    let open = cluster.hold(
+        "beat",
+        "SELECT id FROM requests WHERE corr = 'k' FOR UPDATE",
+    );
+    let ack = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .batch(vec![Some(Command::Ack(device("b1"), corr("k")))])
+                .await
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.query(
+        "beat",
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
+    ) != "1"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ack never waited for the row"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::timeout(Duration::from_secs(10), store.heartbeat())
+        .await
+        .expect("the beat does not wait for the committer's connection")
+        .expect("heartbeat");
+    open.commit();
+    let acked = ack.await.expect("task").expect("batch").pop();
+    assert!(
+        matches!(acked, Some(Some(Outcome::Acked(Some(id)))) if id == reply.id),
+        "the ack lands once the row is free: {acked:?}"
+    );
+}
+
 /// With other gateways alive, a gateway counts the cluster's totals again only once each of
 /// them had a beat's time to count them (the cluster counts about twice a second whatever its
 /// size): its beats in between keep the last count, and after that the count is fresh. The

@@ -99,6 +99,9 @@ pub struct PgStore {
     shared: Arc<AtomicBool>,
     /// Publish counts held back for their acks to carry (see [`marks`]).
     marks: Arc<marks::Marks>,
+    /// The heartbeat's own connection, outside the pool: a beat never waits for a committer's
+    /// transaction (a lock wait there would otherwise let this live gateway's lease run out).
+    beat_conn: Arc<tokio::sync::Mutex<Option<pool::Conn>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -124,6 +127,7 @@ impl PgStore {
         let started_ms = now_ms();
         cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
         drop(conn);
+        let beat_conn = Arc::new(tokio::sync::Mutex::new(Some(pool.connect().await?)));
         let commit_latency = Arc::new(Histogram::default());
         let shared = Arc::new(AtomicBool::new(false));
         let lanes = Arc::new(lanes::Lanes::start(&pool, &commit_latency, me, &shared));
@@ -140,6 +144,7 @@ impl PgStore {
             view: Arc::default(),
             shared,
             marks,
+            beat_conn,
         })
     }
 
@@ -154,17 +159,35 @@ impl PgStore {
     /// churn of a loaded cluster, and three gateways counting at every beat spent a tenth of
     /// this 2-core machine on it. So the cluster counts about twice a second whatever its size,
     /// and a gateway's totals are at most `alive` beats old.
+    ///
+    /// Beats run on their own connection, not the pool's: renewing the lease never waits for the
+    /// committers. A broken connection is dropped and the next beat connects again.
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
-        let conn = self.pool.get().await?;
+        let mut slot = self.beat_conn.lock().await;
+        if slot.as_ref().is_none_or(|conn| conn.client.is_closed()) {
+            *slot = None;
+            *slot = Some(self.pool.connect().await?);
+        }
+        let Some(conn) = slot.as_ref() else {
+            return Err(StoreError::Closed);
+        };
+        let result = self.beat(conn).await;
+        if conn.client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+
+    async fn beat(&self, conn: &pool::Conn) -> Result<(), StoreError> {
         let now = now_ms();
         let lease_ms = self.lease.as_millis() as i64;
-        cluster::heartbeat(&conn, &self.me, self.started_ms, now, lease_ms).await?;
+        cluster::heartbeat(conn, &self.me, self.started_ms, now, lease_ms).await?;
         let counted = self.cluster_view().and_then(|view| {
             let every = crate::store::cluster::beat_every(self.lease).as_millis() as i64;
             let fresh = now - view.totals_ms < every * view.alive().max(1) as i64;
             fresh.then_some((view.totals, view.totals_ms))
         });
-        let view = cluster::view(&conn, now, counted).await?;
+        let view = cluster::view(conn, now, counted).await?;
         self.shared.store(view.alive() > 1, Ordering::Relaxed);
         *self.view.lock().unwrap_or_else(|e| e.into_inner()) = Some(view);
         Ok(())
