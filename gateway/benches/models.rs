@@ -5,46 +5,26 @@
 //! (`python3 tests/fixtures/gen_models.py --bench`); the whole `infer` op (CBOR in, CBOR out)
 //! is measured beside it. Figures and commands: docs/BENCHMARKS.md ("Bring your own model").
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ciborium::Value;
 use criterion::{Criterion, Throughput};
 use gateway::analytics::ops::{Series, Source};
-use gateway::models::{RawModel, Registry};
+use gateway::models::Registry;
 use tract_onnx::prelude::{IntoTValue, TValue, TVec, Tensor};
 
-const ROWS: usize = 1000;
-
-/// The MLP with its batch dimension free (`"N"`, as served) or fixed at a size.
-fn registry_with(batch: &str) -> Arc<Registry> {
-    let toml = format!(
-        "path = {:?}\ninputs = [{{ name = \"x\", shape = [{batch}, 8], dtype = \"float32\" }}]\n",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/fixtures/models/mlp.onnx"
-        )
-    );
-    let raw: RawModel = toml::from_str(&toml).expect("model table");
-    let models = BTreeMap::from([("mlp".to_owned(), raw)]);
-    Arc::new(Registry::load(&models).expect("mlp.onnx loads"))
+mod common {
+    pub mod mlp;
 }
+
+use common::mlp::{registry_with, rows, ROWS};
+
+/// As in `gateway run`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn registry() -> Arc<Registry> {
     registry_with("\"N\"")
-}
-
-/// 1,000 rows of 8 deterministic pseudo-random features (xorshift), as f32.
-fn rows() -> Vec<f32> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..ROWS * 8)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 11) as f64 / (1u64 << 53) as f64 * 6.0 - 3.0) as f32
-        })
-        .collect()
 }
 
 fn bench(c: &mut Criterion) {
