@@ -10,7 +10,9 @@
 //! fastest, unless it beats tract's own by less than [`MARGIN`]. Every plan computes the same
 //! products; only the tiling differs.
 //!
-//! Bounded: trials are skipped when the plans' runs would cost more than [`BUDGET`] in all.
+//! Bounded: trials are skipped when the plans' runs would cost more than [`BUDGET`] in all. A
+//! model that fails on zero inputs (or whose forced plan fails) is served as tract optimised
+//! it: its failures are its runs' to report, never its load's.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -91,24 +93,31 @@ pub(super) fn optimise(bound: &TypedModel) -> TractResult<Tuned> {
         // One kernel (or none) everywhere: forcing it gives tract's plan again.
         return Ok(untried);
     }
-    let inputs = zeros(bound)?;
-    let started = Instant::now();
-    own.run(inputs.clone())?;
-    let once = started.elapsed();
-    if once * (ROUNDS * (kernels.len() + 1)) as u32 > BUDGET {
+    // A model that cannot run on zeros (or at all) is served as tract optimised it: its runs
+    // report their own failure.
+    let Ok(inputs) = zeros(bound) else {
+        return Ok(untried);
+    };
+    let Some(once) = timed_run(&own, &inputs) else {
+        return Ok(untried);
+    };
+    if Duration::from_secs_f64(once / 1e6) * (ROUNDS * (kernels.len() + 1)) as u32 > BUDGET {
         return Ok(untried);
     }
     let mut plans = vec![(None, own)];
     for kernel in kernels {
-        let plan = with_forced(kernel, || bound.clone().into_optimized())?.into_runnable()?;
-        plans.push((Some(kernel), plan));
+        let forced = with_forced(kernel, || bound.clone().into_optimized());
+        if let Ok(plan) = forced.and_then(|m| m.into_runnable()) {
+            plans.push((Some(kernel), plan));
+        }
     }
     let mut best = vec![f64::INFINITY; plans.len()];
+    best[0] = once;
     for _ in 0..ROUNDS {
         for ((_, plan), best) in plans.iter().zip(best.iter_mut()) {
-            let started = Instant::now();
-            plan.run(inputs.clone())?;
-            *best = best.min(started.elapsed().as_secs_f64() * 1e6);
+            // A plan that fails (or panics) keeps an infinite time: never kept.
+            let us = timed_run(plan, &inputs).unwrap_or(f64::INFINITY);
+            *best = best.min(us);
         }
     }
     let kept = pick(&best);
@@ -119,6 +128,14 @@ pub(super) fn optimise(bound: &TypedModel) -> TractResult<Tuned> {
         tract_us: best[0],
         kept_us: best[kept],
     })
+}
+
+/// One run of `plan` on `inputs` as a worker runs it (tract's panics caught and logged as a
+/// model's are), in µs; `None` when it fails.
+fn timed_run(plan: &Arc<TypedSimplePlan>, inputs: &TVec<TValue>) -> Option<f64> {
+    let started = Instant::now();
+    let ran = super::run::run_plan(plan, inputs.clone(), None);
+    ran.is_ok().then(|| started.elapsed().as_secs_f64() * 1e6)
 }
 
 /// Which of `best` (fastest run per plan, tract's own first) to keep: the fastest, unless it is

@@ -68,7 +68,7 @@ impl Model {
 }
 
 /// Runs `plan` on `inputs`, cut at `deadline`, tract's panics caught.
-fn run_plan(
+pub(super) fn run_plan(
     plan: &Arc<TypedSimplePlan>,
     inputs: TVec<TValue>,
     deadline: Option<Instant>,

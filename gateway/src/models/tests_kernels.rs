@@ -8,18 +8,24 @@ use tract_onnx::tract_core::internal::DatumExt;
 use tract_onnx::tract_core::tract_linalg::MmmDispatch;
 
 use super::kernels::{f32_kernels, optimise, pick, with_forced, MARGIN};
-use super::tests::fixtures;
+use super::tests::{fixtures, raw};
+use super::Registry;
 
 const ROWS: usize = 1000;
 
 /// The MLP fixture with its batch bound to 1,000 rows, decluttered, not optimised.
 fn bound_mlp() -> TypedModel {
+    bound("mlp.onnx")
+}
+
+/// A fixture whose input is `[N, 8]`, bound to 1,000 rows, decluttered, not optimised.
+fn bound(file: &str) -> TypedModel {
     tract_onnx::onnx()
-        .model_for_path(fixtures().join("mlp.onnx"))
+        .model_for_path(fixtures().join(file))
         .and_then(|m| m.with_input_fact(0, f32::fact([ROWS, 8]).into()))
         .and_then(|m| m.into_typed())
         .and_then(|m| m.into_decluttered())
-        .expect("mlp.onnx loads")
+        .expect("the fixture loads")
 }
 
 fn rows() -> Tensor {
@@ -98,4 +104,26 @@ fn a_forced_kernel_is_kept_only_when_clearly_faster() {
     assert_eq!(pick(&[100.0, 97.0]), 0, "within the margin: tract's own");
     assert_eq!(pick(&[100.0, 120.0]), 0, "slower: tract's own");
     assert_eq!(pick(&[100.0]), 0);
+}
+
+#[test]
+fn a_model_that_fails_when_run_is_served_as_tract_optimised_it() {
+    let tuned = optimise(&bound("failing_late.onnx")).expect("it optimises all the same");
+    assert_eq!(tuned.kernel, None, "no trial without a run");
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tuned.plan.run(tvec(rows()))
+    }));
+    assert!(
+        !matches!(ran, Ok(Ok(_))),
+        "its runs fail (tract panics), as they should"
+    );
+    let declared = "[models.late]\npath = \"DIR/failing_late.onnx\"\n\
+                    inputs = [{ name = \"x\", shape = [1000, 8], dtype = \"float32\" }]\n";
+    let registry =
+        Registry::load(&raw(declared)).expect("declared without free dimensions, it loads");
+    let model = registry.get("late").expect("late");
+    assert!(
+        model.run(model.zeros(1000), None).is_err(),
+        "and fails when run"
+    );
 }
