@@ -131,10 +131,10 @@ pub(super) fn optimise(bound: &TypedModel) -> TractResult<Tuned> {
 }
 
 /// One run of `plan` on `inputs` as a worker runs it (tract's panics caught and logged as a
-/// model's are), in µs; `None` when it fails.
+/// model's are, cut past [`BUDGET`]), in µs; `None` when it fails or is cut.
 fn timed_run(plan: &Arc<TypedSimplePlan>, inputs: &TVec<TValue>) -> Option<f64> {
     let started = Instant::now();
-    let ran = super::run::run_plan(plan, inputs.clone(), None);
+    let ran = super::run::run_plan(plan, inputs.clone(), Some(started + BUDGET));
     ran.is_ok().then(|| started.elapsed().as_secs_f64() * 1e6)
 }
 
