@@ -1003,21 +1003,7 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
         async move { admit_alone(&store, request, 2).await }
     };
     // Another gateway's admission of device q1 in slot 0, not yet committed.
-    let other = RequestId::new();
-    let open = cluster.hold(
-        "slots",
-        &format!(
-            "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
-                 received_ms, deadline_ms, state, owner, slot)
-             VALUES ('\\x{}', 'q1', 'other', 'stats', '', 'devices/q1/reply', false, 0, 0,
-                 'queued', 'gw-b', 0)",
-            other
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        ),
-    );
+    let open = cluster.hold("slots", &foreign_admission("q1", "other", 0));
     let first = tokio::spawn(admit(request("q1", "p1")));
     // This gateway, alone, looks from slot 0 first: its insert waits for the other's commit.
     let waiting = || {
@@ -1102,6 +1088,84 @@ async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
     assert!(
         matches!(acked, Some(Some(Outcome::Acked(Some(id)))) if id == reply.id),
         "the ack lands once the row is free: {acked:?}"
+    );
+}
+
+/// The SQL of another gateway's admission of `device` (correlation `corr`) in quota `slot`, for
+/// [`PgCluster::hold`] to leave uncommitted.
+fn foreign_admission(device: &str, corr: &str, slot: i32) -> String {
+    let id: String = RequestId::new()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "INSERT INTO requests (id, device, corr, op, args, reply_topic, envelope,
+             received_ms, deadline_ms, state, owner, slot)
+         VALUES ('\\x{id}', '{device}', '{corr}', 'stats', '', 'devices/{device}/reply', false,
+             0, 0, 'queued', 'gw-b', {slot})"
+    )
+}
+
+/// An admission that loses its slot twice to other gateways' admissions, committed while it
+/// waited for each, tries again each time and takes the third slot; the quota then holds. (The
+/// batch's grouped insert loses slot 0; the one-at-a-time admission then loses slot 1 and takes
+/// slot 2 on its second try: with `SLOT_TRIES` at 1 it answers over quota.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_admission_that_loses_two_slots_takes_the_third() {
+    let (cluster, url, dir) = pg_database("slots2").await;
+    let store = gateway_store(&url, dir.path(), "gw-a").await;
+    let first = cluster.hold("slots2", &foreign_admission("q2", "o1", 0));
+    let second = cluster.hold("slots2", &foreign_admission("q2", "o2", 1));
+    // Whether this gateway's insert waits for the uncommitted admission of correlation `corr`.
+    let waits_for = |corr: &str| {
+        cluster.query(
+            "slots2",
+            &format!(
+                "SELECT COUNT(*) FROM pg_stat_activity w, pg_stat_activity h
+                 WHERE w.wait_event_type = 'Lock' AND w.query LIKE 'INSERT INTO requests%'
+                   AND h.pid = ANY(pg_blocking_pids(w.pid)) AND h.query LIKE '%''{corr}''%'"
+            ),
+        ) == "1"
+    };
+    let until = |corr: &'static str| {
+        let started = std::time::Instant::now();
+        async move {
+            while !waits_for(corr) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the admission never waited for {corr}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mine = {
+        let store = store.clone();
+        tokio::spawn(async move { admit_alone(&store, request("q2", "p1"), 3).await })
+    };
+    until("o1").await;
+    first.commit();
+    until("o2").await;
+    second.commit();
+    assert!(
+        matches!(mine.await.expect("task"), Admission::New),
+        "a third slot was free: admitted in it"
+    );
+    assert_eq!(
+        cluster.query(
+            "slots2",
+            "SELECT string_agg(slot::text, ',' ORDER BY slot) FROM requests WHERE device = 'q2'"
+        ),
+        "0,1,2",
+        "one slot each"
+    );
+    assert!(
+        matches!(
+            admit_alone(&store, request("q2", "p2"), 3).await,
+            Admission::OverQuota
+        ),
+        "every slot held: over the quota"
     );
 }
 
