@@ -73,6 +73,16 @@ async fn pg_database(name: &str) -> (PgCluster, String, tempfile::TempDir) {
     (cluster, url, tempfile::tempdir().expect("temp dir"))
 }
 
+/// Polls `sql` on database `db` every 20 ms until it answers `expected`; fails with `what`
+/// after 10 s.
+async fn until_answers(cluster: &PgCluster, db: &str, sql: &str, expected: &str, what: &str) {
+    let started = std::time::Instant::now();
+    while cluster.query(db, sql) != expected {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A store on database `url` as gateway `id`.
 async fn gateway_store(url: &str, dir: &std::path::Path, id: &str) -> Store {
     let mut config = postgres(url);
@@ -1006,21 +1016,15 @@ async fn postgres_a_quota_slot_another_gateway_takes_is_not_shared() {
     let open = cluster.hold("slots", &foreign_admission("q1", "other", 0));
     let first = tokio::spawn(admit(request("q1", "p1")));
     // This gateway, alone, looks from slot 0 first: its insert waits for the other's commit.
-    let waiting = || {
-        cluster.query(
-            "slots",
-            "SELECT COUNT(*) FROM pg_stat_activity
-             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO requests%'",
-        ) == "1"
-    };
-    let started = std::time::Instant::now();
-    while !waiting() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the admission waits for the slot's other holder"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_answers(
+        &cluster,
+        "slots",
+        "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO requests%'",
+        "1",
+        "the admission waits for the slot's other holder",
+    )
+    .await;
     open.commit();
     assert!(
         matches!(first.await.expect("task"), Admission::New),
@@ -1067,18 +1071,14 @@ async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
                 .await
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while cluster.query(
+    until_answers(
+        &cluster,
         "beat",
         "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'",
-    ) != "1"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ack never waited for the row"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        "1",
+        "the ack never waited for the row",
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(10), store.heartbeat())
         .await
         .expect("the beat does not wait for the committer's connection")
@@ -1118,27 +1118,16 @@ async fn postgres_an_admission_that_loses_two_slots_takes_the_third() {
     let first = cluster.hold("slots2", &foreign_admission("q2", "o1", 0));
     let second = cluster.hold("slots2", &foreign_admission("q2", "o2", 1));
     // Whether this gateway's insert waits for the uncommitted admission of correlation `corr`.
-    let waits_for = |corr: &str| {
-        cluster.query(
-            "slots2",
-            &format!(
-                "SELECT COUNT(*) FROM pg_stat_activity w, pg_stat_activity h
-                 WHERE w.wait_event_type = 'Lock' AND w.query LIKE 'INSERT INTO requests%'
-                   AND h.pid = ANY(pg_blocking_pids(w.pid)) AND h.query LIKE '%''{corr}''%'"
-            ),
-        ) == "1"
-    };
+    // Until this gateway's insert waits for the uncommitted admission of correlation `corr`.
     let until = |corr: &'static str| {
-        let started = std::time::Instant::now();
-        async move {
-            while !waits_for(corr) {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "the admission never waited for {corr}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+        let sql = format!(
+            "SELECT COUNT(*) FROM pg_stat_activity w, pg_stat_activity h
+             WHERE w.wait_event_type = 'Lock' AND w.query LIKE 'INSERT INTO requests%'
+               AND h.pid = ANY(pg_blocking_pids(w.pid)) AND h.query LIKE '%''{corr}''%'"
+        );
+        let what = format!("the admission never waited for {corr}");
+        let cluster = &cluster;
+        async move { until_answers(cluster, "slots2", &sql, "1", &what).await }
     };
     let mine = {
         let store = store.clone();
