@@ -15,6 +15,7 @@
 //! it: its failures are its runs' to report, never its load's.
 
 use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,8 +107,11 @@ pub(super) fn optimise(bound: &TypedModel) -> TractResult<Tuned> {
     }
     let mut plans = vec![(None, own)];
     for kernel in kernels {
-        let forced = with_forced(kernel, || bound.clone().into_optimized());
-        if let Ok(plan) = forced.and_then(|m| m.into_runnable()) {
+        // A forced plan tract cannot build (an error, or a panic) is no candidate.
+        let forced = catch_unwind(AssertUnwindSafe(|| {
+            with_forced(kernel, || bound.clone().into_optimized())
+        }));
+        if let Ok(Ok(plan)) = forced.map(|m| m.and_then(|m| m.into_runnable())) {
             plans.push((Some(kernel), plan));
         }
     }
