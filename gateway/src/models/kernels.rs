@@ -136,7 +136,7 @@ pub(super) fn optimise(bound: &TypedModel) -> TractResult<Tuned> {
 
 /// One run of `plan` on `inputs` as a worker runs it (tract's panics caught and logged as a
 /// model's are, cut past [`BUDGET`]), in µs; `None` when it fails or is cut.
-fn timed_run(plan: &Arc<TypedSimplePlan>, inputs: &TVec<TValue>) -> Option<f64> {
+pub(super) fn timed_run(plan: &Arc<TypedSimplePlan>, inputs: &TVec<TValue>) -> Option<f64> {
     let started = Instant::now();
     let ran = super::run::run_plan(plan, inputs.clone(), Some(started + BUDGET));
     ran.is_ok().then(|| started.elapsed().as_secs_f64() * 1e6)
@@ -191,7 +191,7 @@ pub(super) fn f32_kernels(optimised: &TypedModel) -> Vec<&'static str> {
 }
 
 /// Zero-filled inputs for `bound`, whose input shapes are all known.
-fn zeros(bound: &TypedModel) -> TractResult<TVec<TValue>> {
+pub(super) fn zeros(bound: &TypedModel) -> TractResult<TVec<TValue>> {
     (0..bound.inputs.len())
         .map(|ix| {
             let fact = bound.input_fact(ix)?;

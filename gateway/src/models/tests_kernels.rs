@@ -7,7 +7,7 @@ use tract_onnx::prelude::{
 use tract_onnx::tract_core::internal::DatumExt;
 use tract_onnx::tract_core::tract_linalg::MmmDispatch;
 
-use super::kernels::{f32_kernels, optimise, pick, with_forced, MARGIN};
+use super::kernels::{f32_kernels, optimise, pick, timed_run, with_forced, zeros, MARGIN};
 use super::tests::{fixtures, raw};
 use super::Registry;
 
@@ -126,4 +126,22 @@ fn a_model_that_fails_when_run_is_served_as_tract_optimised_it() {
         model.run(model.zeros(1000), None).is_err(),
         "and fails when run"
     );
+}
+
+#[test]
+fn a_trial_run_past_the_budget_is_cut_and_counts_as_no_time() {
+    // 300 products of 4,096 x 128 x 128: seconds of work even in a release build.
+    let bound = tract_onnx::onnx()
+        .model_for_path(fixtures().join("slow.onnx"))
+        .and_then(|m| m.with_input_fact(0, f32::fact([4096, 128]).into()))
+        .and_then(|m| m.into_typed())
+        .and_then(|m| m.into_decluttered())
+        .expect("slow.onnx loads");
+    let plan = bound
+        .clone()
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .expect("optimises");
+    let inputs = zeros(&bound).expect("zeros");
+    assert_eq!(timed_run(&plan, &inputs), None, "cut, not timed");
 }
