@@ -3,7 +3,9 @@
 //! `gateway run` loads it. `Model::run` (on the plan specialised to 1,000 rows, as served once
 //! that size has been seen) is what onnxruntime's `session.run` is compared with
 //! (`python3 tests/fixtures/gen_models.py --bench`); the whole `infer` op (CBOR in, CBOR out)
-//! is measured beside it. Figures and commands: docs/BENCHMARKS.md ("Bring your own model").
+//! is measured beside it. On a machine whose speed comes in spells, `models_paired` compares the
+//! two in alternating blocks instead. Figures and commands: docs/BENCHMARKS.md ("Bring your own
+//! model").
 
 use std::sync::Arc;
 

@@ -3,14 +3,17 @@
 //! MLP benchmark here it mixed a kernel that does a multiply-add 2.5x slower than another it
 //! picked for the same plan (docs/BENCHMARKS.md, "Bring your own model").
 //!
-//! Fed by [`super::plans`] with a graph whose every dimension is bound. [`optimise`] builds the
+//! Fed with a graph whose every dimension is bound: by [`super::plans`] (a size's plan, on its
+//! background thread) and by [`super::load`] (a model declared without free dimensions, at
+//! start). [`optimise`] builds the
 //! plan tract chooses, then one plan per distinct f32 kernel in it with that kernel forced on
 //! every f32 product (a dispatch tier of ours, [`FORCED`], which answers only on the thread and
 //! for the time of such a build), times them all on zero inputs, interleaved, and keeps the
 //! fastest, unless it beats tract's own by less than [`MARGIN`]. Every plan computes the same
 //! products; only the tiling differs.
 //!
-//! Bounded: trials are skipped when the plans' runs would cost more than [`BUDGET`] in all. A
+//! Bounded: trials are skipped when the plans' runs would cost more than [`BUDGET`] in all, and
+//! each run is cut at [`BUDGET`]. A
 //! model that fails on zero inputs (or whose forced plan fails) is served as tract optimised
 //! it: its failures are its runs' to report, never its load's.
 
@@ -32,7 +35,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 /// Timed runs of each plan (interleaved rounds; the fastest run of each counts).
 const ROUNDS: usize = 5;
-/// What all the trial runs of one plan may cost together, estimated from one run of tract's.
+/// What all the trial runs of one plan may cost together, estimated from one run of tract's;
+/// also where each trial run is cut.
 pub const BUDGET: Duration = Duration::from_millis(250);
 /// A forced kernel must beat tract's own choice by this fraction to be kept.
 pub const MARGIN: f64 = 0.05;

@@ -13,9 +13,10 @@
 //! [`crate::analytics::ops::Call`] whose run happens on a worker thread ([`infer`]), with the
 //! model's timeout and its fallback.
 //!
-//! **Invariant:** inference runs only on worker threads (and the warm-up at start), never on an
-//! async task; a model's own panic is caught and becomes a failed run, never a dead worker.
-//! Plans per size are optimised only on their background thread, never waited for by a run.
+//! **Invariant:** inference runs only on worker threads (and the warm-up and kernel trials: at
+//! start, and on the plans' background thread), never on an async task; a model's own panic is
+//! caught and becomes a failed run, never a dead worker. Plans per size are optimised only on
+//! their background thread, never waited for by a run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

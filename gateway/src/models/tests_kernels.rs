@@ -1,8 +1,11 @@
 //! Kernel trials ([`super::kernels`]): our dispatch tier forces a kernel only while a trial
 //! builds; the plan kept answers as tract's own; a forced kernel is kept only past the margin.
 
+use std::sync::Arc;
+
 use tract_onnx::prelude::{
     DatumType, Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor, TypedModel,
+    TypedSimplePlan,
 };
 use tract_onnx::tract_core::internal::DatumExt;
 use tract_onnx::tract_core::tract_linalg::MmmDispatch;
@@ -15,17 +18,26 @@ const ROWS: usize = 1000;
 
 /// The MLP fixture with its batch bound to 1,000 rows, decluttered, not optimised.
 fn bound_mlp() -> TypedModel {
-    bound("mlp.onnx")
+    bound("mlp.onnx", [ROWS, 8])
 }
 
-/// A fixture whose input is `[N, 8]`, bound to 1,000 rows, decluttered, not optimised.
-fn bound(file: &str) -> TypedModel {
+/// A fixture with its one input bound to `shape`, decluttered, not optimised.
+fn bound(file: &str, shape: [usize; 2]) -> TypedModel {
     tract_onnx::onnx()
         .model_for_path(fixtures().join(file))
-        .and_then(|m| m.with_input_fact(0, f32::fact([ROWS, 8]).into()))
+        .and_then(|m| m.with_input_fact(0, f32::fact(shape).into()))
         .and_then(|m| m.into_typed())
         .and_then(|m| m.into_decluttered())
         .expect("the fixture loads")
+}
+
+/// `bound` optimised as tract chooses, runnable.
+fn tracts_plan(bound: &TypedModel) -> Arc<TypedSimplePlan> {
+    bound
+        .clone()
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .expect("optimises")
 }
 
 fn rows() -> Tensor {
@@ -66,11 +78,7 @@ fn a_forced_kernel_serves_every_f32_product_only_while_forced() {
 #[test]
 fn the_plan_kept_answers_as_tracts_own() {
     let bound = bound_mlp();
-    let own = bound
-        .clone()
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .expect("optimises");
+    let own = tracts_plan(&bound);
     let tuned = optimise(&bound).expect("optimises");
     if let Some(kernel) = tuned.kernel {
         assert!(
@@ -108,7 +116,8 @@ fn a_forced_kernel_is_kept_only_when_clearly_faster() {
 
 #[test]
 fn a_model_that_fails_when_run_is_served_as_tract_optimised_it() {
-    let tuned = optimise(&bound("failing_late.onnx")).expect("it optimises all the same");
+    let tuned =
+        optimise(&bound("failing_late.onnx", [ROWS, 8])).expect("it optimises all the same");
     assert_eq!(tuned.kernel, None, "no trial without a run");
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         tuned.plan.run(tvec(rows()))
@@ -131,17 +140,8 @@ fn a_model_that_fails_when_run_is_served_as_tract_optimised_it() {
 #[test]
 fn a_trial_run_past_the_budget_is_cut_and_counts_as_no_time() {
     // 300 products of 4,096 x 128 x 128: seconds of work even in a release build.
-    let bound = tract_onnx::onnx()
-        .model_for_path(fixtures().join("slow.onnx"))
-        .and_then(|m| m.with_input_fact(0, f32::fact([4096, 128]).into()))
-        .and_then(|m| m.into_typed())
-        .and_then(|m| m.into_decluttered())
-        .expect("slow.onnx loads");
-    let plan = bound
-        .clone()
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .expect("optimises");
+    let bound = bound("slow.onnx", [4096, 128]);
+    let plan = tracts_plan(&bound);
     let inputs = zeros(&bound).expect("zeros");
     assert_eq!(timed_run(&plan, &inputs), None, "cut, not timed");
 }

@@ -126,8 +126,8 @@ impl PgStore {
         devices::reset_awake(&conn, me).await?;
         let started_ms = now_ms();
         cluster::heartbeat(&conn, me, started_ms, started_ms, lease.as_millis() as i64).await?;
-        drop(conn);
-        let beat_conn = Arc::new(tokio::sync::Mutex::new(Some(pool.connect().await?)));
+        // The connection that migrated and joined goes on renewing the lease.
+        let beat_conn = Arc::new(tokio::sync::Mutex::new(Some(conn)));
         let commit_latency = Arc::new(Histogram::default());
         let shared = Arc::new(AtomicBool::new(false));
         let lanes = Arc::new(lanes::Lanes::start(&pool, &commit_latency, me, &shared));
@@ -164,16 +164,13 @@ impl PgStore {
     /// committers. A broken connection is dropped and the next beat connects again.
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         let mut slot = self.beat_conn.lock().await;
-        if slot.as_ref().is_none_or(|conn| conn.client.is_closed()) {
-            *slot = None;
-            *slot = Some(self.pool.connect().await?);
-        }
-        let Some(conn) = slot.as_ref() else {
-            return Err(StoreError::Closed);
+        let conn = match slot.take() {
+            Some(conn) if !conn.client.is_closed() => conn,
+            _ => self.pool.connect().await?,
         };
-        let result = self.beat(conn).await;
-        if conn.client.is_closed() {
-            *slot = None;
+        let result = self.beat(&conn).await;
+        if !conn.client.is_closed() {
+            *slot = Some(conn);
         }
         result
     }
