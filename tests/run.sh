@@ -6,7 +6,8 @@
 # (the dashboard's browser test), prometheus (its promtool checks the shipped rules and a live
 # scrape), Python's paho-mqtt, and for the device-client matrix (tests/tests/device_clients.rs)
 # Debian's libpaho-mqtt-dev (Eclipse Paho C) and a C compiler, nodejs and npm, and MQTT.js from
-# tests/clients/mqttjs/package-lock.json (npm ci).
+# tests/clients/mqttjs/package-lock.json (npm ci), and iproute2 (`ip netns`: a test cuts
+# PostgreSQL's link in a network namespace of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,7 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v cc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "tests/run.sh: installing ${missing[*]}" >&2
   as_root apt-get update -qq >/dev/null

@@ -1,6 +1,10 @@
 //! A throwaway PostgreSQL cluster for tests: Debian's server, initialised and started as user
 //! `postgres` (the server refuses to run as root) in a temp dir that user owns, listening on a
 //! free loopback port; stopped and removed on drop. Each test makes its own database in it.
+//!
+//! [`PgCluster::start_behind_link`] runs the server in a network namespace of its own instead,
+//! reached over a veth pair that the test can cut ([`PgCluster::cut`]): the server's host then
+//! vanishes from the network without a word, as when it crashes or a cable is pulled.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -11,8 +15,85 @@ use std::process::{Child, Command, Output, Stdio};
 pub struct PgCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
-    /// Its loopback port.
+    /// Its port.
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or its namespace's end of the link.
+    host: String,
+    /// Its network namespace and link, when it runs behind one.
+    link: Option<Link>,
+}
+
+/// A network namespace of the test's own and the veth pair into it (deleted on drop).
+struct Link {
+    netns: String,
+    /// The namespace's end of the pair.
+    inside: String,
+}
+
+impl Link {
+    /// A namespace with a /30 link from this one; names and addresses are derived from `port`
+    /// (free on this machine, so unique among running tests).
+    fn create(port: u16) -> (Link, String) {
+        let netns = format!("roost-pg-{port}");
+        let (outside, inside) = (format!("rpg{port}a"), format!("rpg{port}b"));
+        let net = format!("10.{}.{}", 200 + (port >> 14), (port >> 6) & 0xff);
+        let last = (port & 63) * 4;
+        let (near, far) = (format!("{net}.{}", last + 1), format!("{net}.{}", last + 2));
+        let link = Link { netns, inside };
+        link.ip(&["netns", "add", &link.netns]);
+        link.ip(&[
+            "link",
+            "add",
+            &outside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.inside,
+            "netns",
+            &link.netns,
+        ]);
+        link.ip(&["addr", "add", &format!("{near}/30"), "dev", &outside]);
+        link.ip(&["link", "set", &outside, "up"]);
+        link.ip_inside(&["addr", "add", &format!("{far}/30"), "dev", &link.inside]);
+        link.set_up(true);
+        link.ip_inside(&["link", "set", "lo", "up"]);
+        (link, far)
+    }
+
+    fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+
+    fn ip_inside(&self, args: &[&str]) {
+        let mut all = vec!["netns", "exec", &self.netns, "ip"];
+        all.extend_from_slice(args);
+        self.ip_netns(&all);
+    }
+
+    fn ip_netns(&self, args: &[&str]) {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+
+    /// Brings the namespace's end up or down: down, whatever is sent over the link is lost,
+    /// and nothing comes back (no reset, no ICMP error).
+    fn set_up(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        self.ip_inside(&["link", "set", &self.inside, state]);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
 }
 
 fn newest_bin_dir() -> PathBuf {
@@ -43,6 +124,32 @@ fn free_port() -> u16 {
 impl PgCluster {
     /// Initialises and starts a cluster; panics with the server's log if it cannot.
     pub fn start() -> PgCluster {
+        PgCluster::init(false)
+    }
+
+    /// Like [`PgCluster::start`], with the server in a network namespace of its own, reached over
+    /// a link the test can cut ([`PgCluster::cut`]). Needs root (`ip netns`).
+    pub fn start_behind_link() -> PgCluster {
+        PgCluster::init(true)
+    }
+
+    /// Cuts the link to the server: its host vanishes from the network.
+    pub fn cut(&self) {
+        self.link
+            .as_ref()
+            .expect("a cluster behind a link")
+            .set_up(false);
+    }
+
+    /// Mends the link cut by [`PgCluster::cut`].
+    pub fn mend(&self) {
+        self.link
+            .as_ref()
+            .expect("a cluster behind a link")
+            .set_up(true);
+    }
+
+    fn init(behind_link: bool) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("roost-pg-")
             .tempdir()
@@ -55,10 +162,20 @@ impl PgCluster {
                 .expect("chown");
             assert!(chown.success(), "chown the cluster dir to postgres");
         }
+        let port = free_port();
+        let (link, host) = match behind_link {
+            true => {
+                let (link, host) = Link::create(port);
+                (Some(link), host)
+            }
+            false => (None, "127.0.0.1".to_owned()),
+        };
         let cluster = PgCluster {
             bin: newest_bin_dir(),
-            port: free_port(),
+            port,
             dir,
+            host,
+            link,
         };
         let data = cluster.data_dir();
         let out = cluster.as_postgres(
@@ -76,6 +193,14 @@ impl PgCluster {
             ],
         );
         assert!(out.status.success(), "initdb: {}", text(&out));
+        if cluster.link.is_some() {
+            // initdb trusts loopback only; the link's far end is another host.
+            let mut hba = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .expect("pg_hba.conf");
+            writeln!(hba, "host all all {}/24 trust", cluster.host).expect("pg_hba.conf");
+        }
         cluster.start_server();
         cluster
     }
@@ -100,7 +225,14 @@ impl PgCluster {
     fn as_postgres(&self, program: &str, args: &[&str]) -> Output {
         let program = self.bin.join(program);
         let mut command = if is_root() {
-            let mut command = Command::new("runuser");
+            let mut command = match &self.link {
+                Some(link) => {
+                    let mut command = Command::new("ip");
+                    command.args(["netns", "exec", &link.netns, "runuser"]);
+                    command
+                }
+                None => Command::new("runuser"),
+            };
             command.args(["-u", "postgres", "--"]).arg(program);
             command
         } else {
@@ -116,9 +248,10 @@ impl PgCluster {
     /// Starts the server (again, after [`PgCluster::stop`]); waits until it accepts.
     pub fn start_server(&self) {
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+            "-p {} -c listen_addresses={} -c unix_socket_directories={} \
              -c max_connections=200",
             self.port,
+            self.host,
             path(self.dir.path())
         );
         let (data, log) = (self.data_dir(), self.log_file());
@@ -160,14 +293,7 @@ impl PgCluster {
         let port = self.port.to_string();
         let out = Command::new(self.bin.join("psql"))
             .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
+                "-h", &self.host, "-p", &port, "-U", "postgres", "-d", "postgres",
             ])
             .args([
                 "-v",
@@ -183,14 +309,14 @@ impl PgCluster {
 
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+        format!("postgres://postgres@{}:{}/{name}", self.host, self.port)
     }
 
     /// Runs one SQL statement in database `db` and returns psql's unaligned output.
     pub fn query(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-h", &self.host, "-p", &port, "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .expect("psql");
@@ -203,7 +329,7 @@ impl PgCluster {
     pub fn hold(&self, db: &str, sql: &str) -> Open {
         let port = self.port.to_string();
         let mut child = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-h", &self.host, "-p", &port, "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -4,7 +4,8 @@
 //! replies are still delivered, the retained status and `/healthz` say degraded, a restart
 //! while the disk is full starts degraded, and once the store writes again the gateway serves by
 //! itself: every accepted request gets its one final reply, none runs twice, nothing refused was
-//! stored. The failures are real: a tmpfs filled to `ENOSPC`, `chattr +i`, `pg_ctl stop`.
+//! stored. The failures are real: a tmpfs filled to `ENOSPC`, `chattr +i`, `pg_ctl stop`, and
+//! PostgreSQL's link cut (its server in a network namespace of the test's own).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -476,6 +477,68 @@ async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
     .expect("the heartbeat is renewed after the outage");
     assert!(renewed.contains("failed_beats"), "{renewed}");
     assert_eq!(renewed.matches("heartbeat failed").count(), 1, "{renewed}");
+    let reply = sent
+        .request(&mut device, &mut ledger, b"back", &[3.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Accepted);
+    let accepted = sent.accepted.clone();
+    ledger.until_finished(&mut device, &accepted).await;
+    sent.check_pubacks(&device).await;
+    device.disconnect().await;
+    assert_one_result(&ledger, &accepted);
+    assert_store(&gateway, DEVICE, &accepted, &sent.refused);
+    assert_eq!(
+        cluster.query(
+            "roost",
+            "SELECT count(*) FROM requests WHERE executions > 1"
+        ),
+        "0"
+    );
+    gateway.kill();
+}
+
+/// The database's host vanishes from the network (its link cut: no answer, no reset, no ICMP
+/// error), as when it crashes or a cable is pulled. Without bounds on the connections a commit
+/// waits for its answer as long as the kernel retransmits (about 15 minutes); with them the
+/// gateway notices within `tcp_user_timeout` (10 s by default), answers `503` and degrades, and
+/// serves again by itself once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_cut_off_the_network_degrades_the_gateway_which_reconnects_by_itself() {
+    const DEVICE: &str = "pg-cut-1";
+    let cluster = tokio::task::spawn_blocking(PgCluster::start_behind_link)
+        .await
+        .expect("join");
+    let url = cluster.create_database("roost");
+    let mut gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    let http = gateway.http.expect("HTTP enabled");
+    let mut watcher = watch_status(&gateway, "ops-pg-cut").await;
+    wait_state(&mut watcher, "online").await;
+
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut sent = Sent::default();
+    sent.request(&mut device, &mut ledger, b"before", &[1.0, 2.0])
+        .await;
+    ledger
+        .until_finished(&mut device, &[b"before".to_vec()])
+        .await;
+
+    cluster.cut();
+    // Answered within the device's wait (20 s), not after the kernel's retransmissions.
+    let reply = sent
+        .request(&mut device, &mut ledger, b"cut-1", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+    assert_degraded(&mut watcher, http).await;
+    let reply = sent
+        .request(&mut device, &mut ledger, b"cut-2", &[1.0])
+        .await;
+    assert_eq!(reply.reply.status, Status::Unavailable);
+
+    cluster.mend();
+    wait_state(&mut watcher, "online").await;
     let reply = sent
         .request(&mut device, &mut ledger, b"back", &[3.0])
         .await;

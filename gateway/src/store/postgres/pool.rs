@@ -1,6 +1,15 @@
 //! A small pool of PostgreSQL connections (`[store] pool_size`), each with its own cache of
 //! prepared statements. A connection that broke is dropped on return; the next `get` connects
 //! afresh, so the pool heals after the database restarts.
+//!
+//! **A database that vanished from the network is noticed.** A server whose host crashed or
+//! whose network was cut sends nothing back, neither an answer nor a reset: without a bound, a
+//! statement waits for its answer as long as the kernel retransmits (about 15 minutes on Linux)
+//! and an idle connection for hours. Every connection therefore has `tcp_user_timeout` (data
+//! unacknowledged this long breaks the connection) and TCP keepalives, unless `store.url` sets
+//! them itself (`?tcp_user_timeout=S&keepalives_idle=S&keepalives_interval=S&keepalives_retries=N`,
+//! in seconds): the failure then surfaces as [`StoreError::Unavailable`] and the gateway
+//! degrades, as when the server is stopped.
 
 use std::collections::HashMap;
 use std::ops::Deref;
@@ -14,6 +23,19 @@ use crate::store::StoreError;
 
 /// How long connecting may take before the attempt counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long sent data may stay unacknowledged by the server's host before the connection
+/// counts as broken (unless the URL says `tcp_user_timeout`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle connection is probed after this long without traffic (unless the URL says
+/// `keepalives_idle`)...
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(5);
+/// ...then every this long (unless the URL says `keepalives_interval`)...
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+/// ...and counts as broken after this many unanswered probes (unless the URL says
+/// `keepalives_retries`): a vanished server is noticed within about 11 s even when idle.
+const KEEPALIVES_RETRIES: u32 = 3;
+/// tokio-postgres' own `keepalives_idle`: a URL that leaves it at this did not set it.
+const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// One connection and its prepared statements.
 pub struct Conn {
@@ -55,6 +77,7 @@ impl Pool {
         if config.get_application_name().is_none() {
             config.application_name("roost-gateway");
         }
+        dead_peer_bounds(&mut config);
         Ok(Arc::new(Pool {
             config,
             idle: Mutex::new(Vec::new()),
@@ -97,6 +120,26 @@ impl Pool {
     }
 }
 
+/// Bounds how long a connection to a server that vanished from the network goes unnoticed
+/// (see the module's doc), keeping whatever the URL set.
+fn dead_peer_bounds(config: &mut tokio_postgres::Config) {
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if !config.get_keepalives() {
+        return;
+    }
+    if config.get_keepalives_idle() == DRIVER_KEEPALIVES_IDLE {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+}
+
 /// A connection on loan; back to the pool on drop unless it broke.
 pub struct Pooled {
     conn: Option<Conn>,
@@ -123,5 +166,37 @@ impl Drop for Pooled {
                     .push(conn);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> tokio_postgres::Config {
+        let mut config = url.parse().expect("url");
+        dead_peer_bounds(&mut config);
+        config
+    }
+
+    #[test]
+    fn connections_notice_a_vanished_server_unless_the_url_says_otherwise() {
+        let default = config("postgres://u@h/db");
+        assert_eq!(default.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert!(default.get_keepalives());
+        assert_eq!(default.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(default.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(default.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let own = config(
+            "postgres://u@h/db?tcp_user_timeout=3&keepalives_idle=60&keepalives_interval=7\
+             &keepalives_retries=9",
+        );
+        assert_eq!(own.get_tcp_user_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(own.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(own.get_keepalives_retries(), Some(9));
+        let off = config("postgres://u@h/db?keepalives=0");
+        assert!(!off.get_keepalives());
+        assert_eq!(off.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
     }
 }
