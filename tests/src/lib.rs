@@ -11,6 +11,7 @@
 pub mod browser;
 pub mod device;
 pub mod postgres;
+pub mod proxy;
 pub mod store_view;
 pub mod tinyfs;
 pub mod workload;

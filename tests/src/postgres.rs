@@ -149,6 +149,44 @@ impl PgCluster {
             .set_up(true);
     }
 
+    /// Freezes the server (SIGSTOP to it and every process it started): its host stays up and
+    /// its kernel goes on accepting and acknowledging what is sent, but nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    /// Sends `signal` to the postmaster and its children (processes this cluster started).
+    fn signal(&self, signal: &str) {
+        let Ok(pid_file) = std::fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return;
+        };
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the comm may hold spaces, so read after its ')'.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            if after.split_whitespace().nth(1) == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        // A backend may end meanwhile; the rest are signalled whatever `kill` says of it.
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .args(&pids)
+            .output();
+    }
+
     fn init(behind_link: bool) -> PgCluster {
         let dir = tempfile::Builder::new()
             .prefix("roost-pg-")
@@ -380,6 +418,7 @@ impl Drop for Open {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        self.thaw();
         let data = self.data_dir();
         let _ = self.as_postgres(
             "pg_ctl",

@@ -4,8 +4,9 @@
 //! replies are still delivered, the retained status and `/healthz` say degraded, a restart
 //! while the disk is full starts degraded, and once the store writes again the gateway serves by
 //! itself: every accepted request gets its one final reply, none runs twice, nothing refused was
-//! stored. The failures are real: a tmpfs filled to `ENOSPC`, `chattr +i`, `pg_ctl stop`, and
-//! PostgreSQL's link cut (its server in a network namespace of the test's own).
+//! stored. The failures are real: a tmpfs filled to `ENOSPC`, `chattr +i`, `pg_ctl stop`,
+//! PostgreSQL's link cut (its server in a network namespace of the test's own) and PostgreSQL
+//! frozen (SIGSTOP).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -504,20 +505,42 @@ async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
 /// serves again by itself once the link is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_cut_off_the_network_degrades_the_gateway_which_reconnects_by_itself() {
-    const DEVICE: &str = "pg-cut-1";
     let cluster = tokio::task::spawn_blocking(PgCluster::start_behind_link)
         .await
         .expect("join");
+    silent_database(cluster, "pg-cut-1", PgCluster::cut, PgCluster::mend).await;
+}
+
+/// The database server freezes (SIGSTOP): its host's kernel still acknowledges every byte, so
+/// no TCP timeout fires. The committers' and the heartbeat's own bound on an answer (10 s)
+/// notices it: `503`, degraded, and service again by itself once the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_database_degrades_the_gateway_which_serves_again_when_it_thaws() {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    silent_database(cluster, "pg-frozen-1", PgCluster::freeze, PgCluster::thaw).await;
+}
+
+/// A database that stops answering between `silence` and `speak`: the request sent meanwhile
+/// gets `503` within the device's wait (20 s), the gateway says degraded, and once the database
+/// answers again it serves by itself; every accepted request done once, nothing refused stored.
+async fn silent_database(
+    cluster: PgCluster,
+    device_id: &str,
+    silence: fn(&PgCluster),
+    speak: fn(&PgCluster),
+) {
     let url = cluster.create_database("roost");
     let mut gateway = Gateway::start_with(&format!(
         "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n"
     ));
     let http = gateway.http.expect("HTTP enabled");
-    let mut watcher = watch_status(&gateway, "ops-pg-cut").await;
+    let mut watcher = watch_status(&gateway, &format!("ops-{device_id}")).await;
     wait_state(&mut watcher, "online").await;
 
     let mut ledger = Ledger::default();
-    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    let mut device = TestDevice::connect(gateway.mqtt, device_id).await;
     let mut sent = Sent::default();
     sent.request(&mut device, &mut ledger, b"before", &[1.0, 2.0])
         .await;
@@ -525,19 +548,18 @@ async fn a_database_cut_off_the_network_degrades_the_gateway_which_reconnects_by
         .until_finished(&mut device, &[b"before".to_vec()])
         .await;
 
-    cluster.cut();
-    // Answered within the device's wait (20 s), not after the kernel's retransmissions.
+    silence(&cluster);
     let reply = sent
-        .request(&mut device, &mut ledger, b"cut-1", &[1.0])
+        .request(&mut device, &mut ledger, b"silent-1", &[1.0])
         .await;
     assert_eq!(reply.reply.status, Status::Unavailable);
     assert_degraded(&mut watcher, http).await;
     let reply = sent
-        .request(&mut device, &mut ledger, b"cut-2", &[1.0])
+        .request(&mut device, &mut ledger, b"silent-2", &[1.0])
         .await;
     assert_eq!(reply.reply.status, Status::Unavailable);
 
-    cluster.mend();
+    speak(&cluster);
     wait_state(&mut watcher, "online").await;
     let reply = sent
         .request(&mut device, &mut ledger, b"back", &[3.0])
@@ -548,7 +570,7 @@ async fn a_database_cut_off_the_network_degrades_the_gateway_which_reconnects_by
     sent.check_pubacks(&device).await;
     device.disconnect().await;
     assert_one_result(&ledger, &accepted);
-    assert_store(&gateway, DEVICE, &accepted, &sent.refused);
+    assert_store(&gateway, device_id, &accepted, &sent.refused);
     assert_eq!(
         cluster.query(
             "roost",

@@ -10,9 +10,10 @@ use gateway::store::deadletters::{DeadLetter, Requeue};
 use gateway::store::devices::{Filter, Seen};
 use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest, OperatorCancel};
 use gateway::store::telemetry::Reading;
-use gateway::store::{now_ms, Console, Store};
+use gateway::store::{now_ms, Console, Store, StoreError};
 use gateway::wire::{Correlation, DeviceId, RequestId, State};
 use roost_tests::postgres::PgCluster;
+use roost_tests::proxy::Relay;
 
 fn device(name: &str) -> DeviceId {
     DeviceId::parse(name).expect("valid id")
@@ -1089,6 +1090,100 @@ async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
         matches!(acked, Some(Some(Outcome::Acked(Some(id)))) if id == reply.id),
         "the ack lands once the row is free: {acked:?}"
     );
+}
+
+/// SQL that makes every commit of a new request sleep `seconds` (a deferred trigger runs at
+/// `COMMIT`): the test then knows the `COMMIT` was sent and is being carried out.
+fn slow_commits(seconds: u32) -> String {
+    format!(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON requests \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    )
+}
+
+/// Waits until a commit sleeps in [`slow_commits`]' trigger.
+async fn until_a_commit_sleeps(cluster: &PgCluster, db: &str) {
+    until_answers(
+        cluster,
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        "1",
+        "no commit reached the trigger",
+    )
+    .await;
+}
+
+/// The server carries out a batch's `COMMIT`, but its answer is lost (a relay drops what the
+/// server sends on the committer's connection). A lost answer says nothing of the outcome: the
+/// store asks the database, on a new connection, whether the transaction committed, and
+/// answers the admission as stored. (Answered `503` instead, the device would be told its
+/// request was not stored while it is, and runs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_whose_answer_is_lost_is_answered_as_it_ended() {
+    let (cluster, _, dir) = pg_database("lost").await;
+    let server = format!("127.0.0.1:{}", cluster.port).parse().expect("addr");
+    let relay = Relay::start(server).await;
+    let url = format!("postgres://postgres@{}/lost", relay.addr);
+    let store = gateway_store(&url, dir.path(), "gw-lost").await;
+    cluster.query("lost", &slow_commits(2));
+    let admission = {
+        let store = store.clone();
+        tokio::spawn(async move { admit_alone(&store, request("lost-1", "c"), 0).await })
+    };
+    until_a_commit_sleeps(&cluster, "lost").await;
+    relay.mute();
+    let admission = admission.await.expect("task");
+    assert!(matches!(admission, Admission::New), "{admission:?}");
+    assert_eq!(
+        cluster.query(
+            "lost",
+            "SELECT count(*) FROM requests WHERE device = 'lost-1'"
+        ),
+        "1"
+    );
+}
+
+/// A `COMMIT` the server has not carried out when its answer is given up on (it sleeps in a
+/// trigger for a minute, as a frozen server would hold it): the store ends that transaction's
+/// server process, so the outcome is final, and answers the batch as not committed (`503`).
+/// Nothing of it is stored, and the store commits again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_given_up_on_is_ended_and_answered_as_not_stored() {
+    let (cluster, url, dir) = pg_database("unread").await;
+    let store = gateway_store(&url, dir.path(), "gw-unread").await;
+    cluster.query("unread", &slow_commits(60));
+    let command = Command::Admit {
+        request: request("unread-1", "c"),
+        dedupe_after_ms: 0,
+        max_pending: 0,
+    };
+    let failed = store.batch(vec![Some(command)]).await;
+    assert!(
+        matches!(failed, Err(StoreError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert_eq!(
+        cluster.query(
+            "unread",
+            "SELECT count(*) FROM requests WHERE device = 'unread-1'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        cluster.query(
+            "unread",
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+        ),
+        "0",
+        "the transaction's server process was ended"
+    );
+    cluster.query("unread", "DROP TRIGGER slow_commit ON requests");
+    assert!(matches!(
+        admit_alone(&store, request("unread-1", "c"), 0).await,
+        Admission::New
+    ));
 }
 
 /// The SQL of another gateway's admission of `device` (correlation `corr`) in quota `slot`, for

@@ -10,14 +10,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::grouped;
 use super::marks::Count;
-use super::pool::{Conn, Pool};
+use super::pool::{answered, Conn, Pool, Pooled};
 use super::work::{run_slot, Done, Work};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
@@ -67,16 +67,15 @@ pub async fn run(
             .into_iter()
             .map(|job| (job.work, job.then))
             .unzip();
-        let conn = pool.get().await;
+        let conn = answered(pool.get()).await;
         {
             let started = Instant::now();
             let outcome = match conn {
                 Ok(mut conn) => {
                     let mut tries = 1;
                     loop {
-                        match transaction(&mut conn, &me, &work, shared.load(Ordering::Relaxed))
-                            .await
-                        {
+                        let shared = shared.load(Ordering::Relaxed);
+                        match transaction(&mut conn, &pool, &me, &work, shared).await {
                             // Another transaction (this gateway's or another's) locked rows in
                             // the other order: run the whole batch again.
                             Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
@@ -100,35 +99,71 @@ type Outcomes = Vec<Vec<Option<Done>>>;
 /// What a job's writer is called with.
 pub type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
 
+/// Runs one batch as one transaction. Every wait for the server is bounded by
+/// [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT): before the `COMMIT` is sent, a server that does not answer leaves nothing
+/// committed (the connection is closed, so the server rolls back), and the batch fails as
+/// unavailable. Once the `COMMIT` is sent, a lost answer (timeout, broken connection) says
+/// nothing about whether it committed: [`settle`] asks the database before anyone is answered.
 async fn transaction(
-    conn: &mut super::pool::Pooled,
+    conn: &mut Pooled,
+    pool: &Pool,
     me: &str,
     jobs: &[Vec<Option<Work>>],
     shared: bool,
 ) -> Result<Outcomes, StoreError> {
-    let conn: &Conn = conn;
-    let done = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
-        // A `status` or `cancel` must see the requests before it in the batch: one at a time
-        // (pipelined, a command preparing a statement could overtake an earlier one).
-        conn.client.batch_execute("BEGIN").await?;
-        let mut done = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let mut outcomes = Vec::with_capacity(job.len());
-            for work in job {
-                outcomes.push(run_slot(conn, me, work).await);
+    let ran = answered(async {
+        let conn: &Conn = conn;
+        let (begun, done) = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
+            // A `status` or `cancel` must see the requests before it in the batch: one at a
+            // time (pipelined, a command preparing a statement could overtake an earlier one).
+            let begun = begin(conn).await?;
+            let mut done = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let mut outcomes = Vec::with_capacity(job.len());
+                for work in job {
+                    outcomes.push(run_slot(conn, me, work).await);
+                }
+                done.push(outcomes);
             }
-            done.push(outcomes);
+            (begun, done)
+        } else {
+            grouped(conn, me, jobs, shared).await?
+        };
+        Ok((begun, outcomes_of(done)?))
+    })
+    .await;
+    let (begun, outcomes) = match ran {
+        Ok(ran) => ran,
+        // No answer, or a broken connection: closing it rolls back.
+        Err(error @ StoreError::Unavailable(_)) => {
+            conn.discard();
+            return Err(error);
         }
-        done
-    } else {
-        match grouped(conn, me, jobs, shared).await {
-            Ok(done) => done,
-            Err(error) => {
-                let _ = conn.client.batch_execute("ROLLBACK").await;
-                return Err(error);
+        Err(error) => {
+            if answered(async { Ok(conn.client.batch_execute("ROLLBACK").await?) })
+                .await
+                .is_err()
+            {
+                conn.discard();
             }
+            return Err(error);
         }
     };
+    let committed = answered(async { Ok(conn.client.batch_execute("COMMIT").await?) }).await;
+    match committed {
+        Ok(()) => Ok(outcomes),
+        // The server answered the `COMMIT` with an error of the transaction's own: rolled back.
+        Err(error) if !matches!(error, StoreError::Unavailable(_)) => Err(error),
+        Err(error) => {
+            conn.discard();
+            settle(pool, begun, &error).await?;
+            Ok(outcomes)
+        }
+    }
+}
+
+/// The outcomes of a batch's work, or the failure that ends the batch.
+fn outcomes_of(done: Slots) -> Result<Outcomes, StoreError> {
     let mut outcomes = Vec::with_capacity(done.len());
     let mut failed: Option<StoreError> = None;
     for job in done {
@@ -151,12 +186,111 @@ async fn transaction(
         }
         outcomes.push(outcome);
     }
-    if let Some(error) = failed {
-        let _ = conn.client.batch_execute("ROLLBACK").await;
-        return Err(error);
+    match failed {
+        Some(error) => Err(error),
+        None => Ok(outcomes),
     }
-    conn.client.batch_execute("COMMIT").await?;
-    Ok(outcomes)
+}
+
+/// Which transaction a batch runs in: its id and its server process, to ask about them when
+/// the answer to its `COMMIT` is lost.
+#[derive(Clone, Copy, Debug)]
+struct Begun {
+    /// `txid_current()`: the transaction's id, with its epoch.
+    xid: i64,
+    /// `pg_backend_pid()`.
+    pid: i32,
+}
+
+/// `BEGIN`, and the transaction's id and server process, in one message.
+async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
+    let messages = conn
+        .client
+        .simple_query("BEGIN; SELECT txid_current(), pg_backend_pid()")
+        .await?;
+    messages
+        .iter()
+        .find_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(Begun {
+                xid: row.get(0)?.parse().ok()?,
+                pid: row.get(1)?.parse().ok()?,
+            }),
+            _ => None,
+        })
+        .ok_or_else(|| StoreError::Sql("BEGIN did not say its transaction's id".into()))
+}
+
+/// First wait before asking again whether a commit landed; doubled up to [`SETTLE_MAX`].
+const SETTLE_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between two such questions.
+const SETTLE_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until the database says whether the transaction `begun` committed: `Ok` if it did,
+/// [`StoreError::Unavailable`] if it did not. Asked on a new connection, again with backoff for
+/// as long as the database cannot be reached. The batch's writers wait meanwhile: intake neither
+/// acknowledges nor answers `503` a request whose row may or may not exist (a `503` says it was
+/// not stored), and the rest of the lane waits behind it, in order.
+///
+/// A transaction still open on its old server process (the `COMMIT` not read yet: a frozen
+/// server, a network that lost it) is ended first (`pg_terminate_backend`, only that process
+/// and only while it is in that very transaction), so the answer is final.
+async fn settle(pool: &Pool, begun: Begun, lost: &StoreError) -> Result<(), StoreError> {
+    let mut wait = SETTLE_FIRST;
+    let mut said = false;
+    loop {
+        match answered(ask(pool, begun)).await {
+            Ok(Some(committed)) => {
+                tracing::warn!(
+                    xid = begun.xid,
+                    committed,
+                    "the commit whose answer was lost is settled"
+                );
+                return match committed {
+                    true => Ok(()),
+                    false => Err(StoreError::Unavailable(format!(
+                        "{lost} (the transaction did not commit)"
+                    ))),
+                };
+            }
+            Ok(None) => {}
+            Err(error) if !said => {
+                tracing::error!(
+                    xid = begun.xid,
+                    %lost,
+                    %error,
+                    "a commit's answer was lost: its writers wait until the database says \
+                     whether it committed"
+                );
+                said = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(SETTLE_MAX);
+    }
+}
+
+/// Whether `begun` committed (`None`: not known yet, its process is still ending).
+async fn ask(pool: &Pool, begun: Begun) -> Result<Option<bool>, StoreError> {
+    let conn = pool.connect().await?;
+    let xid32 = (begun.xid & 0xffff_ffff).to_string();
+    conn.client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE pid = $1 AND backend_xid::text = $2",
+            &[&begun.pid, &xid32],
+        )
+        .await?;
+    let status: Option<String> = conn
+        .client
+        .query_one("SELECT txid_status($1)", &[&begun.xid])
+        .await?
+        .get(0);
+    Ok(match status.as_deref() {
+        Some("committed") => Some(true),
+        Some("aborted") => Some(false),
+        _ => None,
+    })
 }
 
 /// One piece of work's outcome.
@@ -177,7 +311,7 @@ async fn grouped(
     me: &str,
     jobs: &[Vec<Option<Work>>],
     shared: bool,
-) -> Result<Slots, StoreError> {
+) -> Result<(Begun, Slots), StoreError> {
     let mut admits = Vec::new();
     let mut completions = Vec::new();
     let mut published = Vec::new();
@@ -240,7 +374,7 @@ async fn grouped(
     // in the order they are issued, all in one flight: `BEGIN`, the grouped statements and the
     // rest, the admissions last.
     grouped::prepare(conn).await?;
-    let begun = conn.client.batch_execute("BEGIN");
+    let begun = begin(conn);
     let admission = grouped::admit(conn, me, &admit_rows);
     let statements = async {
         tokio::join!(
@@ -252,7 +386,7 @@ async fn grouped(
         )
     };
     let (begun, (completed, counted, acked, others, stored)) = tokio::join!(begun, statements);
-    begun?;
+    let begun = begun?;
     let failed = [
         stored.as_ref().err(),
         completed.as_ref().err(),
@@ -294,10 +428,11 @@ async fn grouped(
             }
         }
     }
-    Ok(done
+    let done = done
         .into_iter()
         .map(|job| job.into_iter().flatten().collect())
-        .collect())
+        .collect();
+    Ok((begun, done))
 }
 
 /// Whether this work reads requests that earlier work of its batch may have written.

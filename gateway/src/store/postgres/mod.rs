@@ -161,16 +161,20 @@ impl PgStore {
     /// and a gateway's totals are at most `alive` beats old.
     ///
     /// Beats run on their own connection, not the pool's: renewing the lease never waits for the
-    /// committers. A broken connection is dropped and the next beat connects again.
+    /// committers. A broken connection is dropped and the next beat connects again; so is one
+    /// whose server did not answer within [`pool::ANSWER_TIMEOUT`] (the beat then fails, and the
+    /// gateway degrades).
     pub async fn heartbeat(&self) -> Result<(), StoreError> {
         let mut slot = self.beat_conn.lock().await;
         let conn = match slot.take() {
             Some(conn) if !conn.client.is_closed() => conn,
             _ => self.pool.connect().await?,
         };
-        let result = self.beat(&conn).await;
-        if !conn.client.is_closed() {
-            *slot = Some(conn);
+        let result = pool::answered(self.beat(&conn)).await;
+        match result {
+            Err(StoreError::Unavailable(_)) if !conn.client.is_closed() => conn.close(),
+            _ if !conn.client.is_closed() => *slot = Some(conn),
+            _ => {}
         }
         result
     }
@@ -193,7 +197,9 @@ impl PgStore {
     /// See [`crate::store::Store::leave`].
     pub async fn leave(&self) -> Result<(), StoreError> {
         self.barrier().await?;
-        cluster::leave(&*self.pool.get().await?, &self.me).await
+        self.pool
+            .run(async |conn| cluster::leave(conn, &self.me).await)
+            .await
     }
 
     /// See [`crate::store::Store::cluster_view`].
@@ -203,18 +209,21 @@ impl PgStore {
 
     /// See [`crate::store::Store::take_over`].
     pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
-        let conn = self.pool.get().await?;
-        conn.client.batch_execute("BEGIN").await?;
-        match cluster::take_over(&conn, &self.me, now_ms(), limit).await {
-            Ok(taken) => {
-                conn.client.batch_execute("COMMIT").await?;
-                Ok(taken)
-            }
-            Err(error) => {
-                let _ = conn.client.batch_execute("ROLLBACK").await;
-                Err(error)
-            }
-        }
+        self.pool
+            .run(async |conn| {
+                conn.client.batch_execute("BEGIN").await?;
+                match cluster::take_over(conn, &self.me, now_ms(), limit).await {
+                    Ok(taken) => {
+                        conn.client.batch_execute("COMMIT").await?;
+                        Ok(taken)
+                    }
+                    Err(error) => {
+                        let _ = conn.client.batch_execute("ROLLBACK").await;
+                        Err(error)
+                    }
+                }
+            })
+            .await
     }
 
     /// How long group commits take.
@@ -298,8 +307,9 @@ impl PgStore {
         device: DeviceId,
         corr: Correlation,
     ) -> Result<Option<Existing>, StoreError> {
-        let conn = self.pool.get().await?;
-        requests::find(&conn, &device, &corr).await
+        self.pool
+            .run(async |conn| requests::find(conn, &device, &corr).await)
+            .await
     }
 
     /// See [`crate::store::Store::complete_then`].
@@ -326,12 +336,16 @@ impl PgStore {
 
     /// See [`crate::store::Store::unpublished`].
     pub async fn unpublished(&self) -> Result<Vec<FinalReply>, StoreError> {
-        delivery::unpublished(&*self.pool.get().await?, &self.me).await
+        self.pool
+            .run(async |conn| delivery::unpublished(conn, &self.me).await)
+            .await
     }
 
     /// See [`crate::store::Store::queued_extent`].
     pub async fn queued_extent(&self) -> Result<(usize, Option<RequestId>), StoreError> {
-        requests::queued_extent(&*self.pool.get().await?, &self.me).await
+        self.pool
+            .run(async |conn| requests::queued_extent(conn, &self.me).await)
+            .await
     }
 
     /// See [`crate::store::Store::queued_after`].
@@ -341,7 +355,9 @@ impl PgStore {
         until: RequestId,
         limit: usize,
     ) -> Result<Vec<StoredRequest>, StoreError> {
-        requests::queued_after(&*self.pool.get().await?, &self.me, after, until, limit).await
+        self.pool
+            .run(async |conn| requests::queued_after(conn, &self.me, after, until, limit).await)
+            .await
     }
 
     /// See [`crate::store::Store::held_for`].
@@ -388,7 +404,9 @@ impl PgStore {
 
     /// See [`crate::store::Store::held_counts`].
     pub async fn held_counts(&self, devices: Vec<DeviceId>) -> Result<Vec<usize>, StoreError> {
-        delivery::held_counts(&*self.pool.get().await?, &devices).await
+        self.pool
+            .run(async |conn| delivery::held_counts(conn, &devices).await)
+            .await
     }
 
     /// See [`crate::store::Store::held_total`]: the cluster's held replies as the heartbeat last
@@ -398,7 +416,11 @@ impl PgStore {
     pub async fn held_total(&self) -> Result<usize, StoreError> {
         match self.cluster_view() {
             Some(view) => Ok(view.totals.held as usize),
-            None => delivery::held_total(&*self.pool.get().await?).await,
+            None => {
+                self.pool
+                    .run(async |conn| delivery::held_total(conn).await)
+                    .await
+            }
         }
     }
 
@@ -408,18 +430,21 @@ impl PgStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let conn = self.pool.get().await?;
-        conn.client.batch_execute("BEGIN").await?;
-        match delivery::expire_held(&conn, now_ms, limit).await {
-            Ok(letters) => {
-                conn.client.batch_execute("COMMIT").await?;
-                Ok(letters)
-            }
-            Err(error) => {
-                let _ = conn.client.batch_execute("ROLLBACK").await;
-                Err(error)
-            }
-        }
+        self.pool
+            .run(async |conn| {
+                conn.client.batch_execute("BEGIN").await?;
+                match delivery::expire_held(conn, now_ms, limit).await {
+                    Ok(letters) => {
+                        conn.client.batch_execute("COMMIT").await?;
+                        Ok(letters)
+                    }
+                    Err(error) => {
+                        let _ = conn.client.batch_execute("ROLLBACK").await;
+                        Err(error)
+                    }
+                }
+            })
+            .await
     }
 
     /// See [`crate::store::Store::undeliverable`].
@@ -428,20 +453,23 @@ impl PgStore {
         replies: Vec<Undeliverable>,
         now_ms: i64,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let conn = self.pool.get().await?;
-        conn.client.batch_execute("BEGIN").await?;
-        let mut letters = Vec::with_capacity(replies.len());
-        for reply in &replies {
-            match delivery::undeliverable(&conn, reply, now_ms).await {
-                Ok(letter) => letters.push(letter),
-                Err(error) => {
-                    let _ = conn.client.batch_execute("ROLLBACK").await;
-                    return Err(error);
+        self.pool
+            .run(async |conn| {
+                conn.client.batch_execute("BEGIN").await?;
+                let mut letters = Vec::with_capacity(replies.len());
+                for reply in &replies {
+                    match delivery::undeliverable(conn, reply, now_ms).await {
+                        Ok(letter) => letters.push(letter),
+                        Err(error) => {
+                            let _ = conn.client.batch_execute("ROLLBACK").await;
+                            return Err(error);
+                        }
+                    }
                 }
-            }
-        }
-        conn.client.batch_execute("COMMIT").await?;
-        Ok(letters)
+                conn.client.batch_execute("COMMIT").await?;
+                Ok(letters)
+            })
+            .await
     }
 
     /// See [`crate::store::Store::prune`].
@@ -451,6 +479,8 @@ impl PgStore {
         telemetry_before_ms: i64,
         keep: usize,
     ) -> Result<(usize, usize), StoreError> {
+        // Not bounded by `pool::ANSWER_TIMEOUT`, unlike the other work on the pool: a day's
+        // deletes may legitimately take longer.
         let conn = self.pool.get().await?;
         Ok((
             requests::prune(&conn, dedupe_before_ms).await?,

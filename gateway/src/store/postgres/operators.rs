@@ -16,9 +16,10 @@ impl PgStore {
         &self,
         seen: Vec<Seen>,
     ) -> Result<Vec<Option<DeviceNow>>, StoreError> {
-        let conn = self.pool.get().await?;
         let shared = self.shared.load(std::sync::atomic::Ordering::Relaxed);
-        devices::upsert(&conn, &self.me, &seen, shared).await
+        self.pool
+            .run(async |conn| devices::upsert(conn, &self.me, &seen, shared).await)
+            .await
     }
 
     /// See [`crate::store::Store::devices_page`].
@@ -28,7 +29,9 @@ impl PgStore {
         offset: usize,
         limit: usize,
     ) -> Result<(u64, Vec<DeviceRow>), StoreError> {
-        devices::page(&*self.pool.get().await?, &filter, offset, limit).await
+        self.pool
+            .run(async |conn| devices::page(conn, &filter, offset, limit).await)
+            .await
     }
 
     /// See [`crate::store::Store::device`].
@@ -37,12 +40,16 @@ impl PgStore {
         id: String,
         recent: usize,
     ) -> Result<Option<DeviceDetail>, StoreError> {
-        views::device(&*self.pool.get().await?, &id, recent).await
+        self.pool
+            .run(async |conn| views::device(conn, &id, recent).await)
+            .await
     }
 
     /// See [`crate::store::Store::request`].
     pub async fn request(&self, id: String) -> Result<Option<RequestDetail>, StoreError> {
-        views::request(&*self.pool.get().await?, &id).await
+        self.pool
+            .run(async |conn| views::request(conn, &id).await)
+            .await
     }
 
     /// See [`crate::store::Store::dead_letters_page`].
@@ -52,13 +59,16 @@ impl PgStore {
         offset: usize,
         limit: usize,
     ) -> Result<(u64, Vec<DeadLetterRow>), StoreError> {
-        let conn = self.pool.get().await?;
-        views::dead_letters_page(&conn, device.as_deref(), offset, limit).await
+        self.pool
+            .run(async |conn| {
+                views::dead_letters_page(conn, device.as_deref(), offset, limit).await
+            })
+            .await
     }
 
     /// See [`crate::store::Store::backlog`].
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
-        views::backlog(&*self.pool.get().await?).await
+        self.pool.run(async |conn| views::backlog(conn).await).await
     }
 }
 

@@ -37,14 +37,45 @@ const KEEPALIVES_RETRIES: u32 = 3;
 /// tokio-postgres' own `keepalives_idle`: a URL that leaves it at this did not set it.
 const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
+/// How long the committers and the heartbeat wait for PostgreSQL to answer (a statement, a
+/// commit, a connection from the pool) before the store counts as unavailable. A server that
+/// stopped answering with its host still up (frozen, overloaded past this, a stuck disk) gives no
+/// TCP error at all; this bound is what notices it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `work`'s result, or [`StoreError::Unavailable`] once [`ANSWER_TIMEOUT`] has passed without
+/// one.
+pub async fn answered<T>(
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(no_answer()))
+}
+
+fn no_answer() -> StoreError {
+    StoreError::Unavailable(format!(
+        "no answer from PostgreSQL within {} s",
+        ANSWER_TIMEOUT.as_secs()
+    ))
+}
+
 /// One connection and its prepared statements.
 pub struct Conn {
     /// The client (its connection task runs on the runtime).
     pub client: Client,
     statements: Mutex<HashMap<&'static str, Statement>>,
+    /// The connection task, ended by [`Conn::close`].
+    task: tokio::task::AbortHandle,
 }
 
 impl Conn {
+    /// Ends the connection at once, whatever it was waiting for: its socket is closed, so the
+    /// server rolls back whatever transaction it had open as soon as it reads on.
+    pub fn close(self) {
+        self.task.abort();
+    }
+
     /// `sql` prepared on this connection (once; later calls hit the cache).
     pub async fn statement(&self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.cache().get(sql) {
@@ -105,10 +136,28 @@ impl Pool {
         })
     }
 
+    /// `work` on a pooled connection, each wait (for the connection, for `work`) bounded by
+    /// [`ANSWER_TIMEOUT`]: a server that stopped answering fails it as unavailable, and its
+    /// connection is closed rather than kept, instead of holding the caller and a connection.
+    /// For short work: reads, bounded transactions (not the prune's unbounded deletes).
+    pub async fn run<T>(
+        self: &Arc<Self>,
+        work: impl AsyncFnOnce(&Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = answered(self.get()).await?;
+        match tokio::time::timeout(ANSWER_TIMEOUT, work(&conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn.discard();
+                Err(no_answer())
+            }
+        }
+    }
+
     /// A new connection outside the pool's accounting (migrations use it once at open).
     pub async fn connect(&self) -> Result<Conn, StoreError> {
         let (client, connection) = self.config.connect(NoTls).await?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%error, "store connection closed");
             }
@@ -116,6 +165,7 @@ impl Pool {
         Ok(Conn {
             client,
             statements: Mutex::new(HashMap::new()),
+            task: task.abort_handle(),
         })
     }
 }
@@ -147,11 +197,23 @@ pub struct Pooled {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Pooled {
+    /// Ends this connection instead of returning it (it is in an unknown state: a statement or
+    /// a commit went unanswered). The next `get` connects afresh.
+    pub fn discard(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close();
+        }
+    }
+}
+
 impl Deref for Pooled {
     type Target = Conn;
 
     fn deref(&self) -> &Conn {
-        self.conn.as_ref().expect("present until drop")
+        self.conn
+            .as_ref()
+            .expect("present until dropped or discarded")
     }
 }
 
