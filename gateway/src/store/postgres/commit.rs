@@ -5,19 +5,23 @@
 //! answer), then commits once and only then answers each writer. A lane's transactions run one
 //! after another, in queue order, as on SQLite's store thread: work sees everything queued
 //! before it on its lane (a wake's redelivery read sees the publish count the outbox queued just
-//! before), and what waits meanwhile makes the next batch larger.
+//! before), and what waits meanwhile makes the next batch larger. Each transaction goes through
+//! [`transaction::run`]: no wait for the server longer than
+//! [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT), and a lost `COMMIT` answer settled by asking
+//! the database before any writer is answered.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use super::grouped;
 use super::marks::Count;
-use super::pool::{answered, Conn, Pool, Pooled};
+use super::pool::{answered, Conn, Pool};
+use super::transaction::{self, Begun};
 use super::work::{run_slot, Done, Work};
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
@@ -75,7 +79,8 @@ pub async fn run(
                     let mut tries = 1;
                     loop {
                         let shared = shared.load(Ordering::Relaxed);
-                        match transaction(&mut conn, &pool, &me, &work, shared).await {
+                        let batch = async |conn: &Conn| batch(conn, &me, &work, shared).await;
+                        match transaction::run(&mut conn, &pool, batch).await {
                             // Another transaction (this gateway's or another's) locked rows in
                             // the other order: run the whole batch again.
                             Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
@@ -99,67 +104,31 @@ type Outcomes = Vec<Vec<Option<Done>>>;
 /// What a job's writer is called with.
 pub type Then = Box<dyn FnOnce(Result<Vec<Option<Done>>, StoreError>) + Send>;
 
-/// Runs one batch as one transaction. Every wait for the server is bounded by
-/// [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT): before the `COMMIT` is sent, a server that does not answer leaves nothing
-/// committed (the connection is closed, so the server rolls back), and the batch fails as
-/// unavailable. Once the `COMMIT` is sent, a lost answer (timeout, broken connection) says
-/// nothing about whether it committed: [`settle`] asks the database before anyone is answered.
-async fn transaction(
-    conn: &mut Pooled,
-    pool: &Pool,
+/// A batch's work, in a transaction it opens ([`transaction::begin`]) and leaves open for
+/// [`transaction::run`] to commit: its outcomes, or the failure that ends the batch.
+async fn batch(
+    conn: &Conn,
     me: &str,
     jobs: &[Vec<Option<Work>>],
     shared: bool,
-) -> Result<Outcomes, StoreError> {
-    let ran = answered(async {
-        let conn: &Conn = conn;
-        let (begun, done) = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
-            // A `status` or `cancel` must see the requests before it in the batch: one at a
-            // time (pipelined, a command preparing a statement could overtake an earlier one).
-            let begun = begin(conn).await?;
-            let mut done = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                let mut outcomes = Vec::with_capacity(job.len());
-                for work in job {
-                    outcomes.push(run_slot(conn, me, work).await);
-                }
-                done.push(outcomes);
+) -> Result<(Begun, Outcomes), StoreError> {
+    let (begun, done) = if jobs.iter().flatten().flatten().any(reads_what_came_before) {
+        // A `status` or `cancel` must see the requests before it in the batch: one at a time
+        // (pipelined, a command preparing a statement could overtake an earlier one).
+        let begun = transaction::begin(conn).await?;
+        let mut done = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let mut outcomes = Vec::with_capacity(job.len());
+            for work in job {
+                outcomes.push(run_slot(conn, me, work).await);
             }
-            (begun, done)
-        } else {
-            grouped(conn, me, jobs, shared).await?
-        };
-        Ok((begun, outcomes_of(done)?))
-    })
-    .await;
-    let (begun, outcomes) = match ran {
-        Ok(ran) => ran,
-        // No answer, or a broken connection: closing it rolls back.
-        Err(error @ StoreError::Unavailable(_)) => {
-            conn.discard();
-            return Err(error);
+            done.push(outcomes);
         }
-        Err(error) => {
-            if answered(async { Ok(conn.client.batch_execute("ROLLBACK").await?) })
-                .await
-                .is_err()
-            {
-                conn.discard();
-            }
-            return Err(error);
-        }
+        (begun, done)
+    } else {
+        grouped(conn, me, jobs, shared).await?
     };
-    let committed = answered(async { Ok(conn.client.batch_execute("COMMIT").await?) }).await;
-    match committed {
-        Ok(()) => Ok(outcomes),
-        // The server answered the `COMMIT` with an error of the transaction's own: rolled back.
-        Err(error) if !matches!(error, StoreError::Unavailable(_)) => Err(error),
-        Err(error) => {
-            conn.discard();
-            settle(pool, begun, &error).await?;
-            Ok(outcomes)
-        }
-    }
+    Ok((begun, outcomes_of(done)?))
 }
 
 /// The outcomes of a batch's work, or the failure that ends the batch.
@@ -190,107 +159,6 @@ fn outcomes_of(done: Slots) -> Result<Outcomes, StoreError> {
         Some(error) => Err(error),
         None => Ok(outcomes),
     }
-}
-
-/// Which transaction a batch runs in: its id and its server process, to ask about them when
-/// the answer to its `COMMIT` is lost.
-#[derive(Clone, Copy, Debug)]
-struct Begun {
-    /// `txid_current()`: the transaction's id, with its epoch.
-    xid: i64,
-    /// `pg_backend_pid()`.
-    pid: i32,
-}
-
-/// `BEGIN`, and the transaction's id and server process, in one message.
-async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
-    let messages = conn
-        .client
-        .simple_query("BEGIN; SELECT txid_current(), pg_backend_pid()")
-        .await?;
-    messages
-        .iter()
-        .find_map(|message| match message {
-            tokio_postgres::SimpleQueryMessage::Row(row) => Some(Begun {
-                xid: row.get(0)?.parse().ok()?,
-                pid: row.get(1)?.parse().ok()?,
-            }),
-            _ => None,
-        })
-        .ok_or_else(|| StoreError::Sql("BEGIN did not say its transaction's id".into()))
-}
-
-/// First wait before asking again whether a commit landed; doubled up to [`SETTLE_MAX`].
-const SETTLE_FIRST: Duration = Duration::from_millis(100);
-/// Longest wait between two such questions.
-const SETTLE_MAX: Duration = Duration::from_secs(5);
-
-/// Waits until the database says whether the transaction `begun` committed: `Ok` if it did,
-/// [`StoreError::Unavailable`] if it did not. Asked on a new connection, again with backoff for
-/// as long as the database cannot be reached. The batch's writers wait meanwhile: intake neither
-/// acknowledges nor answers `503` a request whose row may or may not exist (a `503` says it was
-/// not stored), and the rest of the lane waits behind it, in order.
-///
-/// A transaction still open on its old server process (the `COMMIT` not read yet: a frozen
-/// server, a network that lost it) is ended first (`pg_terminate_backend`, only that process
-/// and only while it is in that very transaction), so the answer is final.
-async fn settle(pool: &Pool, begun: Begun, lost: &StoreError) -> Result<(), StoreError> {
-    let mut wait = SETTLE_FIRST;
-    let mut said = false;
-    loop {
-        match answered(ask(pool, begun)).await {
-            Ok(Some(committed)) => {
-                tracing::warn!(
-                    xid = begun.xid,
-                    committed,
-                    "the commit whose answer was lost is settled"
-                );
-                return match committed {
-                    true => Ok(()),
-                    false => Err(StoreError::Unavailable(format!(
-                        "{lost} (the transaction did not commit)"
-                    ))),
-                };
-            }
-            Ok(None) => {}
-            Err(error) if !said => {
-                tracing::error!(
-                    xid = begun.xid,
-                    %lost,
-                    %error,
-                    "a commit's answer was lost: its writers wait until the database says \
-                     whether it committed"
-                );
-                said = true;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(SETTLE_MAX);
-    }
-}
-
-/// Whether `begun` committed (`None`: not known yet, its process is still ending).
-async fn ask(pool: &Pool, begun: Begun) -> Result<Option<bool>, StoreError> {
-    let conn = pool.connect().await?;
-    let xid32 = (begun.xid & 0xffff_ffff).to_string();
-    conn.client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE pid = $1 AND backend_xid::text = $2",
-            &[&begun.pid, &xid32],
-        )
-        .await?;
-    let status: Option<String> = conn
-        .client
-        .query_one("SELECT txid_status($1)", &[&begun.xid])
-        .await?
-        .get(0);
-    Ok(match status.as_deref() {
-        Some("committed") => Some(true),
-        Some("aborted") => Some(false),
-        _ => None,
-    })
 }
 
 /// One piece of work's outcome.
@@ -374,7 +242,7 @@ async fn grouped(
     // in the order they are issued, all in one flight: `BEGIN`, the grouped statements and the
     // rest, the admissions last.
     grouped::prepare(conn).await?;
-    let begun = begin(conn);
+    let begun = transaction::begin(conn);
     let admission = grouped::admit(conn, me, &admit_rows);
     let statements = async {
         tokio::join!(

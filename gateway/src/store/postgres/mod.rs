@@ -1,8 +1,9 @@
 //! The PostgreSQL engine (`[store] engine = "postgres"`): one database that several gateways
 //! share, through tokio-postgres.
 //!
-//! Writes go through [`commit`] (group commit, pipelined, one transaction per batch); reads
-//! borrow a connection from the [`pool`]. The schema is in [`schema`] (versioned, migrated
+//! Writes go through [`commit`] (group commit, pipelined, one transaction per batch) or, for
+//! the few outside it, [`transaction`] (which also commits the batches: no wait unbounded, no
+//! lost `COMMIT` answer guessed); reads borrow a connection from the [`pool`]. The schema is in [`schema`] (versioned, migrated
 //! under an advisory lock), each table's statements in [`requests`], [`delivery`], [`devices`]
 //! and [`tables`]; operators' views in [`views`] (their typed methods in [`operators`]).
 //!
@@ -33,6 +34,7 @@ mod pool;
 mod requests;
 mod schema;
 mod tables;
+mod transaction;
 mod views;
 mod work;
 
@@ -209,21 +211,10 @@ impl PgStore {
 
     /// See [`crate::store::Store::take_over`].
     pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
-        self.pool
-            .run(async |conn| {
-                conn.client.batch_execute("BEGIN").await?;
-                match cluster::take_over(conn, &self.me, now_ms(), limit).await {
-                    Ok(taken) => {
-                        conn.client.batch_execute("COMMIT").await?;
-                        Ok(taken)
-                    }
-                    Err(error) => {
-                        let _ = conn.client.batch_execute("ROLLBACK").await;
-                        Err(error)
-                    }
-                }
-            })
-            .await
+        transaction::on_pool(&self.pool, async |conn| {
+            cluster::take_over(conn, &self.me, now_ms(), limit).await
+        })
+        .await
     }
 
     /// How long group commits take.
@@ -430,21 +421,10 @@ impl PgStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.pool
-            .run(async |conn| {
-                conn.client.batch_execute("BEGIN").await?;
-                match delivery::expire_held(conn, now_ms, limit).await {
-                    Ok(letters) => {
-                        conn.client.batch_execute("COMMIT").await?;
-                        Ok(letters)
-                    }
-                    Err(error) => {
-                        let _ = conn.client.batch_execute("ROLLBACK").await;
-                        Err(error)
-                    }
-                }
-            })
-            .await
+        transaction::on_pool(&self.pool, async |conn| {
+            delivery::expire_held(conn, now_ms, limit).await
+        })
+        .await
     }
 
     /// See [`crate::store::Store::undeliverable`].
@@ -453,23 +433,14 @@ impl PgStore {
         replies: Vec<Undeliverable>,
         now_ms: i64,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        self.pool
-            .run(async |conn| {
-                conn.client.batch_execute("BEGIN").await?;
-                let mut letters = Vec::with_capacity(replies.len());
-                for reply in &replies {
-                    match delivery::undeliverable(conn, reply, now_ms).await {
-                        Ok(letter) => letters.push(letter),
-                        Err(error) => {
-                            let _ = conn.client.batch_execute("ROLLBACK").await;
-                            return Err(error);
-                        }
-                    }
-                }
-                conn.client.batch_execute("COMMIT").await?;
-                Ok(letters)
-            })
-            .await
+        transaction::on_pool(&self.pool, async |conn| {
+            let mut letters = Vec::with_capacity(replies.len());
+            for reply in &replies {
+                letters.push(delivery::undeliverable(conn, reply, now_ms).await?);
+            }
+            Ok(letters)
+        })
+        .await
     }
 
     /// See [`crate::store::Store::prune`].
