@@ -362,6 +362,29 @@ impl PgCluster {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Makes every commit of a new request in database `db` sleep `seconds` (a deferred trigger
+    /// runs at `COMMIT`): a test that sees a commit sleep ([`PgCluster::commits_sleeping`])
+    /// knows its `COMMIT` was sent and is being carried out.
+    pub fn slow_commits(&self, db: &str, seconds: u32) {
+        self.query(
+            db,
+            &format!(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON requests \
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            ),
+        );
+    }
+
+    /// How many commits sleep in [`PgCluster::slow_commits`]' trigger now.
+    pub fn commits_sleeping(&self, db: &str) -> String {
+        self.query(
+            db,
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
+        )
+    }
+
     /// Runs `sql` (say, a `SELECT ... FOR UPDATE`) in an open transaction in database `db`,
     /// which holds its locks until the returned [`Open`] is committed or dropped.
     pub fn hold(&self, db: &str, sql: &str) -> Open {

@@ -581,6 +581,69 @@ async fn silent_database(
     gateway.kill();
 }
 
+/// A stop (SIGTERM) while a request's `COMMIT` is unanswered because the database froze in the
+/// middle of it. Its writers wait until the database says whether it committed, but the stop
+/// does not wait for them: the gateway exits 0 within the harness's bound, leaving its lease to
+/// run out. Once the database goes on, the commit lands, and the next start runs the request:
+/// nothing lost, nothing run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothing() {
+    const DEVICE: &str = "pg-stop-1";
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let url = cluster.create_database("roost");
+    // Its deadline outlasts the stop and the restart (30 s by default: it would end as `504`).
+    let mut gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
+         [limits]\nop_timeout_ms = 300000\n"
+    ));
+    cluster.slow_commits("roost", 2);
+    let device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    device
+        .request("stats", &values(&[1.0, 2.0]), b"mid-commit", None)
+        .await;
+    let started = Instant::now();
+    while cluster.commits_sleeping("roost") != "1" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the request's commit never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.freeze();
+    // The commit's answer is given up on after 10 s; asking whether it landed then fails too.
+    let started = Instant::now();
+    while !gateway.log().contains("a commit's answer was lost") {
+        assert!(started.elapsed() < 2 * WAIT, "{}", gateway.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.terminate();
+        (gateway, status)
+    });
+    let (mut gateway, status) = status.await.expect("join");
+    assert!(status.success(), "{status:?}\n{}", gateway.log());
+    cluster.thaw();
+    device.disconnect().await;
+
+    gateway.restart();
+    let rows = tokio::time::timeout(WAIT, async {
+        loop {
+            let rows = requests_of(&gateway, DEVICE);
+            if rows.iter().any(|row| row.state == "done") {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the committed request runs after the restart");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].executions, 1, "{rows:?}");
+    gateway.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns() {
     const DEVICE: &str = "full-2";

@@ -1092,27 +1092,16 @@ async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
     );
 }
 
-/// SQL that makes every commit of a new request sleep `seconds` (a deferred trigger runs at
-/// `COMMIT`): the test then knows the `COMMIT` was sent and is being carried out.
-fn slow_commits(seconds: u32) -> String {
-    format!(
-        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
-         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON requests \
-         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
-    )
-}
-
-/// Waits until a commit sleeps in [`slow_commits`]' trigger.
+/// Waits until a commit sleeps in [`PgCluster::slow_commits`]' trigger.
 async fn until_a_commit_sleeps(cluster: &PgCluster, db: &str) {
-    until_answers(
-        cluster,
-        db,
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'",
-        "1",
-        "no commit reached the trigger",
-    )
-    .await;
+    let started = std::time::Instant::now();
+    while cluster.commits_sleeping(db) != "1" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no commit reached the trigger"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The server carries out a batch's `COMMIT`, but its answer is lost (a relay drops what the
@@ -1127,7 +1116,7 @@ async fn postgres_a_commit_whose_answer_is_lost_is_answered_as_it_ended() {
     let relay = Relay::start(server).await;
     let url = format!("postgres://postgres@{}/lost", relay.addr);
     let store = gateway_store(&url, dir.path(), "gw-lost").await;
-    cluster.query("lost", &slow_commits(2));
+    cluster.slow_commits("lost", 2);
     let admission = {
         let store = store.clone();
         tokio::spawn(async move { admit_alone(&store, request("lost-1", "c"), 0).await })
@@ -1153,7 +1142,7 @@ async fn postgres_a_commit_whose_answer_is_lost_is_answered_as_it_ended() {
 async fn postgres_a_commit_given_up_on_is_ended_and_answered_as_not_stored() {
     let (cluster, url, dir) = pg_database("unread").await;
     let store = gateway_store(&url, dir.path(), "gw-unread").await;
-    cluster.query("unread", &slow_commits(60));
+    cluster.slow_commits("unread", 60);
     let command = Command::Admit {
         request: request("unread-1", "c"),
         dedupe_after_ms: 0,
@@ -1172,10 +1161,7 @@ async fn postgres_a_commit_given_up_on_is_ended_and_answered_as_not_stored() {
         "0"
     );
     assert_eq!(
-        cluster.query(
-            "unread",
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-        ),
+        cluster.commits_sleeping("unread"),
         "0",
         "the transaction's server process was ended"
     );

@@ -198,7 +198,9 @@ impl PgStore {
 
     /// See [`crate::store::Store::leave`].
     pub async fn leave(&self) -> Result<(), StoreError> {
-        self.barrier().await?;
+        // Bounded: a lane that waits to settle a lost commit while the database cannot be
+        // reached would otherwise hold the stop for as long; the others then wait out the lease.
+        pool::answered(self.barrier()).await?;
         self.pool
             .run(async |conn| cluster::leave(conn, &self.me).await)
             .await
