@@ -558,6 +558,23 @@ async fn silent_database(
         .request(&mut device, &mut ledger, b"silent-2", &[1.0])
         .await;
     assert_eq!(reply.reply.status, Status::Unavailable);
+    // The operator CLI fails with the reason instead of hanging.
+    let config = gateway.config_path();
+    let listed = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .arg("60")
+            .arg(Gateway::binary())
+            .args(["requests", "list", "--config"])
+            .arg(config)
+            .output()
+            .expect("run gateway")
+    })
+    .await
+    .expect("join");
+    let said = String::from_utf8_lossy(&listed.stderr);
+    assert_ne!(listed.status.code(), Some(124), "the CLI hung");
+    assert!(!listed.status.success(), "{said}");
+    assert!(said.contains("store"), "{said}");
 
     speak(&cluster);
     wait_state(&mut watcher, "online").await;

@@ -36,10 +36,11 @@ impl PgReader {
         to_ms: i64,
         limit: usize,
     ) -> Result<Series, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
-            tables::window(&conn, device, metric, from_ms, to_ms, limit).await
-        })
+        self.runtime.block_on(
+            self.pool.run(async |conn| {
+                tables::window(conn, device, metric, from_ms, to_ms, limit).await
+            }),
+        )
     }
 }
 
@@ -63,7 +64,7 @@ impl PgConsole {
             .build()
             .map_err(|e| StoreError::Sql(format!("cannot start a runtime: {e}")))?;
         let pool = Pool::new(url, 1)?;
-        runtime.block_on(async { pool.get().await.map(drop) })?;
+        runtime.block_on(super::pool::answered(async { pool.get().await.map(drop) }))?;
         Ok(PgConsole { runtime, pool })
     }
 
@@ -74,25 +75,19 @@ impl PgConsole {
         state: Option<&str>,
         limit: usize,
     ) -> Result<Vec<RequestSummary>, StoreError> {
-        self.runtime.block_on(async {
-            views::list_requests(&*self.pool.get().await?, device, state, limit).await
-        })
+        self.read(async |conn| views::list_requests(conn, device, state, limit).await)
     }
 
     /// See [`crate::store::Console::dead_letters`].
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterRow>, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
-            Ok(views::dead_letters_page(&conn, None, 0, limit).await?.1)
-        })
+        self.read(async |conn| Ok(views::dead_letters_page(conn, None, 0, limit).await?.1))
     }
 
     /// See [`crate::store::Console::requeue`].
     pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
+        self.read(async |conn| {
             conn.client.batch_execute("BEGIN").await?;
-            match tables::requeue(&conn, id, expires_ms).await {
+            match tables::requeue(conn, id, expires_ms).await {
                 Ok(outcome) => {
                     conn.client.batch_execute("COMMIT").await?;
                     Ok(outcome)

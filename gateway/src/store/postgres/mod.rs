@@ -123,7 +123,7 @@ impl PgStore {
         lease: Duration,
     ) -> Result<PgStore, StoreError> {
         let pool = Pool::new(url, pool_size)?;
-        let mut conn = pool.connect().await?;
+        let mut conn = pool::answered(pool.connect()).await?;
         schema::migrate(&mut conn.client).await?;
         devices::reset_awake(&conn, me).await?;
         let started_ms = now_ms();
@@ -170,7 +170,8 @@ impl PgStore {
         let mut slot = self.beat_conn.lock().await;
         let conn = match slot.take() {
             Some(conn) if !conn.client.is_closed() => conn,
-            _ => self.pool.connect().await?,
+            // Bounded too: a frozen server's kernel accepts the connection, then nothing answers.
+            _ => pool::answered(self.pool.connect()).await?,
         };
         let result = pool::answered(self.beat(&conn)).await;
         match result {

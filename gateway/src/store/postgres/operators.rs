@@ -73,14 +73,14 @@ impl PgStore {
 }
 
 impl PgConsole {
-    fn read<T>(
+    /// `query` on the console's connection, bounded as the gateway's own work on the pool is
+    /// ([`super::pool::Pool::run`]): a command against a server that stopped answering fails
+    /// instead of hanging.
+    pub(super) fn read<T>(
         &self,
         query: impl AsyncFnOnce(&Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.runtime.block_on(async {
-            let conn = self.pool.get().await?;
-            query(&conn).await
-        })
+        self.runtime.block_on(self.pool.run(query))
     }
 
     /// See [`crate::store::Console::devices_page`].

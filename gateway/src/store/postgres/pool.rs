@@ -21,7 +21,8 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::store::StoreError;
 
-/// How long connecting may take before the attempt counts as failed.
+/// How long the TCP connect may take before the attempt counts as failed (the handshake after
+/// it is bounded by the callers, with [`answered`]: a frozen server's kernel still accepts).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long sent data may stay unacknowledged by the server's host before the connection
 /// counts as broken (unless the URL says `tcp_user_timeout`).
