@@ -3,8 +3,8 @@
 //!
 //! Writes go through [`commit`] (group commit, pipelined, one transaction per batch) or, for
 //! the few outside it, [`transaction`] (which also commits the batches: no wait unbounded, no
-//! lost `COMMIT` answer guessed); reads borrow a connection from the [`pool`]. The schema is in [`schema`] (versioned, migrated
-//! under an advisory lock), each table's statements in [`requests`], [`delivery`], [`devices`]
+//! lost `COMMIT` answer guessed); reads borrow a connection from the [`pool`]. The schema is in
+//! [`schema`] (versioned, migrated under an advisory lock), each table's statements in [`requests`], [`delivery`], [`devices`]
 //! and [`tables`]; operators' views in [`views`] (their typed methods in [`operators`]).
 //!
 //! **A row found by its key says its state as `COALESCE(delivery, '') = 'held'` (or `state`),

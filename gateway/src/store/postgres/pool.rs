@@ -38,10 +38,11 @@ const KEEPALIVES_RETRIES: u32 = 3;
 /// tokio-postgres' own `keepalives_idle`: a URL that leaves it at this did not set it.
 const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 
-/// How long the committers and the heartbeat wait for PostgreSQL to answer (a statement, a
-/// commit, a connection from the pool) before the store counts as unavailable. A server that
-/// stopped answering with its host still up (frozen, overloaded past this, a stuck disk) gives no
-/// TCP error at all; this bound is what notices it.
+/// How long the store waits for PostgreSQL to answer (a statement, a commit, a connection's
+/// handshake, a connection from the pool: in the committers, the heartbeat, the work on the pool
+/// and the operator CLI) before it counts as unavailable. A server that stopped answering with
+/// its host still up (frozen, overloaded past this, a stuck disk) gives no TCP error at all;
+/// this bound is what notices it.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `work`'s result, or [`StoreError::Unavailable`] once [`ANSWER_TIMEOUT`] has passed without
@@ -155,7 +156,8 @@ impl Pool {
         }
     }
 
-    /// A new connection outside the pool's accounting (migrations use it once at open).
+    /// A new connection outside the pool's accounting (the migrations at open, then the
+    /// heartbeat; a lost commit's question). Only its TCP connect is bounded here.
     pub async fn connect(&self) -> Result<Conn, StoreError> {
         let (client, connection) = self.config.connect(NoTls).await?;
         let task = tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! One transaction on a pooled connection: every wait for the server bounded by
-//! [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT), and a `COMMIT` whose answer was lost settled by asking the database, never
-//! guessed. The committers ([`super::commit`]) run their batches through [`run`]; the store's
+//! [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT), and a `COMMIT` whose answer was lost
+//! settled by asking the database, never guessed. The committers ([`super::commit`]) run their batches through [`run`]; the store's
 //! other writes (the takeover, the expiry of held replies, undeliverable replies) through
 //! [`on_pool`].
 //!
@@ -130,18 +130,18 @@ async fn settle(pool: &Pool, begun: Begun, lost: &StoreError) -> Result<(), Stor
                     ))),
                 };
             }
-            Ok(None) => {}
-            Err(error) if !said => {
+            asked if !said => {
+                let error = asked.err().map(|error| error.to_string());
                 tracing::error!(
                     xid = begun.xid,
                     %lost,
-                    %error,
+                    error = error.as_deref().unwrap_or("its server process is still ending"),
                     "a commit's answer was lost: its writers wait until the database says \
                      whether it committed"
                 );
                 said = true;
             }
-            Err(_) => {}
+            _ => {}
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(SETTLE_MAX);
