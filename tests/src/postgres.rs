@@ -40,6 +40,10 @@ impl Link {
         let last = (port & 63) * 4;
         let (near, far) = (format!("{net}.{}", last + 1), format!("{net}.{}", last + 2));
         let link = Link { netns, inside };
+        // Left over by a test run that was killed on this port: gone with its namespace.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &link.netns])
+            .output();
         link.ip(&["netns", "add", &link.netns]);
         link.ip(&[
             "link",
