@@ -73,15 +73,7 @@ impl Link {
     fn ip_inside(&self, args: &[&str]) {
         let mut all = vec!["netns", "exec", &self.netns, "ip"];
         all.extend_from_slice(args);
-        self.ip_netns(&all);
-    }
-
-    fn ip_netns(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .expect("ip netns exec");
-        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+        self.ip(&all);
     }
 
     /// Brings the namespace's end up or down: down, whatever is sent over the link is lost,
