@@ -99,8 +99,11 @@ pub async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
 
 /// First wait before asking again whether a commit landed; doubled up to [`SETTLE_MAX`].
 const SETTLE_FIRST: Duration = Duration::from_millis(100);
-/// Longest wait between two such questions.
-const SETTLE_MAX: Duration = Duration::from_secs(5);
+/// Longest wait between two such questions: short, since the batch's writers (for intake's
+/// lane, intake itself) wait for the answer. A question costs one connection attempt: refused
+/// at once while the server is down. At 5 s, a lane went on 5 s after its sibling in a
+/// restart under load.
+const SETTLE_MAX: Duration = Duration::from_secs(1);
 
 /// Waits until the database says whether the transaction `begun` committed: `Ok` if it did,
 /// [`StoreError::Unavailable`] if it did not. Asked on a new connection, again with backoff for
