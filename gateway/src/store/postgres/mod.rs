@@ -134,7 +134,11 @@ impl PgStore {
         let shared = Arc::new(AtomicBool::new(false));
         let lanes = Arc::new(lanes::Lanes::start(&pool, &commit_latency, me, &shared));
         let marks = Arc::new(marks::Marks::default());
-        tokio::spawn(marks::flush(marks.clone(), Arc::downgrade(&lanes)));
+        tokio::spawn(marks::flush(
+            marks.clone(),
+            Arc::downgrade(&lanes),
+            shared.clone(),
+        ));
         Ok(PgStore {
             pool,
             lanes,
