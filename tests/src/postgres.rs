@@ -362,12 +362,17 @@ impl PgCluster {
     /// runs at `COMMIT`): a test that sees a commit sleep ([`PgCluster::commits_sleeping`])
     /// knows its `COMMIT` was sent and is being carried out.
     pub fn slow_commits(&self, db: &str, seconds: u32) {
+        self.slow_commits_of(db, "INSERT ON requests", seconds);
+    }
+
+    /// As [`PgCluster::slow_commits`], for the commits of `event` (say, `UPDATE ON dead_letters`).
+    pub fn slow_commits_of(&self, db: &str, event: &str, seconds: u32) {
         self.query(
             db,
             &format!(
                 "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS \
                  $$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
-                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON requests \
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER {event} \
                  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
             ),
         );

@@ -1448,3 +1448,64 @@ async fn postgres_rows_found_by_key_do_not_scan_the_partial_indexes() {
         assert!(n < 1000, "{index} read {n} entries: scanned whole ({read})");
     }
 }
+
+/// An operator's `deadletters requeue` whose `COMMIT` the server carries out but whose answer
+/// is lost (a relay drops it): the CLI cannot know whether the dead letter was requeued, and
+/// says so, naming the command that tells, instead of failing as if nothing happened. The
+/// requeue did land, and the command run again says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_requeue_whose_commit_answer_is_lost_is_said_undecided() {
+    let (cluster, url, dir) = pg_database("requeue").await;
+    let store = gateway_store(&url, dir.path(), "gw-requeue").await;
+    held_reply(&store, "rq-1", "c").await;
+    let expired = store
+        .expire_held(now_ms() + 120_000, 100)
+        .await
+        .expect("expire");
+    assert_eq!(expired.len(), 1);
+    let server = format!("127.0.0.1:{}", cluster.port).parse().expect("addr");
+    let relay = Relay::start(server).await;
+    let relayed = postgres(&format!("postgres://postgres@{}/requeue", relay.addr));
+    let console = {
+        let path = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || Console::open(&relayed, &path, true))
+            .await
+            .expect("thread")
+            .expect("console")
+    };
+    let id: i64 = cluster
+        .query("requeue", "SELECT id FROM dead_letters")
+        .parse()
+        .expect("dead letter id");
+    cluster.slow_commits_of("requeue", "UPDATE ON dead_letters", 2);
+    let requeue = tokio::task::spawn_blocking(move || console.requeue(id, now_ms() + 60_000));
+    until_a_commit_sleeps(&cluster, "requeue").await;
+    relay.mute();
+    let said = requeue.await.expect("thread");
+    match &said {
+        Err(StoreError::Unavailable(message)) => assert!(
+            message.contains("may or may not have been requeued")
+                && message.contains(&format!("gateway deadletters requeue {id}")),
+            "{message}"
+        ),
+        other => panic!("not said undecided: {other:?}"),
+    }
+    until_answers(
+        &cluster,
+        "requeue",
+        "SELECT requeued FROM dead_letters",
+        "t",
+        "the requeue committed",
+    )
+    .await;
+    let direct = postgres(&url);
+    let path = dir.path().to_owned();
+    let again = tokio::task::spawn_blocking(move || {
+        Console::open(&direct, &path, true)
+            .expect("console")
+            .requeue(id, now_ms() + 60_000)
+    })
+    .await
+    .expect("thread");
+    assert_eq!(again.expect("requeue"), Requeue::AlreadyRequeued);
+}

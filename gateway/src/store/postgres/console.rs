@@ -83,12 +83,16 @@ impl PgConsole {
         self.read(async |conn| Ok(views::dead_letters_page(conn, None, 0, limit).await?.1))
     }
 
-    /// See [`crate::store::Console::requeue`].
+    /// See [`crate::store::Console::requeue`]. A `COMMIT` whose answer is lost is said to be
+    /// undecided, not failed: the dead letter may be requeued, and the same command run again
+    /// says whether it was.
     pub fn requeue(&self, id: i64, expires_ms: i64) -> Result<Requeue, StoreError> {
-        self.read(async |conn| {
+        let committing = std::cell::Cell::new(false);
+        let result = self.read(async |conn| {
             conn.client.batch_execute("BEGIN").await?;
             match tables::requeue(conn, id, expires_ms).await {
                 Ok(outcome) => {
+                    committing.set(true);
                     conn.client.batch_execute("COMMIT").await?;
                     Ok(outcome)
                 }
@@ -97,6 +101,15 @@ impl PgConsole {
                     Err(error)
                 }
             }
-        })
+        });
+        match result {
+            Err(StoreError::Unavailable(lost)) if committing.get() => {
+                Err(StoreError::Unavailable(format!(
+                    "{lost}: the answer to the COMMIT was lost, so dead letter {id} may or may \
+                     not have been requeued; run `gateway deadletters requeue {id}` again to see"
+                )))
+            }
+            result => result,
+        }
     }
 }
