@@ -623,6 +623,81 @@ async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothin
     gateway.kill();
 }
 
+/// The database freezes while intake's `COMMIT` is in flight, so its answer is lost. That
+/// request may or may not be stored: it is neither acknowledged nor answered `503` until the
+/// database says. But the requests behind it are not held with it: another device's request
+/// sent meanwhile is answered `503` while the database is silent. Once it thaws, the first
+/// request is answered as its commit ended (`202` and run once if it committed, `503` and no
+/// row if not), and its PUBACK was a refusal either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_intake_commit_does_not_hold_the_requests_behind_it() {
+    const FIRST: &str = "pg-lost-1";
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let url = cluster.create_database("roost");
+    let mut gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
+         [limits]\nop_timeout_ms = 300000\n"
+    ));
+    let mut ledger = Ledger::default();
+    let mut first = TestDevice::connect(gateway.mqtt, FIRST).await;
+    let mut behind = TestDevice::connect(gateway.mqtt, "pg-lost-2").await;
+    cluster.slow_commits("roost", 2);
+    first
+        .request("stats", &values(&[1.0, 2.0]), b"lost", None)
+        .await;
+    let started = Instant::now();
+    while cluster.commits_sleeping("roost") != "1" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the request's commit never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.freeze();
+    behind
+        .request("stats", &values(&[3.0]), b"behind", None)
+        .await;
+    // The lost answer is given up on after 10 s, and this request's own batch may wait 10 s
+    // more for the silent database.
+    let reply = behind.next_within(3 * WAIT).await.unwrap_or_else(|| {
+        panic!(
+            "the request behind the lost commit was held\n{}",
+            gateway.log()
+        )
+    });
+    assert_eq!(reply.corr.as_deref(), Some(&b"behind"[..]));
+    assert_eq!(reply.reply.status, Status::Unavailable, "{:?}", reply.reply);
+    assert!(
+        ledger.count(b"lost") == 0 && first.next_within(Duration::ZERO).await.is_none(),
+        "the request whose commit is unsettled is not answered yet"
+    );
+    cluster.thaw();
+
+    let answer = ledger.first(&mut first, b"lost").await;
+    let rows = requests_of(&gateway, FIRST);
+    match answer.reply.status {
+        Status::Accepted => {
+            ledger.until_finished(&mut first, &[b"lost".to_vec()]).await;
+            let rows = requests_of(&gateway, FIRST);
+            assert_eq!(rows.len(), 1, "{rows:?}");
+            assert_eq!(rows[0].executions, 1, "{rows:?}");
+        }
+        Status::Unavailable => assert!(rows.is_empty(), "a 503 stored nothing: {rows:?}"),
+        other => panic!("unexpected answer {other:?}: {:?}", answer.reply),
+    }
+    assert_eq!(
+        *first.pubacks.lock().expect("puback log"),
+        vec![false],
+        "the unsettled publish was refused"
+    );
+    assert_eq!(*behind.pubacks.lock().expect("puback log"), vec![false]);
+    first.disconnect().await;
+    behind.disconnect().await;
+    gateway.kill();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns() {
     const DEVICE: &str = "full-2";

@@ -6,7 +6,10 @@
 //! While the store is degraded (see [`crate::store::health`]), or when a batch's commit fails,
 //! nothing of the batch is committed: its requests are answered `503` (`store_unavailable`,
 //! with `retry_after_ms`) and every publish that needed the store is refused
-//! ([`Inbound::refuse`]), never acknowledged.
+//! ([`Inbound::refuse`]), never acknowledged. A batch whose `COMMIT` was sent but whose answer
+//! was lost (PostgreSQL) may or may not be stored: its publishes are refused without an answer
+//! at once, so the batches behind it go on, and answered once the store settles it (`202` and
+//! the scheduler if it committed, `503` if not).
 //!
 //! **Invariant:** a request row is committed before any reply about it is published, and a
 //! publish is acknowledged only after what it carries was committed.
@@ -19,13 +22,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
-use crate::store::commands::{Command, Outcome};
+use crate::store::commands::{Command, Outcome, Settling, Written};
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply};
@@ -34,6 +38,19 @@ use classify::Address;
 
 /// Most publishes handled in one batch.
 const MAX_BATCH: usize = 1024;
+
+/// A batch refused while its `COMMIT` is settled: the plans of its publishes still to answer
+/// (`None`: answered already), and the store's outcomes once it says.
+type Unsettled = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    Vec<Option<plan::Plan>>,
+                    Result<Vec<Option<Outcome>>, StoreError>,
+                ),
+            > + Send,
+    >,
+>;
 
 /// The intake stage.
 pub struct Intake {
@@ -63,13 +80,27 @@ impl Intake {
     /// as fatal.
     pub async fn run(self, mut inbox_rx: mpsc::Receiver<Inbound>) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while inbox_rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.process(std::mem::take(&mut batch)).await?;
+        let mut settling = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some((plans, result)) = settling.next(), if !settling.is_empty() => {
+                    self.settled(plans, result).await;
+                }
+                received = inbox_rx.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        return Ok(());
+                    }
+                    if let Some(unsettled) = self.process(std::mem::take(&mut batch)).await? {
+                        settling.push(unsettled);
+                    }
+                }
+            }
         }
-        Ok(())
     }
 
-    async fn process(&self, publishes: Vec<Inbound>) -> Result<(), StoreError> {
+    /// Handles one batch; a batch whose `COMMIT` answer was lost comes back to be answered once
+    /// the store settles it ([`Intake::settled`]).
+    async fn process(&self, publishes: Vec<Inbound>) -> Result<Option<Unsettled>, StoreError> {
         let draining = self.draining.load(Ordering::Relaxed);
         let mut plans = Vec::with_capacity(publishes.len());
         let mut work = Vec::with_capacity(publishes.len());
@@ -93,14 +124,18 @@ impl Intake {
         let outcomes: Vec<Option<Outcome>> = if !sent.contains(&true) {
             work.into_iter().map(|_| None).collect()
         } else {
-            match self.store.batch(work).await {
-                Ok(outcomes) => outcomes,
-                Err(StoreError::Closed) => return Err(StoreError::Closed),
-                Err(error) => {
+            match self.store.write(work).await {
+                Written::Done(Ok(outcomes)) => outcomes,
+                Written::Done(Err(StoreError::Closed)) => return Err(StoreError::Closed),
+                Written::Done(Err(error)) => {
                     // The store marked itself degraded (unless it was a conflict): nothing of
                     // this batch was committed.
                     tracing::warn!(%error, publishes = plans.len(), "intake batch not committed");
-                    return self.unwritten(plans, stored).await;
+                    self.unwritten(plans, stored).await;
+                    return Ok(None);
+                }
+                Written::Unsettled(settling) => {
+                    return Ok(Some(self.unsettled(plans, stored, sent, settling).await));
                 }
             }
         };
@@ -117,16 +152,76 @@ impl Intake {
                 plan.finish(self, outcome).await;
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// A batch whose `COMMIT` answer was lost: its row may or may not exist, so its publishes
+    /// are neither acknowledged nor answered `503`. Each that had store work in it is refused
+    /// now, in receive order, without an answer (the next batches are answered meanwhile); its
+    /// answer waits for the store to settle the batch ([`Intake::settled`]). The others go on
+    /// as usual.
+    async fn unsettled(
+        &self,
+        plans: Vec<(Inbound, plan::Plan)>,
+        stored: Vec<bool>,
+        sent: Vec<bool>,
+        settling: Settling,
+    ) -> Unsettled {
+        tracing::warn!(
+            publishes = plans.len(),
+            "intake batch's commit answer was lost: refused, and answered once the database \
+             says whether it committed"
+        );
+        let mut waiting = Vec::with_capacity(plans.len());
+        for ((incoming, plan), (stored, sent)) in
+            plans.into_iter().zip(stored.into_iter().zip(sent))
+        {
+            if stored && sent {
+                incoming.refuse().await;
+                waiting.push(Some(plan));
+            } else if stored {
+                incoming.refuse().await;
+                plan.unwritten(self).await;
+                waiting.push(None);
+            } else {
+                incoming.ack().await;
+                plan.finish(self, None).await;
+                waiting.push(None);
+            }
+        }
+        Box::pin(async move { (waiting, settling.await) })
+    }
+
+    /// Answers the publishes of a batch the store settled: as committed (`202`, and a new request
+    /// goes to the scheduler), or as not stored (`503`).
+    async fn settled(
+        &self,
+        waiting: Vec<Option<plan::Plan>>,
+        result: Result<Vec<Option<Outcome>>, StoreError>,
+    ) {
+        tracing::warn!(
+            committed = result.is_ok(),
+            "intake batch whose commit answer was lost is settled"
+        );
+        match result {
+            Ok(outcomes) => {
+                for (plan, outcome) in waiting.into_iter().zip(outcomes) {
+                    if let Some(plan) = plan {
+                        plan.finish(self, outcome).await;
+                    }
+                }
+            }
+            Err(_) => {
+                for plan in waiting.into_iter().flatten() {
+                    plan.unwritten(self).await;
+                }
+            }
+        }
     }
 
     /// Answers a batch whose store work was not committed: each publish that needed the store
     /// is refused and answered as [`plan::Plan::unwritten`] says; the others go on as usual.
-    async fn unwritten(
-        &self,
-        plans: Vec<(Inbound, plan::Plan)>,
-        stored: Vec<bool>,
-    ) -> Result<(), StoreError> {
+    async fn unwritten(&self, plans: Vec<(Inbound, plan::Plan)>, stored: Vec<bool>) {
         for ((incoming, plan), stored) in plans.into_iter().zip(stored) {
             if stored {
                 incoming.refuse().await;
@@ -136,7 +231,6 @@ impl Intake {
                 plan.finish(self, None).await;
             }
         }
-        Ok(())
     }
 
     /// Publishes a reply that is not held (202, intake errors, duplicates' 202, control ops).

@@ -59,3 +59,18 @@ pub enum Outcome {
     /// For [`Command::Dead`] and [`Command::Telemetry`].
     Done,
 }
+
+/// A batch's outcomes once the database says what became of them.
+pub type Settling = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<Option<Outcome>>, super::StoreError>> + Send>,
+>;
+
+/// What became of intake's batch ([`super::Store::write`]).
+pub enum Written {
+    /// Committed (the outcomes), or not (the failure), as [`super::Store::batch`] answers.
+    Done(Result<Vec<Option<Outcome>>, super::StoreError>),
+    /// Its `COMMIT` was sent and the answer lost (PostgreSQL): whether it committed is not
+    /// known yet. The future says, once the database does; meanwhile the store takes the next
+    /// batches.
+    Unsettled(Settling),
+}

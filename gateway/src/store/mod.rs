@@ -37,7 +37,7 @@ use crate::config::{StoreConfig, StoreEngine};
 use crate::metrics::Histogram;
 use crate::wire::{Correlation, DeviceId, RequestId};
 use cluster::{ClusterView, Takeover};
-use commands::{Command, Outcome};
+use commands::{Command, Outcome, Written};
 use deadletters::DeadLetter;
 use health::StoreHealth;
 use requests::{Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest};
@@ -180,6 +180,26 @@ impl Store {
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
         let result = dispatch!(self.batch(commands).await);
         self.observed(result)
+    }
+
+    /// As [`Store::batch`], for intake, which must not wait while the database is asked about a
+    /// `COMMIT` whose answer was lost: such a batch comes back [`Written::Unsettled`] at once.
+    pub async fn write(&self, commands: Vec<Option<Command>>) -> Written {
+        let written = match &self.engine {
+            Engine::Sqlite(engine) => Written::Done(engine.batch(commands).await),
+            Engine::Postgres(engine) => engine.write(commands).await,
+        };
+        match written {
+            Written::Done(result) => Written::Done(self.observed(result)),
+            Written::Unsettled(settling) => {
+                let health = self.health.clone();
+                Written::Unsettled(Box::pin(async move {
+                    let result = settling.await;
+                    health.observe(&result);
+                    result
+                }))
+            }
+        }
     }
 
     /// Stores a request unless its (device, correlation) was seen within the dedupe window

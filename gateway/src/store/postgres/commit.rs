@@ -6,9 +6,11 @@
 //! after another, in queue order, as on SQLite's store thread: work sees everything queued
 //! before it on its lane (a wake's redelivery read sees the publish count the outbox queued just
 //! before), and what waits meanwhile makes the next batch larger. Each transaction goes through
-//! [`transaction::run`]: no wait for the server longer than
+//! [`transaction::run_or_lose`]: no wait for the server longer than
 //! [`ANSWER_TIMEOUT`](super::pool::ANSWER_TIMEOUT), and a lost `COMMIT` answer settled by asking
-//! the database before any writer is answered.
+//! the database before any writer is answered. A batch with a writer that must not wait for
+//! that (intake: [`Job::unsettled`]) is settled in the background while the lane goes on; it is
+//! then the one exception to the lane's order.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::join_all;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::grouped;
 use super::marks::Count;
@@ -46,6 +48,11 @@ pub struct Job {
     pub work: Vec<Option<Work>>,
     /// Called with the outcomes after the commit.
     pub then: Then,
+    /// Told at once when the answer to the batch's `COMMIT` is lost, for a writer that must not
+    /// wait while the database is asked whether it committed (intake): the batch is then
+    /// settled in the background, `then` called once the database says, and the lane goes on.
+    /// `None`: the lane waits for the answer, and so does the writer.
+    pub unsettled: Option<oneshot::Sender<()>>,
 }
 
 /// Runs jobs until every sender is gone.
@@ -67,34 +74,51 @@ pub async fn run(
                 }
             }
         }
-        let (work, thens): (Vec<_>, Vec<_>) = std::mem::take(&mut waiting)
-            .into_iter()
-            .map(|job| (job.work, job.then))
-            .unzip();
-        let conn = answered(pool.get()).await;
-        {
-            let started = Instant::now();
-            let outcome = match conn {
-                Ok(mut conn) => {
-                    let mut tries = 1;
-                    loop {
-                        let shared = shared.load(Ordering::Relaxed);
-                        let batch = async |conn: &Conn| batch(conn, &me, &work, shared).await;
-                        match transaction::run(&mut conn, &pool, batch).await {
-                            // Another transaction (this gateway's or another's) locked rows in
-                            // the other order: run the whole batch again.
-                            Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
-                                tracing::debug!(%error, tries, "store batch retried");
-                                tries += 1;
-                            }
-                            outcome => break outcome,
+        let mut work = Vec::with_capacity(waiting.len());
+        let mut thens = Vec::with_capacity(waiting.len());
+        let mut unsettled = Vec::new();
+        for job in waiting.drain(..) {
+            work.push(job.work);
+            thens.push(job.then);
+            unsettled.extend(job.unsettled);
+        }
+        let started = Instant::now();
+        let outcome = match answered(pool.get()).await {
+            Ok(mut conn) => {
+                let mut tries = 1;
+                loop {
+                    let shared = shared.load(Ordering::Relaxed);
+                    let batch = async |conn: &Conn| batch(conn, &me, &work, shared).await;
+                    match transaction::run_or_lose(&mut conn, batch).await {
+                        // Another transaction (this gateway's or another's) locked rows in the
+                        // other order: run the whole batch again.
+                        Err(StoreError::Conflict(error)) if tries < MAX_TRIES => {
+                            tracing::debug!(%error, tries, "store batch retried");
+                            tries += 1;
                         }
+                        outcome => break outcome,
                     }
                 }
-                Err(error) => Err(error),
-            };
-            latency.observe(started.elapsed());
-            deliver(thens, outcome);
+            }
+            Err(error) => Err(error),
+        };
+        latency.observe(started.elapsed());
+        match outcome {
+            Ok(Ok(outcomes)) => deliver(thens, Ok(outcomes)),
+            Err(error) => deliver(thens, Err(error)),
+            Ok(Err(lost)) if unsettled.is_empty() => deliver(thens, lost.settle(&pool).await),
+            Ok(Err(lost)) => {
+                tracing::warn!(
+                    jobs = thens.len(),
+                    "a commit's answer was lost: its writers are told, and the lane goes on \
+                     while it is settled"
+                );
+                for told in unsettled {
+                    let _ = told.send(());
+                }
+                let pool = pool.clone();
+                tokio::spawn(async move { deliver(thens, lost.settle(&pool).await) });
+            }
         }
     }
 }

@@ -64,12 +64,30 @@ impl Lanes {
 
     /// Queues `work` on its lane; `then` gets its outcomes, in its order, once it committed.
     pub fn submit(&self, work: Vec<Option<Work>>, then: Then) {
+        self.submit_telling(work, then, None);
+    }
+
+    /// As [`Lanes::submit`]; `unsettled` is told at once if the answer to the `COMMIT` is lost
+    /// (see [`Job::unsettled`]).
+    pub fn submit_telling(
+        &self,
+        work: Vec<Option<Work>>,
+        then: Then,
+        unsettled: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let lane = if work.iter().flatten().any(is_intakes) {
             INTAKE
         } else {
             FINISH
         };
-        self.submit_to(lane, Job { work, then });
+        self.submit_to(
+            lane,
+            Job {
+                work,
+                then,
+                unsettled,
+            },
+        );
     }
 
     /// Queues `job` on lane `lane`.

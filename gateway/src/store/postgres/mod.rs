@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::Histogram;
 use crate::store::cluster::{ClusterView, Takeover};
-use crate::store::commands::{Command, Outcome};
+use crate::store::commands::{Command, Outcome, Written};
 use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
@@ -257,7 +257,35 @@ impl PgStore {
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
-        let work = commands
+        commands_outcomes(self.commit(self.commands_work(commands)).await)
+    }
+
+    /// See [`crate::store::Store::write`]: a batch whose `COMMIT` answer is lost is handed back
+    /// unsettled at once, and settled in the background ([`commit::Job::unsettled`]).
+    pub async fn write(&self, commands: Vec<Option<Command>>) -> Written {
+        let (done_tx, done_rx) = oneshot::channel();
+        let (unsettled_tx, unsettled_rx) = oneshot::channel();
+        self.lanes.submit_telling(
+            self.commands_work(commands),
+            Box::new(move |outcome| {
+                let _ = done_tx.send(outcome);
+            }),
+            Some(unsettled_tx),
+        );
+        let mut done =
+            Box::pin(
+                async move { commands_outcomes(done_rx.await.unwrap_or(Err(StoreError::Closed))) },
+            );
+        tokio::select! {
+            biased;
+            outcomes = &mut done => Written::Done(outcomes),
+            Ok(()) = unsettled_rx => Written::Unsettled(done),
+        }
+    }
+
+    /// Intake's commands as the committer's work (an ack takes the publish count it ends).
+    fn commands_work(&self, commands: Vec<Option<Command>>) -> Vec<Option<Work>> {
+        commands
             .into_iter()
             .map(|command| {
                 command.map(|command| match command {
@@ -267,15 +295,6 @@ impl PgStore {
                     }
                     command => Work::Command(command),
                 })
-            })
-            .collect();
-        self.commit(work)
-            .await?
-            .into_iter()
-            .map(|done| match done {
-                Some(Done::Command(outcome)) => Ok(Some(outcome)),
-                None => Ok(None),
-                Some(_) => Err(StoreError::Sql("store answered out of kind".into())),
             })
             .collect()
     }
@@ -497,6 +516,7 @@ impl PgStore {
                 then: Box::new(move |outcome| {
                     let _ = done_tx.send(outcome);
                 }),
+                unsettled: None,
             },
         );
         let intake = async { done_rx.await.unwrap_or(Err(StoreError::Closed)) };
@@ -512,4 +532,18 @@ impl PgStore {
             runtime: self.runtime.clone(),
         }
     }
+}
+
+/// The committer's outcomes of intake's commands, as the commands' outcomes.
+fn commands_outcomes(
+    done: Result<Vec<Option<Done>>, StoreError>,
+) -> Result<Vec<Option<Outcome>>, StoreError> {
+    done?
+        .into_iter()
+        .map(|done| match done {
+            Some(Done::Command(outcome)) => Ok(Some(outcome)),
+            None => Ok(None),
+            Some(_) => Err(StoreError::Sql("store answered out of kind".into())),
+        })
+        .collect()
 }

@@ -24,6 +24,35 @@ pub async fn run<T>(
     pool: &Pool,
     work: impl AsyncFnOnce(&Conn) -> Result<(Begun, T), StoreError>,
 ) -> Result<T, StoreError> {
+    match run_or_lose(conn, work).await? {
+        Ok(result) => Ok(result),
+        Err(lost) => lost.settle(pool).await,
+    }
+}
+
+/// A transaction whose `COMMIT` was sent and whose answer was lost: what its work returned,
+/// should it have committed, and what to ask the database about.
+pub struct Lost<T> {
+    begun: Begun,
+    result: T,
+    error: StoreError,
+}
+
+impl<T> Lost<T> {
+    /// Waits until the database says whether it committed ([`settle`]): the work's result if it
+    /// did, [`StoreError::Unavailable`] if it did not.
+    pub async fn settle(self, pool: &Pool) -> Result<T, StoreError> {
+        settle(pool, self.begun, &self.error).await?;
+        Ok(self.result)
+    }
+}
+
+/// As [`run`], but a lost `COMMIT` answer is handed back unsettled ([`Lost`]), for a caller that
+/// must not wait for the database to say (intake's lane: [`super::commit`]).
+pub async fn run_or_lose<T>(
+    conn: &mut Pooled,
+    work: impl AsyncFnOnce(&Conn) -> Result<(Begun, T), StoreError>,
+) -> Result<Result<T, Lost<T>>, StoreError> {
     let ran = answered(work(conn)).await;
     let (begun, result) = match ran {
         Ok(ran) => ran,
@@ -44,13 +73,16 @@ pub async fn run<T>(
     };
     let committed = answered(async { Ok(conn.client.batch_execute("COMMIT").await?) }).await;
     match committed {
-        Ok(()) => Ok(result),
+        Ok(()) => Ok(Ok(result)),
         // The server answered the `COMMIT` with an error of the transaction's own: rolled back.
         Err(error) if !matches!(error, StoreError::Unavailable(_)) => Err(error),
         Err(error) => {
             conn.discard();
-            settle(pool, begun, &error).await?;
-            Ok(result)
+            Ok(Err(Lost {
+                begun,
+                result,
+                error,
+            }))
         }
     }
 }
@@ -99,8 +131,8 @@ pub async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
 
 /// First wait before asking again whether a commit landed; doubled up to [`SETTLE_MAX`].
 const SETTLE_FIRST: Duration = Duration::from_millis(100);
-/// Longest wait between two such questions: short, since the batch's writers (for intake's
-/// lane, intake itself) wait for the answer. A question costs one connection attempt: refused
+/// Longest wait between two such questions: short, since the batch's writers wait for the
+/// answer (intake's publishes their `202` or `503`). A question costs one connection attempt: refused
 /// at once while the server is down. At 5 s, a lane went on 5 s after its sibling in a
 /// restart under load.
 const SETTLE_MAX: Duration = Duration::from_secs(1);
@@ -109,8 +141,8 @@ const SETTLE_MAX: Duration = Duration::from_secs(1);
 /// [`StoreError::Unavailable`] if it did not. Asked on a new connection, again with backoff for
 /// as long as the database cannot be reached. The batch's writers wait meanwhile: intake neither
 /// acknowledges nor answers `503` a request whose row may or may not exist (a `503` says it was
-/// not stored), and the rest of its lane waits behind it, in order; a takeover does not forget
-/// work it may have claimed.
+/// not stored), though its lane goes on ([`super::commit::Job::unsettled`]); a takeover does not
+/// forget work it may have claimed.
 ///
 /// A transaction still open on its old server process (the `COMMIT` not read yet: a frozen
 /// server, a network that lost it) is ended first (`pg_terminate_backend`, only that process
