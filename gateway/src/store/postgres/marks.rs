@@ -10,9 +10,9 @@
 //! With other gateways alive, two acks in three come through another gateway (the broker's
 //! round robin), which cannot carry the count: it waits [`SHARED_DELAY`] instead, by when the
 //! ack has nearly always committed, so that its flush finds the reply ended and writes nothing
-//! (measured, `docs/BENCHMARKS.md` session 13: written alone, those counts were 26,800 row
-//! updates in 10 s of three gateways, each holding a row lock that another gateway's ack then
-//! waited for in its intake batch).
+//! (`docs/BENCHMARKS.md`: written alone, those counts were 26,839 row updates in 10 s of three
+//! gateways in session 12, each holding a row lock that the other gateway's ack then waited for
+//! in its intake batch; in session 13 the wait took those lock waits away).
 //!
 //! A count still waiting is committed before anything that must see it: a wake's redelivery
 //! read, a `ping`, a graceful stop ([`Marks::take`]). A crash loses at most the counts of the
