@@ -210,6 +210,7 @@ async fn subscriber_loop(
                 let incoming = Inbound {
                     publish,
                     ack: Ack::Broker(client.clone()),
+                    received_ms: crate::store::now_ms(),
                     budget: None,
                 };
                 if inbox_tx.send(incoming).await.is_err() {

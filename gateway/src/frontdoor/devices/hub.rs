@@ -59,6 +59,7 @@ impl Hub {
         let incoming = Inbound {
             publish,
             ack,
+            received_ms: crate::store::now_ms(),
             budget: Some(budget.map_err(|_| ())?),
         };
         self.service_tx.send(incoming).await.map_err(|_| ())
