@@ -47,6 +47,19 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// A publish just read, stamped with the time ([`Inbound::received_ms`]).
+    pub fn new(publish: Publish, ack: Ack, budget: Option<OwnedSemaphorePermit>) -> Inbound {
+        let received_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Inbound {
+            publish,
+            ack,
+            received_ms,
+            budget,
+        }
+    }
+
     /// Acknowledges the publish (PUBACK to the broker it came from, or the front door's own
     /// PUBACK to its device). Call in receive order, after the commit.
     pub async fn ack(self) {

@@ -207,12 +207,7 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let incoming = Inbound {
-                    publish,
-                    ack: Ack::Broker(client.clone()),
-                    received_ms: crate::store::now_ms(),
-                    budget: None,
-                };
+                let incoming = Inbound::new(publish, Ack::Broker(client.clone()), None);
                 if inbox_tx.send(incoming).await.is_err() {
                     return; // intake has stopped: shutting down
                 }
