@@ -560,6 +560,25 @@ async fn silent_database(
     gateway.kill();
 }
 
+/// Sends `device`'s request `corr` with commits of new requests made to sleep 2 s in database
+/// `roost`, and freezes the server (SIGSTOP) once that request's `COMMIT` sleeps: its answer
+/// will not come until [`PgCluster::thaw`].
+async fn freeze_mid_commit(cluster: &PgCluster, device: &TestDevice, corr: &[u8]) {
+    cluster.slow_commits("roost", 2);
+    device
+        .request("stats", &values(&[1.0, 2.0]), corr, None)
+        .await;
+    let started = Instant::now();
+    while cluster.commits_sleeping("roost") != "1" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the request's commit never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.freeze();
+}
+
 /// A stop (SIGTERM) while a request's `COMMIT` is unanswered because the database froze in the
 /// middle of it. Its writers wait until the database says whether it committed, but the stop
 /// does not wait for them: the gateway exits 0 within the harness's bound, leaving its lease to
@@ -577,20 +596,8 @@ async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothin
         "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
          [limits]\nop_timeout_ms = 300000\n"
     ));
-    cluster.slow_commits("roost", 2);
     let device = TestDevice::connect(gateway.mqtt, DEVICE).await;
-    device
-        .request("stats", &values(&[1.0, 2.0]), b"mid-commit", None)
-        .await;
-    let started = Instant::now();
-    while cluster.commits_sleeping("roost") != "1" {
-        assert!(
-            started.elapsed() < WAIT,
-            "the request's commit never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cluster.freeze();
+    freeze_mid_commit(&cluster, &device, b"mid-commit").await;
     // The commit's answer is given up on after 10 s; asking whether it landed then fails too.
     let started = Instant::now();
     while !gateway.log().contains("a commit's answer was lost") {
@@ -643,19 +650,7 @@ async fn a_lost_intake_commit_does_not_hold_the_requests_behind_it() {
     let mut ledger = Ledger::default();
     let mut first = TestDevice::connect(gateway.mqtt, FIRST).await;
     let mut behind = TestDevice::connect(gateway.mqtt, "pg-lost-2").await;
-    cluster.slow_commits("roost", 2);
-    first
-        .request("stats", &values(&[1.0, 2.0]), b"lost", None)
-        .await;
-    let started = Instant::now();
-    while cluster.commits_sleeping("roost") != "1" {
-        assert!(
-            started.elapsed() < WAIT,
-            "the request's commit never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cluster.freeze();
+    freeze_mid_commit(&cluster, &first, b"lost").await;
     behind
         .request("stats", &values(&[3.0]), b"behind", None)
         .await;

@@ -144,12 +144,11 @@ impl Intake {
             .zip(outcomes)
             .zip(stored.into_iter().zip(sent))
         {
+            let at_ms = incoming.received_ms;
             if stored && !sent {
-                let at_ms = incoming.received_ms;
                 incoming.refuse().await;
                 plan.unwritten(self, at_ms).await;
             } else {
-                let at_ms = incoming.received_ms;
                 incoming.ack().await;
                 plan.finish(self, outcome, at_ms).await;
             }
