@@ -560,6 +560,21 @@ async fn silent_database(
     gateway.kill();
 }
 
+/// A throwaway PostgreSQL cluster with database `roost`, and a gateway on it whose requests'
+/// deadline (5 min) outlasts a frozen database, a stop and a restart (30 s by default: they
+/// would end as `504`).
+async fn patient_gateway_on_postgres() -> (PgCluster, Gateway) {
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let url = cluster.create_database("roost");
+    let gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
+         [limits]\nop_timeout_ms = 300000\n"
+    ));
+    (cluster, gateway)
+}
+
 /// Sends `device`'s request `corr` with commits of new requests made to sleep 2 s in database
 /// `roost`, and freezes the server (SIGSTOP) once that request's `COMMIT` sleeps: its answer
 /// will not come until [`PgCluster::thaw`].
@@ -587,15 +602,7 @@ async fn freeze_mid_commit(cluster: &PgCluster, device: &TestDevice, corr: &[u8]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothing() {
     const DEVICE: &str = "pg-stop-1";
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("join");
-    let url = cluster.create_database("roost");
-    // Its deadline outlasts the stop and the restart (30 s by default: it would end as `504`).
-    let mut gateway = Gateway::start_with(&format!(
-        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
-         [limits]\nop_timeout_ms = 300000\n"
-    ));
+    let (cluster, mut gateway) = patient_gateway_on_postgres().await;
     let device = TestDevice::connect(gateway.mqtt, DEVICE).await;
     freeze_mid_commit(&cluster, &device, b"mid-commit").await;
     // The commit's answer is given up on after 10 s; asking whether it landed then fails too.
@@ -639,14 +646,7 @@ async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_intake_commit_does_not_hold_the_requests_behind_it() {
     const FIRST: &str = "pg-lost-1";
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("join");
-    let url = cluster.create_database("roost");
-    let mut gateway = Gateway::start_with(&format!(
-        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n\
-         [limits]\nop_timeout_ms = 300000\n"
-    ));
+    let (cluster, mut gateway) = patient_gateway_on_postgres().await;
     let mut ledger = Ledger::default();
     let mut first = TestDevice::connect(gateway.mqtt, FIRST).await;
     let mut behind = TestDevice::connect(gateway.mqtt, "pg-lost-2").await;
