@@ -173,13 +173,16 @@ impl Store {
     }
 
     /// Runs intake's commands (one per publish, `None` for a publish without store work) in
-    /// one transaction; the outcomes come back in the same order once it has committed.
+    /// one transaction; the outcomes come back in the same order once it has committed (or
+    /// once the database said, if the answer to its `COMMIT` was lost: see [`Store::write`]).
     pub async fn batch(
         &self,
         commands: Vec<Option<Command>>,
     ) -> Result<Vec<Option<Outcome>>, StoreError> {
-        let result = dispatch!(self.batch(commands).await);
-        self.observed(result)
+        match self.write(commands).await {
+            Written::Done(result) => result,
+            Written::Unsettled(settling) => settling.await,
+        }
     }
 
     /// As [`Store::batch`], for intake, which must not wait while the database is asked about a

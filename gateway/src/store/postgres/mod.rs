@@ -252,14 +252,6 @@ impl PgStore {
         }
     }
 
-    /// See [`crate::store::Store::batch`].
-    pub async fn batch(
-        &self,
-        commands: Vec<Option<Command>>,
-    ) -> Result<Vec<Option<Outcome>>, StoreError> {
-        commands_outcomes(self.commit(self.commands_work(commands)).await)
-    }
-
     /// See [`crate::store::Store::write`]: a batch whose `COMMIT` answer is lost is handed back
     /// unsettled at once, and settled in the background ([`commit::Job::unsettled`]).
     pub async fn write(&self, commands: Vec<Option<Command>>) -> Written {
