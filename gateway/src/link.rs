@@ -207,7 +207,11 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let incoming = Inbound::new(publish, Ack::Broker(client.clone()), None);
+                let incoming = Inbound {
+                    publish,
+                    ack: Ack::Broker(client.clone()),
+                    budget: None,
+                };
                 if inbox_tx.send(incoming).await.is_err() {
                     return; // intake has stopped: shutting down
                 }

@@ -162,9 +162,8 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
 }
 
 impl Plan {
-    /// Publishes what this publish's outcome calls for; `at_ms` is when it was read
-    /// ([`crate::flow::Inbound::received_ms`]).
-    pub(super) async fn finish(self, intake: &Intake, outcome: Option<Outcome>, at_ms: i64) {
+    /// Publishes what this publish's outcome calls for.
+    pub(super) async fn finish(self, intake: &Intake, outcome: Option<Outcome>) {
         use std::sync::atomic::Ordering::Relaxed;
         let seen = |device: &DeviceId, listen_ms: Option<u64>| {
             let window = listen_ms.map_or(
@@ -173,7 +172,7 @@ impl Plan {
             );
             let _ = intake
                 .events_tx
-                .send(DeviceEvent::Seen(device.clone(), window, at_ms));
+                .send(DeviceEvent::Seen(device.clone(), window));
         };
         match (self, outcome) {
             (Plan::Admit { address, job }, Some(Outcome::Admitted(Admission::New))) => {
@@ -298,15 +297,13 @@ impl Plan {
             // gateway's own view says, so its held replies come now.
             (Plan::Awake(device, listen_ms), _) => {
                 if intake.store.lease().is_some() {
-                    let _ = intake
-                        .events_tx
-                        .send(DeviceEvent::Asleep(device.clone(), at_ms));
+                    let _ = intake.events_tx.send(DeviceEvent::Asleep(device.clone()));
                 }
                 seen(&device, Some(listen_ms));
             }
             // Sent here, in receive order, after the events of earlier publishes.
             (Plan::Asleep(device), _) => {
-                let _ = intake.events_tx.send(DeviceEvent::Asleep(device, at_ms));
+                let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
             }
             (Plan::Ignored, _) => {}
             (_, _) => tracing::error!("intake plan and store outcome disagree"),
@@ -320,7 +317,7 @@ impl Plan {
     /// scheduler slot back; bad input its error reply (the dead letter is announced, not
     /// stored); an ack nothing (its reply stays held and is delivered again on the next wake);
     /// telemetry nothing (the device sends it again, since it was not acknowledged).
-    pub(super) async fn unwritten(self, intake: &Intake, at_ms: i64) {
+    pub(super) async fn unwritten(self, intake: &Intake) {
         use std::sync::atomic::Ordering::Relaxed;
         let unavailable = |address: Address| async move {
             intake.stats.unavailable.fetch_add(1, Relaxed);
@@ -350,7 +347,7 @@ impl Plan {
                 }
             }
             Plan::Ack(_) | Plan::Seen(..) => {}
-            other => other.finish(intake, None, at_ms).await,
+            other => other.finish(intake, None).await,
         }
     }
 }

@@ -177,21 +177,12 @@ impl Outbox {
     /// Applies one event; returns the device if it just woke.
     fn on_event(&mut self, event: DeviceEvent) -> Option<DeviceId> {
         let device = event.device().clone();
-        // A device seen or asleep counts from when its publish was read, not from now: another
-        // gateway may have read its next one meanwhile (see `Inbound::received_ms`).
-        let (at_ms, at) = match &event {
-            DeviceEvent::Seen(_, _, at_ms) | DeviceEvent::Asleep(_, at_ms) => {
-                (*at_ms, instant_of(*at_ms))
-            }
-            _ => (now_ms(), Instant::now()),
-        };
         match &event {
             DeviceEvent::Seen(..)
             | DeviceEvent::Connected(..)
             | DeviceEvent::Acked(..)
             | DeviceEvent::Rejected(..) => {
-                let last = self.board.last_seen_ms.entry(device.clone()).or_default();
-                *last = (*last).max(at_ms);
+                self.board.last_seen_ms.insert(device.clone(), now_ms());
             }
             _ => {}
         }
@@ -201,7 +192,7 @@ impl Outbox {
                 .insert(device.clone(), (error.clone(), now_ms()));
         }
         self.board.touch(&device);
-        let woke = self.presence.apply(&event, at);
+        let woke = self.presence.apply(&event, Instant::now());
         if woke.is_some() {
             tracing::debug!(device_id = %device, ?event, "device woke");
             self.metrics
@@ -377,12 +368,6 @@ impl Outbox {
                 .await;
         }
     }
-}
-
-/// The instant that was `at_ms` (ms since the epoch), no later than now.
-fn instant_of(at_ms: i64) -> Instant {
-    let ago = Duration::from_millis(now_ms().saturating_sub(at_ms).max(0) as u64);
-    Instant::now().checked_sub(ago).unwrap_or_else(Instant::now)
 }
 
 #[cfg(test)]
@@ -604,15 +589,15 @@ mod tests {
         let stop = CancellationToken::new();
         let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
         let window = Duration::from_secs(60);
-        let _ = events_tx.send(DeviceEvent::Seen(a.clone(), window, crate::store::now_ms()));
+        let _ = events_tx.send(DeviceEvent::Seen(a.clone(), window));
         // The turn that woke `a` is now redelivering to it, held at the gate.
         began_rx.recv().await.expect("a's redelivery began");
-        let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window, crate::store::now_ms()));
+        let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window));
         let _ = done_tx.send(final_d);
         gate.add_permits(1);
         // `e` wakes after all of that: once its redelivery and d's final are out, a duplicate
         // of d's final would have been sent too.
-        let _ = events_tx.send(DeviceEvent::Seen(e.clone(), window, crate::store::now_ms()));
+        let _ = events_tx.send(DeviceEvent::Seen(e.clone(), window));
         let mut sent = Vec::new();
         while !(sent.iter().any(|s| s == "e") && sent.iter().any(|s| s == "d")) {
             let device = tokio::time::timeout(Duration::from_secs(20), sent_rx.recv())
