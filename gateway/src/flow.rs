@@ -36,6 +36,12 @@ pub struct Inbound {
     pub publish: Publish,
     /// Where its acknowledgement goes.
     pub ack: Ack,
+    /// When the gateway read it (ms since the epoch): when its device was seen. Stamped on
+    /// arrival, not when intake gets to it, so that what two gateways write of one device to
+    /// its row (an `awake` here, an `asleep` there) keeps the order the device sent it in. The
+    /// gateway's own view of the device's wake, which decides whether a reply is published or
+    /// held, still counts from when the event reached the outbox.
+    pub received_ms: i64,
     /// The share of the front door's inbox budget it holds until handled (released when it
     /// is dropped); none from a broker, whose inflight window bounds it.
     #[allow(dead_code, reason = "held for its Drop")]
@@ -43,6 +49,19 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// A publish just read, stamped with the time ([`Inbound::received_ms`]).
+    pub fn new(publish: Publish, ack: Ack, budget: Option<OwnedSemaphorePermit>) -> Inbound {
+        let received_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Inbound {
+            publish,
+            ack,
+            received_ms,
+            budget,
+        }
+    }
+
     /// Acknowledges the publish (PUBACK to the broker it came from, or the front door's own
     /// PUBACK to its device). Call in receive order, after the commit.
     pub async fn ack(self) {
@@ -108,14 +127,15 @@ pub fn inbox() -> (mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>) {
 /// What the rest of the gateway tells the outbox about devices.
 #[derive(Debug, Clone)]
 pub enum DeviceEvent {
-    /// The device published something: awake for this long.
-    Seen(DeviceId, Duration),
+    /// The device published something, at the time given (when the gateway read the publish,
+    /// ms since the epoch): awake for this long from then.
+    Seen(DeviceId, Duration, i64),
     /// The device is connected through the front door and subscribed: awake until it leaves.
     Connected(DeviceId),
     /// The device's last connection ended.
     Disconnected(DeviceId),
-    /// The device said it is going to sleep.
-    Asleep(DeviceId),
+    /// The device said it is going to sleep, at the time given (as for [`DeviceEvent::Seen`]).
+    Asleep(DeviceId, i64),
     /// The device acknowledged a reply.
     Acked(DeviceId),
     /// The device was answered with an error (`"code: message"`): its status's `last_error`.
@@ -140,10 +160,10 @@ impl DeviceEvent {
     /// The device the event is about.
     pub fn device(&self) -> &DeviceId {
         match self {
-            DeviceEvent::Seen(d, _)
+            DeviceEvent::Seen(d, _, _)
             | DeviceEvent::Connected(d)
             | DeviceEvent::Disconnected(d)
-            | DeviceEvent::Asleep(d)
+            | DeviceEvent::Asleep(d, _)
             | DeviceEvent::Acked(d)
             | DeviceEvent::Rejected(d, _)
             | DeviceEvent::Undeliverable(d, _) => d,

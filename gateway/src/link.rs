@@ -207,11 +207,7 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let incoming = Inbound {
-                    publish,
-                    ack: Ack::Broker(client.clone()),
-                    budget: None,
-                };
+                let incoming = Inbound::new(publish, Ack::Broker(client.clone()), None);
                 if inbox_tx.send(incoming).await.is_err() {
                     return; // intake has stopped: shutting down
                 }

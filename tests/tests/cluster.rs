@@ -325,6 +325,142 @@ async fn a_device_that_said_asleep_is_asleep_whichever_gateway_publishes() {
     assert_eq!(status["state"], "asleep", "{status}");
 }
 
+/// A device's `awake` reaches one gateway while that gateway's intake is busy (a commit that
+/// takes seconds), and its `asleep` reaches another, which writes it at once. Each sighting
+/// counts from when its gateway read it, not from when it got to it: the device is asleep in
+/// the cluster's view. (Stamped when the busy gateway got to it, the `awake` looked newer than
+/// the `asleep` and woke the device again for its whole listen window: the race behind a rare
+/// failure of the test above.) Only the device's row is stamped so: each gateway's own view of
+/// the wake, which decides publishing or holding, still counts from when it got to the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighting_counts_from_when_it_was_read_not_when_a_busy_gateway_got_to_it() {
+    let rig = rig("listen_window_ms = 60000\n").await;
+    let publish = |device: &str, topic: String, payload: Vec<u8>| {
+        let (addr, device) = (rig.mosquitto.addr, device.to_owned());
+        async move {
+            let device = TestDevice::connect(addr, &device).await;
+            device.publish_raw(&topic, payload, None).await;
+            device.disconnect().await;
+        }
+    };
+    // Which gateway the broker hands each presence to: three probes, each waited for.
+    let mut presence_turns = Vec::new();
+    for probe in ["p-1", "p-2", "p-3"] {
+        publish(
+            probe,
+            format!("devices/{probe}/presence"),
+            roost_tests::device::presence(true),
+        )
+        .await;
+        presence_turns.push(
+            until_sql(
+                &rig,
+                &format!("SELECT seen_by FROM devices WHERE id = '{probe}'"),
+            )
+            .await,
+        );
+    }
+    // The next presence (the device's `awake`) goes to the first probe's gateway: make that one
+    // busy. Which gateway the requests go to, in turn: three probes.
+    let busy = presence_turns[0].clone();
+    let mut request_turns = Vec::new();
+    for (n, probe) in ["r-1", "r-2", "r-3"].iter().enumerate() {
+        let device = TestDevice::connect(rig.mosquitto.addr, probe).await;
+        device.request("stats", &values(&[1.0]), b"r", None).await;
+        rig.admitted(n + 1);
+        request_turns.push(rig.sql(&format!(
+            "SELECT owner FROM requests WHERE device = '{probe}'"
+        )));
+        device.disconnect().await;
+    }
+    let fillers = request_turns
+        .iter()
+        .position(|g| *g == busy)
+        .expect("busy takes requests");
+    for n in 0..fillers {
+        let probe = format!("f-{n}");
+        let device = TestDevice::connect(rig.mosquitto.addr, &probe).await;
+        device.request("stats", &values(&[1.0]), b"f", None).await;
+        rig.admitted(4 + n);
+        device.disconnect().await;
+    }
+    rig.postgres.slow_commits("cluster", 3);
+    let slow = TestDevice::connect(rig.mosquitto.addr, "slow-1").await;
+    slow.request("stats", &values(&[1.0]), b"s", None).await;
+    let started = std::time::Instant::now();
+    while rig.postgres.commits_sleeping("cluster") != "1" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no commit slept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        rig.sql("SELECT owner FROM requests WHERE device = 'slow-1'"),
+        "",
+        "not committed yet"
+    );
+    // Its `awake` waits behind the sleeping commit; its `asleep`, half a second later (the
+    // device's own pace: what two gateways read within a few milliseconds of each other has no
+    // order to keep), goes to another gateway.
+    publish(
+        "aw-2",
+        "devices/aw-2/presence".into(),
+        roost_tests::device::presence(true),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    publish(
+        "aw-2",
+        "devices/aw-2/presence".into(),
+        roost_tests::device::presence(false),
+    )
+    .await;
+    until_sql(
+        &rig,
+        "SELECT asleep_ms IS NOT NULL FROM devices WHERE id = 'aw-2'",
+    )
+    .await;
+    assert_eq!(
+        rig.postgres.commits_sleeping("cluster"),
+        "1",
+        "the busy gateway is still busy"
+    );
+    // Once the busy gateway got to the `awake` and wrote what it saw of the device:
+    let written = until_sql(
+        &rig,
+        &format!("SELECT seen_by = '{busy}' FROM devices WHERE id = 'aw-2' AND seen_by = '{busy}'"),
+    )
+    .await;
+    assert_eq!(written, "t");
+    assert_eq!(
+        rig.sql("SELECT awake FROM devices WHERE id = 'aw-2'"),
+        "f",
+        "the asleep is newer than the awake: {:?} {:?} {} {}",
+        presence_turns,
+        request_turns,
+        busy,
+        rig.sql("SELECT * FROM devices WHERE id = 'aw-2'")
+    );
+    slow.disconnect().await;
+}
+
+/// What `query` answers once it answers anything (a row), waiting at most 30 s.
+async fn until_sql(rig: &Rig, query: &str) -> String {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = rig.sql(query);
+        if !answer.is_empty() {
+            return answer;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no answer to {query}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A gateway is killed (SIGKILL) holding an unacknowledged reply and with queued work: the
 /// device's next wake, taken by another gateway, redelivers the held reply; after `lease_ms`
 /// the others finish the queued work; every request ends with one final reply and `executions`

@@ -40,12 +40,12 @@ use classify::Address;
 const MAX_BATCH: usize = 1024;
 
 /// A batch refused while its `COMMIT` is settled: the plans of its publishes still to answer
-/// (`None`: answered already), and the store's outcomes once it says.
+/// (`None`: answered already) with when each was read, and the store's outcomes once it says.
 type Unsettled = std::pin::Pin<
     Box<
         dyn std::future::Future<
                 Output = (
-                    Vec<Option<plan::Plan>>,
+                    Vec<Option<(plan::Plan, i64)>>,
                     Result<Vec<Option<Outcome>>, StoreError>,
                 ),
             > + Send,
@@ -144,12 +144,13 @@ impl Intake {
             .zip(outcomes)
             .zip(stored.into_iter().zip(sent))
         {
+            let at_ms = incoming.received_ms;
             if stored && !sent {
                 incoming.refuse().await;
-                plan.unwritten(self).await;
+                plan.unwritten(self, at_ms).await;
             } else {
                 incoming.ack().await;
-                plan.finish(self, outcome).await;
+                plan.finish(self, outcome, at_ms).await;
             }
         }
         Ok(None)
@@ -176,16 +177,17 @@ impl Intake {
         for ((incoming, plan), (stored, sent)) in
             plans.into_iter().zip(stored.into_iter().zip(sent))
         {
+            let at_ms = incoming.received_ms;
             if stored && sent {
                 incoming.refuse().await;
-                waiting.push(Some(plan));
+                waiting.push(Some((plan, at_ms)));
             } else if stored {
                 incoming.refuse().await;
-                plan.unwritten(self).await;
+                plan.unwritten(self, at_ms).await;
                 waiting.push(None);
             } else {
                 incoming.ack().await;
-                plan.finish(self, None).await;
+                plan.finish(self, None, at_ms).await;
                 waiting.push(None);
             }
         }
@@ -196,7 +198,7 @@ impl Intake {
     /// goes to the scheduler), or as not stored (`503`).
     async fn settled(
         &self,
-        waiting: Vec<Option<plan::Plan>>,
+        waiting: Vec<Option<(plan::Plan, i64)>>,
         result: Result<Vec<Option<Outcome>>, StoreError>,
     ) {
         tracing::warn!(
@@ -206,14 +208,14 @@ impl Intake {
         match result {
             Ok(outcomes) => {
                 for (plan, outcome) in waiting.into_iter().zip(outcomes) {
-                    if let Some(plan) = plan {
-                        plan.finish(self, outcome).await;
+                    if let Some((plan, at_ms)) = plan {
+                        plan.finish(self, outcome, at_ms).await;
                     }
                 }
             }
             Err(_) => {
-                for plan in waiting.into_iter().flatten() {
-                    plan.unwritten(self).await;
+                for (plan, at_ms) in waiting.into_iter().flatten() {
+                    plan.unwritten(self, at_ms).await;
                 }
             }
         }
@@ -223,12 +225,13 @@ impl Intake {
     /// is refused and answered as [`plan::Plan::unwritten`] says; the others go on as usual.
     async fn unwritten(&self, plans: Vec<(Inbound, plan::Plan)>, stored: Vec<bool>) {
         for ((incoming, plan), stored) in plans.into_iter().zip(stored) {
+            let at_ms = incoming.received_ms;
             if stored {
                 incoming.refuse().await;
-                plan.unwritten(self).await;
+                plan.unwritten(self, at_ms).await;
             } else {
                 incoming.ack().await;
-                plan.finish(self, None).await;
+                plan.finish(self, None, at_ms).await;
             }
         }
     }

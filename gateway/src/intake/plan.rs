@@ -162,8 +162,9 @@ pub(super) fn plan(publish: &Publish, intake: &Intake, draining: bool) -> (Plan,
 }
 
 impl Plan {
-    /// Publishes what this publish's outcome calls for.
-    pub(super) async fn finish(self, intake: &Intake, outcome: Option<Outcome>) {
+    /// Publishes what this publish's outcome calls for; `at_ms` is when it was read
+    /// ([`crate::flow::Inbound::received_ms`]).
+    pub(super) async fn finish(self, intake: &Intake, outcome: Option<Outcome>, at_ms: i64) {
         use std::sync::atomic::Ordering::Relaxed;
         let seen = |device: &DeviceId, listen_ms: Option<u64>| {
             let window = listen_ms.map_or(
@@ -172,7 +173,7 @@ impl Plan {
             );
             let _ = intake
                 .events_tx
-                .send(DeviceEvent::Seen(device.clone(), window));
+                .send(DeviceEvent::Seen(device.clone(), window, at_ms));
         };
         match (self, outcome) {
             (Plan::Admit { address, job }, Some(Outcome::Admitted(Admission::New))) => {
@@ -297,13 +298,15 @@ impl Plan {
             // gateway's own view says, so its held replies come now.
             (Plan::Awake(device, listen_ms), _) => {
                 if intake.store.lease().is_some() {
-                    let _ = intake.events_tx.send(DeviceEvent::Asleep(device.clone()));
+                    let _ = intake
+                        .events_tx
+                        .send(DeviceEvent::Asleep(device.clone(), at_ms));
                 }
                 seen(&device, Some(listen_ms));
             }
             // Sent here, in receive order, after the events of earlier publishes.
             (Plan::Asleep(device), _) => {
-                let _ = intake.events_tx.send(DeviceEvent::Asleep(device));
+                let _ = intake.events_tx.send(DeviceEvent::Asleep(device, at_ms));
             }
             (Plan::Ignored, _) => {}
             (_, _) => tracing::error!("intake plan and store outcome disagree"),
@@ -317,7 +320,7 @@ impl Plan {
     /// scheduler slot back; bad input its error reply (the dead letter is announced, not
     /// stored); an ack nothing (its reply stays held and is delivered again on the next wake);
     /// telemetry nothing (the device sends it again, since it was not acknowledged).
-    pub(super) async fn unwritten(self, intake: &Intake) {
+    pub(super) async fn unwritten(self, intake: &Intake, at_ms: i64) {
         use std::sync::atomic::Ordering::Relaxed;
         let unavailable = |address: Address| async move {
             intake.stats.unavailable.fetch_add(1, Relaxed);
@@ -347,7 +350,7 @@ impl Plan {
                 }
             }
             Plan::Ack(_) | Plan::Seen(..) => {}
-            other => other.finish(intake, None).await,
+            other => other.finish(intake, None, at_ms).await,
         }
     }
 }

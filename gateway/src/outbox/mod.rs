@@ -177,14 +177,20 @@ impl Outbox {
     /// Applies one event; returns the device if it just woke.
     fn on_event(&mut self, event: DeviceEvent) -> Option<DeviceId> {
         let device = event.device().clone();
+        // What goes to the device's row is stamped when its publish was read, so that what
+        // two gateways saw of it keeps its order (`Inbound::received_ms`); this gateway's own
+        // view of its wake (which decides publishing or holding) goes by when it got here.
         match &event {
-            DeviceEvent::Seen(..)
-            | DeviceEvent::Connected(..)
-            | DeviceEvent::Acked(..)
-            | DeviceEvent::Rejected(..) => {
-                self.board.last_seen_ms.insert(device.clone(), now_ms());
+            DeviceEvent::Seen(_, _, at_ms) => self.board.seen(&device, *at_ms),
+            DeviceEvent::Connected(..) | DeviceEvent::Acked(..) | DeviceEvent::Rejected(..) => {
+                self.board.seen(&device, now_ms())
             }
             _ => {}
+        }
+        if let DeviceEvent::Asleep(_, at_ms) = &event {
+            self.board.asleep_ms.insert(device.clone(), *at_ms);
+        } else {
+            self.board.asleep_ms.remove(&device);
         }
         if let DeviceEvent::Rejected(_, error) = &event {
             self.board
@@ -328,7 +334,11 @@ impl Outbox {
         let seen: Vec<Seen> = due
             .iter()
             .map(|device| {
-                let (awake_until_ms, asleep_ms) = self.presence.window(device, now, now_ms);
+                let (mut awake_until_ms, mut asleep_ms) = self.presence.window(device, now, now_ms);
+                if let (Some(_), Some(&said)) = (asleep_ms, self.board.asleep_ms.get(device)) {
+                    // It said `asleep`: its wake ended when that was read.
+                    (awake_until_ms, asleep_ms) = (said, Some(said));
+                }
                 Seen {
                     id: device.clone(),
                     awake_until_ms,
@@ -589,15 +599,15 @@ mod tests {
         let stop = CancellationToken::new();
         let running = tokio::spawn(outbox.run(done_rx, events_rx, stop.clone()));
         let window = Duration::from_secs(60);
-        let _ = events_tx.send(DeviceEvent::Seen(a.clone(), window));
+        let _ = events_tx.send(DeviceEvent::Seen(a.clone(), window, now_ms()));
         // The turn that woke `a` is now redelivering to it, held at the gate.
         began_rx.recv().await.expect("a's redelivery began");
-        let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window));
+        let _ = events_tx.send(DeviceEvent::Seen(d.clone(), window, now_ms()));
         let _ = done_tx.send(final_d);
         gate.add_permits(1);
         // `e` wakes after all of that: once its redelivery and d's final are out, a duplicate
         // of d's final would have been sent too.
-        let _ = events_tx.send(DeviceEvent::Seen(e.clone(), window));
+        let _ = events_tx.send(DeviceEvent::Seen(e.clone(), window, now_ms()));
         let mut sent = Vec::new();
         while !(sent.iter().any(|s| s == "e") && sent.iter().any(|s| s == "d")) {
             let device = tokio::time::timeout(Duration::from_secs(20), sent_rx.recv())

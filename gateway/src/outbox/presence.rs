@@ -92,7 +92,7 @@ impl Presence {
         });
         let was_awake = entry.is_awake(now);
         match event {
-            DeviceEvent::Seen(_, window) if !entry.front_door => {
+            DeviceEvent::Seen(_, window, _) if !entry.front_door => {
                 entry.until = entry.until.max(now + *window);
                 entry.ended = false;
             }
@@ -111,7 +111,7 @@ impl Presence {
             // A front-door device is awake while connected: its `asleep` comes from intake
             // after the commit, and may arrive after its next connection began (which would
             // then redeliver nothing); its connection's end says when it left.
-            DeviceEvent::Asleep(_) => {
+            DeviceEvent::Asleep(..) => {
                 entry.until = now;
                 entry.ended = true;
             }
@@ -151,7 +151,7 @@ mod tests {
     fn wakes_once_per_sleep() {
         let mut presence = Presence::default();
         let d = dev("p1");
-        let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(60));
+        let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(60), 0);
         let t0 = Instant::now();
         assert_eq!(presence.apply(&seen, t0), Some(d.clone()));
         assert_eq!(
@@ -159,7 +159,7 @@ mod tests {
             None,
             "still awake: no second wake"
         );
-        assert_eq!(presence.apply(&DeviceEvent::Asleep(d.clone()), t0), None);
+        assert_eq!(presence.apply(&DeviceEvent::Asleep(d.clone(), 0), t0), None);
         assert!(!presence.is_awake(&d));
         assert_eq!(presence.apply(&seen, t0), Some(d.clone()), "woke again");
     }
@@ -170,16 +170,19 @@ mod tests {
         let d = dev("w1");
         let t0 = Instant::now();
         assert_eq!(presence.window(&d, t0, 1_000), (0, None), "never seen");
-        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), t0);
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5), 0), t0);
         assert_eq!(presence.window(&d, t0, 1_000), (6_000, None));
         let later = t0 + Duration::from_secs(2);
-        presence.apply(&DeviceEvent::Asleep(d.clone()), later);
+        presence.apply(&DeviceEvent::Asleep(d.clone(), 0), later);
         assert_eq!(
             presence.window(&d, later, 3_000),
             (3_000, Some(3_000)),
             "ended by the device"
         );
-        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), later);
+        presence.apply(
+            &DeviceEvent::Seen(d.clone(), Duration::from_secs(5), 0),
+            later,
+        );
         assert_eq!(
             presence.window(&d, later, 3_000),
             (8_000, None),
@@ -216,7 +219,7 @@ mod tests {
         presence.apply(&DeviceEvent::Connected(d.clone()), t0);
         presence.apply(&DeviceEvent::Disconnected(d.clone()), t0);
         // Its ack's `Seen`, committed after it left.
-        let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(5));
+        let seen = DeviceEvent::Seen(d.clone(), Duration::from_secs(5), 0);
         assert_eq!(presence.apply(&seen, t0), None);
         presence.apply(&DeviceEvent::Acked(d.clone()), t0);
         assert!(!presence.is_awake(&d));
@@ -240,7 +243,7 @@ mod tests {
             "its next connection is a wake"
         );
         // The `asleep` it published before the first connection ended, committed only now.
-        presence.apply(&DeviceEvent::Asleep(d.clone()), t0);
+        presence.apply(&DeviceEvent::Asleep(d.clone(), 0), t0);
         assert!(presence.is_awake(&d), "awake while connected");
     }
 
@@ -249,12 +252,12 @@ mod tests {
         let mut presence = Presence::default();
         let d = dev("p3");
         let t0 = Instant::now();
-        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::ZERO), t0);
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::ZERO, 0), t0);
         assert!(
             presence.sweep(t0).is_empty(),
             "a zero window never made it awake"
         );
-        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5)), t0);
+        presence.apply(&DeviceEvent::Seen(d.clone(), Duration::from_secs(5), 0), t0);
         assert!(
             presence.sweep(t0 + Duration::from_secs(4)).is_empty(),
             "still in its window"

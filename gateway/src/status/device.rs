@@ -45,8 +45,11 @@ pub struct StatusBoard {
     published: HashMap<DeviceId, Instant>,
     /// Last error per device, and when (ms since epoch).
     pub last_error: HashMap<DeviceId, (String, i64)>,
-    /// Last publish of its own per device (ms since epoch).
+    /// Last publish of its own per device (ms since epoch, when the gateway read it).
     pub last_seen_ms: HashMap<DeviceId, i64>,
+    /// When the device said `asleep` (ms since epoch, when the gateway read it), while that is
+    /// the last thing it did.
+    pub asleep_ms: HashMap<DeviceId, i64>,
 }
 
 impl StatusBoard {
@@ -73,6 +76,13 @@ impl StatusBoard {
             self.published.insert(device.clone(), now);
         }
         due
+    }
+
+    /// Notes the device published something, read at `at_ms`: last seen only grows (a
+    /// gateway may get to what it read out of order with what it learnt meanwhile).
+    pub fn seen(&mut self, device: &DeviceId, at_ms: i64) {
+        let last = self.last_seen_ms.entry(device.clone()).or_default();
+        *last = (*last).max(at_ms);
     }
 }
 

@@ -56,11 +56,7 @@ impl Hub {
         let size = publish.topic.len() + publish.payload.len();
         let units = u32::try_from(size / BUDGET_UNIT + 1).unwrap_or(u32::MAX);
         let budget = self.budget.clone().acquire_many_owned(units).await;
-        let incoming = Inbound {
-            publish,
-            ack,
-            budget: Some(budget.map_err(|_| ())?),
-        };
+        let incoming = Inbound::new(publish, ack, Some(budget.map_err(|_| ())?));
         self.service_tx.send(incoming).await.map_err(|_| ())
     }
 }
