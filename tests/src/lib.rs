@@ -93,7 +93,8 @@ impl Gateway {
         self.dir.path().join("data").join("roost.db")
     }
 
-    fn log_path(&self) -> PathBuf {
+    /// The file the current run logs to (stdout and stderr).
+    pub fn log_path(&self) -> PathBuf {
         self.dir
             .path()
             .join(format!("gateway-{}.log", self.restarts))

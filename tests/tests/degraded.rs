@@ -693,6 +693,61 @@ async fn a_lost_intake_commit_does_not_hold_the_requests_behind_it() {
     gateway.kill();
 }
 
+/// A stop (SIGTERM) while intake's batch is refused and waits for the database to say whether
+/// its lost `COMMIT` landed: the stop gives it a moment, so once the database answers, the
+/// device gets its `202` (the row exists) or `503` (it does not) before the gateway exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_answers_the_requests_whose_commit_the_database_settles_meanwhile() {
+    const DEVICE: &str = "pg-stop-2";
+    let (cluster, mut gateway) = patient_gateway_on_postgres().await;
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    freeze_mid_commit(&cluster, &device, b"settled").await;
+    let log = gateway.log_path();
+    let logged = |text: &'static str, within: Duration| {
+        let log = log.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let now = std::fs::read_to_string(&log).unwrap_or_default();
+                if now.contains(text) {
+                    return;
+                }
+                assert!(started.elapsed() < within, "never logged {text:?}:\n{now}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The commit's answer is given up on after 10 s: the batch is refused, unsettled.
+    logged("a commit's answer was lost", 2 * WAIT).await;
+    let stopped = tokio::task::spawn_blocking(move || {
+        let status = gateway.terminate();
+        (gateway, status)
+    });
+    logged("draining: waiting for the database", WAIT).await;
+    cluster.thaw();
+    while ledger.count(b"settled") == 0 {
+        let Some(received) = device.next_within(WAIT).await else {
+            panic!(
+                "the refused request was not answered before the gateway exited:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        };
+        ledger.record(received);
+    }
+    let answer = ledger.seen[&b"settled"[..]][0].clone();
+    let (gateway, status) = stopped.await.expect("join");
+    assert!(status.success(), "{status:?}\n{}", gateway.log());
+    let rows = requests_of(&gateway, DEVICE);
+    match answer.reply.status {
+        Status::Accepted => assert_eq!(rows.len(), 1, "a 202 stored the request: {rows:?}"),
+        Status::Unavailable => assert!(rows.is_empty(), "a 503 stored nothing: {rows:?}"),
+        other => panic!("unexpected answer {other:?}: {:?}", answer.reply),
+    }
+    assert_eq!(*device.pubacks.lock().expect("puback log"), vec![false]);
+    device.disconnect().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns() {
     const DEVICE: &str = "full-2";

@@ -3,7 +3,8 @@
 //!
 //! Start order: store (and recovery of what a previous run left), broker and front door, the
 //! service link, then intake, workers and outbox; "listening" is printed only once requests can
-//! be served. Stop order: draining (new requests get `503`), the front door, the workers (what
+//! be served. Stop order: draining (new requests get `503`), intake's batches whose lost
+//! `COMMIT` answer is being settled (up to 5 s), the front door, the workers (what
 //! is queued stays queued in the store), the outbox, the cluster lease given up (a shared store's
 //! other gateways take the queued work at once), retained `offline`, exit 0.
 
@@ -41,6 +42,11 @@ pub use error::AppError;
 
 /// How often the watchdog probes the embedded broker, and how long one probe may take.
 const HEALTH_PROBE_PERIOD: Duration = Duration::from_secs(3);
+/// Longest a stop waits for the database to say whether intake batches whose `COMMIT` answer
+/// was lost committed, so that their devices get their `202` or `503`: the database is
+/// usually back within a second of answering again, and a stop during an outage must still
+/// end (each such request, if committed, then runs at the next start or on another gateway).
+const SETTLE_AT_STOP: Duration = Duration::from_secs(5);
 
 /// Runs the gateway until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), AppError> {
@@ -203,6 +209,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let draining = Arc::new(AtomicBool::new(false));
     let intake_stats = Arc::new(IntakeStats::default());
+    let (unsettled_tx, mut unsettled_rx) = tokio::sync::watch::channel(0);
     let intake = Intake {
         store: store.clone(),
         replies: replies.clone(),
@@ -213,6 +220,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         events_tx: events_tx.clone(),
         draining: draining.clone(),
         stats: intake_stats.clone(),
+        unsettled: unsettled_tx,
     };
     let intake_task = tokio::spawn(intake.run(inbox_rx));
     let worker_threads = Pool::new(
@@ -275,6 +283,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     };
     let http_part = http_addr.map(|a| format!(" http={a}")).unwrap_or_default();
 
+    // The front door stops in the drain, once draining (not at the signal): its devices are
+    // answered `503` meanwhile, and those whose commit is being settled get their answer.
+    let front_stop = CancellationToken::new();
+    let _front_stop_on_exit = front_stop.clone().drop_guard();
     let mut front_task = match (front, &broker) {
         (Some(front), Some(broker)) => {
             let local = front.local_addr().map_err(bind_error(
@@ -286,7 +298,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 broker.clone(),
                 inbox_tx,
                 events_tx.clone(),
-                shutdown.child_token(),
+                front_stop.clone(),
             )))
         }
         _ => {
@@ -394,7 +406,22 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     status_stop.cancel();
     let _ = status_task.await;
     gateway_status.publish("draining").await;
-    shutdown.cancel();
+    // Before the front door closes, so that those requests' devices can still be answered.
+    let batches = *unsettled_rx.borrow();
+    if batches > 0 {
+        tracing::info!(
+            batches,
+            "draining: waiting for the database to say whether refused intake batches committed"
+        );
+        let settled = unsettled_rx.wait_for(|batches| *batches == 0);
+        if tokio::time::timeout(SETTLE_AT_STOP, settled).await.is_err() {
+            tracing::warn!(
+                "stopping with intake batches unsettled: their requests are not answered; any \
+                 that committed run at the next start or on another gateway"
+            );
+        }
+    }
+    front_stop.cancel();
     if let Some(front_task) = front_task {
         let _ = front_task.await;
     }

@@ -72,6 +72,9 @@ pub struct Intake {
     pub draining: Arc<AtomicBool>,
     /// Counters.
     pub stats: Arc<IntakeStats>,
+    /// How many batches are refused and wait for the store to settle their `COMMIT`, so that
+    /// a stop can give their answers a moment.
+    pub unsettled: tokio::sync::watch::Sender<usize>,
 }
 
 impl Intake {
@@ -85,6 +88,7 @@ impl Intake {
             tokio::select! {
                 Some((plans, result)) = settling.next(), if !settling.is_empty() => {
                     self.settled(plans, result).await;
+                    self.unsettled.send_replace(settling.len());
                 }
                 received = inbox_rx.recv_many(&mut batch, MAX_BATCH) => {
                     if received == 0 {
@@ -92,6 +96,7 @@ impl Intake {
                     }
                     if let Some(unsettled) = self.process(std::mem::take(&mut batch)).await? {
                         settling.push(unsettled);
+                        self.unsettled.send_replace(settling.len());
                     }
                 }
             }
