@@ -461,6 +461,88 @@ async fn until_sql(rig: &Rig, query: &str) -> String {
     }
 }
 
+/// A gateway dies with queued work, and the answer to the `COMMIT` of a survivor's takeover is
+/// lost (the server freezes while that commit runs). The survivor asks the database whether it
+/// took the work before going on, so whichever way the commit ended, the work is run by a live
+/// gateway, once: nothing stays owned by a gateway that does not know it has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_whose_commit_answer_is_lost_still_runs_the_work_once() {
+    let mut rig = rig(&slow_model()).await;
+    let device = TestDevice::connect(rig.mosquitto.addr, "tk-1").await;
+    const HEAVY: usize = 12;
+    let request = slow_infer(256);
+    for i in 0..HEAVY {
+        device
+            .request("infer", &request, format!("t{i}").as_bytes(), None)
+            .await;
+    }
+    rig.admitted(HEAVY);
+    let ids = ["gw-1", "gw-2", "gw-3"];
+    let queued_at = |id: &str| -> usize {
+        rig.sql(&format!(
+            "SELECT COUNT(*) FROM requests WHERE owner = '{id}' AND state = 'queued'"
+        ))
+        .parse()
+        .expect("count")
+    };
+    let victim = ids
+        .iter()
+        .position(|id| queued_at(id) >= 2)
+        .expect("a gateway has work waiting (the test needs slower requests)");
+    // Only a change of owner (a takeover) sleeps in its commit, a second per row.
+    rig.postgres
+        .slow_commits_of("cluster", "UPDATE OF owner ON requests", 1);
+    rig.gateways[victim].kill();
+    let started = std::time::Instant::now();
+    while rig.postgres.commits_sleeping("cluster") != "1" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no takeover commit slept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    rig.postgres.freeze();
+    let survivors: Vec<usize> = (0..ids.len()).filter(|i| *i != victim).collect();
+    let logged = |text: &str| {
+        survivors
+            .iter()
+            .any(|i| rig.gateways[*i].log().contains(text))
+    };
+    // The takeover's `COMMIT` answer is given up on after 10 s: settled then (or, were it not,
+    // the takeover would fail).
+    let started = std::time::Instant::now();
+    while !logged("a commit's answer was lost") && !logged("takeover failed") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no commit answer was given up on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    rig.postgres.thaw();
+    rig.sql("DROP TRIGGER slow_commit ON requests");
+
+    let started = std::time::Instant::now();
+    while rig.sql("SELECT COUNT(*) FROM requests WHERE state <> 'done'") != "0" {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "work left undone: {}",
+            rig.sql("SELECT convert_from(corr, 'UTF8'), owner, state FROM requests WHERE state <> 'done'")
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        logged("the commit whose answer was lost is settled"),
+        "a lost answer was settled"
+    );
+    assert_eq!(rig.sql("SELECT COUNT(*) FROM requests"), HEAVY.to_string());
+    assert_eq!(
+        rig.sql("SELECT MAX(executions) FROM requests"),
+        "1",
+        "never recorded twice"
+    );
+    device.disconnect().await;
+}
+
 /// A gateway is killed (SIGKILL) holding an unacknowledged reply and with queued work: the
 /// device's next wake, taken by another gateway, redelivers the held reply; after `lease_ms`
 /// the others finish the queued work; every request ends with one final reply and `executions`

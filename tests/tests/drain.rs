@@ -11,7 +11,7 @@
 //! gateway. Behind the front door it cannot be watched today: the drain closes every front-door
 //! connection, operators' relays included, as it begins, so an operator sees neither `draining`
 //! nor `offline` (and the embedded broker's retained `offline` dies with the process). The
-//! embedded test checks the rest.
+//! embedded test checks the rest, and that devices are told (DISCONNECT 0x8B).
 
 use std::collections::HashMap;
 use std::process::ExitStatus;
@@ -63,6 +63,79 @@ async fn queue_backlog(
         }
     }
     ids
+}
+
+/// Debian's `mosquitto_sub` (MQTT 5, debug output on) connected as a device to the front door,
+/// subscribed to its replies.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    /// Starts it; returns once its subscription is acknowledged.
+    fn start(addr: std::net::SocketAddr) -> Watcher {
+        use std::io::BufRead;
+        let port = addr.port().to_string();
+        // Line-buffered (`stdbuf`): its debug lines are read as they come.
+        let mut child = std::process::Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-V",
+                "5",
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .args(["-i", "drain-2", "-t", "devices/drain-2/reply/#"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (tests/run.sh installs mosquitto-clients)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let watcher = Watcher { child, lines };
+        assert!(watcher.saw("Subscribed"), "mosquitto_sub subscribed");
+        watcher
+    }
+
+    /// Whether it printed a line containing `text` within [`WAIT`].
+    fn saw(&self, text: &str) -> bool {
+        let deadline = std::time::Instant::now() + WAIT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Whether the gateway closed its connection saying it is shutting down (0x8B = 139).
+    fn told(&self) -> bool {
+        self.saw("Received DISCONNECT (139)")
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// SIGTERM without blocking the runtime; returns the gateway and how it exited.
@@ -203,6 +276,7 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
     workload::store_telemetry(&mut device).await;
     let mut finals = HashMap::new();
     let ids = queue_backlog(&mut device, &mut finals).await;
+    let stopping = Watcher::start(gateway.mqtt);
 
     let (mut gateway, code) = terminate(gateway).await;
     assert_eq!(
@@ -212,6 +286,10 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
         gateway.log()
     );
     assert!(gateway.log().contains("stopped"));
+    assert!(
+        stopping.told(),
+        "an MQTT 5 client connected at the stop was told why (DISCONNECT 0x8B)"
+    );
     for corr in unfinished_at_exit(&gateway) {
         assert!(!finals.contains_key(&corr), "{corr} answered before exit");
     }

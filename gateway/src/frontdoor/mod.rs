@@ -47,6 +47,9 @@ pub const PACKET_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// How often expired device sessions are forgotten.
 const SESSION_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a connection is given to end by itself once the front door stops (a session writes
+/// what is queued for its device, at most a second per write, then closes).
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// What the front door is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -198,6 +201,7 @@ impl FrontDoor {
             gates: limits::IdGates::default(),
             next_connection: AtomicU64::new(1),
             sessions: self.sessions,
+            stopping: shutdown.clone(),
         });
         tokio::spawn(sweep_sessions(shared.clone(), shutdown.clone()));
         let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -236,9 +240,15 @@ impl FrontDoor {
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
                 shared.stats.open.fetch_add(1, Ordering::Relaxed);
+                let serving = serve(stream, tls, peer.ip(), shared.clone());
+                tokio::pin!(serving);
                 let outcome = tokio::select! {
-                    _ = shutdown.cancelled() => Ok(()),
-                    outcome = serve(stream, tls, peer.ip(), shared.clone()) => outcome,
+                    outcome = &mut serving => outcome,
+                    // A session ends itself once it wrote what was queued for its device; one
+                    // still logging in gets no longer than this either.
+                    _ = shutdown.cancelled() => tokio::time::timeout(STOP_GRACE, &mut serving)
+                        .await
+                        .unwrap_or(Ok(())),
                 };
                 shared.stats.open.fetch_sub(1, Ordering::Relaxed);
                 drop(slot);

@@ -53,6 +53,9 @@ pub struct Shared {
     pub hub: super::devices::hub::Hub,
     /// Device sessions between connections.
     pub sessions: Arc<super::devices::sessions::Sessions>,
+    /// Cancelled when the front door stops: each device session writes what is queued for its
+    /// device (replies, acknowledgements), says so (DISCONNECT 0x8B on MQTT 5) and ends.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// How a session ended, other than cleanly.

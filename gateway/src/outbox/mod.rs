@@ -83,11 +83,22 @@ impl Outbox {
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // A tick missed while a turn waited on the store is not made up in a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut ticks: u64 = 0;
         let mut events = Vec::with_capacity(MAX_TURN);
         // Wakes waiting for their grace (shared store only), in order of arrival.
         let mut later: std::collections::VecDeque<(Instant, Vec<DeviceId>)> = Default::default();
         loop {
+            // Checked every turn, not only when nothing else is ready: a turn that waited on a
+            // silent database (housekeeping, ten seconds) must not starve the stop.
+            if shutdown.is_cancelled() {
+                // Publish whatever is already committed, then stop.
+                while let Ok(reply) = done_rx.try_recv() {
+                    self.publish(reply).await;
+                }
+                break;
+            }
             let next_due = later.front().map(|(due, _)| *due);
             tokio::select! {
                 // Device events first: intake sends a device's `Seen` before its job can run, so
@@ -146,13 +157,7 @@ impl Outbox {
                     ticks += 1;
                     self.housekeeping(ticks).await;
                 }
-                _ = shutdown.cancelled() => {
-                    // Publish whatever is already committed, then stop.
-                    while let Ok(reply) = done_rx.try_recv() {
-                        self.publish(reply).await;
-                    }
-                    break;
-                }
+                _ = shutdown.cancelled() => {}
             }
         }
     }

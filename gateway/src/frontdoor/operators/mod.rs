@@ -38,6 +38,8 @@ use downstream::{Control, Downstream, Slot};
 const UPSTREAM_KEEP_ALIVE_S: u16 = 600;
 /// How long the broker may take to answer a CONNECT.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+/// DISCONNECT reason code (MQTT 5): Server shutting down.
+const SHUTTING_DOWN: u8 = 0x8B;
 
 /// Relays one checked connection until it closes.
 pub async fn serve<S>(
@@ -115,6 +117,7 @@ where
         let period = Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE_S) / 2);
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
+    let final_tx = control_tx.clone();
     let up = Upstream {
         reader,
         principal,
@@ -127,6 +130,16 @@ where
     let (outcome, down_done) = tokio::select! {
         outcome = up.run(&mut device_rx) => (outcome, false),
         _ = &mut down_task => (Ok(()), true),
+        // The front door stops: what the broker already sent goes out, then a DISCONNECT
+        // saying so (MQTT 5: 0x8B, Server shutting down).
+        () = shared.stopping.cancelled() => {
+            let last = match version {
+                Version::V5 => outgoing::disconnect(SHUTTING_DOWN),
+                Version::V4 => Bytes::new(),
+            };
+            let _ = final_tx.send(Control::Final(last)).await;
+            (Ok(()), false)
+        }
     };
     // Let the broker→device side flush a final DISCONNECT, boundedly.
     if !down_done

@@ -45,6 +45,8 @@ const DELIVERY_QUEUE: usize = 256;
 const MAX_PENDING_ACKS: usize = 256;
 /// MQTT 5 reason code: session taken over.
 const TAKEN_OVER: u8 = 0x8E;
+/// DISCONNECT reason code (MQTT 5): Server shutting down.
+const SHUTTING_DOWN: u8 = 0x8B;
 /// How long a device may leave bytes we write to it untaken before its session is closed (a
 /// device that stopped reading must not hold its session, and its presence, forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +74,8 @@ enum End {
     TakenOver,
     /// The device closed its connection without DISCONNECT (Will).
     Dropped,
+    /// The front door stops: what was queued for the device went out first (no Will).
+    Stopping,
 }
 
 /// Serves one device session until it ends.
@@ -171,15 +175,19 @@ where
     hub.router.unregister(&client_id, connection);
     let will = match &outcome {
         Ok(End::Clean { will }) => *will,
-        Ok(End::TakenOver) => false,
+        Ok(End::TakenOver | End::Stopping) => false,
         Ok(End::Dropped) | Err(_) => true,
     };
     if will {
         session.publish_will(&connect).await;
     }
     match &outcome {
-        Ok(End::TakenOver) if session.version == Version::V5 => {
-            let disconnect = outgoing::disconnect(TAKEN_OVER);
+        Ok(end @ (End::TakenOver | End::Stopping)) if session.version == Version::V5 => {
+            let reason = match end {
+                End::Stopping => SHUTTING_DOWN,
+                _ => TAKEN_OVER,
+            };
+            let disconnect = outgoing::disconnect(reason);
             let write = session.device_tx.write_all(&disconnect);
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await;
         }
@@ -267,6 +275,18 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             tokio::select! {
                 biased;
                 () = taken_over.cancelled() => return Ok(End::TakenOver),
+                () = self.shared.stopping.cancelled() => {
+                    // What intake and the outbox already handed this session goes out first.
+                    while let Ok(acked) = acks_rx.try_recv() {
+                        self.acked(acked, &mut out);
+                    }
+                    while let Ok(frame) = deliveries_rx.try_recv() {
+                        self.deliver(frame, &mut out);
+                    }
+                    let write = self.device_tx.write_all(&out);
+                    let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await;
+                    return Ok(End::Stopping);
+                }
                 Some(acked) = acks_rx.recv() => {
                     self.acked(acked, &mut out);
                     while let Ok(acked) = acks_rx.try_recv() {
