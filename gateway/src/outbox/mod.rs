@@ -194,7 +194,7 @@ impl Outbox {
         }
         if let DeviceEvent::Asleep(_, at_ms) = &event {
             self.board.asleep_ms.insert(device.clone(), *at_ms);
-        } else {
+        } else if !self.board.asleep_ms.is_empty() {
             self.board.asleep_ms.remove(&device);
         }
         if let DeviceEvent::Rejected(_, error) = &event {
