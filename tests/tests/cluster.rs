@@ -54,6 +54,16 @@ async fn rig_with_store(store: &str, extra: &str) -> Rig {
     }
 }
 
+/// Sends `n` runs of the slow model over `rows` rows from `device`, correlated `{prefix}{i}`.
+async fn send_slow(device: &TestDevice, prefix: &str, n: usize, rows: usize) {
+    let request = slow_infer(rows);
+    for i in 0..n {
+        device
+            .request("infer", &request, format!("{prefix}{i}").as_bytes(), None)
+            .await;
+    }
+}
+
 impl Rig {
     fn sql(&self, query: &str) -> String {
         self.postgres.query("cluster", query)
@@ -221,12 +231,7 @@ async fn a_devices_status_counts_the_whole_clusters_requests() {
     // here), two per gateway behind one worker each: more than one gateway's share stays
     // pending past the first status publish of every gateway (one a second).
     const REQUESTS: usize = 6;
-    let request = slow_infer(2048);
-    for i in 0..REQUESTS {
-        device
-            .request("infer", &request, format!("s{i}").as_bytes(), None)
-            .await;
-    }
+    send_slow(&device, "s", REQUESTS, 2048).await;
     rig.admitted(REQUESTS);
     let share: usize = rig
         .sql("SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM requests GROUP BY owner) s")
@@ -470,12 +475,7 @@ async fn a_takeover_whose_commit_answer_is_lost_still_runs_the_work_once() {
     let mut rig = rig(&slow_model()).await;
     let device = TestDevice::connect(rig.mosquitto.addr, "tk-1").await;
     const HEAVY: usize = 12;
-    let request = slow_infer(256);
-    for i in 0..HEAVY {
-        device
-            .request("infer", &request, format!("t{i}").as_bytes(), None)
-            .await;
-    }
+    send_slow(&device, "t", HEAVY, 256).await;
     rig.admitted(HEAVY);
     let ids = ["gw-1", "gw-2", "gw-3"];
     let queued_at = |id: &str| -> usize {
@@ -571,12 +571,7 @@ async fn a_killed_gateways_replies_and_work_are_taken_over() {
         .position(|id| *id == holder)
         .expect("the holder is one of the three");
     const HEAVY: usize = 12;
-    let request = slow_infer(256);
-    for i in 0..HEAVY {
-        device
-            .request("infer", &request, format!("h{i}").as_bytes(), None)
-            .await;
-    }
+    send_slow(&device, "h", HEAVY, 256).await;
     let queued_at_holder = || -> usize {
         rig.sql(&format!(
             "SELECT COUNT(*) FROM requests WHERE owner = '{holder}' AND state = 'queued'"
