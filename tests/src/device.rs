@@ -144,6 +144,14 @@ impl TestDevice {
                     }
                     Ok(_) => {}
                     Err(error) => {
+                        // rumqttc keeps, unreturned, what it read in the same batch as the
+                        // error (a server DISCONNECT, the end of the connection): a reply
+                        // written just before a gateway's DISCONNECT was lost that way.
+                        while let Some(event) = eventloop.state.events.pop_front() {
+                            if let Event::Incoming(Packet::Publish(publish)) = event {
+                                let _ = tx.send((publish, std::time::Instant::now()));
+                            }
+                        }
                         if let Some(ready) = ready_tx.take() {
                             let _ = ready.send(Err(error.to_string()));
                         }
@@ -333,4 +341,65 @@ pub async fn wait_settled(addr: SocketAddr, device: &str) {
         }
     }
     watcher.disconnect().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Publish,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that writes a publish and its DISCONNECT in one go (as a stopping front door
+    /// can): the client still hands the publish over (rumqttc alone lost it).
+    #[tokio::test]
+    async fn a_publish_read_with_the_servers_disconnect_is_handed_over() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut connect = [0u8; 1024];
+            let _ = stream.read(&mut connect).await.expect("CONNECT");
+            let mut out = BytesMut::new();
+            let connack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+                properties: None,
+            };
+            Packet::ConnAck(connack)
+                .write(&mut out, None)
+                .expect("encode");
+            stream.write_all(&out).await.expect("CONNACK");
+            // Once the client has its CONNACK (it sends nothing more without a subscription):
+            // what it reads next comes in one segment.
+            tokio::task::yield_now().await;
+            out.clear();
+            let reply = Reply::new(
+                gateway::wire::Status::Accepted,
+                gateway::wire::State::Accepted,
+            );
+            let publish = Publish::new("devices/x/reply", QoS::AtMostOnce, reply.encode(), None);
+            Packet::Publish(publish)
+                .write(&mut out, None)
+                .expect("encode");
+            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ServerShuttingDown))
+                .write(&mut out, None)
+                .expect("encode");
+            stream
+                .write_all(&out)
+                .await
+                .expect("PUBLISH and DISCONNECT");
+        });
+        let mut device = TestDevice::connect_with(options("x", addr), "x", false).await;
+        let got = device.next_within(Duration::from_secs(10)).await;
+        server.await.expect("server");
+        assert!(
+            got.is_some(),
+            "the publish before the DISCONNECT was handed over"
+        );
+    }
 }
