@@ -682,6 +682,37 @@ async fn counts_every_publish_of_a_reply_acked_at_once(store: &Store) {
     assert_eq!(published().await, (2, "acked"), "not counted after the ack");
 }
 
+/// Each device's readings beyond `keep` are pruned: at a store's first prune every device's,
+/// after that those of each device that stored readings through the store since its last
+/// prune (the only ones that can have gone over), so a device that stores more after a prune
+/// is held to `keep` at the next. Call after the store's first prune.
+async fn caps_each_devices_readings_at_the_next_prune(store: &Store) {
+    let readings = |from: i64, n: i64| {
+        let readings = (from..from + n)
+            .map(|ts| Reading {
+                metric: "cap".into(),
+                ts,
+                value: ts as f64,
+            })
+            .collect();
+        Some(Command::Telemetry(device("cap-1"), readings))
+    };
+    // No request is old enough (ids before 0 ms), no reading either (before ts 0).
+    store.batch(vec![readings(10_000, 5)]).await.expect("store");
+    assert_eq!(store.prune(0, 0, 3).await.expect("prune"), (0, 2));
+    store.batch(vec![readings(20_000, 2)]).await.expect("store");
+    assert_eq!(
+        store.prune(0, 0, 3).await.expect("prune"),
+        (0, 2),
+        "the two oldest of the five left go"
+    );
+    assert_eq!(
+        store.prune(0, 0, 3).await.expect("prune"),
+        (0, 0),
+        "nothing stored since"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_engine_keeps_the_store_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -691,6 +722,7 @@ async fn the_sqlite_engine_keeps_the_store_contract() {
     keeps_the_contract(&store, console).await;
     decides_a_crowded_batch_one_piece_at_a_time(&store, false).await;
     counts_every_publish_of_a_reply_acked_at_once(&store).await;
+    caps_each_devices_readings_at_the_next_prune(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -709,6 +741,7 @@ async fn the_postgres_engine_keeps_the_store_contract() {
     keeps_the_contract(&store, console).await;
     decides_a_crowded_batch_one_piece_at_a_time(&store, true).await;
     counts_every_publish_of_a_reply_acked_at_once(&store).await;
+    caps_each_devices_readings_at_the_next_prune(&store).await;
     drop(store);
     drop(cluster);
 }

@@ -122,6 +122,8 @@ mod operators;
 pub struct Store {
     engine: Engine,
     health: Arc<StoreHealth>,
+    /// The devices that stored readings since the last prune (shared by every clone).
+    touched: Arc<telemetry::Touched>,
 }
 
 impl Store {
@@ -146,6 +148,7 @@ impl Store {
         Ok(Store {
             engine,
             health: Arc::new(StoreHealth::new(reserve)),
+            touched: Arc::default(),
         })
     }
 
@@ -188,6 +191,7 @@ impl Store {
     /// As [`Store::batch`], for intake, which must not wait while the database is asked about a
     /// `COMMIT` whose answer was lost: such a batch comes back [`Written::Unsettled`] at once.
     pub async fn write(&self, commands: Vec<Option<Command>>) -> Written {
+        self.touched.note(&commands);
         let written = match &self.engine {
             Engine::Sqlite(engine) => Written::Done(engine.batch(commands).await),
             Engine::Postgres(engine) => engine.write(commands).await,
@@ -334,7 +338,9 @@ impl Store {
 
     /// Forgets finished requests received before `dedupe_before_ms` whose replies were acked or
     /// dead-lettered, and telemetry older than `telemetry_before_ms` or beyond the newest
-    /// `keep` per device; returns (requests, readings) deleted.
+    /// `keep` per device (of the devices that stored readings through this store since its
+    /// last prune, every device at the first: [`telemetry::Capped`]); returns (requests,
+    /// readings) deleted.
     pub async fn prune(
         &self,
         dedupe_before_ms: i64,
@@ -344,10 +350,14 @@ impl Store {
         if !self.health.may_write() {
             return Ok((0, 0));
         }
+        let capped = self.touched.take();
         let result = dispatch!(
-            self.prune(dedupe_before_ms, telemetry_before_ms, keep)
+            self.prune(dedupe_before_ms, telemetry_before_ms, keep, &capped)
                 .await
         );
+        if result.is_err() {
+            self.touched.give_back(capped);
+        }
         self.observed(result)
     }
 

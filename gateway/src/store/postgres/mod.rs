@@ -52,6 +52,7 @@ use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
 };
+use crate::store::telemetry::Capped;
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 pub use console::{PgConsole, PgReader};
@@ -467,13 +468,14 @@ impl PgStore {
         dedupe_before_ms: i64,
         telemetry_before_ms: i64,
         keep: usize,
+        capped: &Capped,
     ) -> Result<(usize, usize), StoreError> {
         // Not bounded by `pool::ANSWER_TIMEOUT`, unlike the other work on the pool: a day's
         // deletes may legitimately take longer.
         let conn = self.pool.get().await?;
         Ok((
             requests::prune(&conn, dedupe_before_ms).await?,
-            tables::prune_readings(&conn, telemetry_before_ms, keep).await?,
+            tables::prune_readings(&conn, telemetry_before_ms, keep, capped).await?,
         ))
     }
 

@@ -4,7 +4,7 @@
 use super::pool::Conn;
 use crate::store::deadletters::{request_id_bytes, request_id_text, DeadLetter, Requeue};
 use crate::store::telemetry::Reading;
-use crate::store::telemetry::Series;
+use crate::store::telemetry::{Capped, Series};
 use crate::store::StoreError;
 use crate::wire::DeviceId;
 
@@ -131,21 +131,46 @@ pub async fn window(
     })
 }
 
-/// Deletes readings older than `before_ms`, and beyond the newest `keep` per device.
-pub async fn prune_readings(conn: &Conn, before_ms: i64, keep: usize) -> Result<usize, StoreError> {
+/// Deletes readings older than `before_ms`, and beyond the newest `keep` of each device
+/// `capped` names (through the `(device, …)` index: only those devices' readings are read).
+pub async fn prune_readings(
+    conn: &Conn,
+    before_ms: i64,
+    keep: usize,
+    capped: &Capped,
+) -> Result<usize, StoreError> {
     let old = conn
         .client
         .execute("DELETE FROM telemetry WHERE ts < $1", &[&before_ms])
         .await?;
-    let over = conn
-        .client
-        .execute(
-            "DELETE FROM telemetry WHERE id IN (
-                SELECT id FROM (
-                    SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
-                    FROM telemetry) t WHERE n > $1)",
-            &[&(keep as i64)],
-        )
-        .await?;
+    let keep = keep as i64;
+    let over = match capped {
+        Capped::All => {
+            conn.client
+                .execute(
+                    "DELETE FROM telemetry WHERE id IN (
+                        SELECT id FROM (
+                            SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC)
+                                AS n
+                            FROM telemetry) t WHERE n > $1)",
+                    &[&keep],
+                )
+                .await?
+        }
+        Capped::Devices(devices) if devices.is_empty() => 0,
+        Capped::Devices(devices) => {
+            let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+            conn.client
+                .execute(
+                    "DELETE FROM telemetry WHERE id IN (
+                        SELECT id FROM (
+                            SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC)
+                                AS n
+                            FROM telemetry WHERE device = ANY($2)) t WHERE n > $1)",
+                    &[&keep, &names],
+                )
+                .await?
+        }
+    };
     Ok((old + over) as usize)
 }

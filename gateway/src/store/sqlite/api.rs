@@ -12,7 +12,7 @@ use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue, Undeliverabl
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
-use crate::store::telemetry::Series;
+use crate::store::telemetry::{Capped, Series};
 use crate::store::StoreError;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
@@ -276,11 +276,13 @@ impl SqliteStore {
         dedupe_before_ms: i64,
         telemetry_before_ms: i64,
         keep: usize,
+        capped: &Capped,
     ) -> Result<(usize, usize), StoreError> {
+        let capped = capped.clone();
         self.call(move |txn| {
             Ok((
                 requests::prune(txn, dedupe_before_ms)?,
-                telemetry::prune(txn, telemetry_before_ms, keep)?,
+                telemetry::prune(txn, telemetry_before_ms, keep, &capped)?,
             ))
         })
         .await

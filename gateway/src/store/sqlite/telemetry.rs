@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection};
 
 use crate::store::telemetry::Reading;
-use crate::store::telemetry::Series;
+use crate::store::telemetry::{Capped, Series};
 use crate::wire::DeviceId;
 
 /// Stores readings of one device.
@@ -56,16 +56,37 @@ pub fn window(
     })
 }
 
-/// Deletes readings older than `before_ms`, and beyond the newest `keep` per device.
-pub fn prune(conn: &Connection, before_ms: i64, keep: usize) -> rusqlite::Result<usize> {
+/// Deletes readings older than `before_ms`, and beyond the newest `keep` of each device
+/// `capped` names (each through the `(device, …)` index: only those devices' readings are
+/// read).
+pub fn prune(
+    conn: &Connection,
+    before_ms: i64,
+    keep: usize,
+    capped: &Capped,
+) -> rusqlite::Result<usize> {
     let old = conn.execute("DELETE FROM telemetry WHERE ts < ?1", params![before_ms])?;
-    let over = conn.execute(
-        "DELETE FROM telemetry WHERE rowid IN (
-            SELECT rowid FROM (
-                SELECT rowid, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
-                FROM telemetry) WHERE n > ?1)",
-        params![keep as i64],
-    )?;
+    let over = match capped {
+        Capped::All => conn.execute(
+            "DELETE FROM telemetry WHERE rowid IN (
+                SELECT rowid FROM (
+                    SELECT rowid, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
+                    FROM telemetry) WHERE n > ?1)",
+            params![keep as i64],
+        )?,
+        Capped::Devices(devices) => {
+            let mut statement = conn.prepare_cached(
+                "DELETE FROM telemetry WHERE rowid IN (
+                    SELECT rowid FROM telemetry WHERE device = ?1
+                    ORDER BY ts DESC LIMIT -1 OFFSET ?2)",
+            )?;
+            let mut over = 0;
+            for device in devices {
+                over += statement.execute(params![device.as_str(), keep as i64])?;
+            }
+            over
+        }
+    };
     Ok(old + over)
 }
 
@@ -136,7 +157,7 @@ mod tests {
         let many: Vec<Reading> = (0..10).map(|i| reading("t", 100 + i, i as f64)).collect();
         insert(&conn, &a, &many).expect("insert");
         insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
-        let deleted = prune(&conn, 50, 3).expect("prune");
+        let deleted = prune(&conn, 50, 3, &Capped::All).expect("prune");
         assert_eq!(
             deleted,
             1 + 7,
