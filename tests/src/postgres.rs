@@ -386,6 +386,19 @@ impl PgCluster {
         )
     }
 
+    /// Waits (at most 30 s) until a commit sleeps in [`PgCluster::slow_commits`]' trigger in
+    /// database `db`: its `COMMIT` was sent and is being carried out.
+    pub async fn until_a_commit_sleeps(&self, db: &str) {
+        let started = std::time::Instant::now();
+        while self.commits_sleeping(db) != "1" {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "no commit reached the slow-commit trigger in {db}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs `sql` (say, a `SELECT ... FOR UPDATE`) in an open transaction in database `db`,
     /// which holds its locks until the returned [`Open`] is committed or dropped.
     pub fn hold(&self, db: &str, sql: &str) -> Open {

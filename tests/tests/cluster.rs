@@ -392,14 +392,7 @@ async fn a_sighting_counts_from_when_it_was_read_not_when_a_busy_gateway_got_to_
     rig.postgres.slow_commits("cluster", 3);
     let slow = TestDevice::connect(rig.mosquitto.addr, "slow-1").await;
     slow.request("stats", &values(&[1.0]), b"s", None).await;
-    let started = std::time::Instant::now();
-    while rig.postgres.commits_sleeping("cluster") != "1" {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "no commit slept"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rig.postgres.until_a_commit_sleeps("cluster").await;
     assert_eq!(
         rig.sql("SELECT owner FROM requests WHERE device = 'slow-1'"),
         "",
@@ -493,14 +486,7 @@ async fn a_takeover_whose_commit_answer_is_lost_still_runs_the_work_once() {
     rig.postgres
         .slow_commits_of("cluster", "UPDATE OF owner ON requests", 1);
     rig.gateways[victim].kill();
-    let started = std::time::Instant::now();
-    while rig.postgres.commits_sleeping("cluster") != "1" {
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "no takeover commit slept"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    rig.postgres.until_a_commit_sleeps("cluster").await;
     rig.postgres.freeze();
     let survivors: Vec<usize> = (0..ids.len()).filter(|i| *i != victim).collect();
     let logged = |text: &str| {

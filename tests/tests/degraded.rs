@@ -583,14 +583,7 @@ async fn freeze_mid_commit(cluster: &PgCluster, device: &TestDevice, corr: &[u8]
     device
         .request("stats", &values(&[1.0, 2.0]), corr, None)
         .await;
-    let started = Instant::now();
-    while cluster.commits_sleeping("roost") != "1" {
-        assert!(
-            started.elapsed() < WAIT,
-            "the request's commit never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster.until_a_commit_sleeps("roost").await;
     cluster.freeze();
 }
 

@@ -1125,18 +1125,6 @@ async fn postgres_a_heartbeat_does_not_wait_for_a_stuck_committer() {
     );
 }
 
-/// Waits until a commit sleeps in [`PgCluster::slow_commits`]' trigger.
-async fn until_a_commit_sleeps(cluster: &PgCluster, db: &str) {
-    let started = std::time::Instant::now();
-    while cluster.commits_sleeping(db) != "1" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no commit reached the trigger"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The server carries out a batch's `COMMIT`, but its answer is lost (a relay drops what the
 /// server sends on the committer's connection). A lost answer says nothing of the outcome: the
 /// store asks the database, on a new connection, whether the transaction committed, and
@@ -1154,7 +1142,7 @@ async fn postgres_a_commit_whose_answer_is_lost_is_answered_as_it_ended() {
         let store = store.clone();
         tokio::spawn(async move { admit_alone(&store, request("lost-1", "c"), 0).await })
     };
-    until_a_commit_sleeps(&cluster, "lost").await;
+    cluster.until_a_commit_sleeps("lost").await;
     relay.mute();
     let admission = admission.await.expect("task");
     assert!(matches!(admission, Admission::New), "{admission:?}");
@@ -1512,7 +1500,7 @@ async fn postgres_a_requeue_whose_commit_answer_is_lost_is_said_undecided() {
         .expect("dead letter id");
     cluster.slow_commits_of("requeue", "UPDATE ON dead_letters", 2);
     let requeue = tokio::task::spawn_blocking(move || console.requeue(id, now_ms() + 60_000));
-    until_a_commit_sleeps(&cluster, "requeue").await;
+    cluster.until_a_commit_sleeps("requeue").await;
     relay.mute();
     let said = requeue.await.expect("thread");
     match &said {

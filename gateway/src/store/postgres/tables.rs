@@ -144,32 +144,22 @@ pub async fn prune_readings(
         .execute("DELETE FROM telemetry WHERE ts < $1", &[&before_ms])
         .await?;
     let keep = keep as i64;
+    // Numbered newest first, per device: those past `keep` go.
+    let cap = |filter: &str| {
+        format!(
+            "DELETE FROM telemetry WHERE id IN (
+                SELECT id FROM (
+                    SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
+                    FROM telemetry {filter}) t WHERE n > $1)"
+        )
+    };
     let over = match capped {
-        Capped::All => {
-            conn.client
-                .execute(
-                    "DELETE FROM telemetry WHERE id IN (
-                        SELECT id FROM (
-                            SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC)
-                                AS n
-                            FROM telemetry) t WHERE n > $1)",
-                    &[&keep],
-                )
-                .await?
-        }
+        Capped::All => conn.client.execute(&cap(""), &[&keep]).await?,
         Capped::Devices(devices) if devices.is_empty() => 0,
         Capped::Devices(devices) => {
             let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
-            conn.client
-                .execute(
-                    "DELETE FROM telemetry WHERE id IN (
-                        SELECT id FROM (
-                            SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC)
-                                AS n
-                            FROM telemetry WHERE device = ANY($2)) t WHERE n > $1)",
-                    &[&keep, &names],
-                )
-                .await?
+            let statement = cap("WHERE device = ANY($2)");
+            conn.client.execute(&statement, &[&keep, &names]).await?
         }
     };
     Ok((old + over) as usize)
