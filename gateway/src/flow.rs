@@ -51,13 +51,10 @@ pub struct Inbound {
 impl Inbound {
     /// A publish just read, stamped with the time ([`Inbound::received_ms`]).
     pub fn new(publish: Publish, ack: Ack, budget: Option<OwnedSemaphorePermit>) -> Inbound {
-        let received_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         Inbound {
             publish,
             ack,
-            received_ms,
+            received_ms: crate::wire::now_ms(),
             budget,
         }
     }

@@ -65,16 +65,16 @@ async fn queue_backlog(
     ids
 }
 
-/// Debian's `mosquitto_sub` (MQTT 5, debug output on) connected as a device to the front door,
-/// subscribed to its replies.
+/// Debian's `mosquitto_sub` (MQTT 5, debug output on) connected to the front door.
 struct Watcher {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Watcher {
-    /// Starts it; returns once its subscription is acknowledged.
-    fn start(addr: std::net::SocketAddr) -> Watcher {
+    /// Starts it with `args` (client id, credentials, topic); returns once its subscription is
+    /// acknowledged.
+    fn start(addr: std::net::SocketAddr, args: &[&str]) -> Watcher {
         use std::io::BufRead;
         let port = addr.port().to_string();
         // Line-buffered (`stdbuf`): its debug lines are read as they come.
@@ -90,7 +90,7 @@ impl Watcher {
                 "-p",
                 &port,
             ])
-            .args(["-i", "drain-2", "-t", "devices/drain-2/reply/#"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -136,6 +136,24 @@ impl Drop for Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+const OPS_PASSWORD: &str = "drain-ops-password";
+
+/// Adds operator `name` through the CLI (`gateway operator add`, the password on stdin).
+fn add_operator(gateway: &Gateway, name: &str, password: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(Gateway::binary())
+        .args(["operator", "add", name, "--config"])
+        .arg(gateway.config_path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("gateway operator add");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{password}").expect("password");
+    drop(stdin);
+    assert!(child.wait().expect("wait").success(), "operator added");
 }
 
 /// SIGTERM without blocking the runtime; returns the gateway and how it exited.
@@ -276,7 +294,26 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
     workload::store_telemetry(&mut device).await;
     let mut finals = HashMap::new();
     let ids = queue_backlog(&mut device, &mut finals).await;
-    let stopping = Watcher::start(gateway.mqtt);
+    // A device and an operator (whose connection the front door relays to the broker), both
+    // MQTT 5, connected at the stop.
+    let stopping = Watcher::start(
+        gateway.mqtt,
+        &["-i", "drain-2", "-t", "devices/drain-2/reply/#"],
+    );
+    add_operator(&gateway, "ops", OPS_PASSWORD);
+    let operator = Watcher::start(
+        gateway.mqtt,
+        &[
+            "-i",
+            "ops-drain",
+            "-u",
+            "ops",
+            "-P",
+            OPS_PASSWORD,
+            "-t",
+            "gateway/#",
+        ],
+    );
 
     let (mut gateway, code) = terminate(gateway).await;
     assert_eq!(
@@ -288,7 +325,11 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
     assert!(gateway.log().contains("stopped"));
     assert!(
         stopping.told(),
-        "an MQTT 5 client connected at the stop was told why (DISCONNECT 0x8B)"
+        "a device connected at the stop was told why (DISCONNECT 0x8B)"
+    );
+    assert!(
+        operator.told(),
+        "an operator connected at the stop was told why (DISCONNECT 0x8B)"
     );
     for corr in unfinished_at_exit(&gateway) {
         assert!(!finals.contains_key(&corr), "{corr} answered before exit");

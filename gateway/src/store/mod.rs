@@ -31,7 +31,6 @@ pub use access::{BackupReport, Console, Reader};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{StoreConfig, StoreEngine};
 use crate::metrics::Histogram;
@@ -444,9 +443,4 @@ impl Store {
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::wire::now_ms;

@@ -1,5 +1,5 @@
 //! Telemetry as the store records it: one reading per (device, metric, ts), read back as the
-//! series of windowed ops.
+//! series of windowed ops, and which devices' readings the next prune holds to their cap.
 
 /// One reading.
 #[derive(Debug, Clone, PartialEq)]
