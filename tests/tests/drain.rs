@@ -9,9 +9,10 @@
 //!
 //! The status sequence is watched in external mode, on a broker (Mosquitto) that outlives the
 //! gateway. Behind the front door it cannot be watched today: the drain closes every front-door
-//! connection, operators' relays included, as it begins, so an operator sees neither `draining`
-//! nor `offline` (and the embedded broker's retained `offline` dies with the process). The
-//! embedded test checks the rest, and that devices are told (DISCONNECT 0x8B).
+//! connection, operators' relays included, right after it publishes `draining`, so an operator
+//! is not sure to see `draining` and never sees `offline` (the embedded broker's retained
+//! `offline` dies with the process). The embedded test checks the rest, and that devices and
+//! operators are told why their connection ends (DISCONNECT 0x8B).
 
 use std::collections::HashMap;
 use std::process::ExitStatus;

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
@@ -29,7 +30,7 @@ use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, Inbound, OutboundReply, Replies};
 use crate::metrics::IntakeStats;
-use crate::store::commands::{Command, Outcome, Settling, Written};
+use crate::store::commands::{Command, Outcome, Written};
 use crate::store::deadletters::DeadLetter;
 use crate::store::{Store, StoreError};
 use crate::wire::{topics, Reply};
@@ -39,17 +40,17 @@ use classify::Address;
 /// Most publishes handled in one batch.
 const MAX_BATCH: usize = 1024;
 
-/// A batch refused while its `COMMIT` is settled: the plans of its publishes still to answer
-/// (`None`: answered already) with when each was read, and the store's outcomes once it says.
-type Unsettled = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = (
-                    Vec<Option<(plan::Plan, i64)>>,
-                    Result<Vec<Option<Outcome>>, StoreError>,
-                ),
-            > + Send,
-    >,
+/// A publish refused while its batch's `COMMIT` is settled: its plan, and when it was read.
+type Waiting = (plan::Plan, i64);
+
+/// A batch refused while its `COMMIT` is settled: its publishes still to answer (`None`:
+/// answered already), and the store's outcomes once it says.
+type Unsettled = BoxFuture<
+    'static,
+    (
+        Vec<Option<Waiting>>,
+        Result<Vec<Option<Outcome>>, StoreError>,
+    ),
 >;
 
 /// The intake stage.
@@ -125,85 +126,86 @@ impl Intake {
                 .map(|command| command.filter(|c| finishing && matches!(c, Command::Ack(..))))
                 .collect();
         }
-        let sent: Vec<bool> = work.iter().map(Option::is_some).collect();
-        let outcomes: Vec<Option<Outcome>> = if !sent.contains(&true) {
-            work.into_iter().map(|_| None).collect()
+        let mut sent: Vec<bool> = work.iter().map(Option::is_some).collect();
+        // `Some` of no outcomes: none was committed.
+        let outcomes = if !sent.contains(&true) {
+            Some(Vec::new())
         } else {
             match self.store.write(work).await {
-                Written::Done(Ok(outcomes)) => outcomes,
+                Written::Done(Ok(outcomes)) => Some(outcomes),
                 Written::Done(Err(StoreError::Closed)) => return Err(StoreError::Closed),
                 Written::Done(Err(error)) => {
                     // The store marked itself degraded (unless it was a conflict): nothing of
                     // this batch was committed.
                     tracing::warn!(%error, publishes = plans.len(), "intake batch not committed");
-                    self.unwritten(plans, stored).await;
-                    return Ok(None);
+                    sent.fill(false);
+                    Some(Vec::new())
                 }
                 Written::Unsettled(settling) => {
-                    return Ok(Some(self.unsettled(plans, stored, sent, settling).await));
+                    tracing::warn!(
+                        publishes = plans.len(),
+                        "intake batch's commit answer was lost: refused, and answered once the \
+                         database says whether it committed"
+                    );
+                    let waiting = self.acknowledge(plans, stored, sent, None).await;
+                    return Ok(Some(Box::pin(async move { (waiting, settling.await) })));
                 }
             }
         };
+        self.acknowledge(plans, stored, sent, outcomes).await;
+        Ok(None)
+    }
+
+    /// Acknowledges or refuses each publish of a batch, in receive order, and answers it:
+    /// - without store work (`stored` false): acknowledged, answered as usual;
+    /// - its store work not committed (`sent` false: left out while degraded, or its batch
+    ///   failed): refused, answered as not stored ([`plan::Plan::unwritten`]);
+    /// - committed: acknowledged, answered as its outcome says (`outcomes`, in order; one
+    ///   missing is none);
+    /// - its batch's `COMMIT` answer lost (`outcomes` is `None`): its row may or may not exist,
+    ///   so it is refused now without an answer (the next batches are answered meanwhile) and
+    ///   handed back, to be answered once the store settles the batch ([`Intake::settled`]).
+    async fn acknowledge(
+        &self,
+        plans: Vec<(Inbound, plan::Plan)>,
+        stored: Vec<bool>,
+        sent: Vec<bool>,
+        outcomes: Option<Vec<Option<Outcome>>>,
+    ) -> Vec<Option<Waiting>> {
+        let unsettled = outcomes.is_none();
+        let outcomes = outcomes.unwrap_or_default().into_iter().map(Some);
+        let outcomes = outcomes.chain(std::iter::repeat_with(|| None));
+        let mut waiting = Vec::new();
         for (((incoming, plan), outcome), (stored, sent)) in plans
             .into_iter()
             .zip(outcomes)
             .zip(stored.into_iter().zip(sent))
         {
             let at_ms = incoming.received_ms;
+            if stored && sent && unsettled {
+                incoming.refuse().await;
+                waiting.push(Some((plan, at_ms)));
+                continue;
+            }
             if stored && !sent {
                 incoming.refuse().await;
                 plan.unwritten(self, at_ms).await;
             } else {
                 incoming.ack().await;
-                plan.finish(self, outcome, at_ms).await;
+                plan.finish(self, outcome.flatten(), at_ms).await;
             }
-        }
-        Ok(None)
-    }
-
-    /// A batch whose `COMMIT` answer was lost: its row may or may not exist, so its publishes
-    /// are neither acknowledged nor answered `503`. Each that had store work in it is refused
-    /// now, in receive order, without an answer (the next batches are answered meanwhile); its
-    /// answer waits for the store to settle the batch ([`Intake::settled`]). The others go on
-    /// as usual.
-    async fn unsettled(
-        &self,
-        plans: Vec<(Inbound, plan::Plan)>,
-        stored: Vec<bool>,
-        sent: Vec<bool>,
-        settling: Settling,
-    ) -> Unsettled {
-        tracing::warn!(
-            publishes = plans.len(),
-            "intake batch's commit answer was lost: refused, and answered once the database \
-             says whether it committed"
-        );
-        let mut waiting = Vec::with_capacity(plans.len());
-        for ((incoming, plan), (stored, sent)) in
-            plans.into_iter().zip(stored.into_iter().zip(sent))
-        {
-            let at_ms = incoming.received_ms;
-            if stored && sent {
-                incoming.refuse().await;
-                waiting.push(Some((plan, at_ms)));
-            } else if stored {
-                incoming.refuse().await;
-                plan.unwritten(self, at_ms).await;
-                waiting.push(None);
-            } else {
-                incoming.ack().await;
-                plan.finish(self, None, at_ms).await;
+            if unsettled {
                 waiting.push(None);
             }
         }
-        Box::pin(async move { (waiting, settling.await) })
+        waiting
     }
 
     /// Answers the publishes of a batch the store settled: as committed (`202`, and a new request
     /// goes to the scheduler), or as not stored (`503`).
     async fn settled(
         &self,
-        waiting: Vec<Option<(plan::Plan, i64)>>,
+        waiting: Vec<Option<Waiting>>,
         result: Result<Vec<Option<Outcome>>, StoreError>,
     ) {
         tracing::warn!(
@@ -222,21 +224,6 @@ impl Intake {
                 for (plan, at_ms) in waiting.into_iter().flatten() {
                     plan.unwritten(self, at_ms).await;
                 }
-            }
-        }
-    }
-
-    /// Answers a batch whose store work was not committed: each publish that needed the store
-    /// is refused and answered as [`plan::Plan::unwritten`] says; the others go on as usual.
-    async fn unwritten(&self, plans: Vec<(Inbound, plan::Plan)>, stored: Vec<bool>) {
-        for ((incoming, plan), stored) in plans.into_iter().zip(stored) {
-            let at_ms = incoming.received_ms;
-            if stored {
-                incoming.refuse().await;
-                plan.unwritten(self, at_ms).await;
-            } else {
-                incoming.ack().await;
-                plan.finish(self, None, at_ms).await;
             }
         }
     }

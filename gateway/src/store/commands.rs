@@ -61,9 +61,8 @@ pub enum Outcome {
 }
 
 /// A batch's outcomes once the database says what became of them.
-pub type Settling = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Option<Outcome>>, super::StoreError>> + Send>,
->;
+pub type Settling =
+    futures_util::future::BoxFuture<'static, Result<Vec<Option<Outcome>>, super::StoreError>>;
 
 /// What became of intake's batch ([`super::Store::write`]).
 pub enum Written {
