@@ -575,6 +575,20 @@ async fn patient_gateway_on_postgres() -> (PgCluster, Gateway) {
     (cluster, gateway)
 }
 
+/// Waits until the gateway log at `log` (read even while the gateway is being stopped elsewhere)
+/// has `text`, at most `within`.
+async fn until_logged(log: &std::path::Path, text: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let now = std::fs::read_to_string(log).unwrap_or_default();
+        if now.contains(text) {
+            return;
+        }
+        assert!(started.elapsed() < within, "never logged {text:?}:\n{now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Sends `device`'s request `corr` with commits of new requests made to sleep 2 s in database
 /// `roost`, and freezes the server (SIGSTOP) once that request's `COMMIT` sleeps: its answer
 /// will not come until [`PgCluster::thaw`].
@@ -599,11 +613,7 @@ async fn a_stop_while_the_database_froze_mid_commit_still_exits_and_loses_nothin
     let device = TestDevice::connect(gateway.mqtt, DEVICE).await;
     freeze_mid_commit(&cluster, &device, b"mid-commit").await;
     // The commit's answer is given up on after 10 s; asking whether it landed then fails too.
-    let started = Instant::now();
-    while !gateway.log().contains("a commit's answer was lost") {
-        assert!(started.elapsed() < 2 * WAIT, "{}", gateway.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_logged(&gateway.log_path(), "a commit's answer was lost", 2 * WAIT).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = gateway.terminate();
         (gateway, status)
@@ -697,27 +707,13 @@ async fn a_stop_answers_the_requests_whose_commit_the_database_settles_meanwhile
     let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
     freeze_mid_commit(&cluster, &device, b"settled").await;
     let log = gateway.log_path();
-    let logged = |text: &'static str, within: Duration| {
-        let log = log.clone();
-        async move {
-            let started = Instant::now();
-            loop {
-                let now = std::fs::read_to_string(&log).unwrap_or_default();
-                if now.contains(text) {
-                    return;
-                }
-                assert!(started.elapsed() < within, "never logged {text:?}:\n{now}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
     // The commit's answer is given up on after 10 s: the batch is refused, unsettled.
-    logged("a commit's answer was lost", 2 * WAIT).await;
+    until_logged(&log, "a commit's answer was lost", 2 * WAIT).await;
     let stopped = tokio::task::spawn_blocking(move || {
         let status = gateway.terminate();
         (gateway, status)
     });
-    logged("draining: waiting for the database", WAIT).await;
+    until_logged(&log, "draining: waiting for the database", WAIT).await;
     cluster.thaw();
     while ledger.count(b"settled") == 0 {
         let Some(received) = device.next_within(WAIT).await else {
