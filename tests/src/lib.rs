@@ -305,6 +305,28 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A free loopback port for a server a test starts (PostgreSQL, Mosquitto, chromedriver) and
+/// names to it by number.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`), so that no outgoing
+/// connection of a concurrent test (each takes its local port from that range) can take it
+/// between this check and the server's bind: a port from `bind(0)` lies inside that range, and
+/// in CI a PostgreSQL once failed to start with "Address already in use" on one.
+pub fn free_port() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000u16, low.saturating_sub(10_000).max(1));
+    for _ in 0..1_000 {
+        let port = first + (uuid::Uuid::new_v4().as_u128() % u128::from(span)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {first} and {low}");
+}
+
 /// A Mosquitto broker (Debian's `mosquitto`, which `tests/run.sh` installs) on a free loopback
 /// port, for external-broker mode. Killed on drop.
 pub struct Mosquitto {
@@ -318,10 +340,7 @@ impl Mosquitto {
     /// Starts it and waits until it accepts connections.
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         // Nagle off, as the scale-out recipe sets it: a small publish to a gateway that has not
         // yet acknowledged the last one otherwise waits for its delayed TCP ACK (tens of ms).

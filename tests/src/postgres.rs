@@ -7,7 +7,6 @@
 //! vanishes from the network without a word, as when it crashes or a cable is pulled.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -110,13 +109,6 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 impl PgCluster {
     /// Initialises and starts a cluster; panics with the server's log if it cannot.
     pub fn start() -> PgCluster {
@@ -196,7 +188,7 @@ impl PgCluster {
                 .expect("chown");
             assert!(chown.success(), "chown the cluster dir to postgres");
         }
-        let port = free_port();
+        let port = crate::free_port();
         let (link, host) = match behind_link {
             true => {
                 let (link, host) = Link::create(port);
