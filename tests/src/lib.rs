@@ -305,6 +305,20 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// Waits until the gateway log at `log` (read even while the gateway is being stopped elsewhere)
+/// has `text`, at most `within`.
+pub async fn until_logged(log: &Path, text: &str, within: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(log).unwrap_or_default();
+        if now.contains(text) {
+            return;
+        }
+        assert!(started.elapsed() < within, "never logged {text:?}:\n{now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free loopback port for a server a test starts (PostgreSQL, Mosquitto, chromedriver) and
 /// names to it by number.
 ///

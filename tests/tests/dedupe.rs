@@ -4,7 +4,7 @@
 use gateway::wire::Status;
 use roost_tests::device::{values, TestDevice};
 use roost_tests::store_view::{hex, requests_of};
-use roost_tests::Gateway;
+use roost_tests::{until_logged, Gateway};
 
 #[tokio::test]
 async fn duplicates_never_run_the_op_again() {
@@ -85,6 +85,10 @@ async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
         }
     };
     device.ack(b"k").await;
+    // Another request, acked: nothing but the gateway's retention forgets it.
+    device.request("stats", &args, b"p", None).await;
+    while device.reply_for(b"p").await.reply.status != Status::Ok {}
+    device.ack(b"p").await;
     roost_tests::device::wait_settled(gateway.mqtt, "dd-3").await;
     drop(device);
 
@@ -112,4 +116,9 @@ async fn the_dedupe_key_survives_a_restart_and_expires_with_its_window() {
     let fresh = device.reply_for(b"k").await;
     assert_eq!(fresh.reply.status, Status::Accepted);
     assert_ne!(fresh.reply.request_id, Some(first_id));
+
+    // The gateway's retention then forgets the other request (acked, past the window; the
+    // original made way for the new one) at its next prune, every 10 s.
+    let within = gateway::store::retention::EVERY * 2;
+    until_logged(&gateway.log_path(), "pruned requests=1 ", within).await;
 }

@@ -17,7 +17,7 @@ use roost_tests::device::{values, Received, TestDevice, WAIT};
 use roost_tests::postgres::PgCluster;
 use roost_tests::store_view::{hex, requests_of};
 use roost_tests::tinyfs::TinyFs;
-use roost_tests::{http_get, Gateway};
+use roost_tests::{http_get, until_logged, Gateway};
 
 const STATUS_TOPIC: &str = "gateway/gw-test/status";
 
@@ -573,20 +573,6 @@ async fn patient_gateway_on_postgres() -> (PgCluster, Gateway) {
          [limits]\nop_timeout_ms = 300000\n"
     ));
     (cluster, gateway)
-}
-
-/// Waits until the gateway log at `log` (read even while the gateway is being stopped elsewhere)
-/// has `text`, at most `within`.
-async fn until_logged(log: &std::path::Path, text: &str, within: Duration) {
-    let started = Instant::now();
-    loop {
-        let now = std::fs::read_to_string(log).unwrap_or_default();
-        if now.contains(text) {
-            return;
-        }
-        assert!(started.elapsed() < within, "never logged {text:?}:\n{now}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Sends `device`'s request `corr` with commits of new requests made to sleep 2 s in database

@@ -10,7 +10,7 @@ use gateway::store::deadletters::{DeadLetter, Requeue};
 use gateway::store::devices::{Filter, Seen};
 use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest, OperatorCancel};
 use gateway::store::telemetry::Reading;
-use gateway::store::{now_ms, Console, Store, StoreError};
+use gateway::store::{now_ms, Console, Store, StoreError, PRUNE_CHUNK};
 use gateway::wire::{Correlation, DeviceId, RequestId, State};
 use roost_tests::postgres::PgCluster;
 use roost_tests::proxy::Relay;
@@ -713,6 +713,92 @@ async fn caps_each_devices_readings_at_the_next_prune(store: &Store) {
     );
 }
 
+/// A prune deletes in chunks of at most `PRUNE_CHUNK` rows, each committed on its own: part of
+/// a large prune is seen done while the rest is not, and a commit asked for meanwhile does not
+/// wait for the rest. More than one chunk of finished requests all go too.
+async fn prunes_in_chunks_that_commits_go_between(store: &Store) {
+    // What the scenarios before left, so that the counts below are this one's.
+    store
+        .prune(now_ms() + 1_000, i64::MAX, 1_000_000)
+        .await
+        .expect("prune");
+    // Requests past the dedupe window, acked: one and a half chunks and one.
+    let requests: Vec<NewRequest> = (0..PRUNE_CHUNK * 3 / 2 + 1)
+        .map(|i| request("chunked", &format!("c{i}")))
+        .collect();
+    let admits = requests.iter().map(|request| {
+        Some(Command::Admit {
+            request: request.clone(),
+            dedupe_after_ms: 0,
+            max_pending: 0,
+        })
+    });
+    store.batch(admits.collect()).await.expect("admit");
+    let completes = requests.iter().map(|request| {
+        let (store, completion) = (store.clone(), completion(request, b"r"));
+        tokio::spawn(async move { store.complete(completion).await })
+    });
+    for completed in futures_join(completes).await {
+        assert!(completed.expect("task").expect("complete"));
+    }
+    let acks = requests
+        .iter()
+        .map(|r| Some(Command::Ack(r.device.clone(), r.corr.clone())));
+    store.batch(acks.collect()).await.expect("ack");
+    // Readings past the retention: forty chunks.
+    let total = 40 * PRUNE_CHUNK;
+    let old = (1..=total as i64).map(|ts| Reading {
+        metric: "old".into(),
+        ts,
+        value: 0.0,
+    });
+    let telemetry = Command::Telemetry(device("chunked"), old.collect());
+    store.batch(vec![Some(telemetry)]).await.expect("store");
+    // The oldest reading left (a prune deletes the first stored first), and whether any is.
+    let oldest = || {
+        let mut reader = store.reader();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                reader.telemetry_window(&device("chunked"), "old", 0, total as i64, 1)
+            })
+            .await
+            .expect("thread")
+            .expect("window")
+            .ts
+            .and_then(|ts| ts.first().copied())
+        }
+    };
+    assert_eq!(oldest().await, Some(1));
+
+    let pruning = tokio::spawn({
+        let store = store.clone();
+        async move { store.prune(now_ms() + 1_000, total as i64 + 1, total).await }
+    });
+    let mut seen = Some(1);
+    while seen == Some(1) {
+        assert!(!pruning.is_finished(), "the prune ended unseen");
+        seen = oldest().await;
+    }
+    assert!(
+        seen.is_some(),
+        "the prune deleted its {total} readings in one transaction"
+    );
+    let reading = Reading {
+        metric: "new".into(),
+        ts: now_ms(),
+        value: 1.0,
+    };
+    let commit = Command::Telemetry(device("chunked"), vec![reading]);
+    store.batch(vec![Some(commit)]).await.expect("commit");
+    assert!(
+        !pruning.is_finished(),
+        "a commit asked for mid-prune waited for the whole prune"
+    );
+    let pruned = pruning.await.expect("task").expect("prune");
+    assert_eq!(pruned, (requests.len(), total), "every old row went");
+    assert_eq!(oldest().await, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sqlite_engine_keeps_the_store_contract() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -723,6 +809,7 @@ async fn the_sqlite_engine_keeps_the_store_contract() {
     decides_a_crowded_batch_one_piece_at_a_time(&store, false).await;
     counts_every_publish_of_a_reply_acked_at_once(&store).await;
     caps_each_devices_readings_at_the_next_prune(&store).await;
+    prunes_in_chunks_that_commits_go_between(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,6 +829,7 @@ async fn the_postgres_engine_keeps_the_store_contract() {
     decides_a_crowded_batch_one_piece_at_a_time(&store, true).await;
     counts_every_publish_of_a_reply_acked_at_once(&store).await;
     caps_each_devices_readings_at_the_next_prune(&store).await;
+    prunes_in_chunks_that_commits_go_between(&store).await;
     drop(store);
     drop(cluster);
 }

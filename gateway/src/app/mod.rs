@@ -344,6 +344,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         store.clone(),
         shutdown.child_token(),
     ));
+    tokio::spawn(crate::store::retention::run(
+        store.clone(),
+        limits.clone(),
+        shutdown.child_token(),
+    ));
 
     let broker_stopped = async {
         match &broker {

@@ -1,6 +1,6 @@
 //! The outbox's once-a-second work: dead-letter held replies whose TTL passed, notice devices
-//! whose listen window ran out, publish due device status, and now and then prune what the
-//! dedupe window and telemetry retention no longer need.
+//! whose listen window ran out, publish due device status. (What the dedupe window and the
+//! telemetry retention no longer keep is pruned by a task of its own: `store::retention`.)
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
@@ -11,8 +11,6 @@ use crate::wire::topics;
 
 /// Held replies expired per tick at most (the rest wait for the next tick).
 const EXPIRE_PER_TICK: usize = 1000;
-/// Prune every this many ticks.
-const PRUNE_EVERY: u64 = 10;
 
 impl Outbox {
     /// `limits.max_store_bytes`: evicts the oldest finished records, counted and logged.
@@ -35,7 +33,7 @@ impl Outbox {
         }
     }
 
-    pub(super) async fn housekeeping(&mut self, tick: u64) {
+    pub(super) async fn housekeeping(&mut self) {
         let now = now_ms();
         match self.store.expire_held(now, EXPIRE_PER_TICK).await {
             Ok(letters) => {
@@ -72,21 +70,5 @@ impl Outbox {
             .devices_awake
             .store(self.presence.awake_count(), Relaxed);
         self.publish_device_status().await;
-        if tick.is_multiple_of(PRUNE_EVERY) {
-            let dedupe_before = now - self.limits.dedupe_window.as_millis() as i64;
-            let telemetry_before = now - self.limits.telemetry_retention.as_millis() as i64;
-            let keep = self.limits.max_telemetry_rows_per_device;
-            let pruned = self
-                .store
-                .prune(dedupe_before, telemetry_before, keep)
-                .await;
-            match pruned {
-                Ok((requests, readings)) if requests + readings > 0 => {
-                    tracing::info!(requests, readings, "pruned");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::error!(%error, "prune failed"),
-            }
-        }
     }
 }

@@ -85,7 +85,6 @@ impl Outbox {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         // A tick missed while a turn waited on the store is not made up in a burst.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut ticks: u64 = 0;
         let mut events = Vec::with_capacity(MAX_TURN);
         // Wakes waiting for their grace (shared store only), in order of arrival.
         let mut later: std::collections::VecDeque<(Instant, Vec<DeviceId>)> = Default::default();
@@ -154,8 +153,7 @@ impl Outbox {
                     self.redeliver(due).await;
                 }
                 _ = tick.tick() => {
-                    ticks += 1;
-                    self.housekeeping(ticks).await;
+                    self.housekeeping().await;
                 }
                 _ = shutdown.cancelled() => {}
             }

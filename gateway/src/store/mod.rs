@@ -22,6 +22,7 @@ pub mod devices;
 pub mod health;
 mod postgres;
 pub mod requests;
+pub mod retention;
 pub mod sessions;
 mod sqlite;
 pub mod telemetry;
@@ -99,6 +100,9 @@ enum Engine {
 }
 
 /// Calls the same method on whichever engine this store runs.
+/// Rows of a kind one prune transaction deletes at most (see [`Store::prune`]).
+pub const PRUNE_CHUNK: usize = 500;
+
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* ) .await) => {
         match &$self.engine {
@@ -340,6 +344,11 @@ impl Store {
     /// `keep` per device (of the devices that stored readings through this store since its
     /// last prune, every device at the first: [`telemetry::Capped`]); returns (requests,
     /// readings) deleted.
+    ///
+    /// Old rows go in chunks of at most [`PRUNE_CHUNK`] per kind, each a transaction of its
+    /// own, so commits queued meanwhile go between two chunks: a day-old second of a busy
+    /// gateway's requests deleted at once held every commit (SQLite's store thread) for
+    /// 100 ms and more.
     pub async fn prune(
         &self,
         dedupe_before_ms: i64,
@@ -349,15 +358,25 @@ impl Store {
         if !self.health.may_write() {
             return Ok((0, 0));
         }
+        let (mut requests_before, mut readings_before) =
+            (Some(dedupe_before_ms), Some(telemetry_before_ms));
+        let mut pruned = (0, 0);
+        while requests_before.is_some() || readings_before.is_some() {
+            let (requests, readings) = self.observed(dispatch!(
+                self.prune(requests_before, readings_before, PRUNE_CHUNK)
+                    .await
+            ))?;
+            pruned = (pruned.0 + requests, pruned.1 + readings);
+            // A kind is done once a chunk of it comes back short.
+            requests_before = requests_before.filter(|_| requests == PRUNE_CHUNK);
+            readings_before = readings_before.filter(|_| readings == PRUNE_CHUNK);
+        }
         let capped = self.touched.take();
-        let result = dispatch!(
-            self.prune(dedupe_before_ms, telemetry_before_ms, keep, &capped)
-                .await
-        );
+        let result = dispatch!(self.cap_readings(keep, &capped).await);
         if result.is_err() {
             self.touched.give_back(capped);
         }
-        self.observed(result)
+        Ok((pruned.0, pruned.1 + self.observed(result)?))
     }
 
     /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):

@@ -462,21 +462,37 @@ impl PgStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`].
+    /// See [`crate::store::Store::prune`]: one chunk of each kind, each deleted in a statement
+    /// of its own on a pooled connection, bounded like the rest of the pool's work.
     pub async fn prune(
         &self,
-        dedupe_before_ms: i64,
-        telemetry_before_ms: i64,
-        keep: usize,
-        capped: &Capped,
+        dedupe_before_ms: Option<i64>,
+        telemetry_before_ms: Option<i64>,
+        limit: usize,
     ) -> Result<(usize, usize), StoreError> {
-        // Not bounded by `pool::ANSWER_TIMEOUT`, unlike the other work on the pool: a day's
-        // deletes may legitimately take longer.
+        self.pool
+            .run(async |conn| {
+                Ok((
+                    match dedupe_before_ms {
+                        Some(before) => requests::prune(conn, before, limit).await?,
+                        None => 0,
+                    },
+                    match telemetry_before_ms {
+                        Some(before) => tables::prune_readings(conn, before, limit).await?,
+                        None => 0,
+                    },
+                ))
+            })
+            .await
+    }
+
+    /// See [`crate::store::Store::prune`].
+    pub async fn cap_readings(&self, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
+        // Not bounded by `pool::ANSWER_TIMEOUT`, unlike the other work on the pool: capping
+        // every device's readings (at the first prune after a start) may legitimately take
+        // longer.
         let conn = self.pool.get().await?;
-        Ok((
-            requests::prune(&conn, dedupe_before_ms).await?,
-            tables::prune_readings(&conn, telemetry_before_ms, keep, capped).await?,
-        ))
+        tables::cap_readings(&conn, keep, capped).await
     }
 
     /// See [`crate::store::Store::ping`].

@@ -323,16 +323,25 @@ pub async fn queued_extent(
     ))
 }
 
-/// Forgets finished requests received before `before_ms` whose replies were acked or dead.
-pub async fn prune(conn: &Conn, before_ms: i64) -> Result<usize, StoreError> {
+/// Forgets up to `limit` finished requests received before `before_ms` whose replies were
+/// acked or dead, the oldest first. Rows another gateway's prune has locked are skipped (it deletes them), so
+/// gateways pruning at once share the work instead of waiting on each other.
+pub async fn prune(conn: &Conn, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
     let statement = conn
-        .statement("DELETE FROM requests WHERE id < $1 AND delivery IN ('acked', 'dead')")
+        .statement(
+            "DELETE FROM requests WHERE id IN (
+                SELECT id FROM requests WHERE id < $1 AND delivery IN ('acked', 'dead')
+                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
     // Ids are time-ordered (UUID v7, minted as the request is received): the primary key
     // finds what was received before `before_ms`.
     let before = RequestId::first_at(before_ms);
     Ok(conn
         .client
-        .execute(&statement, &[&before.as_bytes().as_slice()])
+        .execute(
+            &statement,
+            &[&before.as_bytes().as_slice(), &(limit as i64)],
+        )
         .await? as usize)
 }

@@ -131,18 +131,29 @@ pub async fn window(
     })
 }
 
-/// Deletes readings older than `before_ms`, and beyond the newest `keep` of each device
-/// `capped` names (through the `(device, …)` index: only those devices' readings are read).
+/// Deletes up to `limit` readings older than `before_ms`, the first stored first (skipping
+/// those another gateway's prune has locked).
 pub async fn prune_readings(
     conn: &Conn,
     before_ms: i64,
-    keep: usize,
-    capped: &Capped,
+    limit: usize,
 ) -> Result<usize, StoreError> {
-    let old = conn
-        .client
-        .execute("DELETE FROM telemetry WHERE ts < $1", &[&before_ms])
+    let statement = conn
+        .statement(
+            "DELETE FROM telemetry WHERE id IN (
+                SELECT id FROM telemetry WHERE ts < $1 ORDER BY id LIMIT $2
+                FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
+    Ok(conn
+        .client
+        .execute(&statement, &[&before_ms, &(limit as i64)])
+        .await? as usize)
+}
+
+/// Deletes the readings beyond the newest `keep` of each device `capped` names (through the
+/// `(device, …)` index: only those devices' readings are read).
+pub async fn cap_readings(conn: &Conn, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
     let keep = keep as i64;
     // Numbered newest first, per device: those past `keep` go.
     let cap = |filter: &str| {
@@ -162,5 +173,5 @@ pub async fn prune_readings(
             conn.client.execute(&statement, &[&keep, &names]).await?
         }
     };
-    Ok((old + over) as usize)
+    Ok(over as usize)
 }

@@ -270,22 +270,34 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`].
+    /// See [`crate::store::Store::prune`]: one chunk of each kind, in one job of the store
+    /// thread (commits queued meanwhile go between two chunks).
     pub async fn prune(
         &self,
-        dedupe_before_ms: i64,
-        telemetry_before_ms: i64,
-        keep: usize,
-        capped: &Capped,
+        dedupe_before_ms: Option<i64>,
+        telemetry_before_ms: Option<i64>,
+        limit: usize,
     ) -> Result<(usize, usize), StoreError> {
-        let capped = capped.clone();
         self.call(move |txn| {
             Ok((
-                requests::prune(txn, dedupe_before_ms)?,
-                telemetry::prune(txn, telemetry_before_ms, keep, &capped)?,
+                match dedupe_before_ms {
+                    Some(before) => requests::prune(txn, before, limit)?,
+                    None => 0,
+                },
+                match telemetry_before_ms {
+                    Some(before) => telemetry::prune(txn, before, limit)?,
+                    None => 0,
+                },
             ))
         })
         .await
+    }
+
+    /// See [`crate::store::Store::prune`].
+    pub async fn cap_readings(&self, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
+        let capped = capped.clone();
+        self.call(move |txn| telemetry::cap(txn, keep, &capped))
+            .await
     }
 
     /// See [`crate::store::Store::ping`].

@@ -279,11 +279,14 @@ pub fn cancel(
     }))
 }
 
-/// Forgets finished requests received before `before_ms` whose replies were acknowledged or
-/// dead-lettered (the dedupe window has passed). Held and queued requests are kept.
-pub fn prune(conn: &Connection, before_ms: i64) -> rusqlite::Result<usize> {
+/// Forgets up to `limit` finished requests received before `before_ms` whose replies were
+/// acknowledged or dead-lettered (the dedupe window has passed), the oldest first. Held and
+/// queued requests are kept.
+pub fn prune(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<usize> {
     conn.prepare_cached(
-        "DELETE FROM requests WHERE received_ms < ?1 AND delivery IN ('acked', 'dead')",
+        "DELETE FROM requests WHERE id IN (
+            SELECT id FROM requests WHERE received_ms < ?1 AND delivery IN ('acked', 'dead')
+            ORDER BY received_ms LIMIT ?2)",
     )?
-    .execute(params![before_ms])
+    .execute(params![before_ms, limit as i64])
 }

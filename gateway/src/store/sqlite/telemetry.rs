@@ -56,17 +56,19 @@ pub fn window(
     })
 }
 
-/// Deletes readings older than `before_ms`, and beyond the newest `keep` of each device
-/// `capped` names (each through the `(device, …)` index: only those devices' readings are
-/// read).
-pub fn prune(
-    conn: &Connection,
-    before_ms: i64,
-    keep: usize,
-    capped: &Capped,
-) -> rusqlite::Result<usize> {
-    let old = conn.execute("DELETE FROM telemetry WHERE ts < ?1", params![before_ms])?;
-    let over = match capped {
+/// Deletes up to `limit` readings older than `before_ms`, the first stored first.
+pub fn prune(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM telemetry WHERE rowid IN (
+            SELECT rowid FROM telemetry WHERE ts < ?1 ORDER BY rowid LIMIT ?2)",
+    )?
+    .execute(params![before_ms, limit as i64])
+}
+
+/// Deletes the readings beyond the newest `keep` of each device `capped` names (each through
+/// the `(device, …)` index: only those devices' readings are read).
+pub fn cap(conn: &Connection, keep: usize, capped: &Capped) -> rusqlite::Result<usize> {
+    Ok(match capped {
         Capped::All => conn.execute(
             "DELETE FROM telemetry WHERE rowid IN (
                 SELECT rowid FROM (
@@ -86,8 +88,7 @@ pub fn prune(
             }
             over
         }
-    };
-    Ok(old + over)
+    })
 }
 
 #[cfg(test)]
@@ -157,11 +158,11 @@ mod tests {
         let many: Vec<Reading> = (0..10).map(|i| reading("t", 100 + i, i as f64)).collect();
         insert(&conn, &a, &many).expect("insert");
         insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
-        let deleted = prune(&conn, 50, 3, &Capped::All).expect("prune");
+        assert_eq!(prune(&conn, 50, 10).expect("prune"), 1, "b's old reading");
         assert_eq!(
-            deleted,
-            1 + 7,
-            "b's old reading, and a's beyond the newest 3"
+            cap(&conn, 3, &Capped::All).expect("cap"),
+            7,
+            "a's beyond the newest 3"
         );
         let kept = window(&conn, &a, "t", 0, 1000, 100).expect("read");
         assert_eq!(kept.ts, Some(vec![107, 108, 109]));
