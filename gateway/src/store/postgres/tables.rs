@@ -131,8 +131,8 @@ pub async fn window(
     })
 }
 
-/// Deletes up to `limit` readings older than `before_ms`, the first stored first (skipping
-/// those another gateway's prune has locked).
+/// Deletes up to `limit` readings older than `before_ms`, the oldest first (through the `ts`
+/// index: only what is deleted is read), skipping those another gateway's prune has locked.
 pub async fn prune_readings(
     conn: &Conn,
     before_ms: i64,
@@ -141,7 +141,7 @@ pub async fn prune_readings(
     let statement = conn
         .statement(
             "DELETE FROM telemetry WHERE id IN (
-                SELECT id FROM telemetry WHERE ts < $1 ORDER BY id LIMIT $2
+                SELECT id FROM telemetry WHERE ts < $1 ORDER BY ts LIMIT $2
                 FOR UPDATE SKIP LOCKED)",
         )
         .await?;

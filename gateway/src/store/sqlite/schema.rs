@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX dead_letters_device ON dead_letters (device, id);",
     // 4: the degraded state's probe writes a row here and deletes it in the same transaction.
     "CREATE TABLE probe (id INTEGER PRIMARY KEY, pad BLOB NOT NULL);",
+    // 5: the telemetry retention finds old readings by time, not by reading the whole table
+    // every 10 s on the store thread (85 ms per 2 million readings, with nothing to delete).
+    "CREATE INDEX telemetry_age ON telemetry (ts);",
 ];
 
 /// Brings the database up to the newest schema.

@@ -56,11 +56,12 @@ pub fn window(
     })
 }
 
-/// Deletes up to `limit` readings older than `before_ms`, the first stored first.
+/// Deletes up to `limit` readings older than `before_ms`, the oldest first (through the `ts`
+/// index: only what is deleted is read).
 pub fn prune(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "DELETE FROM telemetry WHERE rowid IN (
-            SELECT rowid FROM telemetry WHERE ts < ?1 ORDER BY rowid LIMIT ?2)",
+            SELECT rowid FROM telemetry WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
     )?
     .execute(params![before_ms, limit as i64])
 }
