@@ -166,6 +166,15 @@ async fn drive(
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => continue,
             Err(error) => {
+                // rumqttc keeps, unreturned, what it read in the same batch as the error (the
+                // server's DISCONNECT, the end of the connection): a reply written just before
+                // a stopping gateway's DISCONNECT would be lost to a device that does not
+                // reconnect.
+                while let Some(event) = eventloop.state.events.pop_front() {
+                    if let Event::Incoming(Packet::Publish(publish)) = event {
+                        let _ = events_tx.send(LinkEvent::Message(publish));
+                    }
+                }
                 if events_tx.send(LinkEvent::Error(error.to_string())).is_err() || !reconnect {
                     break;
                 }

@@ -343,62 +343,96 @@ pub async fn wait_settled(addr: SocketAddr, device: &str) {
     watcher.disconnect().await;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A one-connection MQTT 5 server on loopback that accepts a client, then writes a QoS 0
+/// reply and its DISCONNECT (0x8B, as a stopping gateway sends) in one segment, as a stopping
+/// front door can: to check that a client hands over the publish read with the DISCONNECT.
+/// Its address, and its task (done once written).
+pub async fn publish_then_disconnect() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use bytes::BytesMut;
     use rumqttc::v5::mqttbytes::v5::{
         ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Publish,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut connect = [0u8; 1024];
+        let _ = stream.read(&mut connect).await.expect("CONNECT");
+        let mut out = BytesMut::new();
+        let connack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+            properties: None,
+        };
+        Packet::ConnAck(connack)
+            .write(&mut out, None)
+            .expect("encode");
+        stream.write_all(&out).await.expect("CONNACK");
+        // Once the client has its CONNACK (it sends nothing more without a subscription):
+        // what it reads next comes in one segment.
+        tokio::task::yield_now().await;
+        out.clear();
+        let reply = Reply::new(
+            gateway::wire::Status::Accepted,
+            gateway::wire::State::Accepted,
+        );
+        let publish = Publish::new("devices/x/reply", QoS::AtMostOnce, reply.encode(), None);
+        Packet::Publish(publish)
+            .write(&mut out, None)
+            .expect("encode");
+        Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ServerShuttingDown))
+            .write(&mut out, None)
+            .expect("encode");
+        stream
+            .write_all(&out)
+            .await
+            .expect("PUBLISH and DISCONNECT");
+    });
+    (addr, server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
     /// A server that writes a publish and its DISCONNECT in one go (as a stopping front door
     /// can): the client still hands the publish over (rumqttc alone lost it).
     #[tokio::test]
     async fn a_publish_read_with_the_servers_disconnect_is_handed_over() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            let mut connect = [0u8; 1024];
-            let _ = stream.read(&mut connect).await.expect("CONNECT");
-            let mut out = BytesMut::new();
-            let connack = ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::Success,
-                properties: None,
-            };
-            Packet::ConnAck(connack)
-                .write(&mut out, None)
-                .expect("encode");
-            stream.write_all(&out).await.expect("CONNACK");
-            // Once the client has its CONNACK (it sends nothing more without a subscription):
-            // what it reads next comes in one segment.
-            tokio::task::yield_now().await;
-            out.clear();
-            let reply = Reply::new(
-                gateway::wire::Status::Accepted,
-                gateway::wire::State::Accepted,
-            );
-            let publish = Publish::new("devices/x/reply", QoS::AtMostOnce, reply.encode(), None);
-            Packet::Publish(publish)
-                .write(&mut out, None)
-                .expect("encode");
-            Packet::Disconnect(Disconnect::new(DisconnectReasonCode::ServerShuttingDown))
-                .write(&mut out, None)
-                .expect("encode");
-            stream
-                .write_all(&out)
-                .await
-                .expect("PUBLISH and DISCONNECT");
-        });
+        let (addr, server) = publish_then_disconnect().await;
         let mut device = TestDevice::connect_with(options("x", addr), "x", false).await;
         let got = device.next_within(Duration::from_secs(10)).await;
         server.await.expect("server");
         assert!(
             got.is_some(),
+            "the publish before the DISCONNECT was handed over"
+        );
+    }
+
+    /// The same for the device simulator's sleepy devices, which do not reconnect.
+    #[tokio::test]
+    async fn device_sim_hands_over_a_publish_read_with_the_servers_disconnect() {
+        use device_sim::connection::{Link, LinkEvent, LinkOptions};
+        let (addr, server) = publish_then_disconnect().await;
+        let mut options = LinkOptions::new("127.0.0.1", addr.port(), "x".into());
+        options.reconnect = false;
+        let mut link = Link::open(&options);
+        let mut messages = 0;
+        let within = Duration::from_secs(10);
+        while let Ok(Some(event)) = tokio::time::timeout(within, link.events.recv()).await {
+            match event {
+                LinkEvent::Message(_) => messages += 1,
+                LinkEvent::Closed => break,
+                _ => {}
+            }
+        }
+        server.await.expect("server");
+        assert_eq!(
+            messages, 1,
             "the publish before the DISCONNECT was handed over"
         );
     }
