@@ -99,10 +99,10 @@ enum Engine {
     Postgres(postgres::PgStore),
 }
 
-/// Calls the same method on whichever engine this store runs.
-/// Rows of a kind one prune transaction deletes at most (see [`Store::prune`]).
+/// Rows of a kind one prune chunk deletes at most (see [`Store::prune`]).
 pub const PRUNE_CHUNK: usize = 500;
 
+/// Calls the same method on whichever engine this store runs.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* ) .await) => {
         match &$self.engine {
@@ -345,10 +345,11 @@ impl Store {
     /// last prune, every device at the first: [`telemetry::Capped`]); returns (requests,
     /// readings) deleted.
     ///
-    /// Old rows go in chunks of at most [`PRUNE_CHUNK`] per kind, each a transaction of its
-    /// own, so commits queued meanwhile go between two chunks: a day-old second of a busy
-    /// gateway's requests deleted at once held every commit (SQLite's store thread) for
-    /// 100 ms and more.
+    /// Old rows go in chunks of at most [`PRUNE_CHUNK`] per kind, the oldest first, each
+    /// committed before the next is asked for (on SQLite in the store thread's next group
+    /// commit), so commits queued meanwhile go between two chunks: the 10 s of
+    /// a busy gateway's requests that passed the window since the last prune, deleted at once,
+    /// held every commit (SQLite's store thread) for 100 ms and more.
     pub async fn prune(
         &self,
         dedupe_before_ms: i64,

@@ -324,8 +324,8 @@ pub async fn queued_extent(
 }
 
 /// Forgets up to `limit` finished requests received before `before_ms` whose replies were
-/// acked or dead, the oldest first. Rows another gateway's prune has locked are skipped (it deletes them), so
-/// gateways pruning at once share the work instead of waiting on each other.
+/// acked or dead, the oldest first. Rows another gateway's prune has locked are skipped (it
+/// deletes them), so gateways pruning at once share the work instead of waiting on each other.
 pub async fn prune(conn: &Conn, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
     let statement = conn
         .statement(

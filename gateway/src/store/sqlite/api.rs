@@ -270,8 +270,9 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`]: one chunk of each kind, in one job of the store
-    /// thread (commits queued meanwhile go between two chunks).
+    /// See [`crate::store::Store::prune`]: one chunk of each kind, as one job of the store
+    /// thread (committed with whatever else is queued; jobs queued later go between two
+    /// chunks).
     pub async fn prune(
         &self,
         dedupe_before_ms: Option<i64>,
