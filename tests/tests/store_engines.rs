@@ -10,7 +10,7 @@ use gateway::store::deadletters::{DeadLetter, Requeue};
 use gateway::store::devices::{Filter, Seen};
 use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest, OperatorCancel};
 use gateway::store::telemetry::Reading;
-use gateway::store::{now_ms, Console, Store, StoreError, PRUNE_CHUNK};
+use gateway::store::{now_ms, Console, Store, StoreError, CAP_CHUNK, PRUNE_CHUNK};
 use gateway::wire::{Correlation, DeviceId, RequestId, State};
 use roost_tests::postgres::PgCluster;
 use roost_tests::proxy::Relay;
@@ -560,12 +560,25 @@ async fn keeps_the_contract(store: &Store, console: Console) {
         "a wake of d2 redelivers the operator's 410"
     );
 
-    // Pruning forgets acked requests past the window and old telemetry.
+    // Pruning forgets acked requests past the window and old telemetry, and holds every
+    // device (at a store's first prune: more than one chunk of them) to its newest 100.
+    let over = (0..=CAP_CHUNK).map(|d| {
+        let readings = (20..121).map(|ts| Reading {
+            metric: "cap".into(),
+            ts,
+            value: 0.0,
+        });
+        Some(Command::Telemetry(
+            device(&format!("over-{d}")),
+            readings.collect(),
+        ))
+    });
+    store.batch(over.collect()).await.expect("store");
     let (requests, readings) = store.prune(now_ms() + 1_000, 15, 100).await.expect("prune");
     assert_eq!(
         (requests, readings),
-        (1, 1),
-        "the dead request; the reading at ts 10"
+        (1, 1 + CAP_CHUNK + 1),
+        "the dead request; the reading at ts 10; the oldest reading of each device over"
     );
 }
 

@@ -101,6 +101,8 @@ enum Engine {
 
 /// Rows of a kind one prune chunk deletes at most (see [`Store::prune`]).
 pub const PRUNE_CHUNK: usize = 500;
+/// Devices whose readings one prune chunk holds to their cap (see [`Store::prune`]).
+pub const CAP_CHUNK: usize = 10;
 
 /// Calls the same method on whichever engine this store runs.
 macro_rules! dispatch {
@@ -349,7 +351,9 @@ impl Store {
     /// committed before the next is asked for (on SQLite in the store thread's next group
     /// commit), so commits queued meanwhile go between two chunks: the 10 s of
     /// a busy gateway's requests that passed the window since the last prune, deleted at once,
-    /// held every commit (SQLite's store thread) for 100 ms and more.
+    /// held every commit (SQLite's store thread) for 100 ms and more. The cap goes
+    /// [`CAP_CHUNK`] devices at a time, for the same reason: at the first prune after a start
+    /// it reads every device's readings (1.4 s of held commits with 2 million readings).
     pub async fn prune(
         &self,
         dedupe_before_ms: i64,
@@ -372,12 +376,30 @@ impl Store {
             requests_before = requests_before.filter(|_| requests == PRUNE_CHUNK);
             readings_before = readings_before.filter(|_| readings == PRUNE_CHUNK);
         }
-        let capped = self.touched.take();
-        let result = dispatch!(self.cap_readings(keep, &capped).await);
-        if result.is_err() {
-            self.touched.give_back(capped);
+        let devices = match self.touched.take() {
+            telemetry::Capped::All => {
+                match self.observed(dispatch!(self.telemetry_devices().await)) {
+                    Ok(devices) => devices,
+                    Err(error) => {
+                        self.touched.give_back(telemetry::Capped::All);
+                        return Err(error);
+                    }
+                }
+            }
+            telemetry::Capped::Devices(devices) => devices,
+        };
+        let mut over = 0;
+        for (i, chunk) in devices.chunks(CAP_CHUNK).enumerate() {
+            match self.observed(dispatch!(self.cap_readings(keep, chunk).await)) {
+                Ok(n) => over += n,
+                Err(error) => {
+                    let rest = devices[i * CAP_CHUNK..].to_vec();
+                    self.touched.give_back(telemetry::Capped::Devices(rest));
+                    return Err(error);
+                }
+            }
         }
-        Ok((pruned.0, pruned.1 + self.observed(result)?))
+        Ok((pruned.0, pruned.1 + over))
     }
 
     /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):

@@ -52,7 +52,6 @@ use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
 };
-use crate::store::telemetry::Capped;
 use crate::store::{now_ms, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 pub use console::{PgConsole, PgReader};
@@ -487,12 +486,21 @@ impl PgStore {
     }
 
     /// See [`crate::store::Store::prune`].
-    pub async fn cap_readings(&self, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
-        // Not bounded by `pool::ANSWER_TIMEOUT`, unlike the other work on the pool: capping
-        // every device's readings (at the first prune after a start) may legitimately take
-        // longer.
-        let conn = self.pool.get().await?;
-        tables::cap_readings(&conn, keep, capped).await
+    pub async fn telemetry_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
+        self.pool
+            .run(async |conn| tables::devices(conn).await)
+            .await
+    }
+
+    /// See [`crate::store::Store::prune`].
+    pub async fn cap_readings(
+        &self,
+        keep: usize,
+        devices: &[DeviceId],
+    ) -> Result<usize, StoreError> {
+        self.pool
+            .run(async |conn| tables::cap_readings(conn, keep, devices).await)
+            .await
     }
 
     /// See [`crate::store::Store::ping`].

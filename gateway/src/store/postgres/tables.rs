@@ -4,7 +4,7 @@
 use super::pool::Conn;
 use crate::store::deadletters::{request_id_bytes, request_id_text, DeadLetter, Requeue};
 use crate::store::telemetry::Reading;
-use crate::store::telemetry::{Capped, Series};
+use crate::store::telemetry::Series;
 use crate::store::StoreError;
 use crate::wire::DeviceId;
 
@@ -151,27 +151,42 @@ pub async fn prune_readings(
         .await? as usize)
 }
 
-/// Deletes the readings beyond the newest `keep` of each device `capped` names (through the
+/// The devices that have readings (through the `(device, …)` index).
+pub async fn devices(conn: &Conn) -> Result<Vec<DeviceId>, StoreError> {
+    let statement = conn
+        .statement("SELECT DISTINCT device FROM telemetry")
+        .await?;
+    let rows = conn.client.query(&statement, &[]).await?;
+    // A name that is not a device id cannot have come in through intake: nothing to cap.
+    Ok(rows
+        .iter()
+        .filter_map(|row| DeviceId::parse(row.try_get::<_, &str>(0).ok()?))
+        .collect())
+}
+
+/// Deletes the readings of `devices` beyond the newest `keep` of each (through the
 /// `(device, …)` index: only those devices' readings are read).
-pub async fn cap_readings(conn: &Conn, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
-    let keep = keep as i64;
+pub async fn cap_readings(
+    conn: &Conn,
+    keep: usize,
+    devices: &[DeviceId],
+) -> Result<usize, StoreError> {
+    if devices.is_empty() {
+        return Ok(0);
+    }
     // Numbered newest first, per device: those past `keep` go.
-    let cap = |filter: &str| {
-        format!(
+    let statement = conn
+        .statement(
             "DELETE FROM telemetry WHERE id IN (
                 SELECT id FROM (
                     SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
-                    FROM telemetry {filter}) t WHERE n > $1)"
+                    FROM telemetry WHERE device = ANY($2)) t WHERE n > $1)",
         )
-    };
-    let over = match capped {
-        Capped::All => conn.client.execute(&cap(""), &[&keep]).await?,
-        Capped::Devices(devices) if devices.is_empty() => 0,
-        Capped::Devices(devices) => {
-            let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
-            let statement = cap("WHERE device = ANY($2)");
-            conn.client.execute(&statement, &[&keep, &names]).await?
-        }
-    };
+        .await?;
+    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
+    let over = conn
+        .client
+        .execute(&statement, &[&(keep as i64), &names])
+        .await?;
     Ok(over as usize)
 }

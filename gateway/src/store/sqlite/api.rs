@@ -12,7 +12,7 @@ use crate::store::deadletters::{DeadLetter, DeadLetterRow, Requeue, Undeliverabl
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
-use crate::store::telemetry::{Capped, Series};
+use crate::store::telemetry::Series;
 use crate::store::StoreError;
 use crate::wire::{Correlation, DeviceId, RequestId};
 
@@ -294,10 +294,19 @@ impl SqliteStore {
         .await
     }
 
+    /// See [`crate::store::Store::prune`]: on a read-only connection, off the store thread.
+    pub async fn telemetry_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
+        self.read(telemetry::devices).await
+    }
+
     /// See [`crate::store::Store::prune`].
-    pub async fn cap_readings(&self, keep: usize, capped: &Capped) -> Result<usize, StoreError> {
-        let capped = capped.clone();
-        self.call(move |txn| telemetry::cap(txn, keep, &capped))
+    pub async fn cap_readings(
+        &self,
+        keep: usize,
+        devices: &[DeviceId],
+    ) -> Result<usize, StoreError> {
+        let devices = devices.to_vec();
+        self.call(move |txn| telemetry::cap(txn, keep, &devices))
             .await
     }
 

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection};
 
 use crate::store::telemetry::Reading;
-use crate::store::telemetry::{Capped, Series};
+use crate::store::telemetry::Series;
 use crate::wire::DeviceId;
 
 /// Stores readings of one device.
@@ -66,30 +66,31 @@ pub fn prune(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Resul
     .execute(params![before_ms, limit as i64])
 }
 
-/// Deletes the readings beyond the newest `keep` of each device `capped` names (each through
-/// the `(device, …)` index: only those devices' readings are read).
-pub fn cap(conn: &Connection, keep: usize, capped: &Capped) -> rusqlite::Result<usize> {
-    Ok(match capped {
-        Capped::All => conn.execute(
-            "DELETE FROM telemetry WHERE rowid IN (
-                SELECT rowid FROM (
-                    SELECT rowid, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
-                    FROM telemetry) WHERE n > ?1)",
-            params![keep as i64],
-        )?,
-        Capped::Devices(devices) => {
-            let mut statement = conn.prepare_cached(
-                "DELETE FROM telemetry WHERE rowid IN (
-                    SELECT rowid FROM telemetry WHERE device = ?1
-                    ORDER BY ts DESC LIMIT -1 OFFSET ?2)",
-            )?;
-            let mut over = 0;
-            for device in devices {
-                over += statement.execute(params![device.as_str(), keep as i64])?;
-            }
-            over
-        }
-    })
+/// The devices that have readings (through the `(device, …)` index).
+pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceId>> {
+    let mut statement = conn.prepare_cached("SELECT DISTINCT device FROM telemetry")?;
+    let names = statement.query_map([], |row| row.get::<_, String>(0))?;
+    // A name that is not a device id cannot have come in through intake: nothing to cap.
+    Ok(names
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .iter()
+        .filter_map(|name| DeviceId::parse(name))
+        .collect())
+}
+
+/// Deletes the readings of `devices` beyond the newest `keep` of each (through the
+/// `(device, …)` index: only those devices' readings are read).
+pub fn cap(conn: &Connection, keep: usize, devices: &[DeviceId]) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(
+        "DELETE FROM telemetry WHERE rowid IN (
+            SELECT rowid FROM telemetry WHERE device = ?1
+            ORDER BY ts DESC LIMIT -1 OFFSET ?2)",
+    )?;
+    let mut over = 0;
+    for device in devices {
+        over += statement.execute(params![device.as_str(), keep as i64])?;
+    }
+    Ok(over)
 }
 
 #[cfg(test)]
@@ -161,7 +162,7 @@ mod tests {
         insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
         assert_eq!(prune(&conn, 50, 10).expect("prune"), 1, "b's old reading");
         assert_eq!(
-            cap(&conn, 3, &Capped::All).expect("cap"),
+            cap(&conn, 3, &devices(&conn).expect("devices")).expect("cap"),
             7,
             "a's beyond the newest 3"
         );
