@@ -24,7 +24,8 @@ pub struct Series {
 /// Which devices' readings the telemetry prune holds to `limits.max_telemetry_rows_per_device`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Capped {
-    /// Every device (the first prune after a start: what came before is not known).
+    /// Every device that has readings (the first prune after a start: what came before is not
+    /// known); capped a few devices per chunk all the same.
     All,
     /// Only these: the devices that stored readings since the last prune, the only ones that
     /// can have gone over. Counting every device's readings at every prune took seconds with a
