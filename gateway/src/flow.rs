@@ -76,7 +76,10 @@ impl Inbound {
 
     async fn handled(self, handled: Handled) {
         match self.ack {
-            Ack::Broker(client) => {
+            Ack::Broker(_, connection) if !connection.is_current() => {
+                tracing::debug!("not acked: the link connection it came on has ended");
+            }
+            Ack::Broker(client, _) => {
                 if let Err(error) = client.ack(&self.publish).await {
                     tracing::error!(%error, "ack not handed to the MQTT client");
                 }
@@ -100,17 +103,45 @@ pub enum Handled {
 /// How a handled publish is acknowledged.
 pub enum Ack {
     /// A PUBACK to the broker it came from, through the service link's acking connection
-    /// (nothing for QoS 0).
-    Broker(rumqttc::v5::AsyncClient),
+    /// (nothing for QoS 0), unless that connection has ended since ([`LinkConnection`]).
+    Broker(rumqttc::v5::AsyncClient, LinkConnection),
     /// A publish the front door handed over directly: called once, after the commit (or the
     /// refusal).
     Local(Box<dyn FnOnce(Handled) + Send>),
 }
 
+/// The service link's connection a publish came in on. A packet id means something on its own
+/// connection only: the link reconnects with a clean start, so the same id on the next
+/// connection names whatever the broker sends there. A publish whose connection has ended is
+/// therefore not acked at all; the broker, which never got its ack, sends it again (in a share
+/// group, possibly to another gateway), and dedupe answers the copy.
+#[derive(Debug, Clone)]
+pub struct LinkConnection {
+    /// Its number.
+    number: u64,
+    /// The number of the link's connection now (raised when one ends).
+    current: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LinkConnection {
+    /// The connection numbered `current` now.
+    pub fn now(current: &Arc<std::sync::atomic::AtomicU64>) -> LinkConnection {
+        LinkConnection {
+            number: current.load(std::sync::atomic::Ordering::Acquire),
+            current: current.clone(),
+        }
+    }
+
+    /// Whether it is still the link's connection.
+    pub fn is_current(&self) -> bool {
+        self.current.load(std::sync::atomic::Ordering::Acquire) == self.number
+    }
+}
+
 impl std::fmt::Debug for Ack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Ack::Broker(_) => "Broker",
+            Ack::Broker(..) => "Broker",
             Ack::Local(_) => "Local",
         })
     }

@@ -11,6 +11,8 @@
 //! **Invariant:** acks are sent in receive order (rumqttd drops a client that acks out of order);
 //! intake is the only one to ack (`flow::Inbound::ack`) and handles publishes in order.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
@@ -18,7 +20,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::flow::{Ack, Inbound, OutboundReply, Sent, Sink};
+use crate::flow::{Ack, Inbound, LinkConnection, OutboundReply, Sent, Sink};
 
 /// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
 const REQUESTS: usize = 65_536;
@@ -204,11 +206,16 @@ async fn subscriber_loop(
 ) {
     let mut ready_tx = Some(ready_tx);
     let mut backoff = Duration::from_millis(50);
+    let connection = Arc::new(AtomicU64::new(0));
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let incoming = Inbound::new(publish, Ack::Broker(client.clone()), None);
-                if inbox_tx.send(incoming).await.is_err() {
+                let ack = Ack::Broker(client.clone(), LinkConnection::now(&connection));
+                if inbox_tx
+                    .send(Inbound::new(publish, ack, None))
+                    .await
+                    .is_err()
+                {
                     return; // intake has stopped: shutting down
                 }
             }
@@ -230,13 +237,32 @@ async fn subscriber_loop(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
-            Err(error) => match ready_tx.take() {
-                Some(ready) => {
-                    let _ = ready.send(Err(error.to_string()));
-                    return;
+            Err(error) => {
+                // What rumqttc read in the same batch as the error is handled like the rest of
+                // that connection's publishes (rumqttc would return it after the reconnect);
+                // none of them is acked from now on: see `flow::LinkConnection`.
+                let ended = LinkConnection::now(&connection);
+                connection.fetch_add(1, Ordering::AcqRel);
+                while let Some(event) = eventloop.state.events.pop_front() {
+                    if let Event::Incoming(Packet::Publish(publish)) = event {
+                        let ack = Ack::Broker(client.clone(), ended.clone());
+                        if inbox_tx
+                            .send(Inbound::new(publish, ack, None))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
                 }
-                None => back_off(&mut backoff, &error, "subscriber").await,
-            },
+                match ready_tx.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Err(error.to_string()));
+                        return;
+                    }
+                    None => back_off(&mut backoff, &error, "subscriber").await,
+                }
+            }
         }
     }
 }
@@ -265,5 +291,135 @@ async fn publisher_loop(
                 None => back_off(&mut backoff, &error, "publisher").await,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnectReturnCode, Publish, SubAck, SubscribeReasonCode,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// The next whole packet from `stream` (`None` at its end).
+    async fn next(stream: &mut TcpStream, buf: &mut BytesMut) -> Option<Packet> {
+        loop {
+            match Packet::read(buf, None) {
+                Ok(packet) => return Some(packet),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(error) => panic!("a packet the broker cannot read: {error:?}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn write(stream: &mut TcpStream, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, None).expect("encode");
+        stream.write_all(&out).await.expect("write");
+    }
+
+    /// A broker for the link's two connections. The subscriber's first connection gets, once
+    /// `go` is notified, a publish with packet id 5 and is then closed; its second gets one with
+    /// packet id 1, and the packet ids it acknowledges there go to `acked`.
+    async fn broker(
+        listener: TcpListener,
+        go: Arc<tokio::sync::Notify>,
+        acked: mpsc::UnboundedSender<u16>,
+    ) {
+        let mut subscriber_connections = 0;
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = BytesMut::new();
+            let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await else {
+                panic!("no CONNECT");
+            };
+            let connack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+                properties: None,
+            };
+            write(&mut stream, Packet::ConnAck(connack)).await;
+            if connect.client_id.ends_with("-pub") {
+                tokio::spawn(async move { while next(&mut stream, &mut buf).await.is_some() {} });
+                continue;
+            }
+            subscriber_connections += 1;
+            let first = subscriber_connections == 1;
+            let (acked, go) = (acked.clone(), go.clone());
+            tokio::spawn(async move {
+                let Some(Packet::Subscribe(subscribe)) = next(&mut stream, &mut buf).await else {
+                    panic!("no SUBSCRIBE");
+                };
+                let suback = SubAck {
+                    pkid: subscribe.pkid,
+                    return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+                    properties: None,
+                };
+                write(&mut stream, Packet::SubAck(suback)).await;
+                if first {
+                    go.notified().await;
+                }
+                let (pkid, payload) = if first { (5, "A") } else { (1, "B") };
+                let mut publish = Publish::new("t", QoS::AtLeastOnce, payload, None);
+                publish.pkid = pkid;
+                write(&mut stream, Packet::Publish(publish)).await;
+                if first {
+                    return; // the connection ends, its publish not acked
+                }
+                while let Some(packet) = next(&mut stream, &mut buf).await {
+                    if let Packet::PubAck(ack) = packet {
+                        let _ = acked.send(ack.pkid);
+                    }
+                }
+            });
+        }
+    }
+
+    /// A publish whose link connection has ended is not acked on the next one: its packet id
+    /// there would name another publish (the link reconnects with a clean start).
+    #[tokio::test]
+    async fn a_publish_from_an_ended_connection_is_not_acked_on_the_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (acked_tx, mut acked) = mpsc::unbounded_channel();
+        let go = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(broker(listener, go.clone(), acked_tx));
+        let (inbox_tx, mut inbox) = crate::flow::inbox();
+        let config = LinkConfig {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "gw".into(),
+            filters: vec!["t".into()],
+            will: None,
+            max_packet_bytes: 1024,
+        };
+        let _link = connect(config, inbox_tx).await.expect("link");
+        go.notify_one();
+        let within = Duration::from_secs(10);
+        let a = tokio::time::timeout(within, inbox.recv()).await.expect("A");
+        let b = tokio::time::timeout(within, inbox.recv()).await.expect("B");
+        let (a, b) = (a.expect("A"), b.expect("B"));
+        assert_eq!(
+            (&a.publish.payload[..], &b.publish.payload[..]),
+            (&b"A"[..], &b"B"[..])
+        );
+        a.ack().await;
+        b.ack().await;
+        let first = tokio::time::timeout(within, acked.recv())
+            .await
+            .expect("an ack");
+        assert_eq!(
+            first,
+            Some(1),
+            "the first PUBACK on the new connection is B's, not the old connection's id 5"
+        );
     }
 }
