@@ -758,6 +758,24 @@ async fn prunes_in_chunks_that_commits_go_between(store: &Store) {
         .iter()
         .map(|r| Some(Command::Ack(r.device.clone(), r.corr.clone())));
     store.batch(acks.collect()).await.expect("ack");
+    // Inside the dedupe window nothing goes: a retry is still answered as its original.
+    let window_start = requests[0].received_ms;
+    let (kept, _) = store
+        .prune(window_start, 0, 1_000_000)
+        .await
+        .expect("prune");
+    assert_eq!(
+        kept, 0,
+        "a prune forgot acked requests inside the dedupe window"
+    );
+    match store
+        .admit(request("chunked", "c0"), 0)
+        .await
+        .expect("admit")
+    {
+        Admission::Existing(existing) => assert_eq!(existing.id, requests[0].id),
+        other => panic!("a retry inside the window was not a duplicate: {other:?}"),
+    }
     // Readings past the retention: forty chunks.
     let total = 40 * PRUNE_CHUNK;
     let old = (1..=total as i64).map(|ts| Reading {
