@@ -164,6 +164,22 @@ impl Gateway {
         }
     }
 
+    /// Adds operator `name` through the CLI (`gateway operator add`, the password on stdin).
+    pub fn add_operator(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut child = Command::new(Gateway::binary())
+            .args(["operator", "add", name, "--config"])
+            .arg(self.config_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("gateway operator add");
+        let mut stdin = child.stdin.take().expect("stdin");
+        writeln!(stdin, "{password}").expect("password");
+        drop(stdin);
+        assert!(child.wait().expect("wait").success(), "operator added");
+    }
+
     /// The gateway's log (stderr) of its current run.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()

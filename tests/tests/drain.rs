@@ -141,22 +141,6 @@ impl Drop for Watcher {
 
 const OPS_PASSWORD: &str = "drain-ops-password";
 
-/// Adds operator `name` through the CLI (`gateway operator add`, the password on stdin).
-fn add_operator(gateway: &Gateway, name: &str, password: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new(Gateway::binary())
-        .args(["operator", "add", name, "--config"])
-        .arg(gateway.config_path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("gateway operator add");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{password}").expect("password");
-    drop(stdin);
-    assert!(child.wait().expect("wait").success(), "operator added");
-}
-
 /// SIGTERM without blocking the runtime; returns the gateway and how it exited.
 async fn terminate(mut gateway: Gateway) -> (Gateway, ExitStatus) {
     tokio::task::spawn_blocking(move || {
@@ -301,7 +285,7 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
         gateway.mqtt,
         &["-i", "drain-2", "-t", "devices/drain-2/reply/#"],
     );
-    add_operator(&gateway, "ops", OPS_PASSWORD);
+    gateway.add_operator("ops", OPS_PASSWORD);
     let operator = Watcher::start(
         gateway.mqtt,
         &[

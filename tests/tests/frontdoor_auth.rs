@@ -4,9 +4,6 @@
 
 mod frontdoor_support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use frontdoor_support::*;
 use roost_tests::{gateway_cmd, Gateway};
 
@@ -101,21 +98,7 @@ async fn devices_need_their_secret_and_removed_ones_are_refused() {
 #[tokio::test]
 async fn operators_get_the_read_only_view() {
     let gateway = Gateway::start_with("[auth]\nallow_anonymous = false\n");
-    let config = gateway.config_path();
-    let mut child = Command::new(Gateway::binary())
-        .args(["operator", "add", "ops", "--config"])
-        .arg(&config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"hunter2-but-longer\n")
-        .expect("write password");
-    assert!(child.wait().expect("wait").success());
+    gateway.add_operator("ops", "hunter2-but-longer");
 
     let mut ops = Raw::open(gateway.mqtt).await;
     ops.send(&connect5("ops-console", Some(("ops", "wrong")), None))

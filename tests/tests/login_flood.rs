@@ -7,7 +7,6 @@
 
 mod frontdoor_support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,7 +19,7 @@ const PASSWORD: &str = "correct horse battery staple";
 #[test]
 fn a_login_flood_is_throttled_and_neither_the_fleet_nor_the_operator_notice() {
     let gateway = Gateway::start();
-    add_operator(&gateway, "admin", PASSWORD);
+    gateway.add_operator("admin", PASSWORD);
     let http = gateway.http.expect("the test config enables HTTP");
     let flood_json = gateway.dir().join("flood.json");
     let mut flood = Command::new(sibling_binary("roost-device-sim"))
@@ -130,21 +129,6 @@ fn a_login_flood_is_throttled_and_neither_the_fleet_nor_the_operator_notice() {
         "{warnings} warnings:\n{}",
         gateway.log()
     );
-}
-
-/// `gateway operator add NAME` with the password on stdin.
-fn add_operator(gateway: &Gateway, name: &str, password: &str) {
-    let mut child = Command::new(Gateway::binary())
-        .args(["operator", "add", name, "--config"])
-        .arg(gateway.config_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{password}").expect("write password");
-    drop(stdin);
-    assert!(child.wait().expect("wait").success());
 }
 
 /// A counter's value in Prometheus text (0 when absent).
