@@ -38,8 +38,6 @@ use downstream::{Control, Downstream, Slot};
 const UPSTREAM_KEEP_ALIVE_S: u16 = 600;
 /// How long the broker may take to answer a CONNECT.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
-/// DISCONNECT reason code (MQTT 5): Server shutting down.
-const SHUTTING_DOWN: u8 = 0x8B;
 
 /// Relays one checked connection until it closes.
 pub async fn serve<S>(
@@ -134,7 +132,7 @@ where
         // saying so (MQTT 5: 0x8B, Server shutting down).
         () = shared.stopping.cancelled() => {
             let last = match version {
-                Version::V5 => outgoing::disconnect(SHUTTING_DOWN),
+                Version::V5 => outgoing::disconnect(reason::SERVER_SHUTTING_DOWN),
                 Version::V4 => Bytes::new(),
             };
             let _ = final_tx.send(Control::Final(last)).await;

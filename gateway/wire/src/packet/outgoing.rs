@@ -29,6 +29,10 @@ pub mod reason {
     /// Connection rate exceeded: a login refused by the throttle, or no place in the password
     /// pool within `limits.connect_timeout_ms`.
     pub const CONNECTION_RATE_EXCEEDED: u8 = 0x9F;
+    /// Server shutting down (DISCONNECT: the gateway stops).
+    pub const SERVER_SHUTTING_DOWN: u8 = 0x8B;
+    /// Session taken over (DISCONNECT: another connection with the same client id).
+    pub const SESSION_TAKEN_OVER: u8 = 0x8E;
 }
 
 /// The MQTT 3.1.1 CONNACK return code for a v5 reason code, when 3.1.1 has one; otherwise

@@ -36,17 +36,13 @@ use crate::flow::Handled;
 use crate::frontdoor::acl::Principal;
 use crate::frontdoor::limits::FrontDoorStats;
 use crate::frontdoor::session::{linger, read_more, SessionError, Shared};
-use crate::wire::packet::outgoing::{self, Accepted};
+use crate::wire::packet::outgoing::{self, reason, Accepted};
 use crate::wire::packet::{ConnectInfo, PacketReader, Version, Violation};
 
 /// Broker messages waiting for one session's task before new ones are dropped.
 const DELIVERY_QUEUE: usize = 256;
 /// Device publishes handed to the service and not yet acked before we stop reading.
 const MAX_PENDING_ACKS: usize = 256;
-/// MQTT 5 reason code: session taken over.
-const TAKEN_OVER: u8 = 0x8E;
-/// DISCONNECT reason code (MQTT 5): Server shutting down.
-const SHUTTING_DOWN: u8 = 0x8B;
 /// How long a device may leave bytes we write to it untaken before its session is closed (a
 /// device that stopped reading must not hold its session, and its presence, forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,11 +179,11 @@ where
     }
     match &outcome {
         Ok(end @ (End::TakenOver | End::Stopping)) if session.version == Version::V5 => {
-            let reason = match end {
-                End::Stopping => SHUTTING_DOWN,
-                _ => TAKEN_OVER,
+            let code = match end {
+                End::Stopping => reason::SERVER_SHUTTING_DOWN,
+                _ => reason::SESSION_TAKEN_OVER,
             };
-            let disconnect = outgoing::disconnect(reason);
+            let disconnect = outgoing::disconnect(code);
             let write = session.device_tx.write_all(&disconnect);
             let _ = tokio::time::timeout(FINAL_WRITE_TIMEOUT, write).await;
         }
