@@ -363,18 +363,23 @@ impl Store {
         if !self.health.may_write() {
             return Ok((0, 0));
         }
-        let (mut requests_before, mut readings_before) =
-            (Some(dedupe_before_ms), Some(telemetry_before_ms));
-        let mut pruned = (0, 0);
-        while requests_before.is_some() || readings_before.is_some() {
-            let (requests, readings) = self.observed(dispatch!(
-                self.prune(requests_before, readings_before, PRUNE_CHUNK)
-                    .await
-            ))?;
-            pruned = (pruned.0 + requests, pruned.1 + readings);
-            // A kind is done once a chunk of it comes back short.
-            requests_before = requests_before.filter(|_| requests == PRUNE_CHUNK);
-            readings_before = readings_before.filter(|_| readings == PRUNE_CHUNK);
+        // Each kind until a chunk of it comes back short.
+        let (mut requests, mut readings) = (0, 0);
+        loop {
+            let chunk = dispatch!(self.prune_requests(dedupe_before_ms, PRUNE_CHUNK).await);
+            let deleted = self.observed(chunk)?;
+            requests += deleted;
+            if deleted < PRUNE_CHUNK {
+                break;
+            }
+        }
+        loop {
+            let chunk = dispatch!(self.prune_readings(telemetry_before_ms, PRUNE_CHUNK).await);
+            let deleted = self.observed(chunk)?;
+            readings += deleted;
+            if deleted < PRUNE_CHUNK {
+                break;
+            }
         }
         let devices = match self.touched.take() {
             telemetry::Capped::All => {
@@ -399,7 +404,7 @@ impl Store {
                 }
             }
         }
-        Ok((pruned.0, pruned.1 + over))
+        Ok((requests, readings + over))
     }
 
     /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):

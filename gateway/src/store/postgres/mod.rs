@@ -461,27 +461,17 @@ impl PgStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`]: one chunk of each kind, each deleted in a statement
-    /// of its own on a pooled connection, bounded like the rest of the pool's work.
-    pub async fn prune(
-        &self,
-        dedupe_before_ms: Option<i64>,
-        telemetry_before_ms: Option<i64>,
-        limit: usize,
-    ) -> Result<(usize, usize), StoreError> {
+    /// See [`crate::store::Store::prune`]: one chunk, bounded like the pool's other work.
+    pub async fn prune_requests(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
         self.pool
-            .run(async |conn| {
-                Ok((
-                    match dedupe_before_ms {
-                        Some(before) => requests::prune(conn, before, limit).await?,
-                        None => 0,
-                    },
-                    match telemetry_before_ms {
-                        Some(before) => tables::prune_readings(conn, before, limit).await?,
-                        None => 0,
-                    },
-                ))
-            })
+            .run(async |conn| requests::prune(conn, before_ms, limit).await)
+            .await
+    }
+
+    /// See [`crate::store::Store::prune`]: one chunk, bounded like the pool's other work.
+    pub async fn prune_readings(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.pool
+            .run(async |conn| tables::prune_readings(conn, before_ms, limit).await)
             .await
     }
 

@@ -270,28 +270,17 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`]: one chunk of each kind, as one job of the store
-    /// thread (committed with whatever else is queued; jobs queued later go between two
-    /// chunks).
-    pub async fn prune(
-        &self,
-        dedupe_before_ms: Option<i64>,
-        telemetry_before_ms: Option<i64>,
-        limit: usize,
-    ) -> Result<(usize, usize), StoreError> {
-        self.call(move |txn| {
-            Ok((
-                match dedupe_before_ms {
-                    Some(before) => requests::prune(txn, before, limit)?,
-                    None => 0,
-                },
-                match telemetry_before_ms {
-                    Some(before) => telemetry::prune(txn, before, limit)?,
-                    None => 0,
-                },
-            ))
-        })
-        .await
+    /// See [`crate::store::Store::prune`]: one chunk, as one job of the store thread
+    /// (committed with whatever else is queued; jobs queued later go between two chunks).
+    pub async fn prune_requests(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.call(move |txn| requests::prune(txn, before_ms, limit))
+            .await
+    }
+
+    /// See [`crate::store::Store::prune`]: one chunk, as [`SqliteStore::prune_requests`].
+    pub async fn prune_readings(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        self.call(move |txn| telemetry::prune(txn, before_ms, limit))
+            .await
     }
 
     /// See [`crate::store::Store::prune`]: on a read-only connection, off the store thread.
