@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,21 +121,21 @@ pub struct LinkConnection {
     /// Its number.
     number: u64,
     /// The number of the link's connection now (raised when one ends).
-    current: Arc<std::sync::atomic::AtomicU64>,
+    current: Arc<AtomicU64>,
 }
 
 impl LinkConnection {
     /// The connection numbered `current` now.
-    pub fn now(current: &Arc<std::sync::atomic::AtomicU64>) -> LinkConnection {
+    pub fn now(current: &Arc<AtomicU64>) -> LinkConnection {
         LinkConnection {
-            number: current.load(std::sync::atomic::Ordering::Acquire),
+            number: current.load(Ordering::Acquire),
             current: current.clone(),
         }
     }
 
     /// Whether it is still the link's connection.
     pub fn is_current(&self) -> bool {
-        self.current.load(std::sync::atomic::Ordering::Acquire) == self.number
+        self.current.load(Ordering::Acquire) == self.number
     }
 }
 

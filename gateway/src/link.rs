@@ -210,12 +210,8 @@ async fn subscriber_loop(
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let ack = Ack::Broker(client.clone(), LinkConnection::now(&connection));
-                if inbox_tx
-                    .send(Inbound::new(publish, ack, None))
-                    .await
-                    .is_err()
-                {
+                let from = LinkConnection::now(&connection);
+                if !hand_over(&inbox_tx, &client, publish, from).await {
                     return; // intake has stopped: shutting down
                 }
             }
@@ -245,12 +241,7 @@ async fn subscriber_loop(
                 connection.fetch_add(1, Ordering::AcqRel);
                 while let Some(event) = eventloop.state.events.pop_front() {
                     if let Event::Incoming(Packet::Publish(publish)) = event {
-                        let ack = Ack::Broker(client.clone(), ended.clone());
-                        if inbox_tx
-                            .send(Inbound::new(publish, ack, None))
-                            .await
-                            .is_err()
-                        {
+                        if !hand_over(&inbox_tx, &client, publish, ended.clone()).await {
                             return;
                         }
                     }
@@ -265,6 +256,20 @@ async fn subscriber_loop(
             }
         }
     }
+}
+
+/// Hands a publish that came in on connection `from` to intake; false once intake has stopped.
+async fn hand_over(
+    inbox_tx: &mpsc::Sender<Inbound>,
+    client: &AsyncClient,
+    publish: rumqttc::v5::mqttbytes::v5::Publish,
+    from: LinkConnection,
+) -> bool {
+    let ack = Ack::Broker(client.clone(), from);
+    inbox_tx
+        .send(Inbound::new(publish, ack, None))
+        .await
+        .is_ok()
 }
 
 async fn publisher_loop(

@@ -54,13 +54,14 @@ impl Touched {
             .filter_map(|command| match command {
                 Command::Telemetry(device, _) => Some(device),
                 _ => None,
-            });
-        let Some(first) = devices.next() else {
+            })
+            .peekable();
+        // Most batches carry no readings: they take no lock.
+        if devices.peek().is_none() {
             return;
-        };
+        }
         let mut touched = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(set) = touched.as_mut() {
-            set.insert(first.clone());
             set.extend(devices.cloned());
         }
     }
