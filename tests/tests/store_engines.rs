@@ -182,7 +182,13 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     ));
     assert!(outcomes[1].is_none());
     assert!(matches!(&outcomes[2], Some(Outcome::Found(Some(e))) if e.id == first.id));
-    assert!(matches!(outcomes[3], Some(Outcome::Done)));
+    assert!(matches!(
+        outcomes[3],
+        Some(Outcome::Readings {
+            stored: 3,
+            copies: 0
+        })
+    ));
     assert!(matches!(outcomes[4], Some(Outcome::Found(None))));
 
     // Telemetry windows, read the way workers read them (a blocking reader off the runtime).
@@ -194,6 +200,42 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     .expect("thread")
     .expect("window");
     assert_eq!(series.values, vec![1.0, 3.0], "this metric, in time order");
+
+    // A reading is stored once: a copy (a QoS 1 publish sent again, or the same publish taken
+    // by another gateway), twice in one command or in another, leaves the first as it was.
+    let copy = |value| Reading {
+        metric: "t".into(),
+        ts: 10,
+        value,
+    };
+    let outcomes = store
+        .batch(vec![
+            Some(Command::Telemetry(device("d1"), vec![copy(7.0), copy(8.0)])),
+            Some(Command::Telemetry(device("d1"), vec![copy(9.0)])),
+        ])
+        .await
+        .expect("copies are not an error");
+    assert!(matches!(
+        outcomes[..],
+        [
+            Some(Outcome::Readings {
+                stored: 0,
+                copies: 2
+            }),
+            Some(Outcome::Readings {
+                stored: 0,
+                copies: 1
+            })
+        ]
+    ));
+    let mut reader = store.reader();
+    let series = tokio::task::spawn_blocking(move || {
+        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
+    })
+    .await
+    .expect("thread")
+    .expect("window");
+    assert_eq!(series.values, vec![1.0, 3.0], "the copies were not stored");
 
     // Recovery's view of the queue.
     let (queued, newest) = store.queued_extent().await.expect("extent");
@@ -879,7 +921,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|9", "one row, the newest version");
+    assert_eq!(versions, "1|10", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await
@@ -887,6 +929,38 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
     })
     .await
     .expect("bounded");
+}
+
+/// A database of schema 9 that stored a reading twice (before readings had a key) keeps one
+/// copy, the first, once a gateway of schema 10 opens it; the series index is then the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_readings_stored_twice_before_the_key_keep_the_first_copy() {
+    let (cluster, url, dir) = pg_database("copies").await;
+    let config = postgres(&url);
+    drop(Store::open(&config, dir.path()).await.expect("open"));
+    cluster.query(
+        "copies",
+        "DROP INDEX telemetry_series;
+         CREATE INDEX telemetry_series ON telemetry (device, metric, ts);
+         INSERT INTO telemetry (device, metric, ts, value) VALUES
+             ('d', 't', 1, 1), ('d', 't', 1, 2), ('d', 't', 2, 3),
+             ('d', 'h', 1, 4), ('e', 't', 1, 5), ('d', 't', 1, 6);
+         UPDATE roost_schema SET version = 9;",
+    );
+    drop(Store::open(&config, dir.path()).await.expect("migrates"));
+    let readings = cluster.query(
+        "copies",
+        "SELECT string_agg(device || metric || ts || '=' || value, ' ' ORDER BY id) FROM telemetry",
+    );
+    assert_eq!(
+        readings, "dt1=1 dt2=3 dh1=4 et1=5",
+        "the first copy of each"
+    );
+    let key = cluster.query(
+        "copies",
+        "SELECT indisunique FROM pg_index WHERE indexrelid = 'telemetry_series'::regclass",
+    );
+    assert_eq!(key, "t", "the series index is the key");
 }
 
 /// Two gateways on one database: `max_pending_per_device` holds for both together (each queued

@@ -292,7 +292,14 @@ impl Plan {
                     let _ = intake.events_tx.send(DeviceEvent::Acked(device));
                 }
             }
-            (Plan::Seen(device, listen_ms), _) => seen(&device, listen_ms),
+            (Plan::Seen(device, listen_ms), outcome) => {
+                if let Some(Outcome::Readings { stored, copies }) = outcome {
+                    let stats = &intake.stats;
+                    stats.readings_stored.fetch_add(stored as u64, Relaxed);
+                    stats.reading_copies.fetch_add(copies as u64, Relaxed);
+                }
+                seen(&device, listen_ms)
+            }
             // On a shared store another gateway may have seen this device fall asleep (its
             // `asleep` went there): an explicit wake is a wake here too, whatever this
             // gateway's own view says, so its held replies come now.

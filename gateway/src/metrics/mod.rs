@@ -76,6 +76,11 @@ pub struct IntakeStats {
     pub over_quota: AtomicU64,
     /// Requests refused with 503.
     pub unavailable: AtomicU64,
+    /// Telemetry readings stored.
+    pub readings_stored: AtomicU64,
+    /// Telemetry readings not stored: copies of one already stored (a QoS 1 publish sent
+    /// again, or taken again by another gateway of a share group).
+    pub reading_copies: AtomicU64,
     /// Dead letters written at intake, by reason code.
     pub dead_letters: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }

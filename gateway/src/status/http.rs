@@ -237,6 +237,14 @@ async fn metrics(State(state): State<HttpState>) -> Response {
             counter.load(Relaxed)
         );
     }
+    let _ = writeln!(out, "# HELP roost_telemetry_readings_total Telemetry readings at intake: stored, or a copy of one already stored (not stored again).\n# TYPE roost_telemetry_readings_total counter");
+    for (outcome, counter) in [("stored", &i.readings_stored), ("copy", &i.reading_copies)] {
+        let _ = writeln!(
+            out,
+            "roost_telemetry_readings_total{{outcome=\"{outcome}\"}} {}",
+            counter.load(Relaxed)
+        );
+    }
     let _ = writeln!(out, "# HELP roost_requests_finished_total Final replies by op and status.\n# TYPE roost_requests_finished_total counter");
     for ((op, status), count) in m.finished_by_op() {
         let _ = writeln!(

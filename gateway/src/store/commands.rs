@@ -56,8 +56,26 @@ pub enum Outcome {
     Cancel(CancelOutcome),
     /// For [`Command::Ack`]: the request whose held reply was acknowledged.
     Acked(Option<RequestId>),
-    /// For [`Command::Dead`] and [`Command::Telemetry`].
+    /// For [`Command::Dead`].
     Done,
+    /// For [`Command::Telemetry`]: how many of its readings were new; the others were copies
+    /// of readings already stored (same device, metric and `ts`), left as they were.
+    Readings {
+        /// Readings stored.
+        stored: usize,
+        /// Copies not stored.
+        copies: usize,
+    },
+}
+
+impl Outcome {
+    /// A telemetry command's outcome: `stored` of its `readings` were new.
+    pub fn readings(stored: usize, readings: usize) -> Outcome {
+        Outcome::Readings {
+            stored,
+            copies: readings.saturating_sub(stored),
+        }
+    }
 }
 
 /// A batch's outcomes once the database says what became of them.

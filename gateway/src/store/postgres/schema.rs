@@ -136,6 +136,13 @@ const MIGRATIONS: &[&str] = &[
     // The telemetry retention finds old readings by time, not by reading the whole table
     // every 10 s.
     "CREATE INDEX telemetry_age ON telemetry (ts);",
+    // 10: a reading is stored once. A device's QoS 1 publish sent again, or one the share group
+    // hands to another gateway after an unacked delivery, carries the same readings: the
+    // series index becomes the key, and copies already stored go (the first stays).
+    "DELETE FROM telemetry a USING telemetry b
+        WHERE a.device = b.device AND a.metric = b.metric AND a.ts = b.ts AND a.id > b.id;
+    DROP INDEX telemetry_series;
+    CREATE UNIQUE INDEX telemetry_series ON telemetry (device, metric, ts);",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

@@ -75,25 +75,28 @@ pub async fn requeue(conn: &Conn, id: i64, expires_ms: i64) -> Result<Requeue, S
     ))
 }
 
-/// Stores readings of one device (one statement, whatever their number).
+/// Stores readings of one device (one statement, whatever their number); a reading already
+/// stored (same metric and `ts`) is kept as it was. Returns how many were stored.
 pub async fn insert_readings(
     conn: &Conn,
     device: &DeviceId,
     readings: &[Reading],
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let statement = conn
         .statement(
             "INSERT INTO telemetry (device, metric, ts, value)
-             SELECT $1, m, t, v FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS u(m, t, v)",
+             SELECT $1, m, t, v FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS u(m, t, v)
+             ON CONFLICT (device, metric, ts) DO NOTHING",
         )
         .await?;
     let metrics: Vec<&str> = readings.iter().map(|r| r.metric.as_str()).collect();
     let ts: Vec<i64> = readings.iter().map(|r| r.ts).collect();
     let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-    conn.client
+    let stored = conn
+        .client
         .execute(&statement, &[&device.as_str(), &metrics, &ts, &values])
         .await?;
-    Ok(())
+    Ok(stored as usize)
 }
 
 /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most

@@ -101,8 +101,8 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
             Outcome::Acked(delivery::ack(conn, device, corr, None).await?)
         }
         Command::Telemetry(device, readings) => {
-            tables::insert_readings(conn, device, readings).await?;
-            Outcome::Done
+            let stored = tables::insert_readings(conn, device, readings).await?;
+            Outcome::readings(stored, readings.len())
         }
     })
 }

@@ -40,8 +40,8 @@ fn run_command(txn: &Transaction<'_>, command: Command) -> rusqlite::Result<Outc
         }
         Command::Ack(device, corr) => Outcome::Acked(requests::ack(txn, &device, &corr)?),
         Command::Telemetry(device, readings) => {
-            telemetry::insert(txn, &device, &readings)?;
-            Outcome::Done
+            let stored = telemetry::insert(txn, &device, &readings)?;
+            Outcome::readings(stored, readings.len())
         }
     })
 }

@@ -67,6 +67,14 @@ const MIGRATIONS: &[&str] = &[
     // 5: the telemetry retention finds old readings by time, not by reading the whole table
     // every 10 s on the store thread (85 ms per 2 million readings, with nothing to delete).
     "CREATE INDEX telemetry_age ON telemetry (ts);",
+    // 6: a reading is stored once. A device's QoS 1 publish sent again, or one a share group
+    // hands to another gateway after an unacked delivery, carries the same readings: the
+    // series index becomes the key, and copies already stored go (the first stays).
+    "DELETE FROM telemetry WHERE EXISTS (SELECT 1 FROM telemetry t
+        WHERE t.device = telemetry.device AND t.metric = telemetry.metric
+          AND t.ts = telemetry.ts AND t.rowid < telemetry.rowid);
+    DROP INDEX telemetry_series;
+    CREATE UNIQUE INDEX telemetry_series ON telemetry (device, metric, ts);",
 ];
 
 /// Brings the database up to the newest schema.
@@ -86,4 +94,53 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         txn.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of schema 5 that stored a reading twice (before readings had a key) keeps one
+    /// copy, the first, and refuses none after the step that makes the series index the key.
+    #[test]
+    fn readings_stored_twice_before_the_key_keep_the_first_copy() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        for step in &MIGRATIONS[..5] {
+            conn.execute_batch(step).expect("old step");
+        }
+        conn.pragma_update(None, "user_version", 5)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO telemetry (device, metric, ts, value) VALUES
+                ('d', 't', 1, 1.0), ('d', 't', 1, 2.0), ('d', 't', 2, 3.0),
+                ('d', 'h', 1, 4.0), ('e', 't', 1, 5.0), ('d', 't', 1, 6.0);",
+        )
+        .expect("readings");
+        migrate(&mut conn).expect("migrate");
+        let mut statement = conn
+            .prepare("SELECT device, metric, ts, value FROM telemetry ORDER BY rowid")
+            .expect("select");
+        let rows: Vec<(String, String, i64, f64)> = statement
+            .query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let row = |device: &str, metric: &str, ts, value| (device.into(), metric.into(), ts, value);
+        assert_eq!(
+            rows,
+            vec![
+                row("d", "t", 1, 1.0),
+                row("d", "t", 2, 3.0),
+                row("d", "h", 1, 4.0),
+                row("e", "t", 1, 5.0)
+            ]
+        );
+        let copy = conn.execute(
+            "INSERT INTO telemetry (device, metric, ts, value) VALUES ('d', 't', 2, 7.0)",
+            [],
+        );
+        assert!(copy.is_err(), "the series index is the key now");
+    }
 }

@@ -7,20 +7,27 @@ use crate::store::telemetry::Reading;
 use crate::store::telemetry::Series;
 use crate::wire::DeviceId;
 
-/// Stores readings of one device.
-pub fn insert(conn: &Connection, device: &DeviceId, readings: &[Reading]) -> rusqlite::Result<()> {
+/// Stores readings of one device; a reading already stored (same metric and `ts`) is kept as
+/// it was. Returns how many were stored.
+pub fn insert(
+    conn: &Connection,
+    device: &DeviceId,
+    readings: &[Reading],
+) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO telemetry (device, metric, ts, value) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO telemetry (device, metric, ts, value) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (device, metric, ts) DO NOTHING",
     )?;
+    let mut stored = 0;
     for reading in readings {
-        stmt.execute(params![
+        stored += stmt.execute(params![
             device.as_str(),
             reading.metric,
             reading.ts,
             reading.value
         ])?;
     }
-    Ok(())
+    Ok(stored)
 }
 
 /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
