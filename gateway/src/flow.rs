@@ -19,7 +19,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,10 +77,11 @@ impl Inbound {
 
     async fn handled(self, handled: Handled) {
         match self.ack {
-            Ack::Broker(_, connection) if !connection.is_current() => {
-                tracing::debug!("not acked: the link connection it came on has ended");
-            }
-            Ack::Broker(client, _) => {
+            Ack::Broker(client, connection) => {
+                let Some(_acking) = connection.acking() else {
+                    tracing::debug!("not acked: the link connection it came on has ended");
+                    return;
+                };
                 if let Err(error) = client.ack(&self.publish).await {
                     tracing::error!(%error, "ack not handed to the MQTT client");
                 }
@@ -120,22 +121,64 @@ pub enum Ack {
 pub struct LinkConnection {
     /// Its number.
     number: u64,
-    /// The number of the link's connection now (raised when one ends).
-    current: Arc<AtomicU64>,
+    /// The link's connections.
+    link: Arc<LinkConnections>,
 }
 
 impl LinkConnection {
-    /// The connection numbered `current` now.
-    pub fn now(current: &Arc<AtomicU64>) -> LinkConnection {
+    /// Starts handing this connection's ack to rumqttc, if the connection is still the link's:
+    /// the ack must be handed over before the guard is dropped. Until then
+    /// [`LinkConnections::end`] waits, so that an ack checked just before a connection ended
+    /// cannot reach rumqttc after the link dropped the ended connection's acks.
+    pub fn acking(&self) -> Option<Acking> {
+        self.link.acking.fetch_add(1, SeqCst);
+        let acking = Acking(self.link.clone());
+        (self.link.current.load(SeqCst) == self.number).then_some(acking)
+    }
+}
+
+/// An ack being handed to rumqttc ([`LinkConnection::acking`]).
+#[derive(Debug)]
+pub struct Acking(Arc<LinkConnections>);
+
+impl Drop for Acking {
+    fn drop(&mut self) {
+        self.0.acking.fetch_sub(1, SeqCst);
+    }
+}
+
+/// The service link's connections, as acks see them: the number of the current one (raised
+/// when one ends) and the acks being handed to rumqttc now.
+#[derive(Debug, Default)]
+pub struct LinkConnections {
+    current: AtomicU64,
+    acking: AtomicUsize,
+}
+
+impl LinkConnections {
+    /// The current connection.
+    pub fn now(self: &Arc<Self>) -> LinkConnection {
         LinkConnection {
-            number: current.load(Ordering::Acquire),
-            current: current.clone(),
+            number: self.current.load(SeqCst),
+            link: self.clone(),
         }
     }
 
-    /// Whether it is still the link's connection.
-    pub fn is_current(&self) -> bool {
-        self.current.load(Ordering::Acquire) == self.number
+    /// Ends the current connection: no ack of its publishes is handed to rumqttc from now on.
+    /// Returns once the acks that were being handed over are, calling `drop_acks` meanwhile and
+    /// once after the last (it must make room in rumqttc's request channel and drop the acks in
+    /// it: `EventLoop::clean`). rumqttc drops the acks queued when the connection failed; an
+    /// ack checked before the end but queued after that would go out on the next connection.
+    pub async fn end(&self, mut drop_acks: impl FnMut()) {
+        self.current.fetch_add(1, SeqCst);
+        loop {
+            let settled = self.acking.load(SeqCst) == 0;
+            drop_acks();
+            if settled {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -273,5 +316,47 @@ impl Replies {
 impl std::fmt::Debug for Replies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Replies")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// An ack that passed the check just before its connection ended is handed to rumqttc
+    /// before the link's last drop of the ended connection's acks, and none checks after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_ends_after_the_acks_that_passed_its_check() {
+        let link = Arc::new(LinkConnections::default());
+        let from = link.now();
+        let acking = from.acking().expect("the connection is current");
+        let handed = Arc::new(AtomicBool::new(false));
+        // Whether the ack had been handed over, at each of the link's drops of acks.
+        let drops = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let end = {
+            let (link, handed, drops) = (link.clone(), handed.clone(), drops.clone());
+            tokio::spawn(async move {
+                let drop_acks = || drops.lock().expect("drops").push(handed.load(SeqCst));
+                link.end(drop_acks).await
+            })
+        };
+        // The link raises the number before its first drop: no ack passes the check after it.
+        while drops.lock().expect("drops").is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            from.acking().is_none(),
+            "the ended connection's acks are not sent"
+        );
+        handed.store(true, SeqCst);
+        drop(acking);
+        end.await.expect("end");
+        assert_eq!(
+            drops.lock().expect("drops").last(),
+            Some(&true),
+            "the link's last drop of acks came after the ack in flight was handed over"
+        );
+        assert!(link.now().acking().is_some(), "the next connection acks");
     }
 }

@@ -11,7 +11,6 @@
 //! **Invariant:** acks are sent in receive order (rumqttd drops a client that acks out of order);
 //! intake is the only one to ack (`flow::Inbound::ack`) and handles publishes in order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::flow::{Ack, Inbound, LinkConnection, OutboundReply, Sent, Sink};
+use crate::flow::{Ack, Inbound, LinkConnection, LinkConnections, OutboundReply, Sent, Sink};
 
 /// Capacity of rumqttc's request channel (publishes and acks waiting for the event loop).
 const REQUESTS: usize = 65_536;
@@ -206,11 +205,11 @@ async fn subscriber_loop(
 ) {
     let mut ready_tx = Some(ready_tx);
     let mut backoff = Duration::from_millis(50);
-    let connection = Arc::new(AtomicU64::new(0));
+    let connection = Arc::new(LinkConnections::default());
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                let from = LinkConnection::now(&connection);
+                let from = connection.now();
                 if !hand_over(&inbox_tx, &client, publish, from).await {
                     return; // intake has stopped: shutting down
                 }
@@ -237,8 +236,8 @@ async fn subscriber_loop(
                 // What rumqttc read in the same batch as the error is handled like the rest of
                 // that connection's publishes (rumqttc would return it after the reconnect);
                 // none of them is acked from now on: see `flow::LinkConnection`.
-                let ended = LinkConnection::now(&connection);
-                connection.fetch_add(1, Ordering::AcqRel);
+                let ended = connection.now();
+                connection.end(|| eventloop.clean()).await;
                 while let Some(event) = eventloop.state.events.pop_front() {
                     if let Event::Incoming(Packet::Publish(publish)) = event {
                         if !hand_over(&inbox_tx, &client, publish, ended.clone()).await {
