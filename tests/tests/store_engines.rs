@@ -10,7 +10,7 @@ use gateway::store::deadletters::{DeadLetter, Requeue};
 use gateway::store::devices::{Filter, Seen};
 use gateway::store::requests::{Admission, CancelOutcome, Completion, NewRequest, OperatorCancel};
 use gateway::store::telemetry::Reading;
-use gateway::store::{now_ms, Console, Store, StoreError, CAP_CHUNK, PRUNE_CHUNK};
+use gateway::store::{now_ms, Console, Store, StoreError, PRUNE_CHUNK};
 use gateway::wire::{Correlation, DeviceId, RequestId, State};
 use roost_tests::postgres::PgCluster;
 use roost_tests::proxy::Relay;
@@ -603,8 +603,9 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     );
 
     // Pruning forgets acked requests past the window and old telemetry, and holds every
-    // device (at a store's first prune: more than one chunk of them) to its newest 100.
-    let over = (0..=CAP_CHUNK).map(|d| {
+    // device to its newest 100.
+    const OVER: usize = 11;
+    let over = (0..OVER).map(|d| {
         let readings = (20..121).map(|ts| Reading {
             metric: "cap".into(),
             ts,
@@ -619,7 +620,7 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     let (requests, readings) = store.prune(now_ms() + 1_000, 15, 100).await.expect("prune");
     assert_eq!(
         (requests, readings),
-        (1, 1 + CAP_CHUNK + 1),
+        (1, 1 + OVER),
         "the dead request; the reading at ts 10; the oldest reading of each device over"
     );
 }
@@ -752,7 +753,9 @@ async fn caps_each_devices_readings_at_the_next_prune(store: &Store) {
             .collect();
         Some(Command::Telemetry(device("cap-1"), readings))
     };
-    // No request is old enough (ids before 0 ms), no reading either (before ts 0).
+    // What the scenarios before left, held to 3 too; then no request is old enough (ids
+    // before 0 ms), no reading either (before ts 0).
+    store.prune(0, 0, 3).await.expect("prune");
     store.batch(vec![readings(10_000, 5)]).await.expect("store");
     assert_eq!(store.prune(0, 0, 3).await.expect("prune"), (0, 2));
     store.batch(vec![readings(20_000, 2)]).await.expect("store");
@@ -765,6 +768,33 @@ async fn caps_each_devices_readings_at_the_next_prune(store: &Store) {
         store.prune(0, 0, 3).await.expect("prune"),
         (0, 0),
         "nothing stored since"
+    );
+    // Far over: in more than one chunk, the oldest first.
+    let far = (0..PRUNE_CHUNK as i64 + 10).map(|ts| Reading {
+        metric: if ts % 2 == 0 { "even" } else { "odd" }.into(),
+        ts,
+        value: ts as f64,
+    });
+    let far = Command::Telemetry(device("cap-2"), far.collect());
+    store.batch(vec![Some(far)]).await.expect("store");
+    assert_eq!(
+        store.prune(0, 0, 3).await.expect("prune"),
+        (0, PRUNE_CHUNK + 7)
+    );
+    let mut reader = store.reader();
+    let kept = tokio::task::spawn_blocking(move || {
+        let odd = reader.telemetry_window(&device("cap-2"), "odd", -1, i64::MAX, 10)?;
+        let even = reader.telemetry_window(&device("cap-2"), "even", -1, i64::MAX, 10)?;
+        Ok::<_, StoreError>((odd.ts, even.ts))
+    })
+    .await
+    .expect("thread")
+    .expect("windows");
+    let newest = PRUNE_CHUNK as u64 + 9;
+    assert_eq!(
+        kept,
+        (Some(vec![newest - 2, newest]), Some(vec![newest - 1])),
+        "the newest 3 of the device, whatever their metric"
     );
 }
 
@@ -921,7 +951,7 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
         open.expect("task").expect("every gateway opens");
     }
     let versions = cluster.query("race", "SELECT COUNT(*), MAX(version) FROM roost_schema");
-    assert_eq!(versions, "1|10", "one row, the newest version");
+    assert_eq!(versions, "1|11", "one row, the newest version");
     tokio::time::timeout(Duration::from_secs(30), async {
         Store::open(&config, dir.path())
             .await
@@ -929,6 +959,87 @@ async fn postgres_migrations_are_safe_when_gateways_start_at_once() {
     })
     .await
     .expect("bounded");
+}
+
+/// Two gateways store one device's readings, a share each: each gateway's prune holds the
+/// device to its cap by the readings of both (none of them knows the other's), the two
+/// pruning at once delete what is over once, and a prune reads only the readings it deletes
+/// (a device at the default cap has 100,000: reading them all every 10 s was the cost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_gateways_hold_a_device_to_its_cap_reading_only_what_goes() {
+    let (cluster, url, dir) = pg_database("capped").await;
+    let open = || async {
+        (
+            gateway_store(&url, dir.path(), "gw-a").await,
+            gateway_store(&url, dir.path(), "gw-b").await,
+        )
+    };
+    // A backend's counters reach the statistics when it exits.
+    let close = |stores: (Store, Store)| async {
+        drop(stores);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cluster.query(
+            "capped",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'capped'
+             AND pid <> pg_backend_pid()",
+        ) != "0"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stores' connections stay open"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    const KEEP: usize = 20_000;
+    let readings = |from: i64, n: usize| {
+        let readings = (from..from + n as i64).map(|ts| Reading {
+            metric: "t".into(),
+            ts,
+            value: 0.0,
+        });
+        vec![Some(Command::Telemetry(device("full"), readings.collect()))]
+    };
+    let (a, b) = open().await;
+    a.batch(readings(0, KEEP / 2)).await.expect("store");
+    b.batch(readings(KEEP as i64 / 2, KEEP / 2))
+        .await
+        .expect("store");
+    assert_eq!(
+        a.prune(0, 0, KEEP).await.expect("prune"),
+        (0, 0),
+        "at the cap"
+    );
+    close((a, b)).await;
+    // Statistics as autovacuum would take them of a grown table; counters from now on.
+    cluster.query("capped", "ANALYZE telemetry");
+    cluster.query("capped", "SELECT pg_stat_reset()");
+    let (a, b) = open().await;
+    a.batch(readings(KEEP as i64, 3)).await.expect("store");
+    b.batch(readings(KEEP as i64 + 3, 2)).await.expect("store");
+    let (pruned_a, pruned_b) = tokio::join!(a.prune(0, 0, KEEP), b.prune(0, 0, KEEP));
+    let (pruned_a, pruned_b) = (pruned_a.expect("prune"), pruned_b.expect("prune"));
+    assert_eq!(
+        pruned_a.1 + pruned_b.1,
+        5,
+        "the five over, once: {pruned_a:?} {pruned_b:?}"
+    );
+    close((a, b)).await;
+    let read: i64 = cluster
+        .query(
+            "capped",
+            "SELECT COALESCE(SUM(idx_tup_read), 0) + (SELECT COALESCE(seq_tup_read, 0)
+                 FROM pg_stat_user_tables WHERE relname = 'telemetry')
+             FROM pg_stat_user_indexes WHERE relname = 'telemetry'",
+        )
+        .parse()
+        .expect("count");
+    assert!(read < 100, "{read} readings read to delete 5");
+    assert_eq!(
+        cluster.query("capped", "SELECT COUNT(*), MIN(ts) FROM telemetry"),
+        format!("{KEEP}|5"),
+        "the newest {KEEP} kept"
+    );
 }
 
 /// A database of schema 9 that stored a reading twice (before readings had a key) keeps one
@@ -945,6 +1056,8 @@ async fn postgres_readings_stored_twice_before_the_key_keep_the_first_copy() {
          INSERT INTO telemetry (device, metric, ts, value) VALUES
              ('d', 't', 1, 1), ('d', 't', 1, 2), ('d', 't', 2, 3),
              ('d', 'h', 1, 4), ('e', 't', 1, 5), ('d', 't', 1, 6);
+         DROP TABLE telemetry_counts;
+         DROP INDEX telemetry_device_age;
          UPDATE roost_schema SET version = 9;",
     );
     drop(Store::open(&config, dir.path()).await.expect("migrates"));
@@ -961,6 +1074,11 @@ async fn postgres_readings_stored_twice_before_the_key_keep_the_first_copy() {
         "SELECT indisunique FROM pg_index WHERE indexrelid = 'telemetry_series'::regclass",
     );
     assert_eq!(key, "t", "the series index is the key");
+    let counts = cluster.query(
+        "copies",
+        "SELECT string_agg(device || '=' || n, ' ' ORDER BY device) FROM telemetry_counts",
+    );
+    assert_eq!(counts, "d=3 e=1", "each device's readings counted once");
 }
 
 /// Two gateways on one database: `max_pending_per_device` holds for both together (each queued

@@ -101,8 +101,19 @@ enum Engine {
 
 /// Rows of a kind one prune chunk deletes at most (see [`Store::prune`]).
 pub const PRUNE_CHUNK: usize = 500;
-/// Devices whose readings one prune chunk holds to their cap (see [`Store::prune`]).
-pub const CAP_CHUNK: usize = 10;
+
+/// What one chunk of [`Store::prune`] deletes, at most [`PRUNE_CHUNK`] rows of, the oldest
+/// first.
+#[derive(Debug, Clone, Copy)]
+pub enum Prune {
+    /// Finished requests received before this (ms since the epoch) whose replies were acked or
+    /// dead-lettered.
+    Requests(i64),
+    /// Readings older than this (ms since the epoch).
+    Readings(i64),
+    /// Readings of the devices that have more than this many.
+    Cap(usize),
+}
 
 /// Calls the same method on whichever engine this store runs.
 macro_rules! dispatch {
@@ -127,8 +138,6 @@ mod operators;
 pub struct Store {
     engine: Engine,
     health: Arc<StoreHealth>,
-    /// The devices that stored readings since the last prune (shared by every clone).
-    touched: Arc<telemetry::Touched>,
 }
 
 impl Store {
@@ -153,7 +162,6 @@ impl Store {
         Ok(Store {
             engine,
             health: Arc::new(StoreHealth::new(reserve)),
-            touched: Arc::default(),
         })
     }
 
@@ -196,7 +204,6 @@ impl Store {
     /// As [`Store::batch`], for intake, which must not wait while the database is asked about a
     /// `COMMIT` whose answer was lost: such a batch comes back [`Written::Unsettled`] at once.
     pub async fn write(&self, commands: Vec<Option<Command>>) -> Written {
-        self.touched.note(&commands);
         let written = match &self.engine {
             Engine::Sqlite(engine) => Written::Done(engine.batch(commands).await),
             Engine::Postgres(engine) => engine.write(commands).await,
@@ -343,17 +350,14 @@ impl Store {
 
     /// Forgets finished requests received before `dedupe_before_ms` whose replies were acked or
     /// dead-lettered, and telemetry older than `telemetry_before_ms` or beyond the newest
-    /// `keep` per device (of the devices that stored readings through this store since its
-    /// last prune, every device at the first: [`telemetry::Capped`]); returns (requests,
-    /// readings) deleted.
+    /// `keep` per device; returns (requests, readings) deleted.
     ///
-    /// Old rows go in chunks of at most [`PRUNE_CHUNK`] per kind, the oldest first, each
-    /// committed before the next is asked for (on SQLite in the store thread's next group
-    /// commit), so commits queued meanwhile go between two chunks: the 10 s of
-    /// a busy gateway's requests that passed the window since the last prune, deleted at once,
-    /// held every commit (SQLite's store thread) for 100 ms and more. The cap goes
-    /// [`CAP_CHUNK`] devices at a time, for the same reason: at the first prune after a start
-    /// it reads every device's readings (1.4 s of held commits with 2 million readings).
+    /// Rows go in chunks of at most [`PRUNE_CHUNK`] per kind ([`Prune`]), the oldest first,
+    /// each committed before the next is asked for (on SQLite in the store thread's next group
+    /// commit), so commits queued meanwhile go between two chunks: the 10 s of a busy
+    /// gateway's requests that passed the window since the last prune, deleted at once, held
+    /// every commit (SQLite's store thread) for 100 ms and more. Each chunk reads only what it
+    /// deletes: the cap finds the devices over it by their count of readings.
     pub async fn prune(
         &self,
         dedupe_before_ms: i64,
@@ -363,48 +367,23 @@ impl Store {
         if !self.health.may_write() {
             return Ok((0, 0));
         }
-        // Each kind until a chunk of it comes back short.
-        let (mut requests, mut readings) = (0, 0);
-        loop {
-            let chunk = dispatch!(self.prune_requests(dedupe_before_ms, PRUNE_CHUNK).await);
-            let deleted = self.observed(chunk)?;
-            requests += deleted;
-            if deleted < PRUNE_CHUNK {
-                break;
-            }
-        }
-        loop {
-            let chunk = dispatch!(self.prune_readings(telemetry_before_ms, PRUNE_CHUNK).await);
-            let deleted = self.observed(chunk)?;
-            readings += deleted;
-            if deleted < PRUNE_CHUNK {
-                break;
-            }
-        }
-        let devices = match self.touched.take() {
-            telemetry::Capped::All => {
-                match self.observed(dispatch!(self.telemetry_devices().await)) {
-                    Ok(devices) => devices,
-                    Err(error) => {
-                        self.touched.give_back(telemetry::Capped::All);
-                        return Err(error);
-                    }
-                }
-            }
-            telemetry::Capped::Devices(devices) => devices,
-        };
-        let mut over = 0;
-        for (i, chunk) in devices.chunks(CAP_CHUNK).enumerate() {
-            match self.observed(dispatch!(self.cap_readings(keep, chunk).await)) {
-                Ok(n) => over += n,
-                Err(error) => {
-                    let rest = devices[i * CAP_CHUNK..].to_vec();
-                    self.touched.give_back(telemetry::Capped::Devices(rest));
-                    return Err(error);
+        let mut pruned = [0; 3];
+        let kinds = [
+            Prune::Requests(dedupe_before_ms),
+            Prune::Readings(telemetry_before_ms),
+            Prune::Cap(keep),
+        ];
+        for (kind, pruned) in kinds.into_iter().zip(&mut pruned) {
+            // Until a chunk comes back short.
+            loop {
+                let deleted = self.observed(dispatch!(self.prune(kind, PRUNE_CHUNK).await))?;
+                *pruned += deleted;
+                if deleted < PRUNE_CHUNK {
+                    break;
                 }
             }
         }
-        Ok((requests, readings + over))
+        Ok((pruned[0], pruned[1] + pruned[2]))
     }
 
     /// Keeps the store within `limits.max_store_bytes` (SQLite; `None` without a budget):

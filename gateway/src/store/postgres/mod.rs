@@ -52,7 +52,7 @@ use crate::store::deadletters::{DeadLetter, Undeliverable};
 use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, StoredRequest,
 };
-use crate::store::{now_ms, StoreError};
+use crate::store::{now_ms, Prune, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 pub use console::{PgConsole, PgReader};
 use pool::Pool;
@@ -461,35 +461,17 @@ impl PgStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`]: one chunk, bounded like the pool's other work.
-    pub async fn prune_requests(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+    /// One chunk of [`crate::store::Store::prune`], bounded like the pool's other work.
+    pub async fn prune(&self, what: Prune, limit: usize) -> Result<usize, StoreError> {
+        let me = &*self.me;
         self.pool
-            .run(async |conn| requests::prune(conn, before_ms, limit).await)
-            .await
-    }
-
-    /// See [`crate::store::Store::prune`]: one chunk, bounded like the pool's other work.
-    pub async fn prune_readings(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        self.pool
-            .run(async |conn| tables::prune_readings(conn, before_ms, limit).await)
-            .await
-    }
-
-    /// See [`crate::store::Store::prune`].
-    pub async fn telemetry_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
-        self.pool
-            .run(async |conn| tables::devices(conn).await)
-            .await
-    }
-
-    /// See [`crate::store::Store::prune`].
-    pub async fn cap_readings(
-        &self,
-        keep: usize,
-        devices: &[DeviceId],
-    ) -> Result<usize, StoreError> {
-        self.pool
-            .run(async |conn| tables::cap_readings(conn, keep, devices).await)
+            .run(async |conn| match what {
+                Prune::Requests(before_ms) => requests::prune(conn, before_ms, limit).await,
+                Prune::Readings(before_ms) => {
+                    tables::prune_readings(conn, me, before_ms, limit).await
+                }
+                Prune::Cap(keep) => tables::cap_readings(conn, me, keep, limit).await,
+            })
             .await
     }
 

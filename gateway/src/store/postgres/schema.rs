@@ -143,6 +143,22 @@ const MIGRATIONS: &[&str] = &[
         WHERE a.device = b.device AND a.metric = b.metric AND a.ts = b.ts AND a.id > b.id;
     DROP INDEX telemetry_series;
     CREATE UNIQUE INDEX telemetry_series ON telemetry (device, metric, ts);",
+    // 11: each device's number of readings, kept with them, so that the cap reads only what it
+    // deletes: it used to read every reading of every device that stored one since the last
+    // prune, every 10 s (a device at the default cap has 100,000). A device's count is the sum
+    // of its rows: each gateway adds what its intake stored in a row of its own, and takes off
+    // what its prune deleted in another, so that no two transactions wait on one count (an
+    // intake batch locks its rows in arrival order, a prune in device order). The oldest of a
+    // device are found through (device, ts).
+    "CREATE TABLE telemetry_counts (
+        device  TEXT NOT NULL,
+        gateway TEXT NOT NULL,
+        pruned  BOOLEAN NOT NULL,
+        n       BIGINT NOT NULL,
+        PRIMARY KEY (device, gateway, pruned)
+    );
+    INSERT INTO telemetry_counts SELECT device, '', false, COUNT(*) FROM telemetry GROUP BY device;
+    CREATE INDEX telemetry_device_age ON telemetry (device, ts);",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

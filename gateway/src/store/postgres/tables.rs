@@ -76,27 +76,38 @@ pub async fn requeue(conn: &Conn, id: i64, expires_ms: i64) -> Result<Requeue, S
 }
 
 /// Stores readings of one device (one statement, whatever their number); a reading already
-/// stored (same metric and `ts`) is kept as it was. Returns how many were stored.
+/// stored (same metric and `ts`) is kept as it was. Returns how many were stored, and counts
+/// them in the device's `telemetry_counts` (gateway `me`'s row of what it stored).
 pub async fn insert_readings(
     conn: &Conn,
+    me: &str,
     device: &DeviceId,
     readings: &[Reading],
 ) -> Result<usize, StoreError> {
     let statement = conn
         .statement(
-            "INSERT INTO telemetry (device, metric, ts, value)
-             SELECT $1, m, t, v FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS u(m, t, v)
-             ON CONFLICT (device, metric, ts) DO NOTHING",
+            "WITH stored AS (
+                 INSERT INTO telemetry (device, metric, ts, value)
+                 SELECT $1, m, t, v FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS u(m, t, v)
+                 ON CONFLICT (device, metric, ts) DO NOTHING
+                 RETURNING 1),
+             k AS (SELECT COUNT(*) AS k FROM stored),
+             counted AS (
+                 INSERT INTO telemetry_counts (device, gateway, pruned, n)
+                 SELECT $1, $5, false, k FROM k WHERE k > 0
+                 ON CONFLICT (device, gateway, pruned) DO UPDATE
+                 SET n = telemetry_counts.n + excluded.n)
+             SELECT k FROM k",
         )
         .await?;
     let metrics: Vec<&str> = readings.iter().map(|r| r.metric.as_str()).collect();
     let ts: Vec<i64> = readings.iter().map(|r| r.ts).collect();
     let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-    let stored = conn
+    let row = conn
         .client
-        .execute(&statement, &[&device.as_str(), &metrics, &ts, &values])
+        .query_one(&statement, &[&device.as_str(), &metrics, &ts, &values, &me])
         .await?;
-    Ok(stored as usize)
+    Ok(row.try_get::<_, i64>(0)? as usize)
 }
 
 /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
@@ -134,62 +145,106 @@ pub async fn window(
     })
 }
 
+/// `$deleted` (a statement that deletes readings, returning their devices) made to take what
+/// it deleted off the devices' counts, in the row of what gateway `$me` (a parameter: `"$3"`)
+/// pruned, in device order; the statement answers how many it deleted.
+macro_rules! uncounted {
+    ($deleted:literal, $me:literal) => {
+        concat!(
+            "WITH deleted AS (",
+            $deleted,
+            "),
+             k AS (SELECT device, COUNT(*) AS k FROM deleted GROUP BY device),
+             counted AS (
+                 INSERT INTO telemetry_counts (device, gateway, pruned, n)
+                 SELECT device, ",
+            $me,
+            ", true, -k FROM k ORDER BY device
+                 ON CONFLICT (device, gateway, pruned) DO UPDATE
+                 SET n = telemetry_counts.n + excluded.n)
+             SELECT COALESCE(SUM(k), 0)::bigint FROM k"
+        )
+    };
+}
+
 /// Deletes up to `limit` readings older than `before_ms`, the oldest first (through the `ts`
 /// index: only what is deleted is read), skipping those another gateway's prune has locked.
 pub async fn prune_readings(
     conn: &Conn,
+    me: &str,
     before_ms: i64,
     limit: usize,
 ) -> Result<usize, StoreError> {
     let statement = conn
-        .statement(
+        .statement(uncounted!(
             "DELETE FROM telemetry WHERE id IN (
-                SELECT id FROM telemetry WHERE ts < $1 ORDER BY ts LIMIT $2
-                FOR UPDATE SKIP LOCKED)",
-        )
+                 SELECT id FROM telemetry WHERE ts < $1 ORDER BY ts LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING device",
+            "$3"
+        ))
         .await?;
-    Ok(conn
+    let row = conn
         .client
-        .execute(&statement, &[&before_ms, &(limit as i64)])
-        .await? as usize)
-}
-
-/// The devices that have readings (through the `(device, …)` index).
-pub async fn devices(conn: &Conn) -> Result<Vec<DeviceId>, StoreError> {
-    let statement = conn
-        .statement("SELECT DISTINCT device FROM telemetry")
+        .query_one(&statement, &[&before_ms, &(limit as i64), &me])
         .await?;
-    let rows = conn.client.query(&statement, &[]).await?;
-    // A name that is not a device id cannot have come in through intake: nothing to cap.
-    Ok(rows
-        .iter()
-        .filter_map(|row| DeviceId::parse(row.try_get::<_, &str>(0).ok()?))
-        .collect())
+    Ok(row.try_get::<_, i64>(0)? as usize)
 }
 
-/// Deletes the readings of `devices` beyond the newest `keep` of each (through the
-/// `(device, …)` index: only those devices' readings are read).
+/// Deletes up to `limit` readings of the devices with more than `keep`, the oldest of each
+/// first, until each is down to `keep` (through `telemetry_counts` and the `(device, ts)`
+/// index: only what is deleted is read). Gateways that cap one device at once pick the same
+/// oldest readings: the later one's delete finds them gone and deletes no more than the count
+/// it read said.
 pub async fn cap_readings(
     conn: &Conn,
+    me: &str,
     keep: usize,
-    devices: &[DeviceId],
+    limit: usize,
 ) -> Result<usize, StoreError> {
-    if devices.is_empty() {
-        return Ok(0);
-    }
-    // Numbered newest first, per device: those past `keep` go.
-    let statement = conn
+    let over = conn
         .statement(
-            "DELETE FROM telemetry WHERE id IN (
-                SELECT id FROM (
-                    SELECT id, ROW_NUMBER() OVER (PARTITION BY device ORDER BY ts DESC) AS n
-                    FROM telemetry WHERE device = ANY($2)) t WHERE n > $1)",
+            "SELECT device FROM telemetry_counts GROUP BY device HAVING SUM(n)::bigint > $1
+             ORDER BY device LIMIT $2",
         )
         .await?;
-    let names: Vec<&str> = devices.iter().map(DeviceId::as_str).collect();
-    let over = conn
+    let devices = conn
         .client
-        .execute(&statement, &[&(keep as i64), &names])
+        .query(&over, &[&(keep as i64), &(limit as i64)])
         .await?;
-    Ok(over as usize)
+    // At most `CAP_STEP` (a constant in the statement) per statement: a limit the planner
+    // cannot see (a parameter, a count) is planned as a tenth of the device's readings, which
+    // it reads whole and sorts when the device has most of the table's.
+    const CAP_STEP: i64 = 100;
+    let cap = conn
+        .statement(uncounted!(
+            "DELETE FROM telemetry WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id FROM telemetry WHERE device = $1 ORDER BY ts LIMIT 100) oldest
+                 LIMIT (SELECT LEAST(GREATEST(SUM(n)::bigint - $2, 0), $3)
+                        FROM telemetry_counts WHERE device = $1))
+             RETURNING device",
+            "$4"
+        ))
+        .await?;
+    let mut left = limit as i64;
+    for device in &devices {
+        let device: &str = device.try_get(0)?;
+        loop {
+            let step = left.min(CAP_STEP);
+            if step == 0 {
+                return Ok(limit);
+            }
+            let row = conn
+                .client
+                .query_one(&cap, &[&device, &(keep as i64), &step, &me])
+                .await?;
+            let deleted: i64 = row.try_get(0)?;
+            left -= deleted;
+            if deleted < step {
+                break; // down to `keep`
+            }
+        }
+    }
+    Ok(limit - left as usize)
 }

@@ -101,7 +101,7 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
             Outcome::Acked(delivery::ack(conn, device, corr, None).await?)
         }
         Command::Telemetry(device, readings) => {
-            let stored = tables::insert_readings(conn, device, readings).await?;
+            let stored = tables::insert_readings(conn, me, device, readings).await?;
             Outcome::readings(stored, readings.len())
         }
     })

@@ -13,7 +13,7 @@ use crate::store::requests::{
     Admission, Completion, Existing, FinalReply, NewRequest, RequestSummary, StoredRequest,
 };
 use crate::store::telemetry::Series;
-use crate::store::StoreError;
+use crate::store::{Prune, StoreError};
 use crate::wire::{Correlation, DeviceId, RequestId};
 
 fn run_command(txn: &Transaction<'_>, command: Command) -> rusqlite::Result<Outcome> {
@@ -270,33 +270,15 @@ impl SqliteStore {
         .await
     }
 
-    /// See [`crate::store::Store::prune`]: one chunk, as one job of the store thread
-    /// (committed with whatever else is queued; jobs queued later go between two chunks).
-    pub async fn prune_requests(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        self.call(move |txn| requests::prune(txn, before_ms, limit))
-            .await
-    }
-
-    /// See [`crate::store::Store::prune`]: one chunk, as [`SqliteStore::prune_requests`].
-    pub async fn prune_readings(&self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
-        self.call(move |txn| telemetry::prune(txn, before_ms, limit))
-            .await
-    }
-
-    /// See [`crate::store::Store::prune`]: on a read-only connection, off the store thread.
-    pub async fn telemetry_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
-        self.read(telemetry::devices).await
-    }
-
-    /// See [`crate::store::Store::prune`].
-    pub async fn cap_readings(
-        &self,
-        keep: usize,
-        devices: &[DeviceId],
-    ) -> Result<usize, StoreError> {
-        let devices = devices.to_vec();
-        self.call(move |txn| telemetry::cap(txn, keep, &devices))
-            .await
+    /// One chunk of [`crate::store::Store::prune`], as one job of the store thread (committed
+    /// with whatever else is queued; jobs queued later go between two chunks).
+    pub async fn prune(&self, what: Prune, limit: usize) -> Result<usize, StoreError> {
+        self.call(move |txn| match what {
+            Prune::Requests(before_ms) => requests::prune(txn, before_ms, limit),
+            Prune::Readings(before_ms) => telemetry::prune(txn, before_ms, limit),
+            Prune::Cap(keep) => telemetry::cap(txn, keep, limit),
+        })
+        .await
     }
 
     /// See [`crate::store::Store::ping`].

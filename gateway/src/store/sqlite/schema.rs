@@ -75,6 +75,16 @@ const MIGRATIONS: &[&str] = &[
           AND t.ts = telemetry.ts AND t.rowid < telemetry.rowid);
     DROP INDEX telemetry_series;
     CREATE UNIQUE INDEX telemetry_series ON telemetry (device, metric, ts);",
+    // 7: each device's number of readings, kept with them, so that the cap reads only what it
+    // deletes: it used to read every reading of every device that stored one since the last
+    // prune, every 10 s (a device at the default cap has 100,000). The oldest of a device are
+    // found through (device, ts).
+    "CREATE TABLE telemetry_counts (
+        device TEXT PRIMARY KEY,
+        n      INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO telemetry_counts SELECT device, COUNT(*) FROM telemetry GROUP BY device;
+    CREATE INDEX telemetry_device_age ON telemetry (device, ts);",
 ];
 
 /// Brings the database up to the newest schema.
@@ -142,5 +152,17 @@ mod tests {
             [],
         );
         assert!(copy.is_err(), "the series index is the key now");
+        let counts: Vec<(String, i64)> = conn
+            .prepare("SELECT device, n FROM telemetry_counts ORDER BY device")
+            .expect("select")
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            counts,
+            vec![("d".into(), 3), ("e".into(), 1)],
+            "counted once"
+        );
     }
 }

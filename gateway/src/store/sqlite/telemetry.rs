@@ -1,6 +1,8 @@
 //! The `telemetry` table: device readings, one row per (device, metric, ts), read back as the
 //! series of windowed ops.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection};
 
 use crate::store::telemetry::Reading;
@@ -8,7 +10,7 @@ use crate::store::telemetry::Series;
 use crate::wire::DeviceId;
 
 /// Stores readings of one device; a reading already stored (same metric and `ts`) is kept as
-/// it was. Returns how many were stored.
+/// it was. Returns how many were stored, and counts them in the device's `telemetry_counts`.
 pub fn insert(
     conn: &Connection,
     device: &DeviceId,
@@ -27,7 +29,24 @@ pub fn insert(
             reading.value
         ])?;
     }
+    if stored > 0 {
+        conn.prepare_cached(
+            "INSERT INTO telemetry_counts (device, n) VALUES (?1, ?2)
+             ON CONFLICT (device) DO UPDATE SET n = n + excluded.n",
+        )?
+        .execute(params![device.as_str(), stored as i64])?;
+    }
     Ok(stored)
+}
+
+/// Takes `deleted` readings off each device's count.
+fn uncount(conn: &Connection, deleted: &HashMap<String, i64>) -> rusqlite::Result<()> {
+    let mut statement =
+        conn.prepare_cached("UPDATE telemetry_counts SET n = n - ?2 WHERE device = ?1")?;
+    for (device, n) in deleted {
+        statement.execute(params![device, n])?;
+    }
+    Ok(())
 }
 
 /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most
@@ -66,38 +85,50 @@ pub fn window(
 /// Deletes up to `limit` readings older than `before_ms`, the oldest first (through the `ts`
 /// index: only what is deleted is read).
 pub fn prune(conn: &Connection, before_ms: i64, limit: usize) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "DELETE FROM telemetry WHERE rowid IN (
-            SELECT rowid FROM telemetry WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
-    )?
-    .execute(params![before_ms, limit as i64])
-}
-
-/// The devices that have readings (through the `(device, …)` index).
-pub fn devices(conn: &Connection) -> rusqlite::Result<Vec<DeviceId>> {
-    let mut statement = conn.prepare_cached("SELECT DISTINCT device FROM telemetry")?;
-    let names = statement.query_map([], |row| row.get::<_, String>(0))?;
-    // A name that is not a device id cannot have come in through intake: nothing to cap.
-    Ok(names
-        .collect::<rusqlite::Result<Vec<_>>>()?
-        .iter()
-        .filter_map(|name| DeviceId::parse(name))
-        .collect())
-}
-
-/// Deletes the readings of `devices` beyond the newest `keep` of each (through the
-/// `(device, …)` index: only those devices' readings are read).
-pub fn cap(conn: &Connection, keep: usize, devices: &[DeviceId]) -> rusqlite::Result<usize> {
     let mut statement = conn.prepare_cached(
         "DELETE FROM telemetry WHERE rowid IN (
-            SELECT rowid FROM telemetry WHERE device = ?1
-            ORDER BY ts DESC LIMIT -1 OFFSET ?2)",
+            SELECT rowid FROM telemetry WHERE ts < ?1 ORDER BY ts LIMIT ?2)
+         RETURNING device",
     )?;
-    let mut over = 0;
-    for device in devices {
-        over += statement.execute(params![device.as_str(), keep as i64])?;
+    let mut deleted: HashMap<String, i64> = HashMap::new();
+    let mut rows = statement.query(params![before_ms, limit as i64])?;
+    let mut total = 0;
+    while let Some(row) = rows.next()? {
+        *deleted.entry(row.get(0)?).or_default() += 1;
+        total += 1;
     }
-    Ok(over)
+    uncount(conn, &deleted)?;
+    Ok(total)
+}
+
+/// Deletes up to `limit` readings of the devices with more than `keep`, the oldest of each
+/// first, until each is down to `keep` (through `telemetry_counts` and the `(device, ts)`
+/// index: only what is deleted is read).
+pub fn cap(conn: &Connection, keep: usize, limit: usize) -> rusqlite::Result<usize> {
+    let over: Vec<(String, i64)> = conn
+        .prepare_cached(
+            "SELECT device, n - ?1 FROM telemetry_counts WHERE n > ?1 ORDER BY device LIMIT ?2",
+        )?
+        .query_map(params![keep as i64, limit as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM telemetry WHERE rowid IN (
+            SELECT rowid FROM telemetry WHERE device = ?1 ORDER BY ts LIMIT ?2)",
+    )?;
+    let mut deleted = HashMap::new();
+    let mut left = limit as i64;
+    for (device, over) in over {
+        if left == 0 {
+            break;
+        }
+        let n = delete.execute(params![device, over.min(left)])? as i64;
+        left -= n;
+        deleted.insert(device, n);
+    }
+    uncount(conn, &deleted)?;
+    Ok(limit - left as usize)
 }
 
 #[cfg(test)]
@@ -168,16 +199,25 @@ mod tests {
         insert(&conn, &a, &many).expect("insert");
         insert(&conn, &b, &[reading("t", 5, 0.0), reading("t", 150, 1.0)]).expect("insert");
         assert_eq!(prune(&conn, 50, 10).expect("prune"), 1, "b's old reading");
+        assert_eq!(cap(&conn, 3, 4).expect("cap"), 4, "a chunk of 4");
         assert_eq!(
-            cap(&conn, 3, &devices(&conn).expect("devices")).expect("cap"),
-            7,
-            "a's beyond the newest 3"
+            cap(&conn, 3, 10).expect("cap"),
+            3,
+            "the rest of a's beyond 3"
         );
+        assert_eq!(cap(&conn, 3, 10).expect("cap"), 0, "a is down to 3");
         let kept = window(&conn, &a, "t", 0, 1000, 100).expect("read");
         assert_eq!(kept.ts, Some(vec![107, 108, 109]));
         assert_eq!(
             window(&conn, &b, "t", 0, 1000, 100).expect("read").values,
             vec![1.0]
         );
+        assert_eq!(
+            cap(&conn, 0, 10).expect("cap"),
+            4,
+            "the counts follow the deletes"
+        );
+        let kept = window(&conn, &a, "t", 0, 1000, 100).expect("read");
+        assert_eq!(kept.ts, Some(vec![]));
     }
 }
