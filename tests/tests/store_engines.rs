@@ -236,6 +236,46 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     .expect("thread")
     .expect("window");
     assert_eq!(series.values, vec![1.0, 3.0], "the copies were not stored");
+    // In one batch, a reading and its copy: the first is stored, the copy counted as one.
+    let reading = |ts, value| Reading {
+        metric: "t".into(),
+        ts,
+        value,
+    };
+    let outcomes = store
+        .batch(vec![
+            Some(Command::Telemetry(device("d1"), vec![reading(40, 4.0)])),
+            Some(Command::Telemetry(
+                device("d1"),
+                vec![reading(40, 5.0), reading(50, 6.0)],
+            )),
+        ])
+        .await
+        .expect("readings and a copy");
+    assert!(
+        matches!(
+            outcomes[..],
+            [
+                Some(Outcome::Readings {
+                    stored: 1,
+                    copies: 0
+                }),
+                Some(Outcome::Readings {
+                    stored: 1,
+                    copies: 1
+                })
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    let mut reader = store.reader();
+    let series = tokio::task::spawn_blocking(move || {
+        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
+    })
+    .await
+    .expect("thread")
+    .expect("window");
+    assert_eq!(series.values, vec![1.0, 3.0, 4.0, 6.0], "the first of each");
 
     // Recovery's view of the queue.
     let (queued, newest) = store.queued_extent().await.expect("extent");

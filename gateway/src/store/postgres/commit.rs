@@ -189,7 +189,8 @@ fn outcomes_of(done: Slots) -> Result<Outcomes, StoreError> {
 type Slot = Result<Option<Done>, StoreError>;
 type Slots = Vec<Vec<Slot>>;
 
-/// The batch's admissions, completions, publish counts and acks as one statement of each kind
+/// The batch's admissions, completions, publish counts, acks and readings as one statement of
+/// each kind
 /// ([`grouped`]), sent together with the rest of its work one statement each, all pipelined
 /// after `BEGIN` (with other gateways on the database, the acks lock their rows in id order:
 /// [`grouped::ack`]); then, one at a time, whatever the grouped statements left
@@ -208,6 +209,7 @@ async fn grouped(
     let mut completions = Vec::new();
     let mut published = Vec::new();
     let mut acks = Vec::new();
+    let mut readings = Vec::new();
     let mut rest = Vec::new();
     let mut ranks: HashMap<&str, usize> = HashMap::new();
     let mut completing = HashSet::new();
@@ -245,6 +247,9 @@ async fn grouped(
                         },
                     ));
                 }
+                Some(Work::Command(Command::Telemetry(device, stored))) => {
+                    readings.push(((j, s), (device, stored.as_slice())));
+                }
                 _ => rest.push((j, s)),
             }
         }
@@ -262,6 +267,7 @@ async fn grouped(
     let completion_rows: Vec<_> = completions.iter().map(|(_, c)| *c).collect();
     let counts: Vec<Count> = published.iter().map(|(_, count)| *count).collect();
     let ack_rows: Vec<_> = acks.iter().map(|(_, a)| a.clone()).collect();
+    let reading_rows: Vec<_> = readings.iter().map(|(_, r)| *r).collect();
     // Every statement below is prepared (cached) before any is sent, so they reach the server
     // in the order they are issued, all in one flight: `BEGIN`, the grouped statements and the
     // rest, the admissions last.
@@ -273,17 +279,20 @@ async fn grouped(
             grouped::complete(conn, &completion_rows),
             grouped::published(conn, &counts),
             grouped::ack(conn, &ack_rows, shared),
+            grouped::telemetry(conn, me, &reading_rows),
             join_all(rest.iter().map(|&(j, s)| run_slot(conn, me, &jobs[j][s]))),
             admission,
         )
     };
-    let (begun, (completed, counted, acked, others, stored)) = tokio::join!(begun, statements);
+    let (begun, (completed, counted, acked, recorded, others, stored)) =
+        tokio::join!(begun, statements);
     let begun = begun?;
     let failed = [
         stored.as_ref().err(),
         completed.as_ref().err(),
         counted.as_ref().err(),
         acked.as_ref().err(),
+        recorded.as_ref().err(),
     ];
     if let Some(error) = failed
         .iter()
@@ -293,13 +302,18 @@ async fn grouped(
     {
         return Err((*error).clone());
     }
-    let (stored, completed, counted, acked) = (stored?, completed?, counted?, acked?);
+    let (stored, completed, counted, acked, recorded) =
+        (stored?, completed?, counted?, acked?, recorded?);
     // An ack that ended nothing drops the publishes it carried: its reply is no longer held.
     for (((j, s), _), acked) in acks.iter().zip(acked) {
         done[*j][*s] = Some(Ok(Some(Done::Command(Outcome::Acked(acked)))));
     }
     for (((j, s), _), counted) in published.iter().zip(counted) {
         done[*j][*s] = Some(Ok(Some(Done::Published(counted))));
+    }
+    for (((j, s), (_, readings)), recorded) in readings.iter().zip(recorded) {
+        let outcome = Outcome::readings(recorded, readings.len());
+        done[*j][*s] = Some(Ok(Some(Done::Command(outcome))));
     }
     for (((j, s), _), completed) in completions.iter().zip(completed) {
         done[*j][*s] = Some(Ok(Some(Done::Completed(completed))));

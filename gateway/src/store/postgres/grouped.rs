@@ -1,5 +1,5 @@
 //! One statement for many pieces of work of a kind: the commit's admissions, completions,
-//! publish counts and acks each go to the server as one array-valued statement per batch
+//! publish counts, acks and readings each go to the server as one array-valued statement per batch
 //! instead of one statement per request. PostgreSQL's cost per statement (bind, plan, executor
 //! start, its answer) is what these save, on the server and in the gateway alike; the rows
 //! written are the same as [`super::requests`]' and [`super::delivery`]'s one-at-a-time
@@ -12,6 +12,7 @@ use super::marks::Count;
 use super::pool::Conn;
 use super::requests::request_id;
 use crate::store::requests::{Completion, NewRequest};
+use crate::store::telemetry::Reading;
 use crate::store::StoreError;
 use crate::wire::{DeviceId, RequestId};
 
@@ -107,6 +108,31 @@ const ACK_LOCKED_MANY: &str = "WITH l AS MATERIALIZED (
              FROM l WHERE r.id = l.id AND COALESCE(r.delivery, '') = 'held'
              RETURNING r.device, r.corr, r.id";
 
+/// Stores the readings of many telemetry publishes, each unless stored already (same device,
+/// metric and `ts`: the first of the batch's copies wins, as one at a time), and counts them
+/// in their devices' `telemetry_counts` (this gateway's row of what it stored); answers how
+/// many each publish (`cmd`, its index in the arrays' source) stored, for those that stored
+/// any. See [`super::tables::insert_readings`], the one-at-a-time form.
+const TELEMETRY_MANY: &str = "WITH input AS MATERIALIZED (
+                 SELECT * FROM UNNEST($1::int[], $2::text[], $3::text[], $4::bigint[],
+                     $5::float8[]) AS u(cmd, device, metric, ts, value)),
+             stored AS (
+                 INSERT INTO telemetry (device, metric, ts, value)
+                 SELECT device, metric, ts, value FROM input ORDER BY cmd
+                 ON CONFLICT (device, metric, ts) DO NOTHING
+                 RETURNING device, metric, ts),
+             firsts AS (
+                 SELECT DISTINCT ON (device, metric, ts) cmd, device, metric, ts FROM input
+                 ORDER BY device, metric, ts, cmd),
+             per_device AS (SELECT device, COUNT(*) AS k FROM stored GROUP BY device),
+             counted AS (
+                 INSERT INTO telemetry_counts (device, gateway, pruned, n)
+                 SELECT device, $6, false, k FROM per_device ORDER BY device
+                 ON CONFLICT (device, gateway, pruned) DO UPDATE
+                 SET n = telemetry_counts.n + excluded.n)
+             SELECT f.cmd, COUNT(*)::int FROM firsts f JOIN stored s USING (device, metric, ts)
+             GROUP BY f.cmd";
+
 /// Prepares this module's statements on `conn` (once per connection; later calls find them
 /// cached and cost no round trip), so that a batch's statements go to the server in the order
 /// they are issued: a statement prepared first would be sent after the others.
@@ -117,6 +143,7 @@ pub async fn prepare(conn: &Conn) -> Result<(), StoreError> {
         PUBLISHED_MANY,
         ACK_MANY,
         ACK_LOCKED_MANY,
+        TELEMETRY_MANY,
     ] {
         conn.statement(sql).await?;
     }
@@ -221,6 +248,42 @@ pub async fn complete(conn: &Conn, done: &[&Completion]) -> Result<Vec<bool>, St
         .await?;
     let changed = returned_ids(&rows)?;
     Ok(done.iter().map(|d| changed.contains(&d.id)).collect())
+}
+
+/// Stores the readings of `publishes` (each a device and its readings) as [`TELEMETRY_MANY`]
+/// says; how many of each publish's readings were stored.
+pub async fn telemetry(
+    conn: &Conn,
+    me: &str,
+    publishes: &[(&DeviceId, &[Reading])],
+) -> Result<Vec<usize>, StoreError> {
+    if publishes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = conn.statement(TELEMETRY_MANY).await?;
+    let (mut cmds, mut devices, mut metrics, mut ts, mut values) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (cmd, (device, readings)) in publishes.iter().enumerate() {
+        for reading in *readings {
+            cmds.push(cmd as i32);
+            devices.push(device.as_str());
+            metrics.push(reading.metric.as_str());
+            ts.push(reading.ts);
+            values.push(reading.value);
+        }
+    }
+    let rows = conn
+        .client
+        .query(&statement, &[&cmds, &devices, &metrics, &ts, &values, &me])
+        .await?;
+    let mut stored = vec![0; publishes.len()];
+    for row in rows {
+        let (cmd, n): (i32, i32) = (row.try_get(0)?, row.try_get(1)?);
+        if let Some(stored) = stored.get_mut(cmd as usize) {
+            *stored = n as usize;
+        }
+    }
+    Ok(stored)
 }
 
 /// Counts publishes of final replies; which counts were settled: written, or dropped because
