@@ -1,6 +1,8 @@
 //! The other tables on PostgreSQL: dead letters (written, requeued) and telemetry. Operators'
 //! listings are in [`super::views`] and [`super::devices`].
 
+use futures_util::future::join_all;
+
 use super::pool::Conn;
 use crate::store::deadletters::{request_id_bytes, request_id_text, DeadLetter, Requeue};
 use crate::store::telemetry::Reading;
@@ -204,13 +206,9 @@ pub async fn cap_readings(
 ) -> Result<usize, StoreError> {
     let over = conn
         .statement(
-            "SELECT device FROM telemetry_counts GROUP BY device HAVING SUM(n)::bigint > $1
-             ORDER BY device LIMIT $2",
+            "SELECT device, SUM(n)::bigint - $1 FROM telemetry_counts GROUP BY device
+             HAVING SUM(n)::bigint > $1 ORDER BY device LIMIT $2",
         )
-        .await?;
-    let devices = conn
-        .client
-        .query(&over, &[&(keep as i64), &(limit as i64)])
         .await?;
     // At most `CAP_STEP` (a constant in the statement) per statement: a limit the planner
     // cannot see (a parameter, a count) is planned as a tenth of the device's readings, which
@@ -227,24 +225,33 @@ pub async fn cap_readings(
             "$4"
         ))
         .await?;
+    let mut steps = Vec::new();
     let mut left = limit as i64;
-    for device in &devices {
-        let device: &str = device.try_get(0)?;
-        loop {
-            let step = left.min(CAP_STEP);
-            if step == 0 {
-                return Ok(limit);
-            }
-            let row = conn
-                .client
-                .query_one(&cap, &[&device, &(keep as i64), &step, &me])
-                .await?;
-            let deleted: i64 = row.try_get(0)?;
-            left -= deleted;
-            if deleted < step {
-                break; // down to `keep`
-            }
+    for row in conn
+        .client
+        .query(&over, &[&(keep as i64), &(limit as i64)])
+        .await?
+    {
+        let (device, mut over): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        while over > 0 && left > 0 {
+            let step = over.min(CAP_STEP).min(left);
+            steps.push((device.clone(), step));
+            (over, left) = (over - step, left - step);
         }
     }
-    Ok(limit - left as usize)
+    // Pipelined: one round trip for the chunk. Each statement commits on its own, in order, so
+    // a device's next step sees the count its last one left.
+    let keep = keep as i64;
+    let cap = &cap;
+    let deleted = join_all(steps.iter().map(|(device, step)| async move {
+        conn.client
+            .query_one(cap, &[device, &keep, step, &me])
+            .await
+    }))
+    .await;
+    let mut total = 0;
+    for row in deleted {
+        total += row?.try_get::<_, i64>(0)?;
+    }
+    Ok(total as usize)
 }
