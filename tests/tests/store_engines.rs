@@ -91,6 +91,37 @@ async fn gateway_store(url: &str, dir: &std::path::Path, id: &str) -> Store {
     Store::open(&config, dir).await.expect("open")
 }
 
+/// A reading of metric `t`.
+fn t(ts: i64, value: f64) -> Reading {
+    Reading {
+        metric: "t".into(),
+        ts,
+        value,
+    }
+}
+
+/// The values of `device`'s readings of `t` with ts in (0, 100], read the way workers read
+/// them (a blocking reader off the runtime).
+async fn window_t(store: &Store, device_id: &str) -> Vec<f64> {
+    let (mut reader, device) = (store.reader(), device(device_id));
+    tokio::task::spawn_blocking(move || reader.telemetry_window(&device, "t", 0, 100, 100))
+        .await
+        .expect("thread")
+        .expect("window")
+        .values
+}
+
+/// (stored, copies) of each telemetry command's outcome.
+fn stored_and_copies(outcomes: &[Option<Outcome>]) -> Vec<(usize, usize)> {
+    outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Some(Outcome::Readings { stored, copies }) => (*stored, *copies),
+            other => panic!("not a telemetry outcome: {other:?}"),
+        })
+        .collect()
+}
+
 /// Admits `request` alone in a batch, with the device quota `max_pending`.
 async fn admit_alone(store: &Store, request: NewRequest, max_pending: usize) -> Admission {
     let command = Command::Admit {
@@ -192,90 +223,47 @@ async fn keeps_the_contract(store: &Store, console: Console) {
     assert!(matches!(outcomes[4], Some(Outcome::Found(None))));
 
     // Telemetry windows, read the way workers read them (a blocking reader off the runtime).
-    let mut reader = store.reader();
-    let series = tokio::task::spawn_blocking(move || {
-        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
-    })
-    .await
-    .expect("thread")
-    .expect("window");
-    assert_eq!(series.values, vec![1.0, 3.0], "this metric, in time order");
+    assert_eq!(
+        window_t(store, "d1").await,
+        vec![1.0, 3.0],
+        "this metric, in time order"
+    );
 
     // A reading is stored once: a copy (a QoS 1 publish sent again, or the same publish taken
     // by another gateway), twice in one command or in another, leaves the first as it was.
-    let copy = |value| Reading {
-        metric: "t".into(),
-        ts: 10,
-        value,
-    };
     let outcomes = store
         .batch(vec![
-            Some(Command::Telemetry(device("d1"), vec![copy(7.0), copy(8.0)])),
-            Some(Command::Telemetry(device("d1"), vec![copy(9.0)])),
+            Some(Command::Telemetry(
+                device("d1"),
+                vec![t(10, 7.0), t(10, 8.0)],
+            )),
+            Some(Command::Telemetry(device("d1"), vec![t(10, 9.0)])),
         ])
         .await
         .expect("copies are not an error");
-    assert!(matches!(
-        outcomes[..],
-        [
-            Some(Outcome::Readings {
-                stored: 0,
-                copies: 2
-            }),
-            Some(Outcome::Readings {
-                stored: 0,
-                copies: 1
-            })
-        ]
-    ));
-    let mut reader = store.reader();
-    let series = tokio::task::spawn_blocking(move || {
-        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
-    })
-    .await
-    .expect("thread")
-    .expect("window");
-    assert_eq!(series.values, vec![1.0, 3.0], "the copies were not stored");
+    assert_eq!(stored_and_copies(&outcomes), vec![(0, 2), (0, 1)]);
+    assert_eq!(
+        window_t(store, "d1").await,
+        vec![1.0, 3.0],
+        "the copies were not stored"
+    );
     // In one batch, a reading and its copy: the first is stored, the copy counted as one.
-    let reading = |ts, value| Reading {
-        metric: "t".into(),
-        ts,
-        value,
-    };
     let outcomes = store
         .batch(vec![
-            Some(Command::Telemetry(device("d1"), vec![reading(40, 4.0)])),
+            Some(Command::Telemetry(device("d1"), vec![t(40, 4.0)])),
             Some(Command::Telemetry(
                 device("d1"),
-                vec![reading(40, 5.0), reading(50, 6.0)],
+                vec![t(40, 5.0), t(50, 6.0)],
             )),
         ])
         .await
         .expect("readings and a copy");
-    assert!(
-        matches!(
-            outcomes[..],
-            [
-                Some(Outcome::Readings {
-                    stored: 1,
-                    copies: 0
-                }),
-                Some(Outcome::Readings {
-                    stored: 1,
-                    copies: 1
-                })
-            ]
-        ),
-        "{outcomes:?}"
+    assert_eq!(stored_and_copies(&outcomes), vec![(1, 0), (1, 1)]);
+    assert_eq!(
+        window_t(store, "d1").await,
+        vec![1.0, 3.0, 4.0, 6.0],
+        "the first of each"
     );
-    let mut reader = store.reader();
-    let series = tokio::task::spawn_blocking(move || {
-        reader.telemetry_window(&device("d1"), "t", 0, 100, 100)
-    })
-    .await
-    .expect("thread")
-    .expect("window");
-    assert_eq!(series.values, vec![1.0, 3.0, 4.0, 6.0], "the first of each");
 
     // Recovery's view of the queue.
     let (queued, newest) = store.queued_extent().await.expect("extent");
