@@ -109,7 +109,9 @@ const ACK_LOCKED_MANY: &str = "WITH l AS MATERIALIZED (
              RETURNING r.device, r.corr, r.id";
 
 /// Stores the readings of many telemetry publishes, each unless stored already (same device,
-/// metric and `ts`: the first of the batch's copies wins, as one at a time), and counts them
+/// metric and `ts`: the first of the batch's copies wins, as one at a time; in key order, so
+/// that two gateways storing copies of the same readings at once wait for each other's
+/// readings in one order, never in a cycle), and counts them
 /// in their devices' `telemetry_counts` (this gateway's row of what it stored); answers how
 /// many each publish (`cmd`, its index in the arrays' source) stored, for those that stored
 /// any. See [`super::tables::insert_readings`], the one-at-a-time form.
@@ -118,7 +120,7 @@ const TELEMETRY_MANY: &str = "WITH input AS MATERIALIZED (
                      $5::float8[]) AS u(cmd, device, metric, ts, value)),
              stored AS (
                  INSERT INTO telemetry (device, metric, ts, value)
-                 SELECT device, metric, ts, value FROM input ORDER BY cmd
+                 SELECT device, metric, ts, value FROM input ORDER BY device, metric, ts, cmd
                  ON CONFLICT (device, metric, ts) DO NOTHING
                  RETURNING device, metric, ts),
              firsts AS (
