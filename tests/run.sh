@@ -55,4 +55,4 @@ cargo test --workspace "$@"
 ROOST_TEST_ENGINE=postgres exec cargo test -p roost-tests "$@" \
   --test roundtrip --test dedupe --test control_ops --test crash_restart \
   --test sleepy_delivery --test errors --test deadlines --test http_api \
-  --test frontdoor_limits --test telemetry  # frontdoor_limits: its 413 dead letter goes through Store::undeliverable
+  --test frontdoor_limits --test telemetry --test logs  # frontdoor_limits: its 413 dead letter goes through Store::undeliverable

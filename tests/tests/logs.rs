@@ -48,3 +48,22 @@ async fn log_format_json_writes_one_object_per_line() {
         "{log}"
     );
 }
+
+/// The store's schema is migrated once, and the log says so, with how long it took: a store
+/// of an older gateway can take a while at its first start. A restart on the migrated store
+/// migrates and says nothing.
+#[tokio::test]
+async fn the_schema_is_migrated_once_and_said_so() {
+    let mut gateway = Gateway::start();
+    let first = gateway.log();
+    assert!(
+        first.contains("migrating the store's schema") && first.contains("from=0"),
+        "{first}"
+    );
+    assert!(first.contains("store schema migrated"), "{first}");
+    assert!(gateway.terminate().success());
+    gateway.restart();
+    let again = gateway.log();
+    assert!(!again.contains("migrating the store's schema"), "{again}");
+    assert!(!again.contains("store schema migrated"), "{again}");
+}

@@ -164,8 +164,15 @@ const MIGRATIONS: &[&str] = &[
 /// Brings the database up to the newest schema; safe when several gateways call it at once.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let txn = client.transaction().await?;
-    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
+    let locked: bool = txn
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        tracing::info!("waiting for another gateway to migrate the store's schema");
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+    }
     txn.batch_execute("CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)")
         .await?;
     let version: i32 = txn
@@ -180,6 +187,16 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
+    if version == MIGRATIONS.len() {
+        txn.rollback().await?; // nothing to write
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        from = version,
+        to = MIGRATIONS.len(),
+        "migrating the store's schema (a large store can take a while)"
+    );
     for step in &MIGRATIONS[version..] {
         txn.batch_execute(step).await?;
     }
@@ -188,5 +205,11 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     txn.execute("INSERT INTO roost_schema (version) VALUES ($1)", &[&newest])
         .await?;
     txn.commit().await?;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        schema = MIGRATIONS.len(),
+        elapsed_ms,
+        "store schema migrated"
+    );
     Ok(())
 }

@@ -97,12 +97,27 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
+    if version == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    tracing::info!(
+        from = version,
+        to = MIGRATIONS.len(),
+        "migrating the store's schema (a large store can take a while)"
+    );
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         let txn = conn.transaction()?;
         txn.execute_batch(step)?;
         txn.pragma_update(None, "user_version", i + 1)?;
         txn.commit()?;
     }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        schema = MIGRATIONS.len(),
+        elapsed_ms,
+        "store schema migrated"
+    );
     Ok(())
 }
 
