@@ -23,6 +23,7 @@ pub mod health;
 mod postgres;
 pub mod requests;
 pub mod retention;
+mod schema;
 pub mod sessions;
 mod sqlite;
 pub mod telemetry;

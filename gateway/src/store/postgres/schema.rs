@@ -180,23 +180,10 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .await?
         .map_or(0, |row| row.get(0));
     let version = version.max(0) as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Sql(format!(
-            "the database has schema version {version}, newer than this gateway knows ({}); \
-             run a newer gateway",
-            MIGRATIONS.len()
-        )));
-    }
-    if version == MIGRATIONS.len() {
-        txn.rollback().await?; // nothing to write
+    let Some(started) = crate::store::schema::migrating(version, MIGRATIONS.len())? else {
+        txn.rollback().await?; // current: nothing to write
         return Ok(());
-    }
-    let started = std::time::Instant::now();
-    tracing::info!(
-        from = version,
-        to = MIGRATIONS.len(),
-        "migrating the store's schema (a large store can take a while)"
-    );
+    };
     for step in &MIGRATIONS[version..] {
         txn.batch_execute(step).await?;
     }
@@ -205,11 +192,6 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
     txn.execute("INSERT INTO roost_schema (version) VALUES ($1)", &[&newest])
         .await?;
     txn.commit().await?;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
-        schema = MIGRATIONS.len(),
-        elapsed_ms,
-        "store schema migrated"
-    );
+    crate::store::schema::migrated(started, MIGRATIONS.len());
     Ok(())
 }

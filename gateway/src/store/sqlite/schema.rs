@@ -90,34 +90,16 @@ const MIGRATIONS: &[&str] = &[
 /// Brings the database up to the newest schema.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: usize = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Sql(format!(
-            "the database has schema version {version}, newer than this gateway knows ({}); \
-             run a newer gateway",
-            MIGRATIONS.len()
-        )));
-    }
-    if version == MIGRATIONS.len() {
+    let Some(started) = crate::store::schema::migrating(version, MIGRATIONS.len())? else {
         return Ok(());
-    }
-    let started = std::time::Instant::now();
-    tracing::info!(
-        from = version,
-        to = MIGRATIONS.len(),
-        "migrating the store's schema (a large store can take a while)"
-    );
+    };
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
         let txn = conn.transaction()?;
         txn.execute_batch(step)?;
         txn.pragma_update(None, "user_version", i + 1)?;
         txn.commit()?;
     }
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    tracing::info!(
-        schema = MIGRATIONS.len(),
-        elapsed_ms,
-        "store schema migrated"
-    );
+    crate::store::schema::migrated(started, MIGRATIONS.len());
     Ok(())
 }
 
