@@ -824,6 +824,16 @@ async fn caps_each_devices_readings_at_the_next_prune(store: &Store) {
         (Some(vec![newest - 2, newest]), Some(vec![newest - 1])),
         "the newest 3 of the device, whatever their metric"
     );
+    // What the age prune deletes comes off the device's count too: a count that still had
+    // the old readings would cut the device below its cap.
+    let aged = [1, 2, 3, 4, 5, 1_000_000, 1_000_001, 1_000_002].map(|ts| t(ts, 0.0));
+    let aged = Command::Telemetry(device("cap-3"), aged.to_vec());
+    store.batch(vec![Some(aged)]).await.expect("store");
+    assert_eq!(
+        store.prune(0, 6, 3).await.expect("prune"),
+        (0, 5),
+        "the five old readings, and none of the three new"
+    );
 }
 
 /// A prune deletes in chunks of at most `PRUNE_CHUNK` rows, each committed on its own: part of

@@ -4,26 +4,24 @@
 
 use ciborium::Value;
 use gateway::wire::{Reply, Status};
-use roost_tests::device::TestDevice;
-use roost_tests::{http_get, Gateway};
+use roost_tests::device::{field, TestDevice};
+use roost_tests::{http_get, workload, Gateway};
 
 const CAP: usize = 5;
 
-/// One reading of metric `t`.
+/// One reading of metric `x` (the one [`workload::windowed`] reads).
 fn reading(ts: u64, value: f64) -> Vec<u8> {
     gateway::wire::envelope::encode_value(&Value::Map(vec![
         (Value::Text("ts".into()), Value::Integer(ts.into())),
-        (Value::Text("t".into()), Value::Float(value)),
+        (Value::Text("x".into()), Value::Float(value)),
     ]))
 }
 
-/// `stats` over the device's readings of `t` in the last hour.
+/// `stats` over the device's recent readings of `x`: its final reply's result.
 async fn stats(device: &mut TestDevice, corr: &[u8]) -> Reply {
-    let args = Value::Map(vec![
-        (Value::Text("metric".into()), Value::Text("t".into())),
-        (Value::Text("window_s".into()), Value::Integer(3_600.into())),
-    ]);
-    device.request("stats", &args, corr, None).await;
+    device
+        .request("stats", &workload::windowed(), corr, None)
+        .await;
     loop {
         let got = device.reply_for(corr).await;
         if got.reply.status != Status::Accepted {
@@ -32,16 +30,8 @@ async fn stats(device: &mut TestDevice, corr: &[u8]) -> Reply {
     }
 }
 
-fn field(reply: &Reply, key: &str) -> f64 {
-    let Some(Value::Map(entries)) = &reply.result else {
-        panic!("no result map: {reply:?}")
-    };
-    let value = gateway::wire::envelope::map_get(entries, key).unwrap_or_else(|| panic!("{key}"));
-    match value {
-        Value::Integer(i) => i128::from(*i) as f64,
-        Value::Float(f) => *f,
-        other => panic!("{key}: {other:?}"),
-    }
+fn count(reply: &Reply) -> usize {
+    field(reply.result.as_ref().expect("result"), "count") as usize
 }
 
 #[tokio::test]
@@ -67,7 +57,7 @@ async fn readings_sent_twice_are_stored_once_and_held_to_the_cap() {
         polls += 1;
         let reply = stats(&mut device, &[b'p', polls]).await;
         assert_eq!(reply.status, Status::Ok, "{reply:?}");
-        if field(&reply, "count") as usize <= CAP {
+        if count(&reply) <= CAP {
             break reply;
         }
         assert!(
@@ -76,11 +66,12 @@ async fn readings_sent_twice_are_stored_once_and_held_to_the_cap() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
+    let result = held.result.as_ref().expect("result");
     assert_eq!(
         (
-            field(&held, "count"),
-            field(&held, "min"),
-            field(&held, "max")
+            field(result, "count"),
+            field(result, "min"),
+            field(result, "max")
         ),
         (CAP as f64, (SENT as usize - CAP + 1) as f64, SENT as f64),
         "the newest {CAP} readings, each once"

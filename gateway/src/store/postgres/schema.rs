@@ -133,7 +133,7 @@ const MIGRATIONS: &[&str] = &[
     // (so that the cluster publishes it about once a second, not once per gateway).
     "ALTER TABLE devices ADD COLUMN awake_until_ms BIGINT, ADD COLUMN asleep_ms BIGINT,
         ADD COLUMN status_ms BIGINT;",
-    // The telemetry retention finds old readings by time, not by reading the whole table
+    // 9: the telemetry retention finds old readings by time, not by reading the whole table
     // every 10 s.
     "CREATE INDEX telemetry_age ON telemetry (ts);",
     // 10: a reading is stored once. A device's QoS 1 publish sent again, or one the share group
