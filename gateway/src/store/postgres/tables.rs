@@ -193,6 +193,23 @@ pub async fn prune_readings(
     Ok(row.try_get::<_, i64>(0)? as usize)
 }
 
+/// Readings [`CAP_ONE`] deletes at most: the `LIMIT` written in it. A limit the planner cannot
+/// see (a parameter, a count) is planned as a tenth of the device's readings, which it reads
+/// whole and sorts when the device has most of the table's.
+const CAP_STEP: i64 = 100;
+
+/// Deletes the oldest readings of device `$1` over `$2` of them, at most `$3` (at most
+/// [`CAP_STEP`]), taken off its count in gateway `$4`'s row of what it pruned.
+const CAP_ONE: &str = uncounted!(
+    "DELETE FROM telemetry WHERE id IN (
+         SELECT id FROM (
+             SELECT id FROM telemetry WHERE device = $1 ORDER BY ts LIMIT 100) oldest
+         LIMIT (SELECT LEAST(GREATEST(SUM(n)::bigint - $2, 0), $3)
+                FROM telemetry_counts WHERE device = $1))
+     RETURNING device",
+    "$4"
+);
+
 /// Deletes up to `limit` readings of the devices with more than `keep`, the oldest of each
 /// first, until each is down to `keep` (through `telemetry_counts` and the `(device, ts)`
 /// index: only what is deleted is read). Gateways that cap one device at once pick the same
@@ -210,21 +227,7 @@ pub async fn cap_readings(
              HAVING SUM(n)::bigint > $1 ORDER BY device LIMIT $2",
         )
         .await?;
-    // At most `CAP_STEP` (a constant in the statement) per statement: a limit the planner
-    // cannot see (a parameter, a count) is planned as a tenth of the device's readings, which
-    // it reads whole and sorts when the device has most of the table's.
-    const CAP_STEP: i64 = 100;
-    let cap = conn
-        .statement(uncounted!(
-            "DELETE FROM telemetry WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id FROM telemetry WHERE device = $1 ORDER BY ts LIMIT 100) oldest
-                 LIMIT (SELECT LEAST(GREATEST(SUM(n)::bigint - $2, 0), $3)
-                        FROM telemetry_counts WHERE device = $1))
-             RETURNING device",
-            "$4"
-        ))
-        .await?;
+    let cap = conn.statement(CAP_ONE).await?;
     let mut steps = Vec::new();
     let mut left = limit as i64;
     for row in conn
@@ -254,4 +257,14 @@ pub async fn cap_readings(
         total += row?.try_get::<_, i64>(0)?;
     }
     Ok(total as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_step_is_the_limit_written_in_the_statement() {
+        assert!(CAP_ONE.contains(&format!("LIMIT {CAP_STEP})")), "{CAP_ONE}");
+    }
 }
