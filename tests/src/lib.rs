@@ -127,11 +127,14 @@ impl Gateway {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            // The outbox's debug lines (a device woke, a reply sent or redelivered) too: they
-            // are what a failing delivery test's printed log needs.
+            // The outbox's debug lines (a device woke, a reply sent or redelivered) and how an
+            // operator's relay ended too: they are what a failing test's printed log needs.
             .env(
                 "RUST_LOG",
-                format!("{},gateway::outbox=debug", gateway::logging::DEFAULT_FILTER),
+                format!(
+                    "{},gateway::outbox=debug,gateway::frontdoor::operators=debug",
+                    gateway::logging::DEFAULT_FILTER
+                ),
             )
             .spawn()
             .expect("spawn gateway");

@@ -70,6 +70,8 @@ async fn queue_backlog(
 struct Watcher {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far, for a failing assertion's message.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Watcher {
@@ -108,7 +110,11 @@ impl Watcher {
                 }
             }
         });
-        let watcher = Watcher { child, lines };
+        let watcher = Watcher {
+            child,
+            lines,
+            seen: Default::default(),
+        };
         assert!(watcher.saw("Subscribed"), "mosquitto_sub subscribed");
         watcher
     }
@@ -117,10 +123,13 @@ impl Watcher {
     fn saw(&self, text: &str) -> bool {
         let deadline = std::time::Instant::now() + WAIT;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return true,
-                Ok(_) => {}
-                Err(_) => return false,
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                return false;
+            };
+            let found = line.contains(text);
+            self.seen.borrow_mut().push(line);
+            if found {
+                return true;
             }
         }
         false
@@ -129,6 +138,11 @@ impl Watcher {
     /// Whether the gateway closed its connection saying it is shutting down (0x8B = 139).
     fn told(&self) -> bool {
         self.saw("Received DISCONNECT (139)")
+    }
+
+    /// What it printed so far.
+    fn printed(&self) -> String {
+        self.seen.borrow().join("\n")
     }
 }
 
@@ -310,11 +324,17 @@ async fn behind_the_front_door_sigterm_exits_0_and_unfinished_work_survives() {
     assert!(gateway.log().contains("stopped"));
     assert!(
         stopping.told(),
-        "a device connected at the stop was told why (DISCONNECT 0x8B)"
+        "a device connected at the stop was told why (DISCONNECT 0x8B); it printed:\n{}\n\
+         gateway log:\n{}",
+        stopping.printed(),
+        gateway.log()
     );
     assert!(
         operator.told(),
-        "an operator connected at the stop was told why (DISCONNECT 0x8B)"
+        "an operator connected at the stop was told why (DISCONNECT 0x8B); it printed:\n{}\n\
+         gateway log:\n{}",
+        operator.printed(),
+        gateway.log()
     );
     for corr in unfinished_at_exit(&gateway) {
         assert!(!finals.contains_key(&corr), "{corr} answered before exit");

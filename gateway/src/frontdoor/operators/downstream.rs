@@ -86,28 +86,29 @@ impl<W: AsyncWrite + Unpin> Downstream<W> {
 
     /// Relays until the broker or the device side closes.
     pub async fn run(mut self, mut upstream_rx: OwnedReadHalf) -> io::Result<()> {
-        loop {
+        let ended = loop {
             if let Step::Close = self.forward_frames().await? {
-                break;
+                break "a final packet";
             }
             tokio::select! {
                 biased;
                 control = self.control_rx.recv() => match control {
                     Some(control) => {
                         if let Step::Close = self.apply(control).await? {
-                            break;
+                            break "a final packet";
                         }
                     }
-                    None => break,
+                    None => break "the client side",
                 },
                 read = upstream_rx.read_buf(&mut self.buf) => {
                     if read? == 0 {
-                        break;
+                        break "the broker";
                     }
                     rearm_quickack(&upstream_rx);
                 }
             }
-        }
+        };
+        tracing::debug!(ended, "operator relay: closing the client's socket");
         self.device_tx.shutdown().await.ok();
         Ok(())
     }

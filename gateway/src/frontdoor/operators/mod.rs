@@ -115,7 +115,6 @@ where
         let period = Duration::from_secs(u64::from(UPSTREAM_KEEP_ALIVE_S) / 2);
         tokio::time::interval_at(tokio::time::Instant::now() + period, period)
     });
-    let final_tx = control_tx.clone();
     let up = Upstream {
         reader,
         principal,
@@ -124,29 +123,25 @@ where
         upstream_tx,
         stats: shared.stats.clone(),
         ping,
+        stopping: shared.stopping.clone(),
     };
-    let (outcome, down_done) = tokio::select! {
-        outcome = up.run(&mut device_rx) => (outcome, false),
-        _ = &mut down_task => (Ok(()), true),
-        // The front door stops: what the broker already sent goes out, then a DISCONNECT
-        // saying so (MQTT 5: 0x8B, Server shutting down).
-        () = shared.stopping.cancelled() => {
-            let last = match version {
-                Version::V5 => outgoing::disconnect(reason::SERVER_SHUTTING_DOWN),
-                Version::V4 => Bytes::new(),
-            };
-            let _ = final_tx.send(Control::Final(last)).await;
-            (Ok(()), false)
-        }
+    let (outcome, down_done, ended) = tokio::select! {
+        outcome = up.run(&mut device_rx) => (outcome, false, "by the client or the stop"),
+        _ = &mut down_task => (Ok(()), true, "by the broker"),
     };
     // Let the broker→device side flush a final DISCONNECT, boundedly.
-    if !down_done
-        && tokio::time::timeout(Duration::from_secs(2), &mut down_task)
-            .await
-            .is_err()
-    {
-        down_task.abort();
-    }
+    let flushed = match down_done {
+        true => "already",
+        false => match tokio::time::timeout(Duration::from_secs(2), &mut down_task).await {
+            Ok(Ok(Ok(()))) => "yes",
+            Ok(_) => "failed",
+            Err(_) => {
+                down_task.abort();
+                "timed out"
+            }
+        },
+    };
+    tracing::debug!(client_id = %connect.client_id, ended, flushed, "operator relay ended");
     if let Err(SessionError::Violation(_)) = &outcome {
         linger(&mut device_rx).await;
     }
@@ -188,6 +183,8 @@ struct Upstream {
     upstream_tx: OwnedWriteHalf,
     stats: Arc<FrontDoorStats>,
     ping: Option<Interval>,
+    /// The front door stops.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Upstream {
@@ -235,6 +232,18 @@ impl Upstream {
                 () = tick(&mut self.ping) => {
                     let _ = self.control_tx.send(Control::ExpectPingResp).await;
                     self.upstream_tx.write_all(&outgoing::PINGREQ).await?;
+                }
+                // The front door stops: what the broker already sent goes out, then a DISCONNECT
+                // saying so (MQTT 5: 0x8B, Server shutting down). Queued while this side still
+                // holds the broker connection: once it is dropped the broker closes its end, and
+                // the other side could see that close before the DISCONNECT.
+                () = self.stopping.cancelled() => {
+                    let last = match self.version {
+                        Version::V5 => outgoing::disconnect(reason::SERVER_SHUTTING_DOWN),
+                        Version::V4 => Bytes::new(),
+                    };
+                    self.control(Control::Final(last)).await;
+                    return Ok(());
                 }
             }
         }
