@@ -397,7 +397,8 @@ impl PgCluster {
         let port = self.port.to_string();
         let mut child = Command::new(self.bin.join("psql"))
             .args(["-h", &self.host, "-p", &port, "-U", "postgres", "-d", db])
-            .args(["-v", "ON_ERROR_STOP=1", "-At"])
+            // Quiet: no command tags, which would meet a closed pipe once it is held.
+            .args(["-v", "ON_ERROR_STOP=1", "-Atq"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -429,6 +430,16 @@ impl Open {
     /// Commits it, releasing its locks.
     pub fn commit(mut self) {
         self.end();
+    }
+
+    /// Runs `sql` in it, then commits; whether both succeeded.
+    pub fn commit_after(mut self, sql: &str) -> bool {
+        let Some(mut stdin) = self.stdin.take() else {
+            return false;
+        };
+        let _ = writeln!(stdin, "{sql};\nCOMMIT;");
+        drop(stdin);
+        self.child.wait().is_ok_and(|status| status.success())
     }
 
     fn end(&mut self) {

@@ -1119,6 +1119,65 @@ async fn postgres_readings_stored_twice_before_the_key_keep_the_first_copy() {
     assert_eq!(counts, "d=3 e=1", "each device's readings counted once");
 }
 
+/// A batch that reads what came before it (a `status`) runs its commands one at a time, but its
+/// readings first and in key order, like any batch's: a transaction that stores copies of the
+/// same readings in key order (another gateway's) then never waits for it in a cycle. Here that
+/// transaction holds device `o1`'s reading while the batch (`o2`'s reading before `o1`'s)
+/// waits for it, then stores `o2`'s: with the batch's order, it would wait for the batch, a
+/// deadlock its short `deadlock_timeout` reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_batch_with_a_status_stores_its_readings_in_key_order() {
+    let (cluster, url, dir) = pg_database("order").await;
+    let store = Store::open(&postgres(&url), dir.path())
+        .await
+        .expect("open");
+    let copy = |dev: &str| {
+        format!("INSERT INTO telemetry (device, metric, ts, value) VALUES ('{dev}', 't', 1, 9)")
+    };
+    let open = cluster.hold(
+        "order",
+        &format!("SET LOCAL deadlock_timeout = '10ms'; {}", copy("o1")),
+    );
+    let batch = tokio::spawn({
+        let store = store.clone();
+        async move {
+            store
+                .batch(vec![
+                    Some(Command::Find(device("o2"), corr("x"))),
+                    Some(Command::Telemetry(device("o2"), vec![t(1, 1.0)])),
+                    Some(Command::Telemetry(device("o1"), vec![t(1, 1.0)])),
+                ])
+                .await
+        }
+    });
+    until_answers(
+        &cluster,
+        "order",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = 'order' AND wait_event_type = 'Lock'",
+        "1",
+        "the batch waits for o1's reading",
+    )
+    .await;
+    assert!(
+        open.commit_after(&copy("o2")),
+        "o2's reading stored without a deadlock"
+    );
+    let outcomes = tokio::time::timeout(Duration::from_secs(10), batch)
+        .await
+        .expect("the batch ends")
+        .expect("task")
+        .expect("batch");
+    assert!(
+        matches!(outcomes[0], Some(Outcome::Found(None))),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        stored_and_copies(&outcomes[1..]),
+        [(0, 1), (0, 1)],
+        "both were copies of what the other transaction stored"
+    );
+}
+
 /// Two gateways on one database: `max_pending_per_device` holds for both together (each queued
 /// request holds one of its device's slots in the database), a duplicate past the quota is still
 /// answered as the original, and a wake seen by both redelivers each held reply once.

@@ -114,7 +114,7 @@ const ACK_LOCKED_MANY: &str = "WITH l AS MATERIALIZED (
 /// readings in one order, never in a cycle), and counts them
 /// in their devices' `telemetry_counts` (this gateway's row of what it stored); answers how
 /// many each publish (`cmd`, its index in the arrays' source) stored, for those that stored
-/// any. See [`super::tables::insert_readings`], the one-at-a-time form.
+/// any. Every reading goes through it, one publish's alone too.
 const TELEMETRY_MANY: &str = "WITH input AS MATERIALIZED (
                  SELECT * FROM UNNEST($1::int[], $2::text[], $3::text[], $4::bigint[],
                      $5::float8[]) AS u(cmd, device, metric, ts, value)),

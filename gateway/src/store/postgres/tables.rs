@@ -5,7 +5,6 @@ use futures_util::future::join_all;
 
 use super::pool::Conn;
 use crate::store::deadletters::{request_id_bytes, request_id_text, DeadLetter, Requeue};
-use crate::store::telemetry::Reading;
 use crate::store::telemetry::Series;
 use crate::store::StoreError;
 use crate::wire::DeviceId;
@@ -75,41 +74,6 @@ pub async fn requeue(conn: &Conn, id: i64, expires_ms: i64) -> Result<Requeue, S
     Ok(Requeue::Requeued(
         request_id_text(&request_id).unwrap_or_default(),
     ))
-}
-
-/// Stores readings of one device (one statement, whatever their number); a reading already
-/// stored (same metric and `ts`) is kept as it was. Returns how many were stored, and counts
-/// them in the device's `telemetry_counts` (gateway `me`'s row of what it stored).
-pub async fn insert_readings(
-    conn: &Conn,
-    me: &str,
-    device: &DeviceId,
-    readings: &[Reading],
-) -> Result<usize, StoreError> {
-    let statement = conn
-        .statement(
-            "WITH stored AS (
-                 INSERT INTO telemetry (device, metric, ts, value)
-                 SELECT $1, m, t, v FROM UNNEST($2::text[], $3::bigint[], $4::float8[]) AS u(m, t, v)
-                 ON CONFLICT (device, metric, ts) DO NOTHING
-                 RETURNING 1),
-             k AS (SELECT COUNT(*) AS k FROM stored),
-             counted AS (
-                 INSERT INTO telemetry_counts (device, gateway, pruned, n)
-                 SELECT $1, $5, false, k FROM k WHERE k > 0
-                 ON CONFLICT (device, gateway, pruned) DO UPDATE
-                 SET n = telemetry_counts.n + excluded.n)
-             SELECT k FROM k",
-        )
-        .await?;
-    let metrics: Vec<&str> = readings.iter().map(|r| r.metric.as_str()).collect();
-    let ts: Vec<i64> = readings.iter().map(|r| r.ts).collect();
-    let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-    let row = conn
-        .client
-        .query_one(&statement, &[&device.as_str(), &metrics, &ts, &values, &me])
-        .await?;
-    Ok(row.try_get::<_, i64>(0)? as usize)
 }
 
 /// The device's readings of `metric` with `from_ms < ts <= to_ms`, in time order, at most

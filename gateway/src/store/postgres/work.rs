@@ -101,8 +101,8 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
             Outcome::Acked(delivery::ack(conn, device, corr, None).await?)
         }
         Command::Telemetry(device, readings) => {
-            let stored = tables::insert_readings(conn, me, device, readings).await?;
-            Outcome::readings(stored, readings.len())
+            let stored = grouped::telemetry(conn, me, &[(device, readings.as_slice())]).await?;
+            Outcome::readings(stored.first().copied().unwrap_or(0), readings.len())
         }
     })
 }
