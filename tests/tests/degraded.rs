@@ -143,6 +143,29 @@ async fn healthz(http: SocketAddr) -> (u16, serde_json::Value) {
     (code, serde_json::from_str(&body).expect("healthz is JSON"))
 }
 
+/// Waits (at most [`WAIT`]) until the store has `device` awake (the outbox writes it soon
+/// after the device connects).
+async fn until_stored_awake(http: SocketAddr, device: &str) {
+    let path = format!("/api/devices/{device}");
+    let started = Instant::now();
+    loop {
+        let path = path.clone();
+        let (_, body) = tokio::task::spawn_blocking(move || http_get(http, &path))
+            .await
+            .expect("join");
+        if serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|shown| shown["device"]["awake"] == true)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "{device} never stored awake: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn metrics(http: SocketAddr) -> String {
     tokio::task::spawn_blocking(move || http_get(http, "/metrics").1)
         .await
@@ -738,11 +761,14 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns(
         .until_finished(&mut device, &[b"first".to_vec()])
         .await;
     device.ack(b"first").await;
-    device.disconnect().await;
+    // The device stays connected through the kill, so the store has it awake: a start clears
+    // that, a write the full disk refuses.
+    until_stored_awake(gateway.http.expect("HTTP enabled"), DEVICE).await;
 
     // Full, with nothing queued or held: nothing but the start itself can notice.
     let filler = fs.fill();
     gateway.kill();
+    drop(device);
     gateway.restart();
     let http = gateway.http.expect("HTTP enabled");
     let mut watcher = watch_status(&gateway, "ops-full-3").await;
