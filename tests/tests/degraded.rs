@@ -143,6 +143,41 @@ async fn healthz(http: SocketAddr) -> (u16, serde_json::Value) {
     (code, serde_json::from_str(&body).expect("healthz is JSON"))
 }
 
+/// Connects `client` with a session that outlives its connection by `expiry_s` and
+/// disconnects; returns when the session, stored in `data_dir`, expires (ms since the epoch).
+async fn park_a_session(
+    gateway: &Gateway,
+    data_dir: &std::path::Path,
+    client: &str,
+    expiry_s: u32,
+) -> i64 {
+    let mut options = roost_tests::device::options(client, gateway.mqtt);
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(expiry_s));
+    TestDevice::connect_with(options, client, true)
+        .await
+        .disconnect()
+        .await;
+    let table = gateway::store::sessions::SessionTable::open(
+        &data_dir.join(gateway::store::sessions::DB_FILE),
+    )
+    .expect("the sessions file");
+    let started = Instant::now();
+    loop {
+        // At 0 nothing has expired: loading deletes nothing.
+        let stored = table.load(0).expect("sessions");
+        if let Some(expires_ms) = stored
+            .iter()
+            .find(|s| s.client_id == client)
+            .and_then(|s| s.expires_ms)
+        {
+            return expires_ms;
+        }
+        assert!(started.elapsed() < WAIT, "{client}'s session never stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (at most [`WAIT`]) until the store has `device` awake (the outbox writes it soon
 /// after the device connects).
 async fn until_stored_awake(http: SocketAddr, device: &str) {
@@ -761,14 +796,19 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns(
         .until_finished(&mut device, &[b"first".to_vec()])
         .await;
     device.ack(b"first").await;
-    // The device stays connected through the kill, so the store has it awake: a start clears
-    // that, a write the full disk refuses.
+    // The start's own writes, which the full disk refuses: it clears the awake flags the last
+    // run left (this device stays connected through the kill, stored awake), and it deletes
+    // device sessions that expired meanwhile (another device's, of 1 s).
     until_stored_awake(gateway.http.expect("HTTP enabled"), DEVICE).await;
+    let expires_ms = park_a_session(&gateway, &data, "full-s", 1).await;
 
     // Full, with nothing queued or held: nothing but the start itself can notice.
     let filler = fs.fill();
     gateway.kill();
     drop(device);
+    // The time passing (not a wait for an event): the session expires while the gateway is down.
+    let left = expires_ms.saturating_sub(gateway::store::now_ms()) + 50;
+    tokio::time::sleep(Duration::from_millis(left as u64)).await;
     gateway.restart();
     let http = gateway.http.expect("HTTP enabled");
     let mut watcher = watch_status(&gateway, "ops-full-3").await;

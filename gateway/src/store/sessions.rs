@@ -72,13 +72,21 @@ impl SessionTable {
         Ok(SessionTable { conn })
     }
 
-    /// Every session not expired by `now_ms` (expired ones are deleted first).
+    /// Every session not expired by `now_ms` (expired ones are deleted first; on a full disk
+    /// they are left for the front door's sweep, and the start goes on).
     pub fn load(&self, now_ms: i64) -> Result<Vec<StoredSession>, StoreError> {
-        delete_expired(&self.conn, now_ms)?;
-        let mut statement = self
-            .conn
-            .prepare_cached("SELECT client_id, state, expires_ms FROM sessions")?;
-        let rows = statement.query_map([], |row| {
+        if let Err(error) = delete_expired(&self.conn, now_ms) {
+            let error = StoreError::from(error);
+            if !error.degrades() {
+                return Err(error);
+            }
+            tracing::warn!(%error, "expired device sessions are deleted later");
+        }
+        let mut statement = self.conn.prepare_cached(
+            "SELECT client_id, state, expires_ms FROM sessions
+             WHERE expires_ms IS NULL OR expires_ms > ?1",
+        )?;
+        let rows = statement.query_map([now_ms], |row| {
             Ok(StoredSession {
                 client_id: row.get(0)?,
                 state: row.get(1)?,
