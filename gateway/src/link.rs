@@ -14,10 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::flow::{Ack, Inbound, LinkConnection, LinkConnections, OutboundReply, Sent, Sink};
 
@@ -119,17 +121,30 @@ pub struct Link {
     pub publisher: Publisher,
     /// The two event loop tasks; they end after [`Link::disconnect`].
     tasks: [tokio::task::JoinHandle<()>; 2],
+    /// Cancelled by [`Link::disconnect`]: an event loop whose connection is lost then ends
+    /// instead of reconnecting.
+    closing: CancellationToken,
 }
+
+/// How long [`Link::disconnect`] waits for the event loops.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
 
 impl Link {
     /// Sends DISCONNECT on both connections after everything already queued (so the broker does
-    /// not fire our Will) and waits, bounded, for the event loops to write it.
-    pub async fn disconnect(self) {
+    /// not fire our Will) and waits, bounded, for the event loops to write it. A connection that
+    /// is down (the broker gone) is not waited for: the broker, if it comes back, has our Will.
+    /// Returns whether both event loops ended.
+    pub async fn disconnect(self) -> bool {
         let _ = self.publisher.client.disconnect().await;
         let _ = self.publisher.acks.disconnect().await;
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        self.closing.cancel();
+        let ended = tokio::time::timeout(DISCONNECT_WAIT, join_all(self.tasks))
+            .await
+            .is_ok();
+        if !ended {
+            tracing::warn!("the service link did not close in time; left as it is");
         }
+        ended
     }
 }
 
@@ -164,6 +179,7 @@ pub async fn connect(
     let (client, pub_loop) = AsyncClient::new(pub_options, REQUESTS);
     let (sub_ready_tx, sub_ready_rx) = oneshot::channel::<Result<(), String>>();
     let (pub_ready_tx, pub_ready_rx) = oneshot::channel::<Result<(), String>>();
+    let closing = CancellationToken::new();
     let tasks = [
         tokio::spawn(subscriber_loop(
             sub_loop,
@@ -171,8 +187,9 @@ pub async fn connect(
             config.filters.clone(),
             inbox_tx,
             sub_ready_tx,
+            closing.clone(),
         )),
-        tokio::spawn(publisher_loop(pub_loop, pub_ready_tx)),
+        tokio::spawn(publisher_loop(pub_loop, pub_ready_tx, closing.clone())),
     ];
     for ready in [pub_ready_rx, sub_ready_rx] {
         let reason = match tokio::time::timeout(Duration::from_secs(15), ready).await {
@@ -186,14 +203,29 @@ pub async fn connect(
     Ok(Link {
         publisher: Publisher { client, acks },
         tasks,
+        closing,
     })
 }
 
-/// Waits `backoff` after a lost connection (rumqttc reconnects on the next poll), doubling it.
-async fn back_off(backoff: &mut Duration, error: &rumqttc::v5::ConnectionError, which: &str) {
+/// Waits `backoff` after a lost connection (rumqttc reconnects on the next poll), doubling it;
+/// false, at once, when the link is closing: the event loop then ends.
+async fn back_off(
+    backoff: &mut Duration,
+    error: &rumqttc::v5::ConnectionError,
+    which: &str,
+    closing: &CancellationToken,
+) -> bool {
+    if closing.is_cancelled() {
+        tracing::debug!(%error, which, "service link lost while closing");
+        return false;
+    }
     tracing::warn!(%error, which, "service link lost; reconnecting");
-    tokio::time::sleep(*backoff).await;
+    tokio::select! {
+        () = tokio::time::sleep(*backoff) => {}
+        () = closing.cancelled() => return false,
+    }
     *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    true
 }
 
 async fn subscriber_loop(
@@ -202,6 +234,7 @@ async fn subscriber_loop(
     filters: Vec<String>,
     inbox_tx: mpsc::Sender<Inbound>,
     ready_tx: oneshot::Sender<Result<(), String>>,
+    closing: CancellationToken,
 ) {
     let mut ready_tx = Some(ready_tx);
     let mut backoff = Duration::from_millis(50);
@@ -250,7 +283,11 @@ async fn subscriber_loop(
                         let _ = ready.send(Err(error.to_string()));
                         return;
                     }
-                    None => back_off(&mut backoff, &error, "subscriber").await,
+                    None => {
+                        if !back_off(&mut backoff, &error, "subscriber", &closing).await {
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -274,6 +311,7 @@ async fn hand_over(
 async fn publisher_loop(
     mut eventloop: rumqttc::v5::EventLoop,
     ready_tx: oneshot::Sender<Result<(), String>>,
+    closing: CancellationToken,
 ) {
     let mut ready_tx = Some(ready_tx);
     let mut backoff = Duration::from_millis(50);
@@ -292,7 +330,11 @@ async fn publisher_loop(
                     let _ = ready.send(Err(error.to_string()));
                     return;
                 }
-                None => back_off(&mut backoff, &error, "publisher").await,
+                None => {
+                    if !back_off(&mut backoff, &error, "publisher", &closing).await {
+                        return;
+                    }
+                }
             },
         }
     }
@@ -385,6 +427,84 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// A broker that serves the link's two connections until `gone` is notified, then closes
+    /// them and, from then on, closes every new connection before its CONNACK; the client id of
+    /// each such connection goes to `tried`.
+    async fn vanishing_broker(
+        listener: TcpListener,
+        gone: Arc<tokio::sync::Notify>,
+        tried: mpsc::UnboundedSender<String>,
+    ) {
+        let mut served = Vec::new();
+        while served.len() < 2 {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = BytesMut::new();
+            let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await else {
+                panic!("no CONNECT");
+            };
+            let connack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+                properties: None,
+            };
+            write(&mut stream, Packet::ConnAck(connack)).await;
+            if !connect.client_id.ends_with("-pub") {
+                let Some(Packet::Subscribe(subscribe)) = next(&mut stream, &mut buf).await else {
+                    panic!("no SUBSCRIBE");
+                };
+                let suback = SubAck {
+                    pkid: subscribe.pkid,
+                    return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+                    properties: None,
+                };
+                write(&mut stream, Packet::SubAck(suback)).await;
+            }
+            served.push(stream);
+        }
+        gone.notified().await;
+        drop(served);
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut buf = BytesMut::new();
+            if let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await {
+                let _ = tried.send(connect.client_id);
+            }
+        }
+    }
+
+    /// A stop while the broker is gone does not wait for it: both event loops, reconnecting in
+    /// vain, end at once instead of being abandoned after their bound (the broker has the
+    /// link's Will, should it come back).
+    #[tokio::test]
+    async fn a_link_whose_broker_is_gone_closes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let (tried_tx, mut tried) = mpsc::unbounded_channel();
+        tokio::spawn(vanishing_broker(listener, gone.clone(), tried_tx));
+        let (inbox_tx, _inbox) = crate::flow::inbox();
+        let config = LinkConfig {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "gw".into(),
+            filters: vec!["t".into()],
+            will: None,
+            max_packet_bytes: 1024,
+        };
+        let link = connect(config, inbox_tx).await.expect("link");
+        gone.notify_one();
+        // Both connections lost, and each tried again at least once.
+        let mut reconnecting = std::collections::HashSet::new();
+        while reconnecting.len() < 2 {
+            let id = tokio::time::timeout(Duration::from_secs(10), tried.recv())
+                .await
+                .expect("a reconnect")
+                .expect("the broker runs");
+            reconnecting.insert(id);
+        }
+        assert!(link.disconnect().await, "both event loops ended");
     }
 
     /// A publish whose link connection has ended is not acked on the next one: its packet id
