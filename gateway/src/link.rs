@@ -372,6 +372,48 @@ mod tests {
         stream.write_all(&out).await.expect("write");
     }
 
+    /// A link as `gw` to a broker on loopback `port`, subscribing to `t`.
+    fn test_config(port: u16) -> LinkConfig {
+        LinkConfig {
+            host: "127.0.0.1".into(),
+            port,
+            client_id: "gw".into(),
+            filters: vec!["t".into()],
+            will: None,
+            max_packet_bytes: 1024,
+        }
+    }
+
+    /// Accepts a connection and answers its CONNECT; returns it, what was read past the
+    /// CONNECT, and its client id.
+    async fn accept(listener: &TcpListener) -> (TcpStream, BytesMut, String) {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut buf = BytesMut::new();
+        let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await else {
+            panic!("no CONNECT");
+        };
+        let connack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::Success,
+            properties: None,
+        };
+        write(&mut stream, Packet::ConnAck(connack)).await;
+        (stream, buf, connect.client_id)
+    }
+
+    /// Reads a SUBSCRIBE and grants it.
+    async fn subscribed(stream: &mut TcpStream, buf: &mut BytesMut) {
+        let Some(Packet::Subscribe(subscribe)) = next(stream, buf).await else {
+            panic!("no SUBSCRIBE");
+        };
+        let suback = SubAck {
+            pkid: subscribe.pkid,
+            return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            properties: None,
+        };
+        write(stream, Packet::SubAck(suback)).await;
+    }
+
     /// A broker for the link's two connections. The subscriber's first connection gets, once
     /// `go` is notified, a publish with packet id 5 and is then closed; its second gets one with
     /// packet id 1, and the packet ids it acknowledges there go to `acked`.
@@ -382,18 +424,8 @@ mod tests {
     ) {
         let mut subscriber_connections = 0;
         loop {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            let mut buf = BytesMut::new();
-            let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await else {
-                panic!("no CONNECT");
-            };
-            let connack = ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::Success,
-                properties: None,
-            };
-            write(&mut stream, Packet::ConnAck(connack)).await;
-            if connect.client_id.ends_with("-pub") {
+            let (mut stream, mut buf, client_id) = accept(&listener).await;
+            if client_id.ends_with("-pub") {
                 tokio::spawn(async move { while next(&mut stream, &mut buf).await.is_some() {} });
                 continue;
             }
@@ -401,15 +433,7 @@ mod tests {
             let first = subscriber_connections == 1;
             let (acked, go) = (acked.clone(), go.clone());
             tokio::spawn(async move {
-                let Some(Packet::Subscribe(subscribe)) = next(&mut stream, &mut buf).await else {
-                    panic!("no SUBSCRIBE");
-                };
-                let suback = SubAck {
-                    pkid: subscribe.pkid,
-                    return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
-                    properties: None,
-                };
-                write(&mut stream, Packet::SubAck(suback)).await;
+                subscribed(&mut stream, &mut buf).await;
                 if first {
                     go.notified().await;
                 }
@@ -439,27 +463,9 @@ mod tests {
     ) {
         let mut served = Vec::new();
         while served.len() < 2 {
-            let (mut stream, _) = listener.accept().await.expect("accept");
-            let mut buf = BytesMut::new();
-            let Some(Packet::Connect(connect, ..)) = next(&mut stream, &mut buf).await else {
-                panic!("no CONNECT");
-            };
-            let connack = ConnAck {
-                session_present: false,
-                code: ConnectReturnCode::Success,
-                properties: None,
-            };
-            write(&mut stream, Packet::ConnAck(connack)).await;
-            if !connect.client_id.ends_with("-pub") {
-                let Some(Packet::Subscribe(subscribe)) = next(&mut stream, &mut buf).await else {
-                    panic!("no SUBSCRIBE");
-                };
-                let suback = SubAck {
-                    pkid: subscribe.pkid,
-                    return_codes: vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
-                    properties: None,
-                };
-                write(&mut stream, Packet::SubAck(suback)).await;
+            let (mut stream, mut buf, client_id) = accept(&listener).await;
+            if !client_id.ends_with("-pub") {
+                subscribed(&mut stream, &mut buf).await;
             }
             served.push(stream);
         }
@@ -485,15 +491,7 @@ mod tests {
         let (tried_tx, mut tried) = mpsc::unbounded_channel();
         tokio::spawn(vanishing_broker(listener, gone.clone(), tried_tx));
         let (inbox_tx, _inbox) = crate::flow::inbox();
-        let config = LinkConfig {
-            host: "127.0.0.1".into(),
-            port,
-            client_id: "gw".into(),
-            filters: vec!["t".into()],
-            will: None,
-            max_packet_bytes: 1024,
-        };
-        let link = connect(config, inbox_tx).await.expect("link");
+        let link = connect(test_config(port), inbox_tx).await.expect("link");
         gone.notify_one();
         // Both connections lost, and each tried again at least once.
         let mut reconnecting = std::collections::HashSet::new();
@@ -517,15 +515,7 @@ mod tests {
         let go = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(broker(listener, go.clone(), acked_tx));
         let (inbox_tx, mut inbox) = crate::flow::inbox();
-        let config = LinkConfig {
-            host: "127.0.0.1".into(),
-            port,
-            client_id: "gw".into(),
-            filters: vec!["t".into()],
-            will: None,
-            max_packet_bytes: 1024,
-        };
-        let _link = connect(config, inbox_tx).await.expect("link");
+        let _link = connect(test_config(port), inbox_tx).await.expect("link");
         go.notify_one();
         let within = Duration::from_secs(10);
         let a = tokio::time::timeout(within, inbox.recv()).await.expect("A");
