@@ -1720,6 +1720,27 @@ async fn postgres_gateways_take_turns_counting_the_cluster_totals() {
     );
 }
 
+/// On one database one gateway prunes for all: the first alive by id as of its last heartbeat
+/// (every gateway before its first). Once it left, the next one does, from its next beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_one_gateway_prunes_for_all() {
+    let (_cluster, url, dir) = pg_database("pruner").await;
+    let b = gateway_store(&url, dir.path(), "gw-b").await;
+    let a = gateway_store(&url, dir.path(), "gw-a").await;
+    assert!(a.prunes() && b.prunes(), "before a heartbeat, each prunes");
+    for store in [&a, &b] {
+        store.heartbeat().await.expect("heartbeat");
+    }
+    assert_eq!(
+        (a.prunes(), b.prunes()),
+        (true, false),
+        "gw-a prunes for both"
+    );
+    a.leave().await.expect("leave");
+    b.heartbeat().await.expect("heartbeat");
+    assert!(b.prunes(), "gw-b prunes once gw-a left");
+}
+
 /// A wake's redelivery skips replies sent within the quiet period only while another gateway
 /// is alive, as the database says when the redelivery is claimed, not as this gateway last
 /// heard: alone, every held reply goes again; once another gateway joined (even before this one

@@ -46,6 +46,15 @@ impl ClusterView {
     pub fn alive(&self) -> usize {
         self.gateways.iter().filter(|g| g.alive).count()
     }
+
+    /// The gateway that prunes the shared store for all: the first alive by id.
+    pub fn pruner(&self) -> Option<&str> {
+        self.gateways
+            .iter()
+            .filter(|g| g.alive)
+            .map(|g| g.id.as_str())
+            .min()
+    }
 }
 
 /// Work a gateway just took over from gateways whose lease ran out.

@@ -443,6 +443,18 @@ impl Store {
         }
     }
 
+    /// Whether this gateway prunes the store ([`retention`]): alone (SQLite) always; on a
+    /// shared store only the first gateway alive by id as of the last heartbeat, or any before
+    /// its first. A prune's deletes are everyone's, and each gateway pruning read the same rows
+    /// again (the telemetry cap lists every device's count). Once the pruner's lease runs out,
+    /// the next takes over.
+    pub fn prunes(&self) -> bool {
+        match &self.engine {
+            Engine::Sqlite(_) => true,
+            Engine::Postgres(engine) => engine.prunes(),
+        }
+    }
+
     /// The cluster as of the last heartbeat (shared store only).
     pub fn cluster_view(&self) -> Option<ClusterView> {
         match &self.engine {

@@ -1,7 +1,8 @@
 //! Retention: every [`EVERY`], forget what the dedupe window (`limits.dedupe_window_s`) and the
 //! telemetry limits (`limits.telemetry_retention_s`, `limits.max_telemetry_rows_per_device`)
 //! no longer keep. A task of its own, so a long prune holds up neither the outbox's replies
-//! nor, being deleted in chunks ([`Store::prune`]), anyone's commits.
+//! nor, being deleted in chunks ([`Store::prune`]), anyone's commits. On a shared store one
+//! gateway prunes for all ([`Store::prunes`]).
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,9 @@ pub async fn run(store: Store, limits: Limits, stop: CancellationToken) {
             biased;
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if !store.prunes() {
+            continue;
         }
         let now = now_ms();
         let started = Instant::now();

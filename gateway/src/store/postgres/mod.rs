@@ -216,6 +216,15 @@ impl PgStore {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// See [`crate::store::Store::prunes`].
+    pub fn prunes(&self) -> bool {
+        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        match view.as_ref().and_then(ClusterView::pruner) {
+            Some(pruner) => pruner == &*self.me,
+            None => true,
+        }
+    }
+
     /// See [`crate::store::Store::take_over`].
     pub async fn take_over(&self, limit: usize) -> Result<Takeover, StoreError> {
         transaction::on_pool(&self.pool, async |conn| {
