@@ -839,12 +839,33 @@ async fn a_restart_on_a_full_disk_starts_degraded_and_serves_once_space_returns(
 /// exiting, and serves once the server is up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_before_its_database_waits_for_it() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let cluster = PgCluster::start();
     let url = cluster.create_database("roost");
     cluster.stop();
+    serves_once_its_database_does(&url, || cluster.start_server()).await;
+}
+
+/// A gateway started on a database that takes no writes (a read-only standby, as a failover can
+/// leave the URL pointing at for a while) waits for it the same way instead of exiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_on_a_read_only_database_waits_for_it() {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("roost");
+    let read_only = |on: &str| {
+        let sql = format!("ALTER DATABASE roost SET default_transaction_read_only = {on}");
+        cluster.query("postgres", &sql);
+    };
+    read_only("on");
+    serves_once_its_database_does(&url, || read_only("off")).await;
+}
+
+/// Starts a gateway on the database at `url`, which cannot take its writes yet; once the
+/// gateway said it waits, `serve` makes the database serve, and the gateway must then take a
+/// request.
+async fn serves_once_its_database_does(url: &str, serve: impl FnOnce()) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("gateway.toml");
     std::fs::write(
@@ -877,7 +898,7 @@ async fn a_gateway_started_before_its_database_waits_for_it() {
         assert!(Instant::now() < deadline, "no wait was said:\n{}", log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    cluster.start_server();
+    serve();
     let stdout = child.stdout.take().expect("stdout");
     let listening = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)

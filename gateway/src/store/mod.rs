@@ -60,8 +60,9 @@ pub enum StoreError {
     /// disk reserve is released for accepted work to finish (see [`health`]).
     #[error("store: disk full: {0}")]
     Full(String),
-    /// The database cannot be reached now (PostgreSQL stopped, restarting, the network): a
-    /// transient fault; nothing of the failed work was committed.
+    /// The database cannot be reached now (PostgreSQL stopped, restarting, the network, or
+    /// taking no writes: a read-only standby): a transient fault; nothing of the failed work
+    /// was committed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// The transaction met another one (deadlock, serialization failure) and was rolled back;

@@ -73,10 +73,13 @@ impl From<tokio_postgres::Error> for StoreError {
             {
                 StoreError::Conflict(text)
             }
+            // Connection lost, the server shutting down or out of resources, or taking no
+            // writes (a read-only standby, which a failover can leave the URL pointing at).
             Some(code)
                 if code.code().starts_with("08")
                     || code.code().starts_with("57")
-                    || code.code().starts_with("53") =>
+                    || code.code().starts_with("53")
+                    || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
             {
                 StoreError::Unavailable(text)
             }
