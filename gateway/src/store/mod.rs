@@ -75,6 +75,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A start's housekeeping write that a full disk or a read-only file may refuse: such a
+    /// failure is logged with what stays `undone` and the start goes on (its probe then starts
+    /// the gateway degraded); any other failure is returned.
+    pub(crate) fn unless_degrading<T>(
+        result: Result<T, StoreError>,
+        undone: &str,
+    ) -> Result<(), StoreError> {
+        match result {
+            Err(error) if error.degrades() => {
+                tracing::warn!(%error, "{undone}");
+                Ok(())
+            }
+            Err(error) => Err(error),
+            Ok(_) => Ok(()),
+        }
+    }
+
     /// Whether this failure means the store cannot write now (the gateway degrades): every
     /// failure of the database itself. A conflict is retried by its caller; a closed store
     /// (its thread is gone) cannot come back, so that one stays fatal.

@@ -75,13 +75,10 @@ impl SessionTable {
     /// Every session not expired by `now_ms` (expired ones are deleted first; on a full disk
     /// they are left for the front door's sweep, and the start goes on).
     pub fn load(&self, now_ms: i64) -> Result<Vec<StoredSession>, StoreError> {
-        if let Err(error) = delete_expired(&self.conn, now_ms) {
-            let error = StoreError::from(error);
-            if !error.degrades() {
-                return Err(error);
-            }
-            tracing::warn!(%error, "expired device sessions are deleted later");
-        }
+        StoreError::unless_degrading(
+            delete_expired(&self.conn, now_ms).map_err(StoreError::from),
+            "expired device sessions are deleted later",
+        )?;
         let mut statement = self.conn.prepare_cached(
             "SELECT client_id, state, expires_ms FROM sessions
              WHERE expires_ms IS NULL OR expires_ms > ?1",

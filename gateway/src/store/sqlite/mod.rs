@@ -112,19 +112,11 @@ impl SqliteStore {
         let path = data_dir.join(super::DB_FILE);
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
-        // A write: on a full disk (or a read-only file) it fails as the start's probe then does,
-        // and the gateway starts degraded instead of not at all.
-        if let Err(error) = devices::reset_awake(&conn) {
-            let error = StoreError::from(error);
-            if !error.degrades() {
-                return Err(error);
-            }
-            tracing::warn!(
-                %error,
-                "devices marked awake by the last run stay so in the store until each next \
-                 connects and leaves"
-            );
-        }
+        StoreError::unless_degrading(
+            devices::reset_awake(&conn).map_err(StoreError::from),
+            "devices marked awake by the last run stay so in the store until each next \
+             connects and leaves",
+        )?;
         let (jobs_tx, jobs_rx) = std_mpsc::channel::<Job>();
         let commit_latency = Arc::new(Histogram::default());
         let latency = commit_latency.clone();
