@@ -132,8 +132,8 @@ const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
 impl Link {
     /// Sends DISCONNECT on both connections after everything already queued (so the broker does
     /// not fire our Will) and waits, bounded, for the event loops to write it. A connection that
-    /// is down (the broker gone) is not waited for: the broker, if it comes back, has our Will.
-    /// Returns whether both event loops ended.
+    /// is down (the broker gone) is not waited for: nothing more can go out on it (a broker that
+    /// saw it drop publishes our Will). Returns whether both event loops ended.
     pub async fn disconnect(self) -> bool {
         let _ = self.publisher.client.disconnect().await;
         let _ = self.publisher.acks.disconnect().await;
@@ -207,14 +207,20 @@ pub async fn connect(
     })
 }
 
-/// Waits `backoff` after a lost connection (rumqttc reconnects on the next poll), doubling it;
-/// false, at once, when the link is closing: the event loop then ends.
-async fn back_off(
+/// After a lost connection: false when the event loop should end instead, because its first
+/// connection failed (said through `ready_tx`) or the link is closing; otherwise waits
+/// `backoff` (rumqttc reconnects on the next poll) and doubles it.
+async fn reconnect(
+    ready_tx: &mut Option<oneshot::Sender<Result<(), String>>>,
     backoff: &mut Duration,
     error: &rumqttc::v5::ConnectionError,
     which: &str,
     closing: &CancellationToken,
 ) -> bool {
+    if let Some(ready) = ready_tx.take() {
+        let _ = ready.send(Err(error.to_string()));
+        return false;
+    }
     if closing.is_cancelled() {
         tracing::debug!(%error, which, "service link lost while closing");
         return false;
@@ -278,16 +284,9 @@ async fn subscriber_loop(
                         }
                     }
                 }
-                match ready_tx.take() {
-                    Some(ready) => {
-                        let _ = ready.send(Err(error.to_string()));
-                        return;
-                    }
-                    None => {
-                        if !back_off(&mut backoff, &error, "subscriber", &closing).await {
-                            return;
-                        }
-                    }
+                let which = "subscriber";
+                if !reconnect(&mut ready_tx, &mut backoff, &error, which, &closing).await {
+                    return;
                 }
             }
         }
@@ -325,17 +324,12 @@ async fn publisher_loop(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
-            Err(error) => match ready_tx.take() {
-                Some(ready) => {
-                    let _ = ready.send(Err(error.to_string()));
+            Err(error) => {
+                let which = "publisher";
+                if !reconnect(&mut ready_tx, &mut backoff, &error, which, &closing).await {
                     return;
                 }
-                None => {
-                    if !back_off(&mut backoff, &error, "publisher", &closing).await {
-                        return;
-                    }
-                }
-            },
+            }
         }
     }
 }

@@ -74,6 +74,15 @@ async fn pg_database(name: &str) -> (PgCluster, String, tempfile::TempDir) {
     (cluster, url, tempfile::tempdir().expect("temp dir"))
 }
 
+/// A store on a throwaway cluster's database `name`, the cluster, and the store's directory.
+async fn pg_store(name: &str) -> (PgCluster, Store, tempfile::TempDir) {
+    let (cluster, url, dir) = pg_database(name).await;
+    let store = Store::open(&postgres(&url), dir.path())
+        .await
+        .expect("open");
+    (cluster, store, dir)
+}
+
 /// Polls `sql` on database `db` every 20 ms until it answers `expected`; fails with `what`
 /// after 10 s.
 async fn until_answers(cluster: &PgCluster, db: &str, sql: &str, expected: &str, what: &str) {
@@ -1127,10 +1136,7 @@ async fn postgres_readings_stored_twice_before_the_key_keep_the_first_copy() {
 /// deadlock its short `deadlock_timeout` reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_batch_with_a_status_stores_its_readings_in_key_order() {
-    let (cluster, url, dir) = pg_database("order").await;
-    let store = Store::open(&postgres(&url), dir.path())
-        .await
-        .expect("open");
+    let (cluster, store, _dir) = pg_store("order").await;
     let copy = |dev: &str| {
         format!("INSERT INTO telemetry (device, metric, ts, value) VALUES ('{dev}', 't', 1, 9)")
     };
@@ -1388,10 +1394,7 @@ async fn futures_join<T>(
 /// later commit once the row is free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
-    let (cluster, url, dir) = pg_database("skip").await;
-    let store = Store::open(&postgres(&url), dir.path())
-        .await
-        .expect("open");
+    let (cluster, store, _dir) = pg_store("skip").await;
     let reply = held_reply(&store, "s1", "k").await;
     let published = || cluster.query("skip", "SELECT published FROM requests WHERE corr = 'k'");
     let open = cluster.hold(
@@ -1415,10 +1418,7 @@ async fn postgres_a_publish_count_skips_a_locked_row_and_lands_later() {
 /// waiting for each other's counted rows could deadlock. Once the row is free, a wake sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_redelivery_claim_skips_a_locked_row() {
-    let (cluster, url, dir) = pg_database("claim").await;
-    let store = Store::open(&postgres(&url), dir.path())
-        .await
-        .expect("open");
+    let (cluster, store, _dir) = pg_store("claim").await;
     let reply = held_reply(&store, "c1", "k").await;
     store.mark_published(reply.id, &reply.device, &reply.corr);
     store.ping().await.expect("ping");

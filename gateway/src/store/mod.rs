@@ -78,11 +78,11 @@ impl StoreError {
     /// A start's housekeeping write that a full disk or a read-only file may refuse: such a
     /// failure is logged with what stays `undone` and the start goes on (its probe then starts
     /// the gateway degraded); any other failure is returned.
-    pub(crate) fn unless_degrading<T>(
-        result: Result<T, StoreError>,
+    pub(crate) fn unless_degrading<T, E: Into<StoreError>>(
+        result: Result<T, E>,
         undone: &str,
     ) -> Result<(), StoreError> {
-        match result {
+        match result.map_err(Into::into) {
             Err(error) if error.degrades() => {
                 tracing::warn!(%error, "{undone}");
                 Ok(())

@@ -76,7 +76,7 @@ impl SessionTable {
     /// they are left for the front door's sweep, and the start goes on).
     pub fn load(&self, now_ms: i64) -> Result<Vec<StoredSession>, StoreError> {
         StoreError::unless_degrading(
-            delete_expired(&self.conn, now_ms).map_err(StoreError::from),
+            delete_expired(&self.conn, now_ms),
             "expired device sessions are deleted later",
         )?;
         let mut statement = self.conn.prepare_cached(

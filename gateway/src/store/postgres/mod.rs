@@ -221,11 +221,10 @@ impl PgStore {
 
     /// See [`crate::store::Store::prunes`].
     pub fn prunes(&self) -> bool {
-        let view = self.view.lock().unwrap_or_else(|e| e.into_inner());
-        match view.as_ref().and_then(ClusterView::pruner) {
-            Some(pruner) => pruner == &*self.me,
-            None => true,
-        }
+        let view = self.cluster_view();
+        view.as_ref()
+            .and_then(ClusterView::pruner)
+            .is_none_or(|pruner| pruner == &*self.me)
     }
 
     /// See [`crate::store::Store::take_over`].

@@ -100,6 +100,8 @@ async fn run_command(conn: &Conn, me: &str, command: &Command) -> Result<Outcome
         Command::Ack(device, corr) => {
             Outcome::Acked(delivery::ack(conn, device, corr, None).await?)
         }
+        // A batch stores its readings grouped before the rest (`commit::batch`); this is the
+        // same statement for one publish.
         Command::Telemetry(device, readings) => {
             let stored = grouped::telemetry(conn, me, &[(device, readings.as_slice())]).await?;
             Outcome::readings(stored.first().copied().unwrap_or(0), readings.len())

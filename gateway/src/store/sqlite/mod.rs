@@ -113,7 +113,7 @@ impl SqliteStore {
         let mut conn = connect(&path, sync_full)?;
         schema::migrate(&mut conn)?;
         StoreError::unless_degrading(
-            devices::reset_awake(&conn).map_err(StoreError::from),
+            devices::reset_awake(&conn),
             "devices marked awake by the last run stay so in the store until each next \
              connects and leaves",
         )?;
