@@ -15,6 +15,7 @@
 #   GATEWAYS="1 3" PARTS=2 device-sim/store_bench.sh     part 2 with one and three gateways only
 #   LOOP="--rate 2000" PARTS=2 device-sim/store_bench.sh  offered load instead of closed loops
 #   WAITS=1 PARTS=2 device-sim/store_bench.sh           and what the server's backends wait on
+#   PEER_ROW=1 GATEWAYS=1 PARTS=2 device-sim/store_bench.sh  one gateway that sees a (fake) peer alive
 #   MEMBER_TOML='[limits]\nmax_pending_per_device = 4'  extra TOML for part 2's gateways
 #   MEMBER_GATEWAY='workers = 1'                     extra [gateway] keys for part 2's gateways
 #   WARMUP=0 device-sim/store_bench.sh                  no 5 s warm-up (with an ANALYZE under
@@ -80,6 +81,8 @@ cpu_of() {
 machine_cpu() {
     awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / '"$(getconf CLK_TCK)"'}' /proc/stat
 }
+# The machine's context switches and interrupts so far, "switches interrupts".
+machine_switches() { awk '/^ctxt/ {c = $2} /^intr/ {i = $2} END {print c, i}' /proc/stat; }
 
 # CPU seconds used so far by the PostgreSQL server's processes (its postmaster and children).
 pg_cpu() {
@@ -221,20 +224,29 @@ for n in ${GATEWAYS:-1 2 3}; do
     createdb "cluster$n"
     members=()
     for m in $(seq "$n"); do member "c$n-gw$m" "cluster$n" 10000; members+=("$gw_pid"); done
+    # PEER_ROW=1: a peer gateway's row, alive for ever and owning nothing, so that part 2's
+    # gateways run as they do with others alive (BENCHMARKS.md, session 18's control 2).
+    [ -n "${PEER_ROW:-}" ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "cluster$n" -qAtc \
+        "INSERT INTO gateways (id, started_ms, seen_ms, lease_until_ms) VALUES ('zz-peer', 0, 0, 9000000000000)"
     warm "127.0.0.1:$mqtt_port" "cluster$n"
     [ -n "${STATEMENTS:-}" ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "cluster$n" -qAtc "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()" > /dev/null
     before=$(cpu_of "${members[@]}"); mq_before=$(cpu_of "$mosquitto_pid"); m_before=$(machine_cpu)
+    sw_before=$(machine_switches)
     [ -n "${WAITS:-}" ] && { waits "cluster$n" & sampler=$!; }
     load "$n-gateways" "127.0.0.1:$mqtt_port"
     [ -n "${WAITS:-}" ] && { kill "$sampler"; wait "$sampler" 2>/dev/null || true; waits_summary; }
     after=$(cpu_of "${members[@]}"); mq_after=$(cpu_of "$mosquitto_pid"); m_after=$(machine_cpu)
-    python3 - "$out/$n-gateways.json" "$before" "$after" "$mq_before" "$mq_after" "$m_before" "$m_after" <<'PY'
+    sw_after=$(machine_switches)
+    python3 - "$out/$n-gateways.json" "$before" "$after" "$mq_before" "$mq_after" "$m_before" "$m_after" \
+        $sw_before $sw_after <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-gw0, gw1, mq0, mq1, m0, m1 = map(float, sys.argv[2:])
+gw0, gw1, mq0, mq1, m0, m1, cs0, ir0, cs1, ir1 = map(float, sys.argv[2:])
 n = max(r["replies_ok"] + r["replies_error"], 1)
 print(f'{"":<24} CPU per request: gateways together {(gw1 - gw0) * 1e6 / n:.0f} us, '
       f'Mosquitto {(mq1 - mq0) * 1e6 / n:.0f} us, the whole machine {(m1 - m0) * 1e6 / n:.0f} us')
+print(f'{"":<24} per request, the whole machine: {(cs1 - cs0) / n:.2f} context switches, '
+      f'{(ir1 - ir0) / n:.2f} interrupts')
 PY
     statements "cluster$n"
     for pid in "${members[@]}"; do kill "$pid"; done
