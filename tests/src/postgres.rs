@@ -335,7 +335,12 @@ impl PgCluster {
 
     /// The URL of database `name`.
     pub fn url(&self, name: &str) -> String {
-        format!("postgres://postgres@{}:{}/{name}", self.host, self.port)
+        self.url_as("postgres", name)
+    }
+
+    /// The URL of database `name` for role `role` (the cluster trusts loopback logins).
+    pub fn url_as(&self, role: &str, name: &str) -> String {
+        format!("postgres://{role}@{}:{}/{name}", self.host, self.port)
     }
 
     /// Runs one SQL statement in database `db` and returns psql's unaligned output.

@@ -68,6 +68,7 @@ impl AppError {
             AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
                 crate::config::EXIT_CONFIG
             }
+            AppError::Store(StoreError::Refused(_)) => crate::config::EXIT_CONFIG,
             _ => 1,
         }
     }

@@ -69,6 +69,12 @@ pub enum StoreError {
     /// running it again may succeed.
     #[error("store conflict: {0}")]
     Conflict(String),
+    /// The database refused this gateway itself: its login (user, password), its database
+    /// name, or the rights a statement needs. A deployment mistake (config key `store.url`),
+    /// not a fault of the database: a start ends with exit code 2; while serving, the store
+    /// degrades until the rights are back.
+    #[error("the database refused this gateway (config key store.url): {0}")]
+    Refused(String),
     /// The store thread is gone.
     #[error("store is closed")]
     Closed,
@@ -98,7 +104,10 @@ impl StoreError {
     pub fn degrades(&self) -> bool {
         matches!(
             self,
-            StoreError::Sql(_) | StoreError::Full(_) | StoreError::Unavailable(_)
+            StoreError::Sql(_)
+                | StoreError::Full(_)
+                | StoreError::Unavailable(_)
+                | StoreError::Refused(_)
         )
     }
 }

@@ -83,6 +83,14 @@ impl From<tokio_postgres::Error> for StoreError {
             {
                 StoreError::Unavailable(text)
             }
+            // The login (28000, 28P01), the database's name, or the rights: `store.url`'s.
+            Some(code)
+                if code.code().starts_with("28")
+                    || *code == SqlState::INVALID_CATALOG_NAME
+                    || *code == SqlState::INSUFFICIENT_PRIVILEGE =>
+            {
+                StoreError::Refused(text)
+            }
             Some(_) => StoreError::Sql(text),
             None => StoreError::Unavailable(text),
         }

@@ -5,7 +5,7 @@
 //! transaction under a transaction-scoped advisory lock, so exactly one of them migrates and the
 //! others then find the schema current.
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::store::StoreError;
 
@@ -162,7 +162,16 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.
+/// A current schema is only read: a role that may read and write the tables but not create
+/// any (the least a gateway needs) starts on a database its owner migrated.
 pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let newest = MIGRATIONS.len();
+    let found = version(client).await?;
+    if found >= newest {
+        // Current, or newer than this gateway knows (which `migrating` refuses).
+        crate::store::schema::migrating(found, newest)?;
+        return Ok(());
+    }
     let txn = client.transaction().await?;
     let locked: bool = txn
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
@@ -173,25 +182,60 @@ pub async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await?;
     }
-    txn.batch_execute("CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)")
-        .await?;
-    let version: i32 = txn
-        .query_opt("SELECT version FROM roost_schema", &[])
-        .await?
-        .map_or(0, |row| row.get(0));
-    let version = version.max(0) as usize;
-    let Some(started) = crate::store::schema::migrating(version, MIGRATIONS.len())? else {
+    // Again, under the lock: another gateway may have migrated meanwhile.
+    let version = version(&txn).await?;
+    let Some(started) = crate::store::schema::migrating(version, newest)? else {
         txn.rollback().await?; // current: nothing to write
         return Ok(());
     };
+    let rights = |error| needs_rights(error, version, newest);
+    txn.batch_execute("CREATE TABLE IF NOT EXISTS roost_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(rights)?;
     for step in &MIGRATIONS[version..] {
-        txn.batch_execute(step).await?;
+        txn.batch_execute(step).await.map_err(rights)?;
     }
-    let newest = MIGRATIONS.len() as i32;
     txn.execute("DELETE FROM roost_schema", &[]).await?;
-    txn.execute("INSERT INTO roost_schema (version) VALUES ($1)", &[&newest])
-        .await?;
+    txn.execute(
+        "INSERT INTO roost_schema (version) VALUES ($1)",
+        &[&(newest as i32)],
+    )
+    .await?;
     txn.commit().await?;
-    crate::store::schema::migrated(started, MIGRATIONS.len());
+    crate::store::schema::migrated(started, newest);
     Ok(())
+}
+
+/// The schema version the database is at (0: none yet), read without writing anything. The
+/// table is looked for in `pg_class` as of the statement's snapshot: `to_regclass` reads the
+/// session's catalog cache, which may not have seen another gateway's migration commit yet.
+async fn version(client: &impl GenericClient) -> Result<usize, StoreError> {
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 WHERE c.relname = 'roost_schema' AND n.nspname = ANY (current_schemas(false)))",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    let version: i32 = client
+        .query_opt("SELECT version FROM roost_schema", &[])
+        .await?
+        .map_or(0, |row| row.get(0));
+    Ok(version.max(0) as usize)
+}
+
+/// A migration step's failure; one for want of rights says what the migration needs.
+fn needs_rights(error: tokio_postgres::Error, from: usize, to: usize) -> StoreError {
+    match StoreError::from(error) {
+        StoreError::Refused(text) => StoreError::Refused(format!(
+            "{text} (the schema is at version {from} and this gateway needs {to}: migrating \
+             needs a role that may create tables, such as the database's owner, once)"
+        )),
+        error => error,
+    }
 }
