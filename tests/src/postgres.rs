@@ -304,6 +304,70 @@ impl PgCluster {
         );
     }
 
+    /// Makes the server take TCP connections over TLS only, with the certificate and key
+    /// given (PEM); waits until a new connection without TLS is refused.
+    pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
+        let (cert, key) = (
+            self.dir.path().join("server.crt"),
+            self.dir.path().join("server.key"),
+        );
+        std::fs::write(&cert, cert_pem).expect("write the certificate");
+        std::fs::write(&key, key_pem).expect("write the key");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("key permissions");
+        }
+        if is_root() {
+            let chown = Command::new("chown")
+                .arg("postgres:postgres")
+                .args([&cert, &key])
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown the TLS files to postgres");
+        }
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        let rules: String = rules
+            .lines()
+            .map(|line| match line.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&hba, rules).expect("pg_hba.conf");
+        // One statement each: ALTER SYSTEM runs outside a transaction block only.
+        for (name, value) in [
+            ("ssl_cert_file", path(&cert)),
+            ("ssl_key_file", path(&key)),
+            ("ssl", "on"),
+        ] {
+            self.query("postgres", &format!("ALTER SYSTEM SET {name} = '{value}'"));
+        }
+        self.query("postgres", "SELECT pg_reload_conf()");
+        // The reload is the postmaster's, a moment later: wait until it refuses plain TCP.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let port = self.port.to_string();
+        loop {
+            let plain = Command::new(self.bin.join("psql"))
+                .args([
+                    "-h", &self.host, "-p", &port, "-U", "postgres", "-d", "postgres",
+                ])
+                .args(["-At", "-c", "SELECT 1"])
+                .env("PGSSLMODE", "disable")
+                .output()
+                .expect("psql");
+            if !plain.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server still takes connections without TLS"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Stops the server at once (`-m immediate`: like a crash, no checkpoint).
     pub fn stop(&self) {
         let data = self.data_dir();

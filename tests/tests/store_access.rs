@@ -1,12 +1,16 @@
-//! What a PostgreSQL deployment's roles and names get. A gateway whose login, database or rights
-//! the database refuses exits 2 with a line naming `store.url`, as any config mistake; a role
-//! that may only read and write the tables (no `CREATE`: PostgreSQL 15's default for roles other
-//! than the owner) serves a database its owner migrated. Real PostgreSQL, real gateway processes.
+//! What a PostgreSQL deployment's roles, names and TLS get. A gateway whose login, database or
+//! rights the database refuses exits 2 with a line naming `store.url`, as any config mistake; a
+//! role that may only read and write the tables (no `CREATE`: PostgreSQL 15's default for roles
+//! other than the owner) serves a database its owner migrated; a server that takes TLS only is
+//! reached with libpq's `sslmode` and `sslrootcert`, and a certificate that fails the check
+//! asked for ends the start the same way. Real PostgreSQL, real gateway processes, certificates
+//! made here.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gateway::wire::Status;
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use roost_tests::device::{values, TestDevice};
 use roost_tests::postgres::PgCluster;
 use roost_tests::Gateway;
@@ -120,4 +124,123 @@ async fn a_role_that_may_only_read_and_write_serves_a_database_its_owner_migrate
         "a statement needed more rights than reading and writing the tables:\n{}",
         gateway.log()
     );
+}
+
+/// A CA, the server's certificate it signed (for `db.example` only, not the address the
+/// gateways connect to) and its key (PEM), and another CA that signed nothing.
+struct Pki {
+    dir: tempfile::TempDir,
+    cert: String,
+    key: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca = |name: &str| -> (Certificate, KeyPair) {
+            let key = KeyPair::generate().expect("key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            (params.self_signed(&key).expect("CA"), key)
+        };
+        let ((ca, ca_key), (other, _)) = (ca("roost test CA"), ca("another CA"));
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["db.example".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("server certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
+        std::fs::write(dir.path().join("other.pem"), other.pem()).expect("write");
+        Pki {
+            dir,
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// `sslrootcert=` the CA's file, or the other CA's.
+    fn root(&self, which: &str) -> String {
+        format!("sslrootcert={}", self.dir.path().join(which).display())
+    }
+}
+
+/// `url` with `query` (`a=b&c=d`, or nothing).
+fn with_query(url: &str, query: &str) -> String {
+    match query {
+        "" => url.to_owned(),
+        query => format!("{url}?{query}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reaches_a_database_that_takes_tls_only() {
+    let pki = Pki::new();
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("roost");
+    cluster.require_tls(&pki.cert, &pki.key);
+    for (n, query) in [
+        // The chain is checked, not the name (libpq's meaning).
+        format!("sslmode=verify-ca&{}", pki.root("ca.pem")),
+        // Encrypted, the certificate not checked; the default (`prefer`) likewise.
+        "sslmode=require".to_owned(),
+        String::new(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let app = config(&with_query(&url, &query));
+        let gateway = tokio::task::spawn_blocking(move || Gateway::start_with(&app))
+            .await
+            .expect("thread");
+        let mut device = TestDevice::connect(gateway.mqtt, &format!("tls-{n}")).await;
+        device.request("stats", &values(&[1.0]), b"c", None).await;
+        let accepted = device.reply_for(b"c").await.reply.status;
+        assert_eq!(accepted, Status::Accepted, "{query}");
+        assert_eq!(
+            device.reply_for(b"c").await.reply.status,
+            Status::Ok,
+            "{query}"
+        );
+        device.disconnect().await;
+        let connections = cluster.query(
+            "postgres",
+            "SELECT COUNT(*) > 0 AND bool_and(s.ssl) FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'",
+        );
+        assert_eq!(connections, "t", "{query}: every connection encrypted");
+    }
+}
+
+#[test]
+fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
+    let pki = Pki::new();
+    let cluster = PgCluster::start();
+    let url = cluster.create_database("roost");
+    cluster.require_tls(&pki.cert, &pki.key);
+    for (query, says) in [
+        // The certificate names db.example, not 127.0.0.1.
+        (
+            format!("sslmode=verify-full&{}", pki.root("ca.pem")),
+            "certificate",
+        ),
+        (
+            format!("sslmode=verify-ca&{}", pki.root("other.pem")),
+            "certificate",
+        ),
+        // The server takes no connection without TLS.
+        ("sslmode=disable".to_owned(), "28000"),
+        // A config mistake, before any connection.
+        ("sslmode=verify-full".to_owned(), "sslrootcert"),
+    ] {
+        let (code, stderr) = exit_of(&with_query(&url, &query));
+        let line = last_line(&stderr);
+        assert_eq!(code, Some(2), "{query}: {stderr}");
+        assert!(
+            line.contains("store.url") && line.contains(says),
+            "{query}: {stderr}"
+        );
+    }
 }

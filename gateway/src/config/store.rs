@@ -1,5 +1,6 @@
 //! `[store]`: which engine holds the gateway's state, validated into [`StoreConfig`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{invalid, ConfigError, RawStore};
@@ -74,6 +75,7 @@ pub(super) fn validate(
                 ));
             }
             check_url(&raw.url)?;
+            postgres_tls(&raw.url).map_err(|why| invalid("store.url", why))?;
             if !(1..=64).contains(&raw.pool_size) {
                 return Err(invalid(
                     "store.pool_size",
@@ -121,6 +123,131 @@ fn check_url(url: &str) -> Result<(), ConfigError> {
     }
     if db.is_empty() {
         return Err(bad("no database name"));
+    }
+    Ok(())
+}
+
+/// How the store's connections use TLS: `store.url`'s `sslmode` and `sslrootcert`, with libpq's
+/// names and meanings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    /// `sslmode`.
+    pub mode: SslMode,
+    /// `sslrootcert`: the CA certificates (PEM) the server's certificate must chain to.
+    pub root: Option<PathBuf>,
+}
+
+/// `sslmode`: whether TLS is used, and what of the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it (the default).
+    Prefer,
+    /// TLS or no connection.
+    Require,
+    /// TLS, and the certificate chains to `sslrootcert`.
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// Whether the server's certificate is checked against `sslrootcert`.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+/// Splits `url` into what the driver parses (its `sslmode` one of `disable`, `prefer`,
+/// `require`; no `sslrootcert`) and the TLS it asks for. As with libpq, `prefer` and `require`
+/// encrypt without checking the certificate, unless `sslrootcert` is given: then they check it
+/// chains to those CAs, as `verify-ca` does. `verify-ca` and `verify-full` need `sslrootcert`
+/// (a readable PEM file with at least one certificate).
+pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut mode, mut root) = (SslMode::Prefer, None);
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => {
+                mode = match value {
+                    "disable" => SslMode::Disable,
+                    "prefer" => SslMode::Prefer,
+                    "require" => SslMode::Require,
+                    "verify-ca" => SslMode::VerifyCa,
+                    "verify-full" => SslMode::VerifyFull,
+                    other => {
+                        return Err(format!(
+                            "sslmode={other} is not disable, prefer, require, verify-ca or \
+                             verify-full"
+                        ))
+                    }
+                }
+            }
+            Some(("sslrootcert", path)) => root = Some(PathBuf::from(percent_decoded(path))),
+            _ => kept.push(pair),
+        }
+    }
+    if mode.verifies() && root.is_none() {
+        return Err(format!(
+            "sslmode={} needs sslrootcert=FILE (the CA certificates, PEM)",
+            if mode == SslMode::VerifyCa {
+                "verify-ca"
+            } else {
+                "verify-full"
+            }
+        ));
+    }
+    if let Some(root) = &root {
+        check_pem_certificates(root)?;
+        if matches!(mode, SslMode::Prefer | SslMode::Require) {
+            mode = SslMode::VerifyCa;
+        }
+    }
+    kept.push(match mode {
+        SslMode::Disable => "sslmode=disable",
+        SslMode::Prefer => "sslmode=prefer",
+        _ => "sslmode=require",
+    });
+    Ok((format!("{base}?{}", kept.join("&")), PgTls { mode, root }))
+}
+
+/// `%XX` escapes decoded (a path in a URL may carry them), the rest as it is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `path` is a readable PEM file with at least one certificate.
+fn check_pem_certificates(path: &std::path::Path) -> Result<(), String> {
+    let pem =
+        std::fs::read(path).map_err(|error| format!("sslrootcert {}: {error}", path.display()))?;
+    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| format!("sslrootcert {}: {error}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "sslrootcert {}: no PEM certificate in it",
+            path.display()
+        ));
     }
     Ok(())
 }

@@ -167,3 +167,63 @@ fn store_engine_keys_are_checked_by_name() {
         assert!(err.to_string().contains(key), "{text}: {err}");
     }
 }
+
+#[test]
+fn store_url_tls_takes_libpqs_sslmode_and_sslrootcert() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = dir.path().join("my ca.pem");
+    // A PEM block is all the config looks for (the store parses the certificate).
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let root = ca.display().to_string().replace(' ', "%20");
+    let base = "postgres://roost@db:5432/roost";
+    for (query, driver, mode) in [
+        ("", "sslmode=prefer", SslMode::Prefer),
+        ("?sslmode=disable", "sslmode=disable", SslMode::Disable),
+        (
+            "?application_name=a&sslmode=require",
+            "application_name=a&sslmode=require",
+            SslMode::Require,
+        ),
+        // As libpq: a root file makes `require` check the chain.
+        (
+            &format!("?sslmode=require&sslrootcert={root}"),
+            "sslmode=require",
+            SslMode::VerifyCa,
+        ),
+        (
+            &format!("?sslrootcert={root}&sslmode=verify-full"),
+            "sslmode=require",
+            SslMode::VerifyFull,
+        ),
+    ] {
+        let (url, tls) = postgres_tls(&format!("{base}{query}")).expect(query);
+        assert_eq!(url, format!("{base}?{driver}"), "{query}");
+        assert_eq!(tls.mode, mode, "{query}");
+        assert_eq!(tls.root.is_some(), query.contains("sslrootcert"), "{query}");
+        assert!(tls.root.as_deref().is_none_or(|r| r == ca), "{query}");
+    }
+    std::fs::write(dir.path().join("empty.pem"), "").expect("write");
+    let empty = dir.path().join("empty.pem").display().to_string();
+    for (query, says) in [
+        ("sslmode=verify-full".to_owned(), "needs sslrootcert"),
+        ("sslmode=verify-ca".to_owned(), "needs sslrootcert"),
+        ("sslmode=allow".to_owned(), "sslmode=allow is not"),
+        (
+            "sslrootcert=/nonexistent.pem".to_owned(),
+            "/nonexistent.pem",
+        ),
+        (format!("sslrootcert={empty}"), "no PEM certificate"),
+    ] {
+        let text = format!("[store]\nengine = \"postgres\"\nurl = \"{base}?{query}\"\n");
+        let err = parse(&text).expect_err(&query);
+        let err = err.to_string();
+        assert!(
+            err.contains("store.url") && err.contains(says),
+            "{query}: {err}"
+        );
+    }
+}

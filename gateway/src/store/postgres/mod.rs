@@ -34,6 +34,7 @@ mod pool;
 mod requests;
 mod schema;
 mod tables;
+mod tls;
 mod transaction;
 mod views;
 mod work;

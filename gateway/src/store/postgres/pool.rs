@@ -96,6 +96,8 @@ impl Conn {
 /// The pool.
 pub struct Pool {
     config: tokio_postgres::Config,
+    /// `None`: `sslmode=disable`.
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
 }
@@ -103,6 +105,8 @@ pub struct Pool {
 impl Pool {
     /// A pool of at most `size` connections to `url` (none opened yet).
     pub fn new(url: &str, size: usize) -> Result<Arc<Pool>, StoreError> {
+        let (url, tls) = crate::config::postgres_tls(url)
+            .map_err(|why| StoreError::Sql(format!("store.url: {why}")))?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Sql(format!("store.url: {e}")))?;
@@ -113,6 +117,7 @@ impl Pool {
         dead_peer_bounds(&mut config);
         Ok(Arc::new(Pool {
             config,
+            tls: super::tls::connector(&tls)?,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size.max(1))),
         }))
@@ -159,17 +164,49 @@ impl Pool {
     /// A new connection outside the pool's accounting (the migrations at open, then the
     /// heartbeat; a lost commit's question). Only its TCP connect is bounded here.
     pub async fn connect(&self) -> Result<Conn, StoreError> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        let task = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "store connection closed");
+        let (client, task) = match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                (client, tokio::spawn(run_connection(connection)))
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(tls_refused)?;
+                (client, tokio::spawn(run_connection(connection)))
+            }
+        };
         Ok(Conn {
             client,
             statements: Mutex::new(HashMap::new()),
             task: task.abort_handle(),
         })
+    }
+}
+
+/// Drives a connection until it ends.
+async fn run_connection<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Err(error) = connection.await {
+        tracing::warn!(%error, "store connection closed");
+    }
+}
+
+/// A TLS connection's failure: a certificate that fails `sslrootcert`'s check, or a server
+/// without TLS where `sslmode` requires it, is the deployment's mistake (`store.url`), not a
+/// passing fault to wait out.
+fn tls_refused(error: tokio_postgres::Error) -> StoreError {
+    let no_tls = std::error::Error::source(&error)
+        .map(|source| source.to_string())
+        .filter(|source| source == "server does not support TLS");
+    match no_tls.or_else(|| super::tls::certificate_refused(&error)) {
+        Some(problem) => StoreError::Refused(format!("{error}: {problem}")),
+        None => error.into(),
     }
 }
 

@@ -1,0 +1,190 @@
+//! TLS for the store's connections, as `store.url`'s `sslmode` and `sslrootcert` ask
+//! ([`crate::config::postgres_tls`]): rustls (ring) through `tokio-postgres-rustls`. As with
+//! libpq, `prefer` and `require` without `sslrootcert` encrypt and check only that the server
+//! holds the key of the certificate it shows (the handshake's signature), not who signed it;
+//! with `sslrootcert` the certificate must chain to those CAs, and `verify-full` must also name
+//! the host connected to.
+
+use std::sync::Arc;
+
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::{self, CryptoProvider};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{
+    self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use crate::config::{PgTls, SslMode};
+use crate::store::StoreError;
+
+/// The connector for `tls`; `None` for `sslmode=disable`.
+pub fn connector(tls: &PgTls) -> Result<Option<MakeRustlsConnect>, StoreError> {
+    if tls.mode == SslMode::Disable {
+        return Ok(None);
+    }
+    let provider = Arc::new(crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match &tls.root {
+        None => Arc::new(Unchecked(provider.clone())),
+        Some(path) => {
+            let checked = WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(path)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+            match tls.mode {
+                SslMode::VerifyFull => checked,
+                _ => Arc::new(AnyName(checked)),
+            }
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| StoreError::Sql(format!("TLS: {error}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Some(MakeRustlsConnect::new(config)))
+}
+
+/// What was wrong with the server's certificate, when `error` (a failed connection) is its not
+/// passing the check `sslrootcert` asks for: a deployment's mistake, not a passing fault.
+pub fn certificate_refused(error: &tokio_postgres::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        // An I/O error's `source` skips the error it wraps: look at that one too.
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        for candidate in [Some(error), inner].into_iter().flatten() {
+            if let Some(problem @ rustls::Error::InvalidCertificate(_)) =
+                candidate.downcast_ref::<rustls::Error>()
+            {
+                return Some(problem.to_string());
+            }
+        }
+        source = error.source();
+    }
+    None
+}
+
+fn refused(text: String) -> StoreError {
+    StoreError::Refused(text)
+}
+
+/// The CA certificates in the PEM file at `path`.
+fn roots(path: &std::path::Path) -> Result<RootCertStore, StoreError> {
+    let pem = std::fs::read(path)
+        .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+    let mut roots = RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let certificate = certificate
+            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+        roots
+            .add(certificate)
+            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+/// `verify-ca`: the chain is checked, the name is not.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            checked => checked,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require` without `sslrootcert` (libpq's meaning): any certificate, but the
+/// handshake's signatures are checked, so the server holds the key of the one it shows.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
