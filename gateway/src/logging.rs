@@ -9,7 +9,8 @@
 //! router logs an `ERROR` for each link it finds gone. `RUST_LOG` replaces the default filter.
 
 use std::io::IsTerminal;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -52,5 +53,74 @@ pub fn quiet_broker() {
                 Err(_) => current,
             };
         });
+    }
+}
+
+/// How often a line that a lasting fault repeats is logged again ([`Repeats`]).
+pub const REPEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// A log line that a lasting fault repeats, such as each failed commit or read while the
+/// database is down (the store's health says when that starts and ends): the first is logged,
+/// then one at most every [`REPEAT_EVERY`], saying how many were left out meanwhile. One per
+/// call site, in a `static`.
+pub struct Repeats {
+    /// When one was last logged, and how many were left out since.
+    last: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Repeats {
+    /// None logged yet.
+    pub const fn new() -> Repeats {
+        Repeats {
+            last: Mutex::new(None),
+        }
+    }
+
+    /// `Some(left_out)` when this occurrence is to be logged (`left_out` were not since the
+    /// last one that was); `None` when it is left out.
+    pub fn due(&self) -> Option<u64> {
+        self.due_at(Instant::now())
+    }
+
+    fn due_at(&self, now: Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *last {
+            Some((at, left_out)) if now.saturating_duration_since(*at) < REPEAT_EVERY => {
+                *left_out += 1;
+                None
+            }
+            previous => {
+                let left_out = previous.map_or(0, |(_, left_out)| left_out);
+                *previous = Some((now, 0));
+                Some(left_out)
+            }
+        }
+    }
+}
+
+impl Default for Repeats {
+    fn default() -> Self {
+        Repeats::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_line_is_logged_first_then_once_per_period_with_what_was_left_out() {
+        let repeats = Repeats::new();
+        let start = Instant::now();
+        assert_eq!(repeats.due_at(start), Some(0));
+        for ms in [1, 500, 9_999] {
+            assert_eq!(repeats.due_at(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(repeats.due_at(start + REPEAT_EVERY), Some(3));
+        assert_eq!(
+            repeats.due_at(start + REPEAT_EVERY + Duration::from_secs(1)),
+            None
+        );
+        assert_eq!(repeats.due_at(start + REPEAT_EVERY * 3), Some(1));
     }
 }

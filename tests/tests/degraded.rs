@@ -503,6 +503,47 @@ async fn a_postgresql_outage_degrades_the_gateway_which_reconnects_by_itself() {
     .await;
 }
 
+/// A lasting outage is logged when it starts and then at most every 10 s, not at every
+/// operation it fails: each wake of a device while PostgreSQL is down fails to read its held
+/// replies, and the log says so once (the store's `degraded` line tells the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_not_at_every_read_it_fails() {
+    const WAKES: usize = 8;
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("join");
+    let url = cluster.create_database("roost");
+    let gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    let mut watcher = watch_status(&gateway, "ops-log-1").await;
+    wait_state(&mut watcher, "online").await;
+    cluster.stop();
+    // One wake at a time, each seen by the outbox before the next: a read of its own each.
+    for i in 0..WAKES {
+        let id = format!("log-{i}");
+        let device = TestDevice::wake(gateway.mqtt, &id).await;
+        let woke = format!("device_id={id} event=");
+        until_logged(&gateway.log_path(), &woke, Duration::from_secs(30)).await;
+        device.sleep().await;
+    }
+    until_logged(
+        &gateway.log_path(),
+        "cannot read held replies",
+        Duration::from_secs(30),
+    )
+    .await;
+    cluster.start_server();
+    wait_state(&mut watcher, "online").await;
+    let log = gateway.log();
+    assert_eq!(
+        log.matches("device woke").count(),
+        WAKES,
+        "each wake read on its own:\n{log}"
+    );
+    assert_eq!(log.matches("cannot read held replies").count(), 1, "{log}");
+}
+
 /// The database's host vanishes from the network (its link cut: no answer, no reset, no ICMP
 /// error), as when it crashes or a cable is pulled. Without bounds on the connections a commit
 /// waits for its answer as long as the kernel retransmits (about 15 minutes); with them the

@@ -137,7 +137,11 @@ impl Intake {
                 Written::Done(Err(error)) => {
                     // The store marked itself degraded (unless it was a conflict): nothing of
                     // this batch was committed.
-                    tracing::warn!(%error, publishes = plans.len(), "intake batch not committed");
+                    static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+                    if let Some(left_out) = REPEATS.due() {
+                        let publishes = plans.len();
+                        tracing::warn!(%error, publishes, left_out, "intake batch not committed");
+                    }
                     sent.fill(false);
                     Some(Vec::new())
                 }

@@ -278,7 +278,10 @@ impl Outbox {
         let held = match held {
             Ok(held) => held,
             Err(error) => {
-                tracing::error!(%error, "cannot read held replies");
+                static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+                if let Some(left_out) = REPEATS.due() {
+                    tracing::error!(%error, left_out, "cannot read held replies");
+                }
                 return;
             }
         };
@@ -354,7 +357,10 @@ impl Outbox {
         let stored = match self.store.devices_seen(seen.clone()).await {
             Ok(stored) => stored,
             Err(error) => {
-                tracing::warn!(%error, "cannot record device rows");
+                static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+                if let Some(left_out) = REPEATS.due() {
+                    tracing::warn!(%error, left_out, "cannot record device rows");
+                }
                 seen.iter().map(|s| Some(s.alone(now_ms, 0))).collect()
             }
         };

@@ -380,7 +380,10 @@ fn deliver(thens: Vec<Then>, outcome: Result<Outcomes, StoreError>) {
             }
         }
         Err(error) => {
-            tracing::error!(%error, "store commit failed");
+            static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+            if let Some(left_out) = REPEATS.due() {
+                tracing::error!(%error, left_out, "store commit failed");
+            }
             for then in thens {
                 then(Err(error.clone()));
             }

@@ -193,7 +193,10 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if let Err(error) = connection.await {
-        tracing::warn!(%error, "store connection closed");
+        static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+        if let Some(left_out) = REPEATS.due() {
+            tracing::warn!(%error, left_out, "store connection closed");
+        }
     }
 }
 

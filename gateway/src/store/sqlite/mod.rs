@@ -198,7 +198,10 @@ fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>, latency: &
         };
         latency.observe(started.elapsed());
         if let Err(error) = &commit {
-            tracing::error!(%error, "store commit failed");
+            static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
+            if let Some(left_out) = REPEATS.due() {
+                tracing::error!(%error, left_out, "store commit failed");
+            }
         }
         for finish in finishes {
             finish(commit.clone());
