@@ -59,6 +59,26 @@ fn exit_of(url: &str) -> (Option<i32>, String) {
     (status.code(), printed)
 }
 
+/// Runs `gateway requests list` (an operator command) on the database at `url` (bounded at
+/// 60 s): its exit code and what it printed on stderr.
+fn cli_exit_of(url: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    let data = dir.path().join("data");
+    let text = format!("[gateway]\ndata_dir = {data:?}\n{}", config(url));
+    std::fs::write(&path, text).expect("write config");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(Gateway::binary())
+        .args(["requests", "list", "--config"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the operator command");
+    let printed = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), printed)
+}
+
 /// The line a refused start ends with (the log lines before it are the gateway's own).
 fn last_line(stderr: &str) -> &str {
     stderr.trim().lines().last().unwrap_or_default()
@@ -86,6 +106,13 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
             "{url}: {stderr}"
         );
     }
+    // The operator commands say it the same way.
+    let (code, stderr) = cli_exit_of(&cluster.url_as("nobody", "roost"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("store.url") && stderr.contains("28000"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

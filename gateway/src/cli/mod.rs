@@ -299,10 +299,36 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Loads the config and runs an operator command; its error is printed and exits 1.
+/// An operator command's failure: what it prints, and its exit code: 2 ([`EXIT_CONFIG`]) for a
+/// config mistake (a database that refuses `store.url`'s login, name or rights), 1 otherwise.
+pub struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        CliError { message, code: 1 }
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(error: crate::store::StoreError) -> Self {
+        let code = match error {
+            crate::store::StoreError::Refused(_) => EXIT_CONFIG,
+            _ => 1,
+        };
+        CliError {
+            message: error.to_string(),
+            code,
+        }
+    }
+}
+
+/// Loads the config and runs an operator command; its error is printed, with its exit code.
 pub(crate) fn with_config(
     path: &std::path::Path,
-    command: impl FnOnce(&Config) -> Result<(), String>,
+    command: impl FnOnce(&Config) -> Result<(), CliError>,
 ) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
@@ -310,9 +336,9 @@ pub(crate) fn with_config(
     };
     match command(&config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("gateway: {message}");
-            ExitCode::FAILURE
+        Err(error) => {
+            eprintln!("gateway: {}", error.message);
+            ExitCode::from(error.code)
         }
     }
 }

@@ -2,17 +2,22 @@
 //! [`Console`]: SQLite in WAL mode, or PostgreSQL, lets them read while it serves). Human tables
 //! by default, `--json` for scripts.
 
+use super::CliError;
 use crate::config::Config;
 use crate::status::rfc3339_ms;
 use crate::store::deadletters::Requeue;
 use crate::store::{self, Console};
 
-pub(super) fn open(config: &Config, write: bool) -> Result<Console, String> {
-    Console::open(&config.store, &config.gateway.data_dir, write).map_err(|e| e.to_string())
+pub(super) fn open(config: &Config, write: bool) -> Result<Console, CliError> {
+    Ok(Console::open(
+        &config.store,
+        &config.gateway.data_dir,
+        write,
+    )?)
 }
 
 /// Prints `value` as pretty JSON; a closed pipe (`| head`) is the reader's choice, not an error.
-pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), CliError> {
     use std::io::Write;
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     let _ = writeln!(std::io::stdout().lock(), "{text}");
@@ -20,10 +25,8 @@ pub(super) fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
 }
 
 /// `gateway backup FILE`
-pub fn backup(config: &Config, file: &std::path::Path) -> Result<(), String> {
-    let report = open(config, false)?
-        .backup(file)
-        .map_err(|e| e.to_string())?;
+pub fn backup(config: &Config, file: &std::path::Path) -> Result<(), CliError> {
+    let report = open(config, false)?.backup(file)?;
     println!(
         "backed up {} pages ({} bytes) to {}; integrity_check ok",
         report.pages,
@@ -40,10 +43,8 @@ pub fn list_requests(
     state: Option<&str>,
     limit: usize,
     json: bool,
-) -> Result<(), String> {
-    let rows = open(config, false)?
-        .requests(device, state, limit)
-        .map_err(|e| e.to_string())?;
+) -> Result<(), CliError> {
+    let rows = open(config, false)?.requests(device, state, limit)?;
     if json {
         return print_json(&rows);
     }
@@ -68,10 +69,8 @@ pub fn list_requests(
 }
 
 /// `gateway deadletters list`
-pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<(), String> {
-    let rows = open(config, false)?
-        .dead_letters(limit)
-        .map_err(|e| e.to_string())?;
+pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<(), CliError> {
+    let rows = open(config, false)?.dead_letters(limit)?;
     if json {
         return print_json(&rows);
     }
@@ -93,10 +92,10 @@ pub fn list_dead_letters(config: &Config, limit: usize, json: bool) -> Result<()
 }
 
 /// `gateway deadletters requeue ID`
-pub fn requeue_dead_letter(config: &Config, id: i64, json: bool) -> Result<(), String> {
+pub fn requeue_dead_letter(config: &Config, id: i64, json: bool) -> Result<(), CliError> {
     let console = open(config, true)?;
     let expires_ms = store::now_ms() + config.limits.reply_ttl.as_millis() as i64;
-    let outcome = console.requeue(id, expires_ms).map_err(|e| e.to_string())?;
+    let outcome = console.requeue(id, expires_ms)?;
     let (requeued, message) = match &outcome {
         Requeue::Requeued(request) => (Some(request.clone()), format!("dead letter {id} requeued: request {request} is held again and will be delivered when its device next wakes")),
         Requeue::NotStored => (None, format!("dead letter {id} is a request refused at intake; it was never stored, so the device must send it again")),
@@ -113,6 +112,6 @@ pub fn requeue_dead_letter(config: &Config, id: i64, json: bool) -> Result<(), S
     }
     match requeued {
         Some(_) => Ok(()),
-        None => Err(message),
+        None => Err(message.into()),
     }
 }

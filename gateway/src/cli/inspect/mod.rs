@@ -16,6 +16,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::requests::{open, print_json};
+use crate::cli::CliError;
 use crate::config::Config;
 use crate::status::rfc3339_ms;
 use crate::store::devices::{self, DeviceDetail};
@@ -105,10 +106,8 @@ fn list_devices(
     offset: usize,
     limit: usize,
     json: bool,
-) -> Result<(), String> {
-    let (total, rows) = open(config, false)?
-        .devices_page(filter, offset, limit.max(1))
-        .map_err(|e| e.to_string())?;
+) -> Result<(), CliError> {
+    let (total, rows) = open(config, false)?.devices_page(filter, offset, limit.max(1))?;
     if json {
         return print_json(&json!({
             "total": total, "offset": offset, "limit": limit, "devices": rows,
@@ -136,12 +135,9 @@ fn list_devices(
     Ok(())
 }
 
-fn show_device(config: &Config, id: &str, json: bool) -> Result<(), String> {
-    let Some(detail) = open(config, false)?
-        .device(id, RECENT)
-        .map_err(|e| e.to_string())?
-    else {
-        return Err(format!("unknown device {id:?}"));
+fn show_device(config: &Config, id: &str, json: bool) -> Result<(), CliError> {
+    let Some(detail) = open(config, false)?.device(id, RECENT)? else {
+        return Err(format!("unknown device {id:?}").into());
     };
     if json {
         return print_json(&detail);

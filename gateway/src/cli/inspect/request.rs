@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::{open, print_json};
+use crate::cli::CliError;
 use crate::config::Config;
 use crate::status::rfc3339_ms;
 use crate::store::now_ms;
@@ -10,12 +11,9 @@ use crate::store::requests::OperatorCancel;
 use crate::wire::{Correlation, ErrorCode, Reply, RequestId, State, Status};
 
 /// `gateway requests show ID`
-pub fn show_request(config: &Config, id: &str, json: bool) -> Result<(), String> {
-    let Some(detail) = open(config, false)?
-        .request(id)
-        .map_err(|e| e.to_string())?
-    else {
-        return Err(format!("no request {id}"));
+pub fn show_request(config: &Config, id: &str, json: bool) -> Result<(), CliError> {
+    let Some(detail) = open(config, false)?.request(id)? else {
+        return Err(format!("no request {id}").into());
     };
     if json {
         return print_json(&serde_json::to_value(&detail).map_err(|e| e.to_string())?);
@@ -45,12 +43,10 @@ pub fn show_request(config: &Config, id: &str, json: bool) -> Result<(), String>
 }
 
 /// `gateway requests cancel ID`: a queued request gets its final `410`, held for its device.
-pub fn cancel_request(config: &Config, id: &str, json: bool) -> Result<(), String> {
+pub fn cancel_request(config: &Config, id: &str, json: bool) -> Result<(), CliError> {
     let now = now_ms();
     let expires_ms = now + config.limits.reply_ttl.as_millis() as i64;
-    let outcome = open(config, true)?
-        .cancel_request(id, now, expires_ms, operator_cancelled)
-        .map_err(|e| e.to_string())?;
+    let outcome = open(config, true)?.cancel_request(id, now, expires_ms, operator_cancelled)?;
     let (ok, state, message) = match outcome {
         OperatorCancel::Cancelled => (
             true,
@@ -66,13 +62,13 @@ pub fn cancel_request(config: &Config, id: &str, json: bool) -> Result<(), Strin
     };
     if json {
         print_json(&json!({ "request_id": id, "cancelled": ok, "state": state }))?;
-        return if ok { Ok(()) } else { Err(message) };
+        return if ok { Ok(()) } else { Err(message.into()) };
     }
     if ok {
         println!("{message}");
         Ok(())
     } else {
-        Err(message)
+        Err(message.into())
     }
 }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{open, print_json};
+use crate::cli::CliError;
 use crate::config::Config;
 use crate::store::{devices, now_ms};
 
 /// `gateway status`: the running gateway's `/api/status` when its HTTP API is on loopback and
 /// answers; otherwise the same document computed from the store, with `"state": "unknown"`.
-pub fn status(config: &Config, json: bool) -> Result<(), String> {
+pub fn status(config: &Config, json: bool) -> Result<(), CliError> {
     let live = config
         .http
         .filter(|addr| addr.ip().is_loopback())
@@ -31,7 +32,7 @@ pub fn status(config: &Config, json: bool) -> Result<(), String> {
             "oldest_held_age_s": age(backlog.oldest_held_ms),
         }))
     };
-    let store = counts().map_err(|e| e.to_string())?;
+    let store = counts()?;
     let document =
         json!({ "gateway": live.clone().unwrap_or(json!({"state": "unknown"})), "store": store });
     if json {
