@@ -27,20 +27,20 @@ pub fn connector(tls: &PgTls) -> Result<Option<MakeRustlsConnect>, StoreError> {
         return Ok(None);
     }
     let provider = Arc::new(crypto::ring::default_provider());
-    let verifier: Arc<dyn ServerCertVerifier> = match &tls.root {
-        None => Arc::new(Unchecked(provider.clone())),
-        Some(path) => {
-            let checked = WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots(path)?),
-                provider.clone(),
-            )
-            .build()
-            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
-            match tls.mode {
-                SslMode::VerifyFull => checked,
-                _ => Arc::new(AnyName(checked)),
-            }
-        }
+    let chain = match &tls.root {
+        None => None,
+        Some(path) => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(path)?), provider.clone())
+                .build()
+                .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?,
+        ),
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match (tls.mode, chain) {
+        (SslMode::VerifyFull, Some(chain)) => chain,
+        (_, chain) => Arc::new(Lenient {
+            chain,
+            provider: provider.clone(),
+        }),
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -92,11 +92,18 @@ fn roots(path: &std::path::Path) -> Result<RootCertStore, StoreError> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain is checked, the name is not.
+/// `verify-ca` (the chain checked against `sslrootcert`, not the name), and `prefer` or
+/// `require` without `sslrootcert` (no check of the certificate, libpq's meaning). Either way
+/// the handshake's signatures are checked, so the server holds the key of the certificate it
+/// shows.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    /// The chain's check (`verify-ca`); `None`: any certificate.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -105,10 +112,10 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -122,7 +129,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -131,60 +139,13 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert` (libpq's meaning): any certificate, but the
-/// handshake's signatures are checked, so the server holds the key of the one it shows.
-#[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
