@@ -175,19 +175,66 @@ impl PgCluster {
             .output();
     }
 
-    fn init(behind_link: bool) -> PgCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("roost-pg-")
-            .tempdir()
-            .expect("temp dir");
-        if is_root() {
-            let chown = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .expect("chown");
-            assert!(chown.success(), "chown the cluster dir to postgres");
+    /// A standby of this server (a base backup streaming its WAL, on a port of its own),
+    /// started and made this server's synchronous standby: a commit here is answered once the
+    /// standby has it, so a failover to it ([`PgCluster::promote`]) loses nothing committed.
+    pub fn start_standby(&self) -> PgCluster {
+        assert!(self.link.is_none(), "a standby of a server on loopback");
+        let standby = PgCluster {
+            bin: self.bin.clone(),
+            port: crate::free_port(),
+            dir: cluster_dir(),
+            host: "127.0.0.1".to_owned(),
+            link: None,
+        };
+        let (data, port) = (standby.data_dir(), self.port.to_string());
+        // `-c fast`: the backup's checkpoint at once, not spread over minutes.
+        let out = standby.as_postgres(
+            "pg_basebackup",
+            &[
+                "-h",
+                &self.host,
+                "-p",
+                &port,
+                "-U",
+                "postgres",
+                "-D",
+                path(&data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        );
+        assert!(out.status.success(), "pg_basebackup: {}", text(&out));
+        standby.start_server();
+        self.query(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+        );
+        self.query("postgres", "SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let sync = "SELECT COUNT(*) FROM pg_stat_replication WHERE sync_state = 'sync'";
+        while self.query("postgres", sync) != "1" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the standby never became synchronous"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        standby
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waited for).
+    pub fn promote(&self) {
+        let data = self.data_dir();
+        let out = self.as_postgres("pg_ctl", &["-D", path(&data), "-w", "promote"]);
+        assert!(out.status.success(), "pg_ctl promote: {}", text(&out));
+    }
+
+    fn init(behind_link: bool) -> PgCluster {
+        let dir = cluster_dir();
         let port = crate::free_port();
         let (link, host) = match behind_link {
             true => {
@@ -534,6 +581,23 @@ impl Drop for PgCluster {
             &["-D", path(&data), "-m", "immediate", "-w", "stop"],
         );
     }
+}
+
+/// A temp dir for a cluster's files, the server's user's own.
+fn cluster_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("roost-pg-")
+        .tempdir()
+        .expect("temp dir");
+    if is_root() {
+        let chown = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown the cluster dir to postgres");
+    }
+    dir
 }
 
 fn path(path: &Path) -> &str {

@@ -544,6 +544,85 @@ async fn an_outage_is_logged_once_not_at_every_read_it_fails() {
     assert_eq!(log.matches("cannot read held replies").count(), 1, "{log}");
 }
 
+/// The database itself fails over: its primary dies mid-load and its synchronous standby is
+/// promoted. A gateway whose `store.url` lists both servers with
+/// `target_session_attrs=read-write` (libpq's way, which the driver follows) degrades for the
+/// moment it takes, then serves on the new primary: nothing lost, no reply twice, no request run
+/// twice (a commit whose answer the dying primary never sent is settled on the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_to_the_databases_standby_loses_nothing() {
+    let (primary, standby) = tokio::task::spawn_blocking(|| {
+        let primary = PgCluster::start();
+        primary.create_database("roost");
+        let standby = primary.start_standby();
+        (primary, standby)
+    })
+    .await
+    .expect("join");
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/roost?target_session_attrs=read-write",
+        primary.port, standby.port
+    );
+    let gateway = Gateway::start_with(&format!(
+        "[store]\nengine = \"postgres\"\nurl = \"{url}\"\n"
+    ));
+    let report = gateway.dir().join("fleet.json");
+    let mut fleet = std::process::Command::new(roost_tests::sibling_binary("roost-device-sim"))
+        .arg("run")
+        .args(["--broker", &gateway.mqtt.to_string(), "--quiet", "--json"])
+        .arg(&report)
+        .args(["--devices", "10", "--inflight", "2", "--interval", "10ms"])
+        .args(["--duration", "8s", "--grace", "30s", "--seed", "7"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("device-sim runs");
+    let admitted = |cluster: &PgCluster| -> usize {
+        cluster
+            .query("roost", "SELECT COUNT(*) FROM requests")
+            .parse()
+            .expect("count")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admitted(&primary) < 200 {
+        assert!(Instant::now() < deadline, "the load never got going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    primary.stop();
+    standby.promote();
+    let promoted_ms = gateway::store::now_ms();
+    let fleet = tokio::task::spawn_blocking(move || fleet.wait().expect("device-sim ends"))
+        .await
+        .expect("join");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).expect("report")).expect("JSON");
+    assert!(fleet.success(), "device-sim failed: {json}");
+    assert_eq!(json["lost"], 0, "{json}");
+    assert_eq!(json["mismatched"], 0, "{json}");
+    assert_eq!(json["duplicates"], 0, "{json}");
+    let after = standby.query(
+        "roost",
+        &format!("SELECT COUNT(*) FROM requests WHERE received_ms > {promoted_ms}"),
+    );
+    assert!(
+        after.parse::<usize>().expect("count") >= 100,
+        "served on the new primary: {after} requests after the failover"
+    );
+    assert_eq!(
+        standby.query(
+            "roost",
+            "SELECT COUNT(*) FROM requests WHERE executions > 1"
+        ),
+        "0"
+    );
+    assert_eq!(
+        standby.query(
+            "roost",
+            "SELECT COUNT(*) FROM requests WHERE state = 'queued'"
+        ),
+        "0"
+    );
+}
+
 /// The database's host vanishes from the network (its link cut: no answer, no reset, no ICMP
 /// error), as when it crashes or a cable is pulled. Without bounds on the connections a commit
 /// waits for its answer as long as the kernel retransmits (about 15 minutes); with them the
