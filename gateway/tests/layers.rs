@@ -9,9 +9,10 @@ use std::path::Path;
 /// anything; everything else is listed.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &[]),
+    ("logging", &[]),
     ("config", &["wire"]),
     ("flow", &["wire"]),
-    ("store", &["wire", "metrics", "config"]),
+    ("store", &["wire", "metrics", "logging", "config"]),
     ("analytics", &["wire", "metrics", "store"]),
     ("link", &["wire", "flow"]),
     ("broker", &["wire", "config"]),
@@ -25,6 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "flow",
             "metrics",
+            "logging",
             "store",
             "analytics",
             "status",
@@ -37,6 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "config",
             "flow",
             "metrics",
+            "logging",
             "store",
             "analytics",
             "status",
