@@ -159,6 +159,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO telemetry_counts SELECT device, '', false, COUNT(*) FROM telemetry GROUP BY device;
     CREATE INDEX telemetry_device_age ON telemetry (device, ts);",
+    // 12: the mark each transaction leaves as it begins (`transaction::begin`), so that a
+    // commit whose answer was lost is settled by looking for its mark: a transaction id, which
+    // `txid_status` goes by, may belong to another transaction on a standby promoted since.
+    // Tokens are UUID v7: the oldest go first (`requests::prune`).
+    "CREATE TABLE commit_marks (token BYTEA PRIMARY KEY);",
 ];
 
 /// Brings the database up to the newest schema; safe when several gateways call it at once.

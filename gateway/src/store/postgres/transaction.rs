@@ -101,28 +101,39 @@ pub async fn on_pool<T>(
     .await
 }
 
-/// Which transaction work runs in: its id and its server process, to ask about them when the
-/// answer to its `COMMIT` is lost.
+/// Which transaction work runs in: its id and its server process, to end it when the answer
+/// to its `COMMIT` is lost, and the mark it left, to ask whether it committed.
 #[derive(Clone, Copy, Debug)]
 pub struct Begun {
     /// `txid_current()`: the transaction's id, with its epoch.
     xid: i64,
     /// `pg_backend_pid()`.
     pid: i32,
+    /// Its row in `commit_marks`: there once it committed, on whichever server holds the data.
+    mark: uuid::Uuid,
 }
 
-/// `BEGIN`, and the transaction's id and server process, in one message.
+/// How long a transaction's mark is kept (`requests::prune` deletes older ones): a commit whose
+/// answer was lost is asked about as soon as the database answers again.
+pub const MARK_KEEP_MS: i64 = 10 * 60 * 1000;
+
+/// `BEGIN`, the transaction's id and server process, and its mark, in one message.
 pub async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
-    let messages = conn
-        .client
-        .simple_query("BEGIN; SELECT txid_current(), pg_backend_pid()")
-        .await?;
+    let mark = uuid::Uuid::now_v7();
+    // A literal of hex digits (the simple query protocol takes no parameters).
+    let sql = format!(
+        "BEGIN; SELECT txid_current(), pg_backend_pid(); \
+         INSERT INTO commit_marks (token) VALUES ('\\x{}')",
+        mark.simple()
+    );
+    let messages = conn.client.simple_query(&sql).await?;
     messages
         .iter()
         .find_map(|message| match message {
             tokio_postgres::SimpleQueryMessage::Row(row) => Some(Begun {
                 xid: row.get(0)?.parse().ok()?,
                 pid: row.get(1)?.parse().ok()?,
+                mark,
             }),
             _ => None,
         })
@@ -183,25 +194,31 @@ async fn settle(pool: &Pool, begun: Begun, lost: &StoreError) -> Result<(), Stor
     }
 }
 
-/// Whether `begun` committed (`None`: not known yet, its process is still ending).
+/// Whether `begun` committed (`None`: not known yet, its process is still ending). Its mark
+/// says, once no process runs it any more: on the server it ran on, and as well on a standby
+/// promoted since (which has the mark if it had the commit).
 async fn ask(pool: &Pool, begun: Begun) -> Result<Option<bool>, StoreError> {
     let conn = pool.connect().await?;
     let xid32 = (begun.xid & 0xffff_ffff).to_string();
-    conn.client
-        .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    let running: bool = conn
+        .client
+        .query_one(
+            "SELECT COUNT(pg_terminate_backend(pid)) > 0 FROM pg_stat_activity \
              WHERE pid = $1 AND backend_xid::text = $2",
             &[&begun.pid, &xid32],
         )
-        .await?;
-    let status: Option<String> = conn
-        .client
-        .query_one("SELECT txid_status($1)", &[&begun.xid])
         .await?
         .get(0);
-    Ok(match status.as_deref() {
-        Some("committed") => Some(true),
-        Some("aborted") => Some(false),
-        _ => None,
-    })
+    if running {
+        return Ok(None);
+    }
+    let committed: bool = conn
+        .client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM commit_marks WHERE token = $1)",
+            &[&begun.mark.as_bytes().as_slice()],
+        )
+        .await?
+        .get(0);
+    Ok(Some(committed))
 }
