@@ -860,6 +860,37 @@ async fn a_lost_intake_commit_does_not_hold_the_requests_behind_it() {
     gateway.kill();
 }
 
+/// A lost `COMMIT` answer whose transaction did not commit (the server stopped while the commit
+/// was still under way) is settled as not committed: `503`, nothing stored. Saying it committed
+/// would `202` a request that is not stored: a loss. (It is settled by the transaction's mark,
+/// which a transaction that never committed does not leave.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_that_did_not_land_is_answered_503_and_stores_nothing() {
+    const DEVICE: &str = "pg-aborted-1";
+    let (cluster, gateway) = patient_gateway_on_postgres().await;
+    let mut ledger = Ledger::default();
+    let mut device = TestDevice::connect(gateway.mqtt, DEVICE).await;
+    cluster.slow_commits("roost", 2);
+    device
+        .request("stats", &values(&[1.0, 2.0]), b"aborted", None)
+        .await;
+    cluster.until_a_commit_sleeps("roost").await;
+    // The commit sleeps in its trigger, before its commit record: stopped now, it never lands.
+    cluster.stop();
+    cluster.start_server();
+    let answer = ledger.first(&mut device, b"aborted").await;
+    assert_eq!(
+        answer.reply.status,
+        Status::Unavailable,
+        "{:?}\n{}",
+        answer.reply,
+        gateway.log()
+    );
+    let rows = requests_of(&gateway, DEVICE);
+    assert!(rows.is_empty(), "a 503 stored nothing: {rows:?}");
+    device.disconnect().await;
+}
+
 /// A stop (SIGTERM) while intake's batch is refused and waits for the database to say whether
 /// its lost `COMMIT` landed: the stop gives it a moment, so once the database answers, the
 /// device gets its `202` (the row exists) or `503` (it does not) before the gateway exits 0.
