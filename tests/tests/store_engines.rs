@@ -984,6 +984,45 @@ async fn the_postgres_engine_keeps_the_store_contract() {
     drop(cluster);
 }
 
+/// Each transaction leaves a mark (how a lost `COMMIT` answer is settled); the prune forgets
+/// the marks older than 10 minutes and keeps the newer ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_prune_forgets_old_commit_marks_only() {
+    let (cluster, store, _dir) = pg_store("marks").await;
+    let marks = || cluster.query("marks", "SELECT COUNT(*) FROM commit_marks");
+    let before: usize = marks().parse().expect("count");
+    held_reply(&store, "m1", "c1").await;
+    let after: usize = marks().parse().expect("count");
+    assert!(
+        after > before,
+        "each transaction leaves its mark: {before} then {after}"
+    );
+    let token = |age_ms: i64| {
+        let id = RequestId::first_at(now_ms() - age_ms);
+        roost_tests::store_view::hex(id.as_bytes())
+    };
+    cluster.query(
+        "marks",
+        &format!(
+            "INSERT INTO commit_marks VALUES ('\\x{}'), ('\\x{}')",
+            token(11 * 60 * 1000),
+            token(9 * 60 * 1000)
+        ),
+    );
+    store.prune(0, 0, 1_000).await.expect("prune");
+    assert_eq!(
+        cluster.query(
+            "marks",
+            &format!(
+                "SELECT COUNT(*) FILTER (WHERE token < '\\x{}'), COUNT(*) FROM commit_marks",
+                token(10 * 60 * 1000)
+            )
+        ),
+        format!("0|{}", after + 1),
+        "the older mark went, the rest stayed"
+    );
+}
+
 /// Several gateways starting at once on a fresh database: one migrates, all open, and the
 /// schema is recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

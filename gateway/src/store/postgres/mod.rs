@@ -486,7 +486,10 @@ impl PgStore {
         let me = &*self.me;
         self.pool
             .run(async |conn| match what {
-                Prune::Requests(before_ms) => requests::prune(conn, before_ms, limit).await,
+                Prune::Requests(before_ms) => {
+                    transaction::prune_marks(conn).await?;
+                    requests::prune(conn, before_ms, limit).await
+                }
                 Prune::Readings(before_ms) => {
                     tables::prune_readings(conn, me, before_ms, limit).await
                 }

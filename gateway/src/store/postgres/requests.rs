@@ -324,8 +324,7 @@ pub async fn queued_extent(
 }
 
 /// Forgets up to `limit` finished requests received before `before_ms` whose replies were
-/// acked or dead, the oldest first, and the transactions' marks older than
-/// [`MARK_KEEP_MS`](super::transaction::MARK_KEEP_MS). Rows another gateway's prune has locked are skipped (it
+/// acked or dead, the oldest first. Rows another gateway's prune has locked are skipped (it
 /// deletes them), so gateways pruning at once share the work instead of waiting on each other.
 pub async fn prune(conn: &Conn, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
     let statement = conn
@@ -338,22 +337,11 @@ pub async fn prune(conn: &Conn, before_ms: i64, limit: usize) -> Result<usize, S
     // Ids are time-ordered (UUID v7, minted as the request is received): the primary key
     // finds what was received before `before_ms`.
     let before = RequestId::first_at(before_ms);
-    let requests = conn
+    Ok(conn
         .client
         .execute(
             &statement,
             &[&before.as_bytes().as_slice(), &(limit as i64)],
         )
-        .await? as usize;
-    // And the transactions' marks (UUID v7 too) that no lost commit answer can still ask
-    // about: the few seconds' worth since the last prune, in one statement (they are only
-    // ever added at the other end of their index).
-    let marks = conn
-        .statement("DELETE FROM commit_marks WHERE token < $1")
-        .await?;
-    let kept_from = RequestId::first_at(crate::store::now_ms() - super::transaction::MARK_KEEP_MS);
-    conn.client
-        .execute(&marks, &[&kept_from.as_bytes().as_slice()])
-        .await?;
-    Ok(requests)
+        .await? as usize)
 }

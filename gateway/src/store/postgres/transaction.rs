@@ -117,6 +117,20 @@ pub struct Begun {
 /// answer was lost is asked about as soon as the database answers again.
 pub const MARK_KEEP_MS: i64 = 10 * 60 * 1000;
 
+/// Forgets the transactions' marks older than [`MARK_KEEP_MS`], which no lost commit answer
+/// can still ask about: the few seconds' worth since the last prune, in one statement (marks
+/// are UUID v7, only ever added at the other end of their index).
+pub async fn prune_marks(conn: &Conn) -> Result<(), StoreError> {
+    let statement = conn
+        .statement("DELETE FROM commit_marks WHERE token < $1")
+        .await?;
+    let kept_from = crate::wire::RequestId::first_at(crate::store::now_ms() - MARK_KEEP_MS);
+    conn.client
+        .execute(&statement, &[&kept_from.as_bytes().as_slice()])
+        .await?;
+    Ok(())
+}
+
 /// `BEGIN`, the transaction's id and server process, and its mark, in one message.
 pub async fn begin(conn: &Conn) -> Result<Begun, StoreError> {
     let mark = uuid::Uuid::now_v7();
