@@ -7,7 +7,6 @@
 //! made here.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use gateway::wire::Status;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
@@ -23,45 +22,10 @@ fn config(url: &str) -> String {
     )
 }
 
-/// Runs a gateway on the database at `url` until it exits (at most 60 s): its exit code and
-/// what it printed on stderr.
-fn exit_of(url: &str) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("gateway.toml");
-    let data = dir.path().join("data");
-    let text = format!("[gateway]\ndata_dir = {data:?}\n{}", config(url));
-    std::fs::write(&path, text).expect("write config");
-    let stderr = dir.path().join("stderr");
-    let mut child = Command::new(Gateway::binary())
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-        .spawn()
-        .expect("spawn gateway");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the gateway on {url} did not exit:\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let printed = std::fs::read_to_string(&stderr).expect("stderr");
-    (status.code(), printed)
-}
-
-/// Runs `gateway requests list` (an operator command) on the database at `url` (bounded at
-/// 60 s): its exit code and what it printed on stderr.
-fn cli_exit_of(url: &str) -> (Option<i32>, String) {
+/// Runs `gateway COMMAND --config` (`run`, or an operator command) on the database at `url`
+/// until it exits, bounded at 60 s (`timeout`: exit code 124 past it): its exit code and what
+/// it printed on stderr.
+fn exit_of(url: &str, command: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("gateway.toml");
     let data = dir.path().join("data");
@@ -70,11 +34,12 @@ fn cli_exit_of(url: &str) -> (Option<i32>, String) {
     let out = Command::new("timeout")
         .arg("60")
         .arg(Gateway::binary())
-        .args(["requests", "list", "--config"])
+        .args(command)
+        .arg("--config")
         .arg(&path)
         .stdin(Stdio::null())
         .output()
-        .expect("run the operator command");
+        .expect("run the gateway");
     let printed = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code(), printed)
 }
@@ -98,7 +63,7 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
             "migrating needs a role that may create tables",
         ),
     ] {
-        let (code, stderr) = exit_of(&url);
+        let (code, stderr) = exit_of(&url, &["run"]);
         let line = last_line(&stderr);
         assert_eq!(code, Some(2), "{url}: {stderr}");
         assert!(
@@ -107,7 +72,7 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
         );
     }
     // The operator commands say it the same way.
-    let (code, stderr) = cli_exit_of(&cluster.url_as("nobody", "roost"));
+    let (code, stderr) = exit_of(&cluster.url_as("nobody", "roost"), &["requests", "list"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("store.url") && stderr.contains("28000"),
@@ -262,7 +227,7 @@ fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
         // A config mistake, before any connection.
         ("sslmode=verify-full".to_owned(), "sslrootcert"),
     ] {
-        let (code, stderr) = exit_of(&with_query(&url, &query));
+        let (code, stderr) = exit_of(&with_query(&url, &query), &["run"]);
         let line = last_line(&stderr);
         assert_eq!(code, Some(2), "{query}: {stderr}");
         assert!(
