@@ -2,13 +2,11 @@
 //! broker connections, so replies must be routed to the right device, a newer connection of a
 //! client id takes over the older one, and a device that stops reading delays nobody else.
 
-mod frontdoor_support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::frontdoor_support::*;
 use bytes::Bytes;
-use frontdoor_support::*;
 use roost_tests::Gateway;
 use tokio::net::TcpSocket;
 

@@ -2,9 +2,7 @@
 //! operators, with the CONNACK codes of both protocol versions. The CLI runs as a separate
 //! process on the same database while the gateway serves.
 
-mod frontdoor_support;
-
-use frontdoor_support::*;
+use crate::frontdoor_support::*;
 use roost_tests::{gateway_cmd, Gateway};
 
 fn cli(gateway: &Gateway, args: &[&str]) -> std::process::Output {

@@ -6,13 +6,11 @@
 //! - a QoS 2 request sent again before PUBREL is answered with PUBREC and reaches the service
 //!   once (MQTT-4.3.3-10).
 
-mod frontdoor_support;
-
 use std::time::Duration;
 
+use crate::frontdoor_support::spec::{self, Ask};
+use crate::frontdoor_support::*;
 use bytes::{Bytes, BytesMut};
-use frontdoor_support::spec::{self, Ask};
-use frontdoor_support::*;
 use roost_tests::Gateway;
 use rumqttc::v5::mqttbytes::v5 as mq5;
 use rumqttc::v5::mqttbytes::QoS as QoS5;

@@ -1,9 +1,7 @@
 //! Hostile clients against the real gateway: each case is followed by a check that a fresh,
 //! well-behaved device is still served ([`assert_served`]).
 
-mod frontdoor_support;
-
-use frontdoor_support::*;
+use crate::frontdoor_support::*;
 use roost_tests::Gateway;
 
 #[tokio::test]

@@ -1,8 +1,6 @@
 //! The front door relays MQTT 3.1.1 and 5 on one port to the embedded broker.
 
-mod frontdoor_support;
-
-use frontdoor_support::*;
+use crate::frontdoor_support::*;
 use roost_tests::device::TestDevice;
 use roost_tests::Gateway;
 

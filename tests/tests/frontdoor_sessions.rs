@@ -5,12 +5,10 @@
 //! id, gets the replies that came while it was away, and loses the session once it expired or
 //! with Clean Start 1.
 
-mod frontdoor_support;
-
 use std::time::Duration;
 
-use frontdoor_support::spec::{self, Ask};
-use frontdoor_support::*;
+use crate::frontdoor_support::spec::{self, Ask};
+use crate::frontdoor_support::*;
 use roost_tests::Gateway;
 
 fn persistent(expiry_s: u32) -> Ask {

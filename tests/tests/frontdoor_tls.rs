@@ -1,11 +1,9 @@
 //! TLS on the device listener (`[broker.tls]`) with certificates generated here: a client
 //! certificate's CN is the device id.
 
-mod frontdoor_support;
-
 use std::sync::Arc;
 
-use frontdoor_support::{connack_code, connect5, WAIT};
+use crate::frontdoor_support::{connack_code, connect5, WAIT};
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,

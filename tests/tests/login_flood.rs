@@ -5,13 +5,11 @@
 //! them), no device request is lost, and the operator, logging in from another address with
 //! the right password in the middle of the flood, gets in.
 
-mod frontdoor_support;
-
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use frontdoor_support::*;
+use crate::frontdoor_support::*;
 use roost_tests::{device_sim, http_get, sibling_binary, Gateway};
 
 const PASSWORD: &str = "correct horse battery staple";

@@ -5,13 +5,11 @@
 //! - nothing over the device's Maximum Packet Size is sent (MQTT-3.1.2-24/25): a final reply
 //!   too large becomes a small `413` reply, and the reply is dead-lettered, not held.
 
-mod frontdoor_support;
-
 use std::time::Duration;
 
+use crate::frontdoor_support::spec::{self, Ask};
+use crate::frontdoor_support::*;
 use bytes::{Bytes, BytesMut};
-use frontdoor_support::spec::{self, Ask};
-use frontdoor_support::*;
 use gateway::wire::envelope::encode_value;
 use roost_tests::Gateway;
 use rumqttc::v5::mqttbytes::v5 as mq5;
