@@ -38,6 +38,9 @@ pub struct Gateway {
     restarts: usize,
     /// The PostgreSQL cluster this gateway's store lives in, under `ROOST_TEST_ENGINE=postgres`.
     pub postgres: Option<postgres::PgCluster>,
+    /// `RLIMIT_NOFILE` (soft, hard) the process starts with, set by util-linux's `prlimit`;
+    /// `None`: the test process's own.
+    open_files: Option<(u64, u64)>,
 }
 
 /// Whether the harness runs gateways on PostgreSQL (`ROOST_TEST_ENGINE=postgres`).
@@ -53,6 +56,12 @@ impl Gateway {
 
     /// Starts a gateway with extra TOML merged over the test config (a key given here wins).
     pub fn start_with(extra_config: &str) -> Gateway {
+        Gateway::start_limited(extra_config, None)
+    }
+
+    /// Starts a gateway as [`Gateway::start_with`] does, with its open-files limit (soft, hard)
+    /// set before it runs: the limit of this process, shared by every test in it, stays.
+    pub fn start_limited(extra_config: &str, open_files: Option<(u64, u64)>) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut gateway = Gateway {
             child: None,
@@ -62,6 +71,7 @@ impl Gateway {
             http: None,
             restarts: 0,
             postgres: None,
+            open_files,
         };
         if on_postgres() {
             let cluster = postgres::PgCluster::start();
@@ -121,7 +131,16 @@ impl Gateway {
         merge(&mut config, extra);
         std::fs::write(self.config_path(), config.to_string()).expect("write config");
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut child = Command::new(Gateway::binary())
+        let mut command = match self.open_files {
+            Some((soft, hard)) => {
+                let mut prlimit = Command::new("prlimit");
+                prlimit.arg(format!("--nofile={soft}:{hard}"));
+                prlimit.arg(Gateway::binary());
+                prlimit
+            }
+            None => Command::new(Gateway::binary()),
+        };
+        let mut child = command
             .args(["run", "--config"])
             .arg(self.config_path())
             .stdin(Stdio::null())

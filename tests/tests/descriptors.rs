@@ -1,9 +1,6 @@
 //! Open files: the gateway raises its soft `RLIMIT_NOFILE` to the hard limit at start, and warns
 //! (naming `limits.max_connections`) when even the hard limit is below what the configured
-//! connections need. The limits are real: this test process lowers its own (inherited by the
-//! gateway it starts) with util-linux's `prlimit`.
-
-use std::process::Command;
+//! connections need. The limits are real: the gateway starts under util-linux's `prlimit`.
 
 use roost_tests::device::{values, TestDevice};
 use roost_tests::Gateway;
@@ -24,16 +21,9 @@ fn open_files(pid: u32) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_soft_open_files_limit_is_raised_and_a_low_hard_limit_is_named() {
-    // Soft 256, hard 4096 for this process and the gateway it starts (the only test here).
-    let me = std::process::id().to_string();
-    let status = Command::new("prlimit")
-        .args(["--pid", &me, "--nofile=256:4096"])
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit");
-    assert_eq!(open_files(std::process::id()).0, "256");
-
-    let gateway = Gateway::start_with("[limits]\nmax_connections = 10000\n");
+    // Soft 256, hard 4096 for the gateway (prlimit sets them, then runs it in its place).
+    let low = Some((256, 4096));
+    let gateway = Gateway::start_limited("[limits]\nmax_connections = 10000\n", low);
     assert_eq!(
         open_files(gateway.pid()),
         ("4096".to_owned(), "4096".to_owned()),
@@ -52,7 +42,7 @@ async fn the_soft_open_files_limit_is_raised_and_a_low_hard_limit_is_named() {
     device.reply_for(b"fd").await;
 
     // Within the limit: no warning.
-    let fits = Gateway::start_with("[limits]\nmax_connections = 1000\n");
+    let fits = Gateway::start_limited("[limits]\nmax_connections = 1000\n", low);
     assert!(
         !fits.log().contains("limits.max_connections"),
         "{}",
