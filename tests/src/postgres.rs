@@ -354,45 +354,79 @@ impl PgCluster {
     /// Makes the server take TCP connections over TLS only, with the certificate and key
     /// given (PEM); waits until a new connection without TLS is refused.
     pub fn require_tls(&self, cert_pem: &str, key_pem: &str) {
-        let (cert, key) = (
-            self.dir.path().join("server.crt"),
-            self.dir.path().join("server.key"),
-        );
-        std::fs::write(&cert, cert_pem).expect("write the certificate");
-        std::fs::write(&key, key_pem).expect("write the key");
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
-                .expect("key permissions");
-        }
-        if is_root() {
-            let chown = Command::new("chown")
-                .arg("postgres:postgres")
-                .args([&cert, &key])
-                .status()
-                .expect("chown");
-            assert!(chown.success(), "chown the TLS files to postgres");
-        }
-        let hba = self.data_dir().join("pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
-        let rules: String = rules
-            .lines()
-            .map(|line| match line.strip_prefix("host ") {
-                Some(rest) => format!("hostssl {rest}\n"),
-                None => format!("{line}\n"),
-            })
-            .collect();
-        std::fs::write(&hba, rules).expect("pg_hba.conf");
-        // One statement each: ALTER SYSTEM runs outside a transaction block only.
-        for (name, value) in [
+        let cert = self.write_owned("server.crt", cert_pem);
+        let key = self.write_owned("server.key", key_pem);
+        self.rewrite_hba(|line| match line.strip_prefix("host ") {
+            Some(rest) => format!("hostssl {rest}"),
+            None => line.to_owned(),
+        });
+        self.set_and_reload(&[
             ("ssl_cert_file", path(&cert)),
             ("ssl_key_file", path(&key)),
             ("ssl", "on"),
-        ] {
+        ]);
+        self.wait_refused("disable", "the server still takes connections without TLS");
+    }
+
+    /// After [`PgCluster::require_tls`]: makes the server log roles in by a client
+    /// certificate that `ca_pem` signed, whose CN is the role (`pg_hba.conf`'s `cert`), and
+    /// nothing else over TCP; waits until a TLS connection without one is refused.
+    pub fn require_client_certificates(&self, ca_pem: &str) {
+        let ca = self.write_owned("client-ca.crt", ca_pem);
+        self.rewrite_hba(|line| match line.strip_prefix("hostssl ") {
+            Some(rest) => {
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                let kept = &fields[..fields.len() - 1];
+                format!("hostssl {} cert", kept.join(" "))
+            }
+            None => line.to_owned(),
+        });
+        self.set_and_reload(&[("ssl_ca_file", path(&ca))]);
+        self.wait_refused(
+            "require",
+            "the server still takes connections without a client certificate",
+        );
+    }
+
+    /// Writes `text` to `name` in the cluster's directory, private to the server's user.
+    fn write_owned(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let file = self.dir.path().join(name);
+        std::fs::write(&file, text).expect("write a TLS file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .expect("TLS file permissions");
+        if is_root() {
+            let chown = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&file)
+                .status()
+                .expect("chown");
+            assert!(chown.success(), "chown {name} to postgres");
+        }
+        file
+    }
+
+    /// `pg_hba.conf` with each line passed through `rule`.
+    fn rewrite_hba(&self, rule: impl Fn(&str) -> String) {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        let rules: String = rules.lines().map(|line| rule(line) + "\n").collect();
+        std::fs::write(&hba, rules).expect("pg_hba.conf");
+    }
+
+    /// `ALTER SYSTEM SET` each setting, then a reload.
+    fn set_and_reload(&self, settings: &[(&str, &str)]) {
+        // One statement each: ALTER SYSTEM runs outside a transaction block only.
+        for (name, value) in settings {
             self.query("postgres", &format!("ALTER SYSTEM SET {name} = '{value}'"));
         }
         self.query("postgres", "SELECT pg_reload_conf()");
-        // The reload is the postmaster's, a moment later: wait until it refuses plain TCP.
+    }
+
+    /// Waits until psql over TCP with `PGSSLMODE=sslmode` (and no client certificate) is
+    /// refused: the reload is the postmaster's, a moment after it is asked for. Panics with
+    /// `still` past 30 s.
+    fn wait_refused(&self, sslmode: &str, still: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let port = self.port.to_string();
         loop {
@@ -401,16 +435,13 @@ impl PgCluster {
                     "-h", &self.host, "-p", &port, "-U", "postgres", "-d", "postgres",
                 ])
                 .args(["-At", "-c", "SELECT 1"])
-                .env("PGSSLMODE", "disable")
+                .env("PGSSLMODE", sslmode)
                 .output()
                 .expect("psql");
             if !plain.status.success() {
                 return;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the server still takes connections without TLS"
-            );
+            assert!(std::time::Instant::now() < deadline, "{still}");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -454,11 +485,14 @@ impl PgCluster {
         format!("postgres://{role}@{}:{}/{name}", self.host, self.port)
     }
 
-    /// Runs one SQL statement in database `db` and returns psql's unaligned output.
+    /// Runs one SQL statement in database `db` and returns psql's unaligned output. psql goes
+    /// through the server's Unix socket, so a test's own checks pass whatever TCP asks of the
+    /// gateways (TLS, a client certificate, a cut link).
     pub fn query(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
+        let socket = path(self.dir.path());
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", &self.host, "-p", &port, "-U", "postgres", "-d", db])
+            .args(["-h", socket, "-p", &port, "-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
             .output()
             .expect("psql");

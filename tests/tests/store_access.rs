@@ -3,7 +3,8 @@
 //! role that may only read and write the tables (no `CREATE`: PostgreSQL 15's default for roles
 //! other than the owner) serves a database its owner migrated; a server that takes TLS only is
 //! reached with libpq's `sslmode` and `sslrootcert`, and a certificate that fails the check
-//! asked for ends the start the same way. Real PostgreSQL, real gateway processes, certificates
+//! asked for ends the start the same way; one that logs roles in by client certificate is
+//! reached with `sslcert` and `sslkey`. Real PostgreSQL, real gateway processes, certificates
 //! made here.
 
 use std::process::{Command, Stdio};
@@ -119,9 +120,11 @@ async fn a_role_that_may_only_read_and_write_serves_a_database_its_owner_migrate
 }
 
 /// A CA, the server's certificate it signed (for `db.example` only, not the address the
-/// gateways connect to) and its key (PEM), and another CA that signed nothing.
+/// gateways connect to) and its key (PEM), a client certificate it signed for role `postgres`,
+/// and another CA that signed nothing.
 struct Pki {
     dir: tempfile::TempDir,
+    ca: String,
     cert: String,
     key: String,
 }
@@ -141,14 +144,35 @@ impl Pki {
             .expect("params")
             .signed_by(&key, &ca, &ca_key)
             .expect("server certificate");
+        let client_key = KeyPair::generate().expect("key");
+        let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "postgres");
+        let client = client
+            .signed_by(&client_key, &ca, &ca_key)
+            .expect("client certificate");
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
-        std::fs::write(dir.path().join("other.pem"), other.pem()).expect("write");
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("other.pem", other.pem()),
+            ("client.pem", client.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.path().join(name), pem).expect("write");
+        }
         Pki {
             dir,
+            ca: ca.pem(),
             cert: cert.pem(),
             key: key.serialize_pem(),
         }
+    }
+
+    /// `sslcert=` and `sslkey=` the client certificate's files.
+    fn client(&self) -> String {
+        let at = |name: &str| self.dir.path().join(name).display().to_string();
+        format!("sslcert={}&sslkey={}", at("client.pem"), at("client.key"))
     }
 
     /// `sslrootcert=` the CA's file, or the other CA's.
@@ -235,4 +259,44 @@ fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
             "{query}: {stderr}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_and_sslkey() {
+    let pki = Pki::new();
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = cluster.create_database("roost");
+    cluster.require_tls(&pki.cert, &pki.key);
+    cluster.require_client_certificates(&pki.ca);
+
+    // Without a certificate the server refuses the login: exit 2 naming store.url.
+    let without = with_query(&url, "sslmode=require");
+    let (code, stderr) = tokio::task::spawn_blocking(move || exit_of(&without, &["run"]))
+        .await
+        .expect("thread");
+    assert_eq!(code, Some(2), "{stderr}");
+    let line = last_line(&stderr);
+    assert!(
+        line.contains("store.url") && line.contains("28000"),
+        "{stderr}"
+    );
+
+    let query = format!("sslmode=verify-ca&{}&{}", pki.root("ca.pem"), pki.client());
+    let app = config(&with_query(&url, &query));
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start_with(&app))
+        .await
+        .expect("thread");
+    let mut device = TestDevice::connect(gateway.mqtt, "client-cert").await;
+    device.request("stats", &values(&[1.0]), b"c", None).await;
+    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Accepted);
+    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Ok);
+    device.disconnect().await;
+    let shown = cluster.query(
+        "postgres",
+        "SELECT COUNT(*) > 0 AND bool_and(s.client_dn = '/CN=postgres') FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'",
+    );
+    assert_eq!(shown, "t", "every connection logged in by the certificate");
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod models;
+pub mod pem;
 mod raw;
 mod store;
 

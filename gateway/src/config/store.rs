@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::pem::{read_certs, read_key};
 use super::{invalid, ConfigError, RawStore};
 
 /// `[store]`, validated.
@@ -127,14 +128,18 @@ fn check_url(url: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// How the store's connections use TLS: `store.url`'s `sslmode` and `sslrootcert`, with libpq's
-/// names and meanings.
+/// How the store's connections use TLS: `store.url`'s `sslmode`, `sslrootcert`, `sslcert` and
+/// `sslkey`, with libpq's names and meanings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgTls {
     /// `sslmode`.
     pub mode: SslMode,
     /// `sslrootcert`: the CA certificates (PEM) the server's certificate must chain to.
     pub root: Option<PathBuf>,
+    /// `sslcert` and `sslkey`: the certificate (PEM, the chain to present) and its private key
+    /// the gateway logs in with, for a server whose `pg_hba.conf` asks for one (`cert`, or
+    /// `clientcert=verify-ca|verify-full`).
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `sslmode`: whether TLS is used, and what of the server's certificate is checked.
@@ -160,13 +165,16 @@ impl SslMode {
 }
 
 /// Splits `url` into what the driver parses (its `sslmode` one of `disable`, `prefer`,
-/// `require`; no `sslrootcert`) and the TLS it asks for. As with libpq, `prefer` and `require`
-/// encrypt without checking the certificate, unless `sslrootcert` is given: then they check it
-/// chains to those CAs, as `verify-ca` does. `verify-ca` and `verify-full` need `sslrootcert`
-/// (a readable PEM file with at least one certificate).
+/// `require`; no `sslrootcert`, `sslcert` or `sslkey`) and the TLS it asks for. As with libpq,
+/// `prefer` and `require` encrypt without checking the certificate, unless `sslrootcert` is
+/// given: then they check it chains to those CAs, as `verify-ca` does. `verify-ca` and
+/// `verify-full` need `sslrootcert` (a readable PEM file with at least one certificate).
+/// `sslcert` and `sslkey` go together (a certificate file, and a file with its private key),
+/// and need TLS: with `sslmode=disable` they are a mistake, not ignored as libpq does.
 pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let (mut mode, mut root) = (SslMode::Prefer, None);
+    let (mut cert, mut key) = (None, None);
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
@@ -186,6 +194,8 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
                 }
             }
             Some(("sslrootcert", path)) => root = Some(PathBuf::from(percent_decoded(path))),
+            Some(("sslcert", path)) => cert = Some(PathBuf::from(percent_decoded(path))),
+            Some(("sslkey", path)) => key = Some(PathBuf::from(percent_decoded(path))),
             _ => kept.push(pair),
         }
     }
@@ -200,17 +210,31 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
         ));
     }
     if let Some(root) = &root {
-        check_pem_certificates(root)?;
+        read_certs(root).map_err(|why| format!("sslrootcert: {why}"))?;
         if matches!(mode, SslMode::Prefer | SslMode::Require) {
             mode = SslMode::VerifyCa;
         }
     }
+    let client = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => return Err("sslcert needs sslkey=FILE (its private key, PEM)".into()),
+        (None, Some(_)) => return Err("sslkey needs sslcert=FILE (its certificate, PEM)".into()),
+        (Some(_), Some(_)) if mode == SslMode::Disable => {
+            return Err("sslcert and sslkey need TLS, and sslmode=disable turns it off".into())
+        }
+        (Some(cert), Some(key)) => {
+            read_certs(&cert).map_err(|why| format!("sslcert: {why}"))?;
+            read_key(&key).map_err(|why| format!("sslkey: {why}"))?;
+            Some((cert, key))
+        }
+    };
     kept.push(match mode {
         SslMode::Disable => "sslmode=disable",
         SslMode::Prefer => "sslmode=prefer",
         _ => "sslmode=require",
     });
-    Ok((format!("{base}?{}", kept.join("&")), PgTls { mode, root }))
+    let tls = PgTls { mode, root, client };
+    Ok((format!("{base}?{}", kept.join("&")), tls))
 }
 
 /// `%XX` escapes decoded (a path in a URL may carry them), the rest as it is.
@@ -234,20 +258,4 @@ fn percent_decoded(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Whether `path` is a readable PEM file with at least one certificate.
-fn check_pem_certificates(path: &std::path::Path) -> Result<(), String> {
-    let pem =
-        std::fs::read(path).map_err(|error| format!("sslrootcert {}: {error}", path.display()))?;
-    let certificates = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| format!("sslrootcert {}: {error}", path.display()))?;
-    if certificates.is_empty() {
-        return Err(format!(
-            "sslrootcert {}: no PEM certificate in it",
-            path.display()
-        ));
-    }
-    Ok(())
 }

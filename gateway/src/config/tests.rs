@@ -227,3 +227,49 @@ fn store_url_tls_takes_libpqs_sslmode_and_sslrootcert() {
         );
     }
 }
+
+#[test]
+fn store_url_tls_takes_a_client_certificate_as_sslcert_and_sslkey() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN {pem}-----\nAAAA\n-----END {pem}-----\n"),
+        )
+        .expect("write");
+        path.display().to_string()
+    };
+    let (cert, key) = (file("c.pem", "CERTIFICATE"), file("k.pem", "PRIVATE KEY"));
+    let base = "postgres://roost@db:5432/roost";
+    let (url, tls) = postgres_tls(&format!("{base}?sslcert={cert}&sslkey={key}")).expect("parse");
+    assert_eq!(
+        url,
+        format!("{base}?sslmode=prefer"),
+        "the driver sees neither"
+    );
+    assert_eq!(tls.client, Some((cert.clone().into(), key.clone().into())));
+    assert_eq!(postgres_tls(base).expect("parse").1.client, None);
+    for (query, says) in [
+        (format!("sslcert={cert}"), "sslcert needs sslkey"),
+        (format!("sslkey={key}"), "sslkey needs sslcert"),
+        (
+            format!("sslmode=disable&sslcert={cert}&sslkey={key}"),
+            "sslmode=disable",
+        ),
+        // Each file must hold what its key names.
+        (format!("sslcert={key}&sslkey={key}"), "no PEM certificate"),
+        (
+            format!("sslcert={cert}&sslkey={cert}"),
+            "no PEM private key",
+        ),
+        (format!("sslcert=/none.pem&sslkey={key}"), "/none.pem"),
+    ] {
+        let text = format!("[store]\nengine = \"postgres\"\nurl = \"{base}?{query}\"\n");
+        let err = parse(&text).expect_err(&query).to_string();
+        assert!(
+            err.contains("store.url") && err.contains(says),
+            "{query}: {err}"
+        );
+    }
+}

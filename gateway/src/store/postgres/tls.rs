@@ -1,9 +1,10 @@
-//! TLS for the store's connections, as `store.url`'s `sslmode` and `sslrootcert` ask
-//! ([`crate::config::postgres_tls`]): rustls (ring) through `tokio-postgres-rustls`. As with
-//! libpq, `prefer` and `require` without `sslrootcert` encrypt and check only that the server
-//! holds the key of the certificate it shows (the handshake's signature), not who signed it;
-//! with `sslrootcert` the certificate must chain to those CAs, and `verify-full` must also name
-//! the host connected to.
+//! TLS for the store's connections, as `store.url`'s `sslmode`, `sslrootcert`, `sslcert` and
+//! `sslkey` ask ([`crate::config::postgres_tls`]): rustls (ring) through `tokio-postgres-rustls`.
+//! As with libpq, `prefer` and `require` without `sslrootcert` encrypt and check only that the
+//! server holds the key of the certificate it shows (the handshake's signature), not who signed
+//! it; with `sslrootcert` the certificate must chain to those CAs, and `verify-full` must also
+//! name the host connected to. With `sslcert` and `sslkey` the gateway shows that certificate
+//! when the server asks for one.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use tokio_rustls::rustls::{
     self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::{PgTls, SslMode};
+use crate::config::{pem, PgTls, SslMode};
 use crate::store::StoreError;
 
 /// The connector for `tls`; `None` for `sslmode=disable`.
@@ -42,12 +43,21 @@ pub fn connector(tls: &PgTls) -> Result<Option<MakeRustlsConnect>, StoreError> {
             provider: provider.clone(),
         }),
     };
-    let config = ClientConfig::builder_with_provider(provider)
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| StoreError::Sql(format!("TLS: {error}")))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = pem::read_certs(cert).map_err(|why| refused(format!("sslcert: {why}")))?;
+            let key = pem::read_key(key).map_err(|why| refused(format!("sslkey: {why}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| refused(format!("sslcert and sslkey: {error}")))?
+        }
+    };
     Ok(Some(MakeRustlsConnect::new(config)))
 }
 
@@ -79,12 +89,10 @@ fn refused(text: String) -> StoreError {
 
 /// The CA certificates in the PEM file at `path`.
 fn roots(path: &std::path::Path) -> Result<RootCertStore, StoreError> {
-    let pem = std::fs::read(path)
-        .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
     let mut roots = RootCertStore::empty();
-    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let certificate = certificate
-            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+    for certificate in
+        pem::read_certs(path).map_err(|why| refused(format!("sslrootcert: {why}")))?
+    {
         roots
             .add(certificate)
             .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
