@@ -38,9 +38,18 @@ pub struct Gateway {
     restarts: usize,
     /// The PostgreSQL cluster this gateway's store lives in, under `ROOST_TEST_ENGINE=postgres`.
     pub postgres: Option<postgres::PgCluster>,
-    /// `RLIMIT_NOFILE` (soft, hard) the process starts with, set by util-linux's `prlimit`;
-    /// `None`: the test process's own.
-    open_files: Option<(u64, u64)>,
+    launch: Launch,
+}
+
+/// How a gateway process is started, past its config: what a test may not change in its own
+/// process, which every test in the binary shares.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// `RLIMIT_NOFILE` (soft, hard) it starts with, set by util-linux's `prlimit`; `None`: this
+    /// process's.
+    pub open_files: Option<(u64, u64)>,
+    /// Environment variables set for it.
+    pub env: Vec<(String, String)>,
 }
 
 /// Whether the harness runs gateways on PostgreSQL (`ROOST_TEST_ENGINE=postgres`).
@@ -56,12 +65,11 @@ impl Gateway {
 
     /// Starts a gateway with extra TOML merged over the test config (a key given here wins).
     pub fn start_with(extra_config: &str) -> Gateway {
-        Gateway::start_limited(extra_config, None)
+        Gateway::start_as(extra_config, Launch::default())
     }
 
-    /// Starts a gateway as [`Gateway::start_with`] does, with its open-files limit (soft, hard)
-    /// set before it runs: the limit of this process, shared by every test in it, stays.
-    pub fn start_limited(extra_config: &str, open_files: Option<(u64, u64)>) -> Gateway {
+    /// Starts a gateway as [`Gateway::start_with`] does, started as `launch` says.
+    pub fn start_as(extra_config: &str, launch: Launch) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut gateway = Gateway {
             child: None,
@@ -71,7 +79,7 @@ impl Gateway {
             http: None,
             restarts: 0,
             postgres: None,
-            open_files,
+            launch,
         };
         if on_postgres() {
             let cluster = postgres::PgCluster::start();
@@ -131,7 +139,7 @@ impl Gateway {
         merge(&mut config, extra);
         std::fs::write(self.config_path(), config.to_string()).expect("write config");
         let log = std::fs::File::create(self.log_path()).expect("log file");
-        let mut command = match self.open_files {
+        let mut command = match self.launch.open_files {
             Some((soft, hard)) => {
                 let mut prlimit = Command::new("prlimit");
                 prlimit.arg(format!("--nofile={soft}:{hard}"));
@@ -140,6 +148,7 @@ impl Gateway {
             }
             None => Command::new(Gateway::binary()),
         };
+        command.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .args(["run", "--config"])
             .arg(self.config_path())

@@ -3,7 +3,7 @@
 //! connections need. The limits are real: the gateway starts under util-linux's `prlimit`.
 
 use roost_tests::device::{values, TestDevice};
-use roost_tests::Gateway;
+use roost_tests::{Gateway, Launch};
 
 /// (soft, hard) "Max open files" of a process, from `/proc/PID/limits`.
 fn open_files(pid: u32) -> (String, String) {
@@ -22,8 +22,11 @@ fn open_files(pid: u32) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_soft_open_files_limit_is_raised_and_a_low_hard_limit_is_named() {
     // Soft 256, hard 4096 for the gateway (prlimit sets them, then runs it in its place).
-    let low = Some((256, 4096));
-    let gateway = Gateway::start_limited("[limits]\nmax_connections = 10000\n", low);
+    let low = Launch {
+        open_files: Some((256, 4096)),
+        ..Launch::default()
+    };
+    let gateway = Gateway::start_as("[limits]\nmax_connections = 10000\n", low.clone());
     assert_eq!(
         open_files(gateway.pid()),
         ("4096".to_owned(), "4096".to_owned()),
@@ -42,7 +45,7 @@ async fn the_soft_open_files_limit_is_raised_and_a_low_hard_limit_is_named() {
     device.reply_for(b"fd").await;
 
     // Within the limit: no warning.
-    let fits = Gateway::start_limited("[limits]\nmax_connections = 1000\n", low);
+    let fits = Gateway::start_as("[limits]\nmax_connections = 1000\n", low);
     assert!(
         !fits.log().contains("limits.max_connections"),
         "{}",

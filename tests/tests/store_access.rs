@@ -3,8 +3,9 @@
 //! role that may only read and write the tables (no `CREATE`: PostgreSQL 15's default for roles
 //! other than the owner) serves a database its owner migrated; a server that takes TLS only is
 //! reached with libpq's `sslmode` and `sslrootcert`, and a certificate that fails the check
-//! asked for ends the start the same way; one that logs roles in by client certificate is
-//! reached with `sslcert` and `sslkey`. Real PostgreSQL, real gateway processes, certificates
+//! asked for ends the start the same way; `sslrootcert=system` checks the server against the
+//! system's CAs and its name; a server that logs roles in by client certificate is reached
+//! with `sslcert` and `sslkey`. Real PostgreSQL, real gateway processes, certificates
 //! made here.
 
 use std::process::{Command, Stdio};
@@ -13,7 +14,7 @@ use gateway::wire::Status;
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use roost_tests::device::{values, TestDevice};
 use roost_tests::postgres::PgCluster;
-use roost_tests::Gateway;
+use roost_tests::{Gateway, Launch};
 
 /// The config of a gateway on the database at `url`.
 fn config(url: &str) -> String {
@@ -23,10 +24,10 @@ fn config(url: &str) -> String {
     )
 }
 
-/// Runs `gateway COMMAND --config` (`run`, or an operator command) on the database at `url`
-/// until it exits, bounded at 60 s (`timeout`: exit code 124 past it): its exit code and what
-/// it printed on stderr.
-fn exit_of(url: &str, command: &[&str]) -> (Option<i32>, String) {
+/// Runs `gateway COMMAND --config` (`run`, or an operator command) on the database at `url`,
+/// with `env` set for it, until it exits, bounded at 60 s (`timeout`: exit code 124 past it):
+/// its exit code and what it printed on stderr.
+fn exit_of(url: &str, command: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("gateway.toml");
     let data = dir.path().join("data");
@@ -36,6 +37,7 @@ fn exit_of(url: &str, command: &[&str]) -> (Option<i32>, String) {
         .arg("60")
         .arg(Gateway::binary())
         .args(command)
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(&path)
         .stdin(Stdio::null())
@@ -64,7 +66,7 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
             "migrating needs a role that may create tables",
         ),
     ] {
-        let (code, stderr) = exit_of(&url, &["run"]);
+        let (code, stderr) = exit_of(&url, &["run"], &[]);
         let line = last_line(&stderr);
         assert_eq!(code, Some(2), "{url}: {stderr}");
         assert!(
@@ -73,7 +75,11 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
         );
     }
     // The operator commands say it the same way.
-    let (code, stderr) = exit_of(&cluster.url_as("nobody", "roost"), &["requests", "list"]);
+    let (code, stderr) = exit_of(
+        &cluster.url_as("nobody", "roost"),
+        &["requests", "list"],
+        &[],
+    );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("store.url") && stderr.contains("28000"),
@@ -119,8 +125,8 @@ async fn a_role_that_may_only_read_and_write_serves_a_database_its_owner_migrate
     );
 }
 
-/// A CA, the server's certificate it signed (for `db.example` only, not the address the
-/// gateways connect to) and its key (PEM), a client certificate it signed for role `postgres`,
+/// A CA, the server's certificate it signed for `names` (`db.example` only: not the address
+/// the gateways connect to) and its key (PEM), a client certificate it signed for role `postgres`,
 /// and another CA that signed nothing.
 struct Pki {
     dir: tempfile::TempDir,
@@ -130,7 +136,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new() -> Pki {
+    fn new(names: &[&str]) -> Pki {
         let ca = |name: &str| -> (Certificate, KeyPair) {
             let key = KeyPair::generate().expect("key");
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -140,7 +146,8 @@ impl Pki {
         };
         let ((ca, ca_key), (other, _)) = (ca("roost test CA"), ca("another CA"));
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["db.example".to_owned()])
+        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
+        let cert = CertificateParams::new(names)
             .expect("params")
             .signed_by(&key, &ca, &ca_key)
             .expect("server certificate");
@@ -191,7 +198,7 @@ fn with_query(url: &str, query: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reaches_a_database_that_takes_tls_only() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["db.example"]);
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .expect("cluster");
@@ -232,7 +239,7 @@ async fn a_gateway_reaches_a_database_that_takes_tls_only() {
 
 #[test]
 fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["db.example"]);
     let cluster = PgCluster::start();
     let url = cluster.create_database("roost");
     cluster.require_tls(&pki.cert, &pki.key);
@@ -251,7 +258,7 @@ fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
         // A config mistake, before any connection.
         ("sslmode=verify-full".to_owned(), "sslrootcert"),
     ] {
-        let (code, stderr) = exit_of(&with_query(&url, &query), &["run"]);
+        let (code, stderr) = exit_of(&with_query(&url, &query), &["run"], &[]);
         let line = last_line(&stderr);
         assert_eq!(code, Some(2), "{query}: {stderr}");
         assert!(
@@ -263,7 +270,7 @@ fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_and_sslkey() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["db.example"]);
     let cluster = tokio::task::spawn_blocking(PgCluster::start)
         .await
         .expect("cluster");
@@ -273,7 +280,7 @@ async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_a
 
     // Without a certificate the server refuses the login: exit 2 naming store.url.
     let without = with_query(&url, "sslmode=require");
-    let (code, stderr) = tokio::task::spawn_blocking(move || exit_of(&without, &["run"]))
+    let (code, stderr) = tokio::task::spawn_blocking(move || exit_of(&without, &["run"], &[]))
         .await
         .expect("thread");
     assert_eq!(code, Some(2), "{stderr}");
@@ -299,4 +306,49 @@ async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_a
          JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'",
     );
     assert_eq!(shown, "t", "every connection logged in by the certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslrootcert_system_checks_the_database_against_the_systems_cas_and_its_name() {
+    let pki = Pki::new(&["127.0.0.1"]);
+    let cluster = tokio::task::spawn_blocking(PgCluster::start)
+        .await
+        .expect("cluster");
+    let url = with_query(&cluster.create_database("roost"), "sslrootcert=system");
+    cluster.require_tls(&pki.cert, &pki.key);
+    // The system's store as OpenSSL's variable names it: the CA that signed, or another.
+    let store = |which: &str| pki.dir.path().join(which).display().to_string();
+    let (signed, other) = (store("ca.pem"), store("other.pem"));
+
+    let run = |url: String, file: String| {
+        tokio::task::spawn_blocking(move || exit_of(&url, &["run"], &[("SSL_CERT_FILE", &file)]))
+    };
+    // A store without the CA: refused; a name other than the certificate's (verify-full is
+    // sslrootcert=system's default): refused.
+    let localhost = url.replace("127.0.0.1", "localhost");
+    for (url, file, says) in [
+        (url.clone(), other, "UnknownIssuer"),
+        (localhost, signed.clone(), "not valid for name"),
+    ] {
+        let (code, stderr) = run(url, file).await.expect("thread");
+        assert_eq!(code, Some(2), "{stderr}");
+        let line = last_line(&stderr);
+        assert!(
+            line.contains("store.url") && line.contains(says),
+            "{says}: {stderr}"
+        );
+    }
+
+    let launch = Launch {
+        env: vec![("SSL_CERT_FILE".into(), signed)],
+        ..Launch::default()
+    };
+    let app = config(&url);
+    let gateway = tokio::task::spawn_blocking(move || Gateway::start_as(&app, launch))
+        .await
+        .expect("thread");
+    let mut device = TestDevice::connect(gateway.mqtt, "system-ca").await;
+    device.request("stats", &values(&[1.0]), b"c", None).await;
+    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Accepted);
+    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Ok);
 }

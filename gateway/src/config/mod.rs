@@ -22,7 +22,7 @@ mod store;
 
 pub use models::{RawDim, RawModel, RawTensor};
 pub use raw::{RawConfig, RawLimits, RawStore, RawTls};
-pub use store::{postgres_tls, PgTls, SslMode, StoreConfig, StoreEngine};
+pub use store::{postgres_tls, root_certs, PgTls, Roots, SslMode, StoreConfig, StoreEngine};
 
 /// A configuration mistake, naming the key (or file) it is about.
 #[derive(Debug, thiserror::Error)]

@@ -30,3 +30,21 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?
         .ok_or_else(|| format!("{} holds no PEM private key", path.display()))
 }
+
+/// The system's trusted CA certificates, as OpenSSL finds them (`SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set, else the distribution's store): at least one, or an error.
+pub fn system_certs() -> Result<Vec<CertificateDer<'static>>, String> {
+    let found = rustls_native_certs::load_native_certs();
+    if found.certs.is_empty() {
+        let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "system: no CA certificate in the system's store (SSL_CERT_FILE, SSL_CERT_DIR or \
+             the distribution's, e.g. /etc/ssl/certs){}",
+            match errors.is_empty() {
+                true => String::new(),
+                false => format!(": {}", errors.join("; ")),
+            }
+        ));
+    }
+    Ok(found.certs)
+}

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::pem::{read_certs, read_key};
+use tokio_rustls::rustls::pki_types::CertificateDer;
+
+use super::pem::{read_certs, read_key, system_certs};
 use super::{invalid, ConfigError, RawStore};
 
 /// `[store]`, validated.
@@ -134,12 +136,22 @@ fn check_url(url: &str) -> Result<(), ConfigError> {
 pub struct PgTls {
     /// `sslmode`.
     pub mode: SslMode,
-    /// `sslrootcert`: the CA certificates (PEM) the server's certificate must chain to.
-    pub root: Option<PathBuf>,
+    /// `sslrootcert`: the CA certificates the server's certificate must chain to.
+    pub root: Option<Roots>,
     /// `sslcert` and `sslkey`: the certificate (PEM, the chain to present) and its private key
     /// the gateway logs in with, for a server whose `pg_hba.conf` asks for one (`cert`, or
     /// `clientcert=verify-ca|verify-full`).
     pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where `sslrootcert`'s CA certificates are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Roots {
+    /// A PEM file.
+    File(PathBuf),
+    /// `sslrootcert=system`: the system's trust store (`SSL_CERT_FILE` and `SSL_CERT_DIR` when
+    /// set, else the distribution's, e.g. `/etc/ssl/certs`).
+    System,
 }
 
 /// `sslmode`: whether TLS is used, and what of the server's certificate is checked.
@@ -168,18 +180,20 @@ impl SslMode {
 /// `require`; no `sslrootcert`, `sslcert` or `sslkey`) and the TLS it asks for. As with libpq,
 /// `prefer` and `require` encrypt without checking the certificate, unless `sslrootcert` is
 /// given: then they check it chains to those CAs, as `verify-ca` does. `verify-ca` and
-/// `verify-full` need `sslrootcert` (a readable PEM file with at least one certificate).
+/// `verify-full` need `sslrootcert` (a readable PEM file with at least one certificate, or
+/// `system`). As with libpq, `sslrootcert=system` makes `verify-full` the default and refuses a
+/// weaker `sslmode`: any public CA signs certificates for other people's hosts.
 /// `sslcert` and `sslkey` go together (a certificate file, and a file with its private key),
 /// and need TLS: with `sslmode=disable` they are a mistake, not ignored as libpq does.
 pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let (mut mode, mut root) = (SslMode::Prefer, None);
+    let (mut mode, mut root) = (None, None);
     let (mut cert, mut key) = (None, None);
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         match pair.split_once('=') {
             Some(("sslmode", value)) => {
-                mode = match value {
+                mode = Some(match value {
                     "disable" => SslMode::Disable,
                     "prefer" => SslMode::Prefer,
                     "require" => SslMode::Require,
@@ -191,14 +205,30 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
                              verify-full"
                         ))
                     }
-                }
+                })
             }
-            Some(("sslrootcert", path)) => root = Some(PathBuf::from(percent_decoded(path))),
+            Some(("sslrootcert", path)) => root = Some(percent_decoded(path)),
             Some(("sslcert", path)) => cert = Some(PathBuf::from(percent_decoded(path))),
             Some(("sslkey", path)) => key = Some(PathBuf::from(percent_decoded(path))),
             _ => kept.push(pair),
         }
     }
+    let root = root.map(|root| match root.as_str() {
+        "system" => Roots::System,
+        _ => Roots::File(PathBuf::from(root)),
+    });
+    let mut mode = match (mode, &root) {
+        (None | Some(SslMode::VerifyFull), Some(Roots::System)) => SslMode::VerifyFull,
+        (Some(_), Some(Roots::System)) => {
+            return Err(
+                "sslrootcert=system needs sslmode=verify-full (its default): any \
+                        public CA signs certificates for other people's hosts, so the name must \
+                        be checked too"
+                    .into(),
+            )
+        }
+        (mode, _) => mode.unwrap_or(SslMode::Prefer),
+    };
     if mode.verifies() && root.is_none() {
         return Err(format!(
             "sslmode={} needs sslrootcert=FILE (the CA certificates, PEM)",
@@ -210,7 +240,7 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
         ));
     }
     if let Some(root) = &root {
-        read_certs(root).map_err(|why| format!("sslrootcert: {why}"))?;
+        root_certs(root)?;
         if matches!(mode, SslMode::Prefer | SslMode::Require) {
             mode = SslMode::VerifyCa;
         }
@@ -235,6 +265,15 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
     });
     let tls = PgTls { mode, root, client };
     Ok((format!("{base}?{}", kept.join("&")), tls))
+}
+
+/// The CA certificates `root` names: at least one, or an error naming `sslrootcert`.
+pub fn root_certs(root: &Roots) -> Result<Vec<CertificateDer<'static>>, String> {
+    match root {
+        Roots::File(path) => read_certs(path),
+        Roots::System => system_certs(),
+    }
+    .map_err(|why| format!("sslrootcert: {why}"))
 }
 
 /// `%XX` escapes decoded (a path in a URL may carry them), the rest as it is.

@@ -203,8 +203,10 @@ fn store_url_tls_takes_libpqs_sslmode_and_sslrootcert() {
         let (url, tls) = postgres_tls(&format!("{base}{query}")).expect(query);
         assert_eq!(url, format!("{base}?{driver}"), "{query}");
         assert_eq!(tls.mode, mode, "{query}");
-        assert_eq!(tls.root.is_some(), query.contains("sslrootcert"), "{query}");
-        assert!(tls.root.as_deref().is_none_or(|r| r == ca), "{query}");
+        let root = query
+            .contains("sslrootcert")
+            .then(|| Roots::File(ca.clone()));
+        assert_eq!(tls.root, root, "{query}");
     }
     std::fs::write(dir.path().join("empty.pem"), "").expect("write");
     let empty = dir.path().join("empty.pem").display().to_string();
@@ -217,6 +219,15 @@ fn store_url_tls_takes_libpqs_sslmode_and_sslrootcert() {
             "/nonexistent.pem",
         ),
         (format!("sslrootcert={empty}"), "no PEM certificate"),
+        // As libpq: the system's CAs sign for anyone's hosts, so the name is checked too.
+        (
+            "sslrootcert=system&sslmode=require".to_owned(),
+            "sslrootcert=system needs sslmode=verify-full",
+        ),
+        (
+            "sslmode=verify-ca&sslrootcert=system".to_owned(),
+            "sslrootcert=system needs sslmode=verify-full",
+        ),
     ] {
         let text = format!("[store]\nengine = \"postgres\"\nurl = \"{base}?{query}\"\n");
         let err = parse(&text).expect_err(&query);

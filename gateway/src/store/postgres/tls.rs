@@ -19,7 +19,7 @@ use tokio_rustls::rustls::{
     self, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::config::{pem, PgTls, SslMode};
+use crate::config::{pem, root_certs, PgTls, Roots, SslMode};
 use crate::store::StoreError;
 
 /// The connector for `tls`; `None` for `sslmode=disable`.
@@ -30,10 +30,10 @@ pub fn connector(tls: &PgTls) -> Result<Option<MakeRustlsConnect>, StoreError> {
     let provider = Arc::new(crypto::ring::default_provider());
     let chain = match &tls.root {
         None => None,
-        Some(path) => Some(
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(path)?), provider.clone())
+        Some(root) => Some(
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root)?), provider.clone())
                 .build()
-                .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?,
+                .map_err(|error| refused(format!("sslrootcert: {error}")))?,
         ),
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (tls.mode, chain) {
@@ -87,15 +87,27 @@ fn refused(text: String) -> StoreError {
     StoreError::Refused(text)
 }
 
-/// The CA certificates in the PEM file at `path`.
-fn roots(path: &std::path::Path) -> Result<RootCertStore, StoreError> {
+/// The CA certificates `root` names. A file's must all parse; the system's store may hold
+/// some that do not (as distributions' do), which are skipped.
+fn roots(root: &Roots) -> Result<RootCertStore, StoreError> {
     let mut roots = RootCertStore::empty();
-    for certificate in
-        pem::read_certs(path).map_err(|why| refused(format!("sslrootcert: {why}")))?
-    {
-        roots
-            .add(certificate)
-            .map_err(|error| refused(format!("sslrootcert {}: {error}", path.display())))?;
+    let certificates = root_certs(root).map_err(refused)?;
+    match root {
+        Roots::File(_) => {
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|error| refused(format!("sslrootcert: {error}")))?;
+            }
+        }
+        Roots::System => {
+            roots.add_parsable_certificates(certificates);
+        }
+    }
+    if roots.is_empty() {
+        return Err(refused(
+            "sslrootcert: no CA certificate could be parsed".into(),
+        ));
     }
     Ok(roots)
 }
