@@ -47,9 +47,41 @@ fn exit_of(url: &str, command: &[&str], env: &[(&str, &str)]) -> (Option<i32>, S
     (out.status.code(), printed)
 }
 
-/// The line a refused start ends with (the log lines before it are the gateway's own).
-fn last_line(stderr: &str) -> &str {
-    stderr.trim().lines().last().unwrap_or_default()
+/// Asserts a start ended as a refused config does: exit code 2, and a last line (the log lines
+/// before it are the gateway's own) naming `store.url` and saying `says`.
+fn assert_refused((code, stderr): (Option<i32>, String), says: &str, case: &str) {
+    let line = stderr.trim().lines().last().unwrap_or_default();
+    assert_eq!(code, Some(2), "{case}: {stderr}");
+    assert!(
+        line.contains("store.url") && line.contains(says),
+        "{case}: {stderr}"
+    );
+}
+
+/// A device of `gateway` (as `id`) gets `202`, then `200`, for one request.
+async fn round_trip(gateway: &Gateway, id: &str) {
+    let mut device = TestDevice::connect(gateway.mqtt, id).await;
+    device
+        .request("stats", &values(&[1.0, 2.0, 3.0]), b"c", None)
+        .await;
+    assert_eq!(
+        device.reply_for(b"c").await.reply.status,
+        Status::Accepted,
+        "{id}"
+    );
+    assert_eq!(
+        device.reply_for(b"c").await.reply.status,
+        Status::Ok,
+        "{id}"
+    );
+    device.disconnect().await;
+}
+
+/// Starts a gateway with `config` off the runtime's threads.
+async fn gateway_as(config: String, launch: Launch) -> Gateway {
+    tokio::task::spawn_blocking(move || Gateway::start_as(&config, launch))
+        .await
+        .expect("thread")
 }
 
 #[test]
@@ -66,25 +98,12 @@ fn a_database_that_refuses_the_gateway_exits_2_naming_store_url() {
             "migrating needs a role that may create tables",
         ),
     ] {
-        let (code, stderr) = exit_of(&url, &["run"], &[]);
-        let line = last_line(&stderr);
-        assert_eq!(code, Some(2), "{url}: {stderr}");
-        assert!(
-            line.contains("store.url") && line.contains(says),
-            "{url}: {stderr}"
-        );
+        assert_refused(exit_of(&url, &["run"], &[]), says, &url);
     }
     // The operator commands say it the same way.
-    let (code, stderr) = exit_of(
-        &cluster.url_as("nobody", "roost"),
-        &["requests", "list"],
-        &[],
-    );
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("store.url") && stderr.contains("28000"),
-        "{stderr}"
-    );
+    let nobody = cluster.url_as("nobody", "roost");
+    let listed = exit_of(&nobody, &["requests", "list"], &[]);
+    assert_refused(listed, "28000", "requests list");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,19 +124,8 @@ async fn a_role_that_may_only_read_and_write_serves_a_database_its_owner_migrate
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO app",
     );
     let app = config(&cluster.url_as("app", "roost"));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start_with(&app))
-        .await
-        .expect("thread");
-    let mut device = TestDevice::connect(gateway.mqtt, "least-1").await;
-    device
-        .request("stats", &values(&[1.0, 2.0, 3.0]), b"c-1", None)
-        .await;
-    assert_eq!(
-        device.reply_for(b"c-1").await.reply.status,
-        Status::Accepted
-    );
-    assert_eq!(device.reply_for(b"c-1").await.reply.status, Status::Ok);
-    device.disconnect().await;
+    let gateway = gateway_as(app, Launch::default()).await;
+    round_trip(&gateway, "least-1").await;
     assert!(
         !gateway.log().contains("42501"),
         "a statement needed more rights than reading and writing the tables:\n{}",
@@ -196,14 +204,33 @@ fn with_query(url: &str, query: &str) -> String {
     }
 }
 
+/// A cluster that takes TLS only, with `pki`'s server certificate: its database `roost`'s URL.
+async fn tls_cluster(pki: &Pki) -> (PgCluster, String) {
+    let (cert, key) = (pki.cert.clone(), pki.key.clone());
+    tokio::task::spawn_blocking(move || {
+        let cluster = PgCluster::start();
+        let url = cluster.create_database("roost");
+        cluster.require_tls(&cert, &key);
+        (cluster, url)
+    })
+    .await
+    .expect("cluster")
+}
+
+/// Whether every connection of the gateways to `cluster` passes `check` (SQL on `pg_stat_ssl`
+/// as `s`), and there is one.
+fn every_connection(cluster: &PgCluster, check: &str) -> bool {
+    let sql = format!(
+        "SELECT COUNT(*) > 0 AND bool_and({check}) FROM pg_stat_activity a \
+         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'"
+    );
+    cluster.query("postgres", &sql) == "t"
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reaches_a_database_that_takes_tls_only() {
     let pki = Pki::new(&["db.example"]);
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("roost");
-    cluster.require_tls(&pki.cert, &pki.key);
+    let (cluster, url) = tls_cluster(&pki).await;
     for (n, query) in [
         // The chain is checked, not the name (libpq's meaning).
         format!("sslmode=verify-ca&{}", pki.root("ca.pem")),
@@ -215,34 +242,19 @@ async fn a_gateway_reaches_a_database_that_takes_tls_only() {
     .enumerate()
     {
         let app = config(&with_query(&url, &query));
-        let gateway = tokio::task::spawn_blocking(move || Gateway::start_with(&app))
-            .await
-            .expect("thread");
-        let mut device = TestDevice::connect(gateway.mqtt, &format!("tls-{n}")).await;
-        device.request("stats", &values(&[1.0]), b"c", None).await;
-        let accepted = device.reply_for(b"c").await.reply.status;
-        assert_eq!(accepted, Status::Accepted, "{query}");
-        assert_eq!(
-            device.reply_for(b"c").await.reply.status,
-            Status::Ok,
-            "{query}"
+        let gateway = gateway_as(app, Launch::default()).await;
+        round_trip(&gateway, &format!("tls-{n}")).await;
+        assert!(
+            every_connection(&cluster, "s.ssl"),
+            "{query}: every connection encrypted"
         );
-        device.disconnect().await;
-        let connections = cluster.query(
-            "postgres",
-            "SELECT COUNT(*) > 0 AND bool_and(s.ssl) FROM pg_stat_activity a \
-             JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'",
-        );
-        assert_eq!(connections, "t", "{query}: every connection encrypted");
     }
 }
 
-#[test]
-fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
     let pki = Pki::new(&["db.example"]);
-    let cluster = PgCluster::start();
-    let url = cluster.create_database("roost");
-    cluster.require_tls(&pki.cert, &pki.key);
+    let (_cluster, url) = tls_cluster(&pki).await;
     for (query, says) in [
         // The certificate names db.example, not 127.0.0.1.
         (
@@ -258,71 +270,41 @@ fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
         // A config mistake, before any connection.
         ("sslmode=verify-full".to_owned(), "sslrootcert"),
     ] {
-        let (code, stderr) = exit_of(&with_query(&url, &query), &["run"], &[]);
-        let line = last_line(&stderr);
-        assert_eq!(code, Some(2), "{query}: {stderr}");
-        assert!(
-            line.contains("store.url") && line.contains(says),
-            "{query}: {stderr}"
-        );
+        let url = with_query(&url, &query);
+        let ended = tokio::task::spawn_blocking(move || exit_of(&url, &["run"], &[]));
+        assert_refused(ended.await.expect("thread"), says, &query);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_and_sslkey() {
     let pki = Pki::new(&["db.example"]);
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = cluster.create_database("roost");
-    cluster.require_tls(&pki.cert, &pki.key);
+    let (cluster, url) = tls_cluster(&pki).await;
     cluster.require_client_certificates(&pki.ca);
 
     // Without a certificate the server refuses the login: exit 2 naming store.url.
     let without = with_query(&url, "sslmode=require");
-    let (code, stderr) = tokio::task::spawn_blocking(move || exit_of(&without, &["run"], &[]))
-        .await
-        .expect("thread");
-    assert_eq!(code, Some(2), "{stderr}");
-    let line = last_line(&stderr);
-    assert!(
-        line.contains("store.url") && line.contains("28000"),
-        "{stderr}"
-    );
+    let ended = tokio::task::spawn_blocking(move || exit_of(&without, &["run"], &[]));
+    assert_refused(ended.await.expect("thread"), "28000", "no certificate");
 
     let query = format!("sslmode=verify-ca&{}&{}", pki.root("ca.pem"), pki.client());
-    let app = config(&with_query(&url, &query));
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start_with(&app))
-        .await
-        .expect("thread");
-    let mut device = TestDevice::connect(gateway.mqtt, "client-cert").await;
-    device.request("stats", &values(&[1.0]), b"c", None).await;
-    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Accepted);
-    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Ok);
-    device.disconnect().await;
-    let shown = cluster.query(
-        "postgres",
-        "SELECT COUNT(*) > 0 AND bool_and(s.client_dn = '/CN=postgres') FROM pg_stat_activity a \
-         JOIN pg_stat_ssl s USING (pid) WHERE a.application_name = 'roost-gateway'",
+    let gateway = gateway_as(config(&with_query(&url, &query)), Launch::default()).await;
+    round_trip(&gateway, "client-cert").await;
+    assert!(
+        every_connection(&cluster, "s.client_dn = '/CN=postgres'"),
+        "every connection logged in by the certificate"
     );
-    assert_eq!(shown, "t", "every connection logged in by the certificate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslrootcert_system_checks_the_database_against_the_systems_cas_and_its_name() {
     let pki = Pki::new(&["127.0.0.1"]);
-    let cluster = tokio::task::spawn_blocking(PgCluster::start)
-        .await
-        .expect("cluster");
-    let url = with_query(&cluster.create_database("roost"), "sslrootcert=system");
-    cluster.require_tls(&pki.cert, &pki.key);
+    let (_cluster, url) = tls_cluster(&pki).await;
+    let url = with_query(&url, "sslrootcert=system");
     // The system's store as OpenSSL's variable names it: the CA that signed, or another.
     let store = |which: &str| pki.dir.path().join(which).display().to_string();
     let (signed, other) = (store("ca.pem"), store("other.pem"));
 
-    let run = |url: String, file: String| {
-        tokio::task::spawn_blocking(move || exit_of(&url, &["run"], &[("SSL_CERT_FILE", &file)]))
-    };
     // A store without the CA: refused; a name other than the certificate's (verify-full is
     // sslrootcert=system's default): refused.
     let localhost = url.replace("127.0.0.1", "localhost");
@@ -330,25 +312,16 @@ async fn sslrootcert_system_checks_the_database_against_the_systems_cas_and_its_
         (url.clone(), other, "UnknownIssuer"),
         (localhost, signed.clone(), "not valid for name"),
     ] {
-        let (code, stderr) = run(url, file).await.expect("thread");
-        assert_eq!(code, Some(2), "{stderr}");
-        let line = last_line(&stderr);
-        assert!(
-            line.contains("store.url") && line.contains(says),
-            "{says}: {stderr}"
-        );
+        let ended = tokio::task::spawn_blocking(move || {
+            exit_of(&url, &["run"], &[("SSL_CERT_FILE", &file)])
+        });
+        assert_refused(ended.await.expect("thread"), says, says);
     }
 
     let launch = Launch {
         env: vec![("SSL_CERT_FILE".into(), signed)],
         ..Launch::default()
     };
-    let app = config(&url);
-    let gateway = tokio::task::spawn_blocking(move || Gateway::start_as(&app, launch))
-        .await
-        .expect("thread");
-    let mut device = TestDevice::connect(gateway.mqtt, "system-ca").await;
-    device.request("stats", &values(&[1.0]), b"c", None).await;
-    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Accepted);
-    assert_eq!(device.reply_for(b"c").await.reply.status, Status::Ok);
+    let gateway = gateway_as(config(&url), launch).await;
+    round_trip(&gateway, "system-ca").await;
 }
