@@ -133,8 +133,8 @@ async fn a_role_that_may_only_read_and_write_serves_a_database_its_owner_migrate
     );
 }
 
-/// A CA, the server's certificate it signed for `names` (`db.example` only: not the address
-/// the gateways connect to) and its key (PEM), a client certificate it signed for role `postgres`,
+/// A CA, the server's certificate it signed (for `db.example` only, not the address the
+/// gateways connect to) and its key (PEM), a client certificate it signed for role `postgres`,
 /// and another CA that signed nothing.
 struct Pki {
     dir: tempfile::TempDir,
@@ -144,7 +144,7 @@ struct Pki {
 }
 
 impl Pki {
-    fn new(names: &[&str]) -> Pki {
+    fn new() -> Pki {
         let ca = |name: &str| -> (Certificate, KeyPair) {
             let key = KeyPair::generate().expect("key");
             let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -154,8 +154,7 @@ impl Pki {
         };
         let ((ca, ca_key), (other, _)) = (ca("roost test CA"), ca("another CA"));
         let key = KeyPair::generate().expect("key");
-        let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();
-        let cert = CertificateParams::new(names)
+        let cert = CertificateParams::new(vec!["db.example".to_owned()])
             .expect("params")
             .signed_by(&key, &ca, &ca_key)
             .expect("server certificate");
@@ -229,19 +228,29 @@ fn every_connection(cluster: &PgCluster, check: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reaches_a_database_that_takes_tls_only() {
-    let pki = Pki::new(&["db.example"]);
+    let pki = Pki::new();
     let (cluster, url) = tls_cluster(&pki).await;
-    for (n, query) in [
+    // The name the certificate gives, at the server's address (libpq's `hostaddr`).
+    let by_name = url.replace("127.0.0.1", "db.example");
+    for (n, (url, query)) in [
+        // The chain and the name are checked.
+        (
+            &by_name,
+            format!(
+                "hostaddr=127.0.0.1&sslmode=verify-full&{}",
+                pki.root("ca.pem")
+            ),
+        ),
         // The chain is checked, not the name (libpq's meaning).
-        format!("sslmode=verify-ca&{}", pki.root("ca.pem")),
+        (&url, format!("sslmode=verify-ca&{}", pki.root("ca.pem"))),
         // Encrypted, the certificate not checked; the default (`prefer`) likewise.
-        "sslmode=require".to_owned(),
-        String::new(),
+        (&url, "sslmode=require".to_owned()),
+        (&url, String::new()),
     ]
     .into_iter()
     .enumerate()
     {
-        let app = config(&with_query(&url, &query));
+        let app = config(&with_query(url, &query));
         let gateway = gateway_as(app, Launch::default()).await;
         round_trip(&gateway, &format!("tls-{n}")).await;
         assert!(
@@ -253,7 +262,7 @@ async fn a_gateway_reaches_a_database_that_takes_tls_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
-    let pki = Pki::new(&["db.example"]);
+    let pki = Pki::new();
     let (_cluster, url) = tls_cluster(&pki).await;
     for (query, says) in [
         // The certificate names db.example, not 127.0.0.1.
@@ -278,7 +287,7 @@ async fn a_database_that_fails_the_tls_check_ends_the_start_with_exit_2() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_and_sslkey() {
-    let pki = Pki::new(&["db.example"]);
+    let pki = Pki::new();
     let (cluster, url) = tls_cluster(&pki).await;
     cluster.require_client_certificates(&pki.ca);
 
@@ -298,19 +307,23 @@ async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslrootcert_system_checks_the_database_against_the_systems_cas_and_its_name() {
-    let pki = Pki::new(&["127.0.0.1"]);
+    let pki = Pki::new();
     let (_cluster, url) = tls_cluster(&pki).await;
-    let url = with_query(&url, "sslrootcert=system");
+    let by_address = with_query(&url, "sslrootcert=system");
+    // The name the certificate gives, at the server's address (libpq's `hostaddr`).
+    let by_name = with_query(
+        &url.replace("127.0.0.1", "db.example"),
+        "hostaddr=127.0.0.1&sslrootcert=system",
+    );
     // The system's store as OpenSSL's variable names it: the CA that signed, or another.
     let store = |which: &str| pki.dir.path().join(which).display().to_string();
     let (signed, other) = (store("ca.pem"), store("other.pem"));
 
-    // A store without the CA: refused; a name other than the certificate's (verify-full is
-    // sslrootcert=system's default): refused.
-    let localhost = url.replace("127.0.0.1", "localhost");
+    // A store without the CA: refused; the address, which the certificate does not name
+    // (verify-full is sslrootcert=system's default): refused.
     for (url, file, says) in [
-        (url.clone(), other, "UnknownIssuer"),
-        (localhost, signed.clone(), "not valid for name"),
+        (by_name.clone(), other, "UnknownIssuer"),
+        (by_address, signed.clone(), "not valid for name"),
     ] {
         let ended = tokio::task::spawn_blocking(move || {
             exit_of(&url, &["run"], &[("SSL_CERT_FILE", &file)])
@@ -322,6 +335,6 @@ async fn sslrootcert_system_checks_the_database_against_the_systems_cas_and_its_
         env: vec![("SSL_CERT_FILE".into(), signed)],
         ..Launch::default()
     };
-    let gateway = gateway_as(config(&url), launch).await;
+    let gateway = gateway_as(config(&by_name), launch).await;
     round_trip(&gateway, "system-ca").await;
 }
