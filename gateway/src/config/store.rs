@@ -176,6 +176,10 @@ impl SslMode {
     }
 }
 
+/// Why `sslrootcert=system` takes no `sslmode` but `verify-full` (libpq's rule).
+const SYSTEM_NEEDS_FULL: &str = "sslrootcert=system needs sslmode=verify-full (its default): \
+    the system's CAs sign certificates for other people's hosts, so the name is checked too";
+
 /// Splits `url` into what the driver parses (its `sslmode` one of `disable`, `prefer`,
 /// `require`; no `sslrootcert`, `sslcert` or `sslkey`) and the TLS it asks for. As with libpq,
 /// `prefer` and `require` encrypt without checking the certificate, unless `sslrootcert` is
@@ -219,14 +223,7 @@ pub fn postgres_tls(url: &str) -> Result<(String, PgTls), String> {
     });
     let mut mode = match (mode, &root) {
         (None | Some(SslMode::VerifyFull), Some(Roots::System)) => SslMode::VerifyFull,
-        (Some(_), Some(Roots::System)) => {
-            return Err(
-                "sslrootcert=system needs sslmode=verify-full (its default): any \
-                        public CA signs certificates for other people's hosts, so the name must \
-                        be checked too"
-                    .into(),
-            )
-        }
+        (Some(_), Some(Roots::System)) => return Err(SYSTEM_NEEDS_FULL.into()),
         (mode, _) => mode.unwrap_or(SslMode::Prefer),
     };
     if mode.verifies() && root.is_none() {
