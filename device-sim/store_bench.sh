@@ -22,6 +22,8 @@
 #                                                       load) before each measured run
 #   PG_OPTIONS="-c shared_preload_libraries=auto_explain -c auto_explain.log_min_duration=0"
 #                                                       extra PostgreSQL server settings
+#   PG_TLS=1 device-sim/store_bench.sh                  the gateways reach PostgreSQL over TLS
+#                                                       (sslmode=require; a certificate made here)
 #
 # Every process it starts is stopped by its own PID; everything lives in $OUT (a temp dir).
 set -euo pipefail
@@ -134,6 +136,13 @@ PY
 pg_port=$(free_port)
 [ "$(id -u)" = 0 ] && chown postgres: "$out"
 as_pg "$pg_bin/initdb" -D "$out/pg" -U postgres -A trust -E UTF8 >/dev/null
+pg_query=""
+if [ -n "${PG_TLS:-}" ]; then
+    as_pg openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=127.0.0.1 -keyout "$out/pg/server.key" -out "$out/pg/server.crt" 2>/dev/null
+    PG_OPTIONS="-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key ${PG_OPTIONS:-}"
+    pg_query="?sslmode=require"
+fi
 as_pg "$pg_bin/pg_ctl" -D "$out/pg" -l "$out/pg.log" -w \
     -o "-p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$out ${STATEMENTS:+-c shared_preload_libraries=pg_stat_statements} ${PG_OPTIONS:-}" start >/dev/null
 createdb() {
@@ -200,7 +209,7 @@ warm "$(address sqlite)" ""
 load "sqlite" "$(address sqlite)" --gateway-pid "$gw_pid"
 kill "$gw_pid"
 createdb single
-gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single\""
+gateway postgres "[broker]\nlisten = \"127.0.0.1:0\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/single$pg_query\""
 warm "$(address postgres)" single
 [ -n "${STATEMENTS:-}" ] && psql -h 127.0.0.1 -p "$pg_port" -U postgres -d single -qAtc "SELECT pg_stat_statements_reset(); SELECT pg_stat_reset()" > /dev/null
 load "postgres" "$(address postgres)" --gateway-pid "$gw_pid"
@@ -216,7 +225,7 @@ mosquitto_pid=$!
 pids+=("$mosquitto_pid")
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mqtt_port") 2>/dev/null && break; sleep 0.1; done
 member() { # $1 = name, $2 = database, $3 = lease_ms
-    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2\"\nlease_ms = $3\n${MEMBER_TOML:-}" "${MEMBER_GATEWAY:-}"
+    gateway "$1" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/$2$pg_query\"\nlease_ms = $3\n${MEMBER_TOML:-}" "${MEMBER_GATEWAY:-}"
 }
 if [[ $parts == *2* ]]; then
 echo "== 2. N gateways behind Mosquitto on one PostgreSQL ($shape, $duration)"
@@ -263,7 +272,7 @@ now_ms() { date +%s%3N; }
 slow_model="[models.slow]\npath = \"$PWD/tests/fixtures/models/slow.onnx\""
 members=()
 for m in 1 2 3; do
-    gateway "fo-gw$m" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/failover\"\nlease_ms = 2000\n$slow_model" \
+    gateway "fo-gw$m" "[broker]\nmode = \"external\"\nurl = \"mqtt://127.0.0.1:$mqtt_port\"\nshare_group = \"roost\"\n[store]\nengine = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:$pg_port/failover$pg_query\"\nlease_ms = 2000\n$slow_model" \
         "workers = 1"
     members+=("$gw_pid")
 done
