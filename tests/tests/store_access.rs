@@ -297,12 +297,17 @@ async fn a_database_that_asks_for_a_client_certificate_is_reached_with_sslcert_a
     assert_refused(ended.await.expect("thread"), "28000", "no certificate");
 
     let query = format!("sslmode=verify-ca&{}&{}", pki.root("ca.pem"), pki.client());
-    let gateway = gateway_as(config(&with_query(&url, &query)), Launch::default()).await;
+    let with = with_query(&url, &query);
+    let gateway = gateway_as(config(&with), Launch::default()).await;
     round_trip(&gateway, "client-cert").await;
     assert!(
         every_connection(&cluster, "s.client_dn = '/CN=postgres'"),
         "every connection logged in by the certificate"
     );
+    // The operator commands log in the same way.
+    let listed = tokio::task::spawn_blocking(move || exit_of(&with, &["requests", "list"], &[]));
+    let (code, stderr) = listed.await.expect("thread");
+    assert_eq!(code, Some(0), "requests list: {stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
