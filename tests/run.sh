@@ -54,4 +54,6 @@ cargo test --workspace "$@"
 # The guarantee tests again with every gateway's state in PostgreSQL (a throwaway cluster each):
 # the modules under tests/tests/both_engines/. `--workspace` keeps the first pass's features, so
 # nothing is built twice (`-p roost-tests` alone would rebuild every crate for a second binary).
+# ARGS go to both passes; a test-name filter among them widens this pass (libtest runs what
+# matches any filter): for one module on PostgreSQL, see the README's command.
 ROOST_TEST_ENGINE=postgres exec cargo test --workspace --test e2e "$@" -- both_engines::
