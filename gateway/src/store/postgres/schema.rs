@@ -162,7 +162,7 @@ const MIGRATIONS: &[&str] = &[
     // 12: the mark each transaction leaves as it begins (`transaction::begin`), so that a
     // commit whose answer was lost is settled by looking for its mark: a transaction id, which
     // `txid_status` goes by, may belong to another transaction on a standby promoted since.
-    // Tokens are UUID v7: the oldest go first (`requests::prune`).
+    // Tokens are UUID v7: the oldest go first (`transaction::prune_marks`).
     "CREATE TABLE commit_marks (token BYTEA PRIMARY KEY);",
 ];
 

@@ -113,7 +113,7 @@ pub struct Begun {
     mark: uuid::Uuid,
 }
 
-/// How long a transaction's mark is kept (`requests::prune` deletes older ones): a commit whose
+/// How long a transaction's mark is kept ([`prune_marks`] deletes older ones): a commit whose
 /// answer was lost is asked about as soon as the database answers again.
 pub const MARK_KEEP_MS: i64 = 10 * 60 * 1000;
 
