@@ -98,6 +98,20 @@ impl Repeats {
     }
 }
 
+/// Logs an event at `$level` (a `tracing::Level`) as `tracing::event!` does, through a
+/// [`Repeats`] of this call site's own: the first time, then at most every [`REPEAT_EVERY`],
+/// with a `left_out` field counting the ones left out since.
+/// `log_repeated!(Level::ERROR, %error, "store commit failed")`.
+macro_rules! log_repeated {
+    ($level:expr, $($fields:tt)+) => {{
+        static REPEATS: $crate::logging::Repeats = $crate::logging::Repeats::new();
+        if let Some(left_out) = REPEATS.due() {
+            ::tracing::event!($level, left_out, $($fields)+);
+        }
+    }};
+}
+pub(crate) use log_repeated;
+
 impl Default for Repeats {
     fn default() -> Self {
         Repeats::new()

@@ -17,10 +17,12 @@
 pub mod classify;
 mod plan;
 
+use crate::logging::log_repeated;
 use crate::wire::ErrorCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Level;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -137,11 +139,8 @@ impl Intake {
                 Written::Done(Err(error)) => {
                     // The store marked itself degraded (unless it was a conflict): nothing of
                     // this batch was committed.
-                    static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-                    if let Some(left_out) = REPEATS.due() {
-                        let publishes = plans.len();
-                        tracing::warn!(%error, publishes, left_out, "intake batch not committed");
-                    }
+                    let publishes = plans.len();
+                    log_repeated!(Level::WARN, %error, publishes, "intake batch not committed");
                     sent.fill(false);
                     Some(Vec::new())
                 }

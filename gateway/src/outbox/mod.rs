@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Level;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::analytics::scheduler::Scheduler;
 use crate::config::Limits;
 use crate::flow::{DeviceEvent, OutboundReply, Replies};
+use crate::logging::log_repeated;
 use crate::metrics::Metrics;
 use crate::status::device::{DeviceStatus, StatusBoard};
 use crate::store::deadletters::Undeliverable;
@@ -278,10 +280,7 @@ impl Outbox {
         let held = match held {
             Ok(held) => held,
             Err(error) => {
-                static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-                if let Some(left_out) = REPEATS.due() {
-                    tracing::error!(%error, left_out, "cannot read held replies");
-                }
+                log_repeated!(Level::ERROR, %error, "cannot read held replies");
                 return;
             }
         };
@@ -357,10 +356,7 @@ impl Outbox {
         let stored = match self.store.devices_seen(seen.clone()).await {
             Ok(stored) => stored,
             Err(error) => {
-                static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-                if let Some(left_out) = REPEATS.due() {
-                    tracing::warn!(%error, left_out, "cannot record device rows");
-                }
+                log_repeated!(Level::WARN, %error, "cannot record device rows");
                 seen.iter().map(|s| Some(s.alone(now_ms, 0))).collect()
             }
         };

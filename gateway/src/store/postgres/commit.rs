@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Level;
 
 use futures_util::future::join_all;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +26,7 @@ use super::marks::Count;
 use super::pool::{answered, Conn, Pool};
 use super::transaction::{self, Begun};
 use super::work::{run_slot, Done, Work};
+use crate::logging::log_repeated;
 use crate::metrics::Histogram;
 use crate::store::commands::{Command, Outcome};
 use crate::store::requests::Admission;
@@ -380,10 +382,7 @@ fn deliver(thens: Vec<Then>, outcome: Result<Outcomes, StoreError>) {
             }
         }
         Err(error) => {
-            static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-            if let Some(left_out) = REPEATS.due() {
-                tracing::error!(%error, left_out, "store commit failed");
-            }
+            log_repeated!(Level::ERROR, %error, "store commit failed");
             for then in thens {
                 then(Err(error.clone()));
             }

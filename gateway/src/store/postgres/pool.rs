@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tracing::Level;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, NoTls, Statement};
 
+use crate::logging::log_repeated;
 use crate::store::StoreError;
 
 /// How long the TCP connect may take before the attempt counts as failed (the handshake after
@@ -193,10 +195,7 @@ where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     if let Err(error) = connection.await {
-        static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-        if let Some(left_out) = REPEATS.due() {
-            tracing::warn!(%error, left_out, "store connection closed");
-        }
+        log_repeated!(Level::WARN, %error, "store connection closed");
     }
 }
 

@@ -29,11 +29,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Level;
 
 use rusqlite::{Connection, OpenFlags, Transaction};
 use tokio::sync::oneshot;
 
 use super::StoreError;
+use crate::logging::log_repeated;
 use crate::metrics::Histogram;
 
 /// Most closures run in one transaction.
@@ -198,10 +200,7 @@ fn run_thread(mut conn: Connection, jobs_rx: std_mpsc::Receiver<Job>, latency: &
         };
         latency.observe(started.elapsed());
         if let Err(error) = &commit {
-            static REPEATS: crate::logging::Repeats = crate::logging::Repeats::new();
-            if let Some(left_out) = REPEATS.due() {
-                tracing::error!(%error, left_out, "store commit failed");
-            }
+            log_repeated!(Level::ERROR, %error, "store commit failed");
         }
         for finish in finishes {
             finish(commit.clone());
