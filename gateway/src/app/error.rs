@@ -68,7 +68,7 @@ impl AppError {
             AppError::FrontDoor(FrontDoorError::Bind { .. } | FrontDoorError::Tls(_)) => {
                 crate::config::EXIT_CONFIG
             }
-            AppError::Store(StoreError::Refused(_)) => crate::config::EXIT_CONFIG,
+            AppError::Store(error) => error.exit_code(),
             _ => 1,
         }
     }

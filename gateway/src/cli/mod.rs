@@ -314,13 +314,9 @@ impl From<String> for CliError {
 
 impl From<crate::store::StoreError> for CliError {
     fn from(error: crate::store::StoreError) -> Self {
-        let code = match error {
-            crate::store::StoreError::Refused(_) => EXIT_CONFIG,
-            _ => 1,
-        };
         CliError {
             message: error.to_string(),
-            code,
+            code: error.exit_code(),
         }
     }
 }

@@ -110,6 +110,15 @@ impl StoreError {
                 | StoreError::Refused(_)
         )
     }
+
+    /// The exit code of a start or an operator command that ends on this failure:
+    /// [`crate::config::EXIT_CONFIG`] for a refusal (`store.url`'s mistake), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StoreError::Refused(_) => crate::config::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
