@@ -148,7 +148,7 @@ impl Gateway {
             }
             None => Command::new(Gateway::binary()),
         };
-        command.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
+        command.envs(self.launch.env.clone());
         let mut child = command
             .args(["run", "--config"])
             .arg(self.config_path())

@@ -209,20 +209,11 @@ impl PgCluster {
         );
         assert!(out.status.success(), "pg_basebackup: {}", text(&out));
         standby.start_server();
-        self.query(
-            "postgres",
-            "ALTER SYSTEM SET synchronous_standby_names = '*'",
-        );
-        self.query("postgres", "SELECT pg_reload_conf()");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        self.set_and_reload(&[("synchronous_standby_names", "*")]);
         let sync = "SELECT COUNT(*) FROM pg_stat_replication WHERE sync_state = 'sync'";
-        while self.query("postgres", sync) != "1" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the standby never became synchronous"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        within_30s("the standby never became synchronous", || {
+            self.query("postgres", sync) == "1"
+        });
         standby
     }
 
@@ -395,14 +386,7 @@ impl PgCluster {
         std::fs::write(&file, text).expect("write a TLS file");
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
             .expect("TLS file permissions");
-        if is_root() {
-            let chown = Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&file)
-                .status()
-                .expect("chown");
-            assert!(chown.success(), "chown {name} to postgres");
-        }
+        give_to_postgres(&file);
         file
     }
 
@@ -427,9 +411,8 @@ impl PgCluster {
     /// refused: the reload is the postmaster's, a moment after it is asked for. Panics with
     /// `still` past 30 s.
     fn wait_refused(&self, sslmode: &str, still: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let port = self.port.to_string();
-        loop {
+        within_30s(still, || {
             let plain = Command::new(self.bin.join("psql"))
                 .args([
                     "-h", &self.host, "-p", &port, "-U", "postgres", "-d", "postgres",
@@ -438,12 +421,8 @@ impl PgCluster {
                 .env("PGSSLMODE", sslmode)
                 .output()
                 .expect("psql");
-            if !plain.status.success() {
-                return;
-            }
-            assert!(std::time::Instant::now() < deadline, "{still}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+            !plain.status.success()
+        });
     }
 
     /// Stops the server at once (`-m immediate`: like a crash, no checkpoint).
@@ -623,15 +602,29 @@ fn cluster_dir() -> tempfile::TempDir {
         .prefix("roost-pg-")
         .tempdir()
         .expect("temp dir");
+    give_to_postgres(dir.path());
+    dir
+}
+
+/// Makes `path` the server's user's own, when this runs as root (the server refuses root).
+fn give_to_postgres(path: &Path) {
     if is_root() {
         let chown = Command::new("chown")
-            .args(["postgres:postgres"])
-            .arg(dir.path())
+            .arg("postgres:postgres")
+            .arg(path)
             .status()
             .expect("chown");
-        assert!(chown.success(), "chown the cluster dir to postgres");
+        assert!(chown.success(), "chown {} to postgres", path.display());
     }
-    dir
+}
+
+/// Polls `done` every 50 ms until it holds; panics with `still` past 30 s.
+fn within_30s(still: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{still}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn path(path: &Path) -> &str {
