@@ -9,6 +9,7 @@
 //! second pass of them that way).
 
 pub mod browser;
+pub mod certs;
 pub mod device;
 pub mod postgres;
 pub mod proxy;

@@ -4,10 +4,7 @@
 use std::sync::Arc;
 
 use crate::frontdoor_support::{connack_code, connect5, WAIT};
-use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
+use roost_tests::certs::{self, Issued};
 use roost_tests::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,61 +13,36 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 struct Pki {
-    ca: Certificate,
+    ca: Issued,
     dir: tempfile::TempDir,
-    client: Certificate,
-    client_key: KeyPair,
+    client: Issued,
 }
 
 fn pki() -> Pki {
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "roost test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let server_key = KeyPair::generate().expect("key");
-    let server_params =
-        CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-    let server = server_params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    client_params
-        .distinguished_name
-        .push(DnType::CommonName, "tls-dev");
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let client = client_params
-        .signed_by(&client_key, &ca, &ca_key)
-        .expect("client cert");
+    let ca = certs::ca("roost test CA");
+    let server = ca.server(&["localhost"]);
+    let client = ca.client("tls-dev");
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write");
-    std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).expect("write");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write");
-    Pki {
-        ca,
-        dir,
-        client,
-        client_key,
-    }
+    std::fs::write(dir.path().join("server.pem"), server.cert.pem()).expect("write");
+    std::fs::write(dir.path().join("server.key"), server.key.serialize_pem()).expect("write");
+    std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).expect("write");
+    Pki { ca, dir, client }
 }
 
 /// Connects over TLS (with the client certificate when `with_cert`), sends a v5 CONNECT as
 /// `client_id` and returns the CONNACK code.
 async fn connack(gateway: &Gateway, pki: &Pki, with_cert: bool, client_id: &str) -> u8 {
     let mut roots = RootCertStore::empty();
-    roots.add(pki.ca.der().clone()).expect("root");
+    roots.add(pki.ca.cert.der().clone()).expect("root");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
     let config = if with_cert {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.client_key.serialize_der()));
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.client.key.serialize_der()));
         builder
-            .with_client_auth_cert(vec![pki.client.der().clone()], key)
+            .with_client_auth_cert(vec![pki.client.cert.der().clone()], key)
             .expect("client cert")
     } else {
         builder.with_no_client_auth()

@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 
 use gateway::wire::Status;
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
+use roost_tests::certs;
 use roost_tests::device::{values, TestDevice};
 use roost_tests::postgres::PgCluster;
 use roost_tests::{Gateway, Launch};
@@ -145,41 +145,23 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let ca = |name: &str| -> (Certificate, KeyPair) {
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, name);
-            (params.self_signed(&key).expect("CA"), key)
-        };
-        let ((ca, ca_key), (other, _)) = (ca("roost test CA"), ca("another CA"));
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["db.example".to_owned()])
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("server certificate");
-        let client_key = KeyPair::generate().expect("key");
-        let mut client = CertificateParams::new(Vec::<String>::new()).expect("params");
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "postgres");
-        let client = client
-            .signed_by(&client_key, &ca, &ca_key)
-            .expect("client certificate");
+        let (ca, other) = (certs::ca("roost test CA"), certs::ca("another CA"));
+        let server = ca.server(&["db.example"]);
+        let client = ca.client("postgres");
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, pem) in [
-            ("ca.pem", ca.pem()),
-            ("other.pem", other.pem()),
-            ("client.pem", client.pem()),
-            ("client.key", client_key.serialize_pem()),
+            ("ca.pem", ca.cert.pem()),
+            ("other.pem", other.cert.pem()),
+            ("client.pem", client.cert.pem()),
+            ("client.key", client.key.serialize_pem()),
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write");
         }
         Pki {
             dir,
-            ca: ca.pem(),
-            cert: cert.pem(),
-            key: key.serialize_pem(),
+            ca: ca.cert.pem(),
+            cert: server.cert.pem(),
+            key: server.key.serialize_pem(),
         }
     }
 
